@@ -1,0 +1,260 @@
+//! charter's core tables, from prompts to preference labels.
+//!
+//! Each table is declared once here; the declaration produces its row struct,
+//! its [`TableSpec`](crate::TableSpec) and the conversions to and from Arrow.
+//! `schemas/<table>.toml` at the repository root documents each column's
+//! meaning, and a test keeps those files and these declarations identical.
+//!
+//! `key` columns make up the row id: the row's parents and everything that
+//! determines its output (model hash, constitution hash, sampling settings,
+//! seed). `data` columns are the outputs and conveniences carried along.
+
+use crate::record::table;
+
+table! {
+    /// One prompt, as imported.
+    pub struct Prompt in PROMPTS = "prompts", version 1 {
+        /// Row id: blake3 of the text.
+        id: String => Id,
+        /// The prompt exactly as imported (normalised only for dedup hashing).
+        text: String => Key,
+        /// Where it came from: the `--source` name, or the input file's stem.
+        source: String => Data,
+        /// 1-based line (JSONL, text, CSV record) or row (Parquet) in the source file.
+        source_row: u64 => Data,
+        /// Labels carried over from the input (e.g. `intents:S004lewd`).
+        tags: Vec<String> => Data,
+    }
+}
+
+table! {
+    /// One sampled answer to a prompt.
+    pub struct Response in RESPONSES = "responses", version 1 {
+        /// Row id: blake3 of the key columns.
+        id: String => Id,
+        /// The prompt answered.
+        prompt_id: String => Key,
+        /// The prompt's text, copied so the table stands alone.
+        prompt: String => Data,
+        /// System prompt given to the model, if any.
+        system: Option<String> => Key,
+        /// Sample index among the prompt's samples (0-based).
+        sample: u32 => Key,
+        /// Model name.
+        model: String => Data,
+        /// Content hash of the model directory.
+        model_hash: String => Key,
+        /// Sampling temperature (0 = greedy).
+        temperature: f32 => Key,
+        /// Nucleus sampling mass (1 = off).
+        top_p: f32 => Key,
+        /// Top-k cut-off (0 = off).
+        top_k: u32 => Key,
+        /// Cap on generated tokens.
+        max_new_tokens: u32 => Key,
+        /// The row's seed, derived from the build seed and the row's other keys.
+        seed: u64 => Key,
+        /// The generated answer.
+        text: String => Data,
+        /// Tokens in the rendered prompt.
+        prompt_tokens: u32 => Data,
+        /// Tokens generated.
+        completion_tokens: u32 => Data,
+        /// Why generation stopped: `stop`, `length`, or `context` (prompt too long).
+        finish_reason: String => Data,
+    }
+}
+
+table! {
+    /// A critique of a response (or an earlier revision) against one principle.
+    pub struct Critique in CRITIQUES = "critiques", version 1 {
+        /// Row id: blake3 of the key columns.
+        id: String => Id,
+        /// The prompt at the root of the chain.
+        prompt_id: String => Key,
+        /// The response or revision critiqued.
+        parent_id: String => Key,
+        /// The initial response the chain of rounds started from.
+        response_id: String => Data,
+        /// Critique/revision round, 1-based.
+        round: u32 => Key,
+        /// The prompt's text.
+        prompt: String => Data,
+        /// The text critiqued.
+        response: String => Data,
+        /// Id of the principle drawn for this row and round.
+        principle_id: String => Data,
+        /// The principle's critique request, as shown to the model.
+        critique_request: String => Data,
+        /// The generated critique.
+        text: String => Data,
+        /// Model name.
+        model: String => Data,
+        /// Content hash of the model directory.
+        model_hash: String => Key,
+        /// Constitution name.
+        constitution: String => Data,
+        /// Content hash of the constitution.
+        constitution_hash: String => Key,
+        /// Sampling temperature (0 = greedy).
+        temperature: f32 => Key,
+        /// Nucleus sampling mass (1 = off).
+        top_p: f32 => Key,
+        /// Top-k cut-off (0 = off).
+        top_k: u32 => Key,
+        /// Cap on generated tokens.
+        max_new_tokens: u32 => Key,
+        /// The row's seed.
+        seed: u64 => Key,
+        /// Tokens in the rendered prompt.
+        prompt_tokens: u32 => Data,
+        /// Tokens generated.
+        completion_tokens: u32 => Data,
+        /// Why generation stopped.
+        finish_reason: String => Data,
+    }
+}
+
+table! {
+    /// A revision of a response following a critique.
+    pub struct Revision in REVISIONS = "revisions", version 1 {
+        /// Row id: blake3 of the key columns.
+        id: String => Id,
+        /// The prompt at the root of the chain.
+        prompt_id: String => Key,
+        /// The critique this revision follows.
+        critique_id: String => Key,
+        /// The initial response the chain of rounds started from.
+        response_id: String => Data,
+        /// Critique/revision round, 1-based.
+        round: u32 => Key,
+        /// The prompt's text.
+        prompt: String => Data,
+        /// The text revised (the response, or the previous round's revision).
+        response: String => Data,
+        /// Id of the principle drawn for this row and round.
+        principle_id: String => Data,
+        /// The critique being acted on.
+        critique: String => Data,
+        /// The principle's revision request, as shown to the model.
+        revision_request: String => Data,
+        /// The revised answer: SL-CAI training data.
+        text: String => Data,
+        /// Model name.
+        model: String => Data,
+        /// Content hash of the model directory.
+        model_hash: String => Key,
+        /// Constitution name.
+        constitution: String => Data,
+        /// Content hash of the constitution.
+        constitution_hash: String => Key,
+        /// Sampling temperature (0 = greedy).
+        temperature: f32 => Key,
+        /// Nucleus sampling mass (1 = off).
+        top_p: f32 => Key,
+        /// Top-k cut-off (0 = off).
+        top_k: u32 => Key,
+        /// Cap on generated tokens.
+        max_new_tokens: u32 => Key,
+        /// The row's seed.
+        seed: u64 => Key,
+        /// Tokens in the rendered prompt.
+        prompt_tokens: u32 => Data,
+        /// Tokens generated.
+        completion_tokens: u32 => Data,
+        /// Why generation stopped.
+        finish_reason: String => Data,
+    }
+}
+
+table! {
+    /// Two answers to the same prompt, to be compared.
+    pub struct Pair in PAIRS = "pairs", version 1 {
+        /// Row id: blake3 of the key columns.
+        id: String => Id,
+        /// The prompt both answer.
+        prompt_id: String => Key,
+        /// The prompt's text.
+        prompt: String => Data,
+        /// Id of answer A.
+        response_a_id: String => Key,
+        /// Id of answer B.
+        response_b_id: String => Key,
+        /// Table answer A came from (`responses`, `revisions`, …).
+        source_a: String => Data,
+        /// Table answer B came from.
+        source_b: String => Data,
+        /// Answer A's text.
+        response_a: String => Data,
+        /// Answer B's text.
+        response_b: String => Data,
+    }
+}
+
+table! {
+    /// An AI-feedback preference label for a pair, against one principle.
+    pub struct Label in LABELS = "labels", version 1 {
+        /// Row id: blake3 of the key columns.
+        id: String => Id,
+        /// The pair labelled.
+        pair_id: String => Key,
+        /// The prompt both answers respond to.
+        prompt_id: String => Data,
+        /// The prompt's text.
+        prompt: String => Data,
+        /// Id of answer A.
+        response_a_id: String => Data,
+        /// Id of answer B.
+        response_b_id: String => Data,
+        /// Answer A's text.
+        response_a: String => Data,
+        /// Answer B's text.
+        response_b: String => Data,
+        /// Id of the preference principle drawn for this pair.
+        principle_id: String => Data,
+        /// The principle's question, as asked of the labeller.
+        principle: String => Data,
+        /// Model name of the labeller.
+        model: String => Data,
+        /// Content hash of the labeller's model directory.
+        model_hash: String => Key,
+        /// Constitution name.
+        constitution: String => Data,
+        /// Content hash of the constitution.
+        constitution_hash: String => Key,
+        /// Whether the labeller reasoned (chain of thought) before answering.
+        cot: bool => Key,
+        /// Whether both presentation orders were scored.
+        swap: bool => Key,
+        /// The row's seed.
+        seed: u64 => Key,
+        /// Probability that A is better: the mean over the orders scored, clamped when `cot`.
+        p_a: f64 => Data,
+        /// P(A better) with A shown first: normalised probability of the "(A)" answer token.
+        p_a_ab: f64 => Data,
+        /// P(A better) with B shown first; null without `swap`.
+        p_a_ba: Option<f64> => Data,
+        /// The labeller's reasoning with A shown first, with `cot`.
+        cot_ab: Option<String> => Data,
+        /// The labeller's reasoning with B shown first, with `cot` and `swap`.
+        cot_ba: Option<String> => Data,
+        /// The preferred answer's text (A when `p_a` ≥ 0.5).
+        chosen: String => Data,
+        /// The other answer's text.
+        rejected: String => Data,
+        /// The preferred answer's id.
+        chosen_id: String => Data,
+        /// The other answer's id.
+        rejected_id: String => Data,
+    }
+}
+
+/// Every core table, in pipeline order.
+pub const ALL_TABLES: [&crate::schema::TableSpec; 6] = [
+    &PROMPTS, &RESPONSES, &CRITIQUES, &REVISIONS, &PAIRS, &LABELS,
+];
+
+/// The core table with this name.
+pub fn table_spec(name: &str) -> Option<&'static crate::schema::TableSpec> {
+    ALL_TABLES.into_iter().find(|t| t.name == name)
+}
