@@ -125,6 +125,17 @@ pub enum Error {
         problem: String,
     },
 
+    /// A problem in an input file at a line (JSONL, CSV, text) or row (Parquet).
+    #[error("{path}:{line}: {problem}")]
+    Input {
+        /// The input file (`<stdin>` for standard input).
+        path: PathBuf,
+        /// 1-based line or row.
+        line: u64,
+        /// What is wrong.
+        problem: String,
+    },
+
     /// An invalid option value.
     #[error("{0}")]
     Invalid(String),

@@ -76,7 +76,7 @@ pub(crate) fn encode_value(value: &Value<'_>, out: &mut Vec<u8>) {
 }
 
 #[inline]
-fn encode_str(s: &str, out: &mut Vec<u8>) {
+pub(crate) fn encode_str(s: &str, out: &mut Vec<u8>) {
     out.push(0x05);
     out.extend_from_slice(&(s.len() as u64).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
@@ -106,6 +106,7 @@ pub struct ContentHasher {
     buf: Vec<u8>,
     columns: Vec<String>,
     rows: u64,
+    bytes: u64,
 }
 
 const FLUSH_AT: usize = 1 << 16;
@@ -130,6 +131,7 @@ impl ContentHasher {
             buf,
             columns: columns.iter().map(|(n, _)| n.to_string()).collect(),
             rows: 0,
+            bytes: 0,
         }
     }
 
@@ -165,16 +167,16 @@ impl ContentHasher {
             .collect::<Result<Vec<_>>>()?;
         for row in 0..batch.num_rows() {
             for view in &views {
-                let value = view.value(row);
-                match value {
+                match view.long_str(row) {
                     // Long text goes straight to the hasher rather than through the buffer.
-                    Value::Str(s) if s.len() >= 4096 => {
+                    Some(s) => {
                         self.buf.push(0x05);
                         self.buf.extend_from_slice(&(s.len() as u64).to_le_bytes());
                         self.flush();
                         self.hasher.update(s.as_bytes());
+                        self.bytes += s.len() as u64;
                     }
-                    v => encode_value(&v, &mut self.buf),
+                    None => view.encode(row, &mut self.buf),
                 }
             }
             if self.buf.len() >= FLUSH_AT {
@@ -186,6 +188,7 @@ impl ContentHasher {
     }
 
     fn flush(&mut self) {
+        self.bytes += self.buf.len() as u64;
         self.hasher.update(&self.buf);
         self.buf.clear();
     }
@@ -193,6 +196,11 @@ impl ContentHasher {
     /// Rows hashed so far.
     pub fn rows(&self) -> u64 {
         self.rows
+    }
+
+    /// Bytes of canonical encoding hashed so far (for throughput figures).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// The content hash, lowercase hex.

@@ -9,6 +9,7 @@
 //! - provenance metadata and build keys ([`Provenance`]);
 //! - an atomic writer ([`TableWriter`]) and a resumable, journaled one ([`ShardedWriter`]);
 //! - a reader that checks table name, schema version and columns ([`TableFile`]);
+//! - prompt import from JSONL, CSV, Parquet and text ([`import`]);
 //! - exact and MinHash near-duplicate dedup ([`dedup`](mod@dedup)).
 //!
 //! It has no ML dependencies.
@@ -49,6 +50,7 @@
 pub mod dedup;
 mod error;
 pub mod hash;
+pub mod import;
 mod provenance;
 mod read;
 mod record;

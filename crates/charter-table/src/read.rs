@@ -40,37 +40,45 @@ enum Source {
 impl TableFile {
     /// Opens a Parquet file (or standard input for `-`) and reads its footer.
     pub fn open(path: &Path) -> Result<Self> {
-        let (source, path) = if path == Path::new("-") {
+        if path == Path::new("-") {
             let mut buf = Vec::new();
             std::io::stdin()
                 .read_to_end(&mut buf)
                 .map_err(|e| Error::io("<stdin>", e))?;
-            (Source::Bytes(Bytes::from(buf)), PathBuf::from("<stdin>"))
-        } else {
-            let file = File::open(path).map_err(|e| Error::io(path, e))?;
-            (Source::File(file), path.to_path_buf())
-        };
-        let not_parquet = |e| Error::NotParquet {
-            path: path.clone(),
-            source: e,
-        };
-        let (schema, kv, rows) = match &source {
-            Source::File(f) => {
-                let f = f.try_clone().map_err(|e| Error::io(&path, e))?;
-                let b = ParquetRecordBatchReaderBuilder::try_new(f).map_err(not_parquet)?;
-                footer(&b)
-            }
-            Source::Bytes(bytes) => {
-                let b =
-                    ParquetRecordBatchReaderBuilder::try_new(bytes.clone()).map_err(not_parquet)?;
-                footer(&b)
-            }
-        };
+            return Self::from_bytes(Path::new("<stdin>"), buf);
+        }
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let clone = file.try_clone().map_err(|e| Error::io(path, e))?;
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(clone).map_err(|e| Error::NotParquet {
+                path: path.to_path_buf(),
+                source: e,
+            })?;
+        let (schema, metadata, rows) = footer(&builder);
         Ok(TableFile {
-            path,
-            source,
+            path: path.to_path_buf(),
+            source: Source::File(file),
             schema,
-            metadata: kv,
+            metadata,
+            rows,
+        })
+    }
+
+    /// Opens a Parquet file held in memory; `path` names it in messages.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
+        let bytes = Bytes::from(bytes);
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone()).map_err(|e| {
+            Error::NotParquet {
+                path: path.to_path_buf(),
+                source: e,
+            }
+        })?;
+        let (schema, metadata, rows) = footer(&builder);
+        Ok(TableFile {
+            path: path.to_path_buf(),
+            source: Source::Bytes(bytes),
+            schema,
+            metadata,
             rows,
         })
     }

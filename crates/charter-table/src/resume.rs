@@ -84,23 +84,12 @@ pub struct ShardedWriter {
 impl ShardedWriter {
     /// Opens the output `out` of a build with `build_key` (see [`Provenance::build_key`]).
     pub fn open(out: &Path, spec: &'static TableSpec, build_key: &str) -> Result<Opened> {
-        if out.exists() {
-            if let Ok(table) = TableFile::open(out) {
-                if table.build_key() == Some(build_key) && table.table_name() == Some(spec.name) {
-                    if let Some(hash) = table.content_hash() {
-                        let summary = TableSummary {
-                            rows: table.num_rows(),
-                            content_hash: hash.to_string(),
-                            build_key: build_key.to_string(),
-                        };
-                        let dir = partial_dir(out);
-                        if dir.exists() {
-                            fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-                        }
-                        return Ok(Opened::Finished(summary));
-                    }
-                }
+        if let Some(summary) = finished(out, spec, build_key) {
+            let dir = partial_dir(out);
+            if dir.exists() {
+                fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
             }
+            return Ok(Opened::Finished(summary));
         }
 
         let dir = partial_dir(out);
@@ -237,6 +226,19 @@ impl ShardedWriter {
         fs::remove_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         Ok(summary)
     }
+}
+
+/// The summary of `out` if it is a finished `spec` table of this build.
+fn finished(out: &Path, spec: &TableSpec, build_key: &str) -> Option<TableSummary> {
+    let table = TableFile::open(out).ok()?;
+    if table.build_key() != Some(build_key) || table.table_name() != Some(spec.name) {
+        return None;
+    }
+    Some(TableSummary {
+        rows: table.num_rows(),
+        content_hash: table.content_hash()?.to_string(),
+        build_key: build_key.to_string(),
+    })
 }
 
 /// The directory holding an output's shards while it is built.

@@ -1,0 +1,151 @@
+//! Command-line arguments. Each subcommand's arguments stop in its file under `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Build Constitutional AI training data as reproducible Parquet tables.
+///
+/// Every subcommand reads and writes plain Parquet; `-` as a path means
+/// standard input or output, so subcommands compose in pipelines.
+#[derive(Debug, Parser)]
+#[command(
+    name = "charter",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub(crate) struct Cli {
+    /// Print no progress or summaries on stderr (errors are still printed).
+    #[arg(long, short, global = true)]
+    pub(crate) quiet: bool,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Work with prompt sets.
+    #[command(subcommand)]
+    Prompts(PromptsCommand),
+    /// Drop duplicate rows of any charter table, judged by one text column.
+    Dedup(DedupArgs),
+    /// Show a table: name, rows, schema, provenance, content hash and sample rows.
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PromptsCommand {
+    /// Import prompts from JSONL, CSV, Parquet or text files into a `prompts` table, deduplicated.
+    Import(ImportArgs),
+}
+
+/// Input formats for `prompts import`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum FormatArg {
+    /// From the file extension, else from the first bytes.
+    Auto,
+    /// One JSON object per line.
+    Jsonl,
+    /// CSV with a header row.
+    Csv,
+    /// Parquet with a string column.
+    Parquet,
+    /// One prompt per line.
+    Text,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    /// Input files (`-` for standard input).
+    #[arg(required = true, value_name = "FILES")]
+    pub(crate) inputs: Vec<PathBuf>,
+
+    /// Output `prompts` table (`-` for standard output).
+    #[arg(short, long, value_name = "OUT")]
+    pub(crate) output: String,
+
+    /// Field (JSONL) or column (CSV, Parquet) holding the prompt [default: `prompt`, else `text`].
+    #[arg(long, value_name = "NAME")]
+    pub(crate) field: Option<String>,
+
+    /// Source name recorded on every row [default: each file's stem].
+    #[arg(long, value_name = "NAME")]
+    pub(crate) source: Option<String>,
+
+    /// Input format.
+    #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
+    pub(crate) format: FormatArg,
+
+    /// Skip and count invalid lines instead of stopping at the first.
+    #[arg(long)]
+    pub(crate) skip_invalid: bool,
+
+    #[command(flatten)]
+    pub(crate) dedup: DedupFlags,
+
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Dedup settings shared by `prompts import` and `dedup`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct DedupFlags {
+    /// Jaccard similarity of word 5-gram sets at or above which two texts are near duplicates.
+    #[arg(long, value_name = "F", default_value_t = 0.8)]
+    pub(crate) near_dup_threshold: f64,
+
+    /// Keep near duplicates (exact duplicates are still dropped).
+    #[arg(long)]
+    pub(crate) no_near_dup: bool,
+
+    /// MinHash signature length.
+    #[arg(long, value_name = "N", default_value_t = 128, hide = true)]
+    pub(crate) num_perm: usize,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DedupArgs {
+    /// Input table (`-` for standard input).
+    #[arg(short, long, value_name = "IN")]
+    pub(crate) input: PathBuf,
+
+    /// Output table, same schema (`-` for standard output).
+    #[arg(short, long, value_name = "OUT")]
+    pub(crate) output: String,
+
+    /// Text column to compare.
+    #[arg(long, default_value = "text")]
+    pub(crate) column: String,
+
+    /// Keep exact duplicates (only near duplicates are dropped).
+    #[arg(long)]
+    pub(crate) no_exact: bool,
+
+    #[command(flatten)]
+    pub(crate) dedup: DedupFlags,
+
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InspectArgs {
+    /// The table (`-` for standard input).
+    pub(crate) table: PathBuf,
+
+    /// Sample rows to show.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub(crate) head: usize,
+
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+
+    /// Recompute the content hash from the rows and fail if it differs from the recorded one.
+    #[arg(long)]
+    pub(crate) verify: bool,
+}

@@ -1,0 +1,56 @@
+//! End-to-end tests of the `charter` binary: one integration binary, one module per area.
+
+mod dedup;
+mod import;
+mod inspect;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// Runs `charter` with `args`, feeding `stdin` if given.
+pub(crate) fn charter(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_charter"));
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = cmd.spawn().expect("charter runs");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(input).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Runs `charter` and asserts it succeeded; returns stdout.
+pub(crate) fn ok(args: &[&str]) -> Vec<u8> {
+    let out = charter(args, None);
+    assert!(
+        out.status.success(),
+        "charter {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Runs `charter`, asserts it failed, and returns stderr.
+pub(crate) fn fails(args: &[&str], stdin: Option<&[u8]>) -> String {
+    let out = charter(args, stdin);
+    assert!(!out.status.success(), "charter {args:?} should have failed");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// Writes a file into `dir` and returns its path as a string.
+pub(crate) fn file(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// `charter inspect --json` of a table.
+pub(crate) fn inspect(path: &str) -> serde_json::Value {
+    serde_json::from_slice(&ok(&["inspect", path, "--json", "--head", "100"])).unwrap()
+}
