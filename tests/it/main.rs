@@ -1,5 +1,8 @@
 //! End-to-end tests of the `charter` binary: one integration binary, one module per area.
 
+// Test helpers panic with context on any failure: that is their job.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod dedup;
 mod import;
 mod inspect;

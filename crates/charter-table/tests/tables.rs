@@ -1,5 +1,8 @@
 //! Writing, reading, hashing and resuming tables, end to end through Parquet files.
 
+// Test helpers panic with context on any failure: that is their job.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 use charter_table::{
@@ -257,7 +260,7 @@ fn nullable_columns_round_trip() {
         &provenance("t"),
     )
     .unwrap();
-    w.write_rows(&[row.clone()]).unwrap();
+    w.write_rows(std::slice::from_ref(&row)).unwrap();
     w.finish().unwrap();
     assert_eq!(
         TableFile::open(&path).unwrap().rows::<Label>().unwrap(),
