@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod dedup;
+mod default_prompts;
 mod import;
 mod inspect;
 
