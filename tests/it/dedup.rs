@@ -79,3 +79,86 @@ fn dedup_refuses_a_missing_column_and_foreign_files() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn dedup_refuses_tables_of_another_schema() {
+    use std::sync::Arc;
+
+    use arrow_schema::{DataType, Field, Schema};
+    use charter_table::{Output, PROMPTS, Provenance, TableWriter};
+
+    let dir = tempfile::tempdir().unwrap();
+    // Claims to be a `prompts` table but has a numeric `text` column and no `tags`.
+    let path = dir.path().join("odd.parquet");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("text", DataType::UInt64, false),
+    ]));
+    let batch = arrow_array::RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(arrow_array::StringArray::from(vec!["x"])),
+            Arc::new(arrow_array::UInt64Array::from(vec![1u64])),
+        ],
+    )
+    .unwrap();
+    let provenance = Provenance {
+        stage: "hand-made".into(),
+        stage_version: 1,
+        settings: serde_json::json!({}),
+        inputs: vec![],
+        model_hash: None,
+        constitution_hash: None,
+    };
+    let mut w =
+        TableWriter::with_schema(&Output::Path(path.clone()), &PROMPTS, schema, &provenance)
+            .unwrap();
+    w.write(&batch).unwrap();
+    w.finish().unwrap();
+
+    let out = dir.path().join("out.parquet");
+    let err = fails(
+        &[
+            "dedup",
+            "-i",
+            path.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        err.contains("columns do not match the `prompts` schema"),
+        "{err}"
+    );
+    assert!(
+        err.contains("column `text`: expected utf8, found UInt64"),
+        "{err}"
+    );
+    assert!(
+        err.contains("column `source`: expected utf8, found no such column"),
+        "{err}"
+    );
+    assert!(!out.exists());
+
+    // A Parquet file without charter's metadata is not a charter table.
+    let foreign = dir.path().join("foreign.parquet");
+    let file = std::fs::File::create(&foreign).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let err = fails(
+        &[
+            "dedup",
+            "-i",
+            foreign.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        err.contains("metadata `charter.table`: missing: not a charter table"),
+        "{err}"
+    );
+}
