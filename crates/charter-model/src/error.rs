@@ -118,6 +118,14 @@ pub enum Error {
         /// What is wrong.
         problem: String,
     },
+
+    /// Something charter does not support (an architecture, a configuration).
+    #[error("{0}")]
+    Unsupported(String),
+
+    /// The ONNX exporter could not build the graph.
+    #[error("ONNX export: {0}")]
+    Export(String),
 }
 
 /// The crate's result type.

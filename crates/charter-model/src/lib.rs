@@ -49,13 +49,16 @@
 //! # Ok::<(), charter_model::Error>(())
 //! ```
 
+mod config;
 mod error;
 mod ggml;
 mod gguf;
 mod metadata;
+pub mod onnx;
 mod quant;
 mod reader;
 
+pub use config::ModelConfig;
 pub use error::{Error, Result};
 pub use ggml::GgmlType;
 pub use gguf::{DEFAULT_ALIGNMENT, Gguf, KEY_ALIGNMENT, TensorInfo};

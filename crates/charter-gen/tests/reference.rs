@@ -1,0 +1,215 @@
+//! The f32 ONNX export of the default model, run through ONNX Runtime,
+//! reproduces the independent f32 reference in `shared/reference/smollm2`:
+//! first-step logits within 1e-3 and greedy continuations token for token,
+//! alone and batched with left padding.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use charter_gen::{Decoder, DecoderDims, KvCache};
+use charter_model::{Gguf, ModelConfig};
+
+struct Case {
+    prompt_ids: Vec<i64>,
+    top5_ids: Vec<usize>,
+    top5_logits: Vec<f64>,
+    greedy_ids: Vec<i64>,
+    logits: Vec<f32>,
+}
+
+fn reference_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/smollm2")
+}
+
+fn cases() -> Vec<Case> {
+    let dir = reference_dir();
+    let text = std::fs::read_to_string(dir.join("greedy_f32.json"))
+        .expect("shared/reference beside the repository");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ids = |v: &serde_json::Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    json.as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let bytes =
+                std::fs::read(dir.join(format!("first_step_logits_prompt{}.f32", i + 1))).unwrap();
+            Case {
+                prompt_ids: ids(&c["prompt_ids"]),
+                top5_ids: ids(&c["top5_ids"])
+                    .into_iter()
+                    .map(|x| x as usize)
+                    .collect(),
+                top5_logits: c["top5_logits"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect(),
+                greedy_ids: ids(&c["greedy_ids"]),
+                logits: bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// The default model exported once per test binary.
+fn exported() -> &'static (tempfile::TempDir, DecoderDims) {
+    static DIR: OnceLock<(tempfile::TempDir, DecoderDims)> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let home = charter_gen::runtime::charter_home();
+        let gguf_path = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let gguf = Gguf::open(&gguf_path).unwrap_or_else(|e| panic!("{e} — run scripts/setup"));
+        let config = ModelConfig::from_gguf(&gguf).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        charter_model::onnx::export_f32(&config, &gguf, dir.path()).unwrap();
+        let dims = DecoderDims {
+            layers: config.num_hidden_layers,
+            kv_heads: config.num_key_value_heads,
+            head_dim: config.head_dim(),
+            vocab: config.vocab_size,
+        };
+        (dir, dims)
+    })
+}
+
+fn open() -> Decoder {
+    let (dir, dims) = exported();
+    Decoder::open(dir.path(), *dims, 1).unwrap()
+}
+
+fn argmax(x: &[f32]) -> usize {
+    x.iter()
+        .enumerate()
+        .fold(0, |best, (i, v)| if *v > x[best] { i } else { best })
+}
+
+/// Greedy decoding of a left-padded batch; returns each row's new tokens up to and including EOS (id 2).
+fn greedy(decoder: &mut Decoder, prompts: &[&[i64]], max_new: usize) -> Vec<Vec<i64>> {
+    let d = decoder.dims();
+    let b = prompts.len();
+    let width = prompts.iter().map(|p| p.len()).max().unwrap();
+    let (mut ids, mut mask, mut pos) = (Vec::new(), Vec::new(), Vec::new());
+    for p in prompts {
+        let pad = width - p.len();
+        ids.extend(std::iter::repeat_n(0, pad).chain(p.iter().copied()));
+        mask.extend(std::iter::repeat_n(0, pad).chain(std::iter::repeat_n(1, p.len())));
+        pos.extend(std::iter::repeat_n(0, pad).chain(0..p.len() as i64));
+    }
+    let mut next_pos: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
+    let (logits, mut cache) = decoder
+        .forward(ids, pos, mask.clone(), width, KvCache::empty(&d, b))
+        .unwrap();
+    let mut out = vec![Vec::new(); b];
+    let mut done = vec![false; b];
+    let mut last: Vec<i64> = (0..b)
+        .map(|r| {
+            argmax(&logits[(r * width + width - 1) * d.vocab..(r * width + width) * d.vocab]) as i64
+        })
+        .collect();
+    for _ in 0..max_new {
+        for r in 0..b {
+            if !done[r] {
+                out[r].push(last[r]);
+                done[r] = last[r] == 2;
+            }
+        }
+        if done.iter().all(|&x| x) {
+            break;
+        }
+        // Append one position per row (finished rows decode padding they ignore).
+        let mut new_mask = Vec::with_capacity(b * (cache.len + 1));
+        for r in 0..b {
+            new_mask.extend_from_slice(&mask[r * cache.len..(r + 1) * cache.len]);
+            new_mask.push(1);
+        }
+        mask = new_mask;
+        let (logits, next) = decoder
+            .forward(last.clone(), next_pos.clone(), mask.clone(), 1, cache)
+            .unwrap();
+        cache = next;
+        for r in 0..b {
+            next_pos[r] += 1;
+            last[r] = argmax(&logits[r * d.vocab..(r + 1) * d.vocab]) as i64;
+        }
+    }
+    out
+}
+
+#[test]
+fn first_step_logits_match_the_reference() {
+    let mut decoder = open();
+    for (i, case) in cases().iter().enumerate() {
+        let n = case.prompt_ids.len();
+        let d = decoder.dims();
+        let (logits, _) = decoder
+            .forward(
+                case.prompt_ids.clone(),
+                (0..n as i64).collect(),
+                vec![1; n],
+                n,
+                KvCache::empty(&d, 1),
+            )
+            .unwrap();
+        let last = &logits[(n - 1) * d.vocab..n * d.vocab];
+        let max_diff = last
+            .iter()
+            .zip(&case.logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let mut order: Vec<usize> = (0..d.vocab).collect();
+        order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
+        assert_eq!(order[..5], case.top5_ids[..], "prompt {}: top-5 ids", i + 1);
+        for (k, &id) in case.top5_ids.iter().enumerate() {
+            assert!(
+                (f64::from(last[id]) - case.top5_logits[k]).abs() < 1e-3,
+                "prompt {}: logit of {id}",
+                i + 1
+            );
+        }
+        assert!(
+            max_diff < 1e-3,
+            "prompt {}: max |Δlogit| = {max_diff}",
+            i + 1
+        );
+        eprintln!(
+            "prompt {}: max |Δlogit| over the vocabulary = {max_diff:.2e}",
+            i + 1
+        );
+    }
+}
+
+#[test]
+fn greedy_continuations_match_alone_and_batched() {
+    let mut decoder = open();
+    let cases = cases();
+    for case in &cases {
+        let got = greedy(&mut decoder, &[&case.prompt_ids], 64);
+        assert_eq!(got[0], case.greedy_ids);
+    }
+    // All three in one left-padded batch: padding and per-row positions must not change a token.
+    let prompts: Vec<&[i64]> = cases.iter().map(|c| c.prompt_ids.as_slice()).collect();
+    let got = greedy(&mut decoder, &prompts, 64);
+    for (row, case) in got.iter().zip(&cases) {
+        assert_eq!(row, &case.greedy_ids);
+    }
+}
+
+#[test]
+fn a_missing_graph_is_a_clear_error() {
+    let (_, dims) = exported();
+    let empty = tempfile::tempdir().unwrap();
+    let err = Decoder::open(empty.path(), *dims, 1).err().unwrap();
+    assert!(err.to_string().contains("model.onnx: missing"), "{err}");
+}
