@@ -1,13 +1,19 @@
 //! charter's generation engine on ONNX Runtime (`ort`, loaded dynamically).
 //!
 //! - [`runtime`]: finds and loads the ONNX Runtime library once per process;
-//! - [`Decoder`]: one forward pass of an exported decoder with a KV cache.
+//! - [`Decoder`]: one forward pass of an exported decoder with a KV cache;
+//! - [`Engine`]: batched generation with continuous batching, and scoring;
+//! - [`sampling`]: greedy, temperature, top-k, top-p with per-row seeds.
 //!
 //! No Arrow here: stages in other crates turn tables into token batches.
 
 mod decoder;
+mod engine;
 mod error;
 pub mod runtime;
+pub mod sampling;
 
 pub use decoder::{Decoder, DecoderDims, KvCache};
+pub use engine::{Completion, Engine, FinishReason, GenerateOptions, Request};
 pub use error::{Error, Result};
+pub use sampling::Sampling;
