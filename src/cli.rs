@@ -33,6 +33,133 @@ pub(crate) enum Command {
     Dedup(DedupArgs),
     /// Show a table: name, rows, schema, provenance, content hash and sample rows.
     Inspect(InspectArgs),
+    /// Import, describe and create model directories.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Answer one message with a model, for a quick look at it.
+    Chat(ChatArgs),
+    /// Answer every prompt of a `prompts` table: writes a `responses` table.
+    Respond(RespondArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ModelCommand {
+    /// Turn a GGUF file (llama architecture) into a model directory.
+    Import(ModelImportArgs),
+    /// Describe a model directory.
+    Info(ModelInfoArgs),
+    /// Write a tiny random-weight model directory (2 layers, byte-level tokenizer) for tests.
+    Tiny(ModelTinyArgs),
+}
+
+/// Weight types for an exported graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum DtypeArg {
+    /// Dequantised f32 weights: reproduces an f32 reference exactly.
+    F32,
+    /// 8-bit block weights: close to f32 (KL ~0.005 nats on the default model), faster.
+    Int8,
+    /// 4-bit block weights: smallest; requantising GGUF Q4_1 costs accuracy (see benches/README.md).
+    Int4,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ModelImportArgs {
+    /// The GGUF file.
+    pub(crate) source: PathBuf,
+    /// The model directory to write.
+    #[arg(short, long, value_name = "DIR")]
+    pub(crate) output: PathBuf,
+    /// Weight type of the generation graph.
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    pub(crate) dtype: DtypeArg,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ModelInfoArgs {
+    /// The model directory.
+    pub(crate) dir: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ModelTinyArgs {
+    /// The model directory to write.
+    #[arg(short, long, value_name = "DIR")]
+    pub(crate) output: PathBuf,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+}
+
+/// Generation settings shared by the commands that generate.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct GenFlags {
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, value_name = "T", default_value_t = 0.7)]
+    pub(crate) temperature: f32,
+    /// Nucleus sampling mass; 1 disables it.
+    #[arg(long, value_name = "P", default_value_t = 0.95)]
+    pub(crate) top_p: f32,
+    /// Keep only the K most likely tokens; 0 disables it.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub(crate) top_k: usize,
+    /// Cap on generated tokens per answer.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub(crate) max_new_tokens: u32,
+    /// Build seed: every row's seed derives from it and the row's identity.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// System prompt [default: the chat template's own].
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) system: Option<String>,
+    /// Intra-op threads for ONNX Runtime.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub(crate) threads: usize,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ChatArgs {
+    /// The model directory.
+    #[arg(short, long, value_name = "DIR")]
+    pub(crate) model: PathBuf,
+    /// The user message.
+    pub(crate) message: String,
+    #[command(flatten)]
+    pub(crate) gen_flags: GenFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RespondArgs {
+    /// The model directory.
+    #[arg(short, long, value_name = "DIR")]
+    pub(crate) model: PathBuf,
+    /// Input `prompts` table (`-` for standard input).
+    #[arg(short, long, value_name = "IN")]
+    pub(crate) input: PathBuf,
+    /// Output `responses` table (`-` for standard output: not resumable).
+    #[arg(short, long, value_name = "OUT")]
+    pub(crate) output: String,
+    /// Answers per prompt.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub(crate) samples: u32,
+    /// Answer only the first N prompts.
+    #[arg(long, value_name = "N")]
+    pub(crate) limit: Option<usize>,
+    /// Rows decoded together.
+    #[arg(long, value_name = "B", default_value_t = 16)]
+    pub(crate) batch_size: usize,
+    /// Rows per window, generated together and committed as one shard: the
+    /// most work an interrupted run loses.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub(crate) shard_rows: usize,
+    #[command(flatten)]
+    pub(crate) gen_flags: GenFlags,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Subcommand)]

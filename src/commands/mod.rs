@@ -1,8 +1,11 @@
 //! One module per subcommand: arguments → settings → a library call → output.
 
+mod chat;
 mod dedup;
 mod inspect;
+mod model;
 mod prompts_import;
+mod respond;
 
 use std::io::Read;
 use std::path::Path;
@@ -11,7 +14,7 @@ use anyhow::{Context, Result};
 use charter_table::dedup::{DedupOptions, NearDupOptions};
 use charter_table::{Output, TableSummary};
 
-use crate::cli::{Cli, Command, DedupFlags, PromptsCommand};
+use crate::cli::{Cli, Command, DedupFlags, ModelCommand, PromptsCommand};
 
 /// Runs the parsed command line.
 pub(crate) fn run(cli: Cli) -> Result<()> {
@@ -19,6 +22,11 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Prompts(PromptsCommand::Import(args)) => prompts_import::run(args, cli.quiet),
         Command::Dedup(args) => dedup::run(args, cli.quiet),
         Command::Inspect(args) => inspect::run(args),
+        Command::Model(ModelCommand::Import(args)) => model::import(args, cli.quiet),
+        Command::Model(ModelCommand::Info(args)) => model::info(args),
+        Command::Model(ModelCommand::Tiny(args)) => model::tiny(args, cli.quiet),
+        Command::Chat(args) => chat::run(args),
+        Command::Respond(args) => respond::run(args, cli.quiet),
     }
 }
 

@@ -7,7 +7,7 @@ use std::process::Command;
 use crate::{inspect, ok};
 
 /// charter's asset cache, as `scripts/setup` fills it.
-fn charter_home() -> PathBuf {
+pub(crate) fn charter_home() -> PathBuf {
     std::env::var_os("CHARTER_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| {

@@ -4,9 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod dedup;
+mod default_model;
 mod default_prompts;
 mod import;
 mod inspect;
+mod respond;
 
 use std::io::Write;
 use std::path::Path;

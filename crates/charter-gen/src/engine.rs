@@ -9,7 +9,7 @@
 //! at any batch size; sampling draws from the row's own seeded stream).
 
 use crate::decoder::{Decoder, DecoderDims, KvCache};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::sampling::{RowRng, Sampling, log_softmax_at, sample};
 
 /// One prompt to continue.
@@ -96,15 +96,16 @@ impl Engine {
     }
 
     /// Continues every request; `done` receives each row as it finishes
-    /// (not in request order). `stop` is asked after every token whether the
-    /// row's tokens so far end it (stop strings); stop ids are checked first.
-    pub fn generate(
+    /// (not in request order) and may fail with the caller's own error, which
+    /// stops generation. `stop` is asked after every token whether the row's
+    /// tokens so far end it (stop strings); stop ids are checked first.
+    pub fn generate<E: From<Error>>(
         &mut self,
         requests: &[Request],
         options: &GenerateOptions,
         stop: &mut dyn FnMut(usize, &[u32]) -> bool,
-        done: &mut dyn FnMut(Completion) -> Result<()>,
-    ) -> Result<()> {
+        done: &mut dyn FnMut(Completion) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
         let dims = self.decoder.dims();
         let batch_size = options.batch_size.max(1);
         let mut waiting = requests.iter().enumerate().peekable();
@@ -207,7 +208,7 @@ impl Engine {
     /// Hands finished rows to `done` and drops them (and any padding every
     /// remaining row shares) from the cache.
     #[allow(clippy::too_many_arguments)]
-    fn retire(
+    fn retire<E>(
         &self,
         rows: &mut Vec<Row>,
         last: &mut Vec<u32>,
@@ -215,8 +216,8 @@ impl Engine {
         mask: &mut Vec<i64>,
         options: &GenerateOptions,
         stop: &mut dyn FnMut(usize, &[u32]) -> bool,
-        done: &mut dyn FnMut(Completion) -> Result<()>,
-    ) -> Result<()> {
+        done: &mut dyn FnMut(Completion) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
         let mut keep = Vec::with_capacity(rows.len());
         let mut finished = Vec::new();
         for (r, row) in rows.iter().enumerate() {

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use crate::ggml::GgmlType;
 
-/// Errors from reading model files.
+/// Errors from reading model files and from the tokenizers and chat
+/// templates built from them.
 ///
 /// Every variant names what a user needs to find the problem: the file, and
 /// the byte offset, metadata key or tensor involved, with what was expected
@@ -126,6 +127,15 @@ pub enum Error {
     /// The ONNX exporter could not build the graph.
     #[error("ONNX export: {0}")]
     Export(String),
+
+    /// A tokenizer could not be built, loaded or run.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    /// A chat template could not be compiled or rendered, or does something
+    /// [`encode_chat`](crate::encode_chat) cannot encode safely.
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
 }
 
 /// The crate's result type.

@@ -1,4 +1,5 @@
-//! charter's model files: a GGUF reader with dequantisation.
+//! charter's model files: a GGUF reader with dequantisation, tokenizers
+//! built from a GGUF vocabulary, and chat templates.
 //!
 //! - [`Gguf`] opens a GGUF file (versions 2 and 3), reads its metadata and
 //!   tensor infos eagerly and tensor data on demand with positioned reads;
@@ -11,6 +12,13 @@
 //!   [`Gguf::blocks`] gives the raw Q4_0, Q4_1 and Q8_0 blocks
 //!   ([`BlockQ4_0`], [`BlockQ4_1`], [`BlockQ8_0`]) for repacking without
 //!   dequantising.
+//! - [`tokenizer_json_from_gguf`] writes a HuggingFace `tokenizer.json` for a
+//!   GGUF's byte-level BPE vocabulary; [`TextTokenizer`] loads one and
+//!   encodes text with special tokens on (the chat template's own text) or
+//!   off (untrusted data, where `<|im_end|>` stays ordinary text).
+//! - [`ChatTemplate`] renders a model's Jinja chat template as HuggingFace
+//!   does; [`encode_chat`] gives a conversation's token ids with control
+//!   tokens only where the template writes them.
 //!
 //! Shapes: GGUF stores dimensions innermost first (ggml's `ne`);
 //! [`TensorInfo::shape`] reports them outermost first, as PyTorch does, and
@@ -49,19 +57,33 @@
 //! # Ok::<(), charter_model::Error>(())
 //! ```
 
+mod chat;
 mod config;
 mod error;
 mod ggml;
 mod gguf;
 mod metadata;
+mod model_dir;
 pub mod onnx;
 mod quant;
 mod reader;
+mod tiny;
+mod tokenizer;
 
+pub use chat::{ChatTemplate, Message, encode_chat};
 pub use config::ModelConfig;
 pub use error::{Error, Result};
 pub use ggml::GgmlType;
 pub use gguf::{DEFAULT_ALIGNMENT, Gguf, KEY_ALIGNMENT, TensorInfo};
 pub use half::f16;
 pub use metadata::{Array, Metadata, Value, ValueType};
+pub use model_dir::{
+    Dtype, GRAPH_VERSION, ModelDir, ModelProvenance, PROVENANCE_FILE, REQUIRED_FILES,
+    TokenizerConfig, hash_file, import_gguf, write_dir,
+};
 pub use quant::{BLOCK_LEN, Block, BlockQ4_0, BlockQ4_1, BlockQ8_0, dequantize};
+pub use tiny::{
+    TINY_CHAT_TEMPLATE, TINY_SPECIAL_TOKENS, TinyWeights, tiny_config, tiny_tokenizer_json,
+    write_tiny,
+};
+pub use tokenizer::{TextTokenizer, tokenizer_json_from_gguf};

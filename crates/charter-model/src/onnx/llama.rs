@@ -36,8 +36,37 @@ pub trait WeightSource {
     fn f32_tensor(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>>;
 }
 
-/// Writes `model.onnx` and `model.onnx.data` for `config` into `dir`.
+/// How the exporter stores the weights of linear layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// f32 weights and `MatMul`: reproduces an f32 reference.
+    F32,
+    /// `bits`-bit weights (4 or 8) with `com.microsoft` `MatMulNBits`
+    /// (blocks of 32, f32 scales, packed integer zero points).
+    /// `accuracy_level` 0 computes in f32; 4 lets ONNX Runtime quantise
+    /// activations to int8 for speed.
+    Blocks {
+        /// Bits per weight: 4 or 8.
+        bits: usize,
+        /// `MatMulNBits`' `accuracy_level` attribute.
+        accuracy_level: i64,
+    },
+}
+
+/// Writes an f32 `model.onnx` and `model.onnx.data` for `config` into `dir`.
 pub fn export_f32(config: &ModelConfig, weights: &dyn WeightSource, dir: &Path) -> Result<()> {
+    export(config, weights, dir, WeightFormat::F32)
+}
+
+/// Writes `model.onnx` and `model.onnx.data` for `config` into `dir`, with
+/// linear layers stored as `format` says (embeddings, norms and the LM head
+/// stay f32).
+pub fn export(
+    config: &ModelConfig,
+    weights: &dyn WeightSource,
+    dir: &Path,
+    format: WeightFormat,
+) -> Result<()> {
     let c = config;
     let head_dim = c.head_dim();
     let (nh, kvh) = (c.num_attention_heads as i64, c.num_key_value_heads as i64);
@@ -100,17 +129,61 @@ pub fn export_f32(config: &ModelConfig, weights: &dyn WeightSource, dir: &Path) 
             .f32_tensor(name)?
             .ok_or_else(|| crate::Error::Export(format!("the model has no tensor `{name}`")))
     };
-    // A linear layer's weight, transposed to [in, out] for MatMul.
-    let linear = |g: &mut GraphBuilder, name: &str| -> Result<String> {
+    // x · Wᵀ for a linear layer whose weight W is [out, in].
+    let linear = |g: &mut GraphBuilder, x: &str, name: &str| -> Result<String> {
         let (shape, w) = get(name)?;
         let (out, inp) = (shape[0], shape[1]);
-        let mut t = vec![0f32; w.len()];
-        for o in 0..out {
-            for i in 0..inp {
-                t[i * out + o] = w[o * inp + i];
+        match format {
+            WeightFormat::F32 => {
+                let mut t = vec![0f32; w.len()];
+                for o in 0..out {
+                    for i in 0..inp {
+                        t[i * out + o] = w[o * inp + i];
+                    }
+                }
+                let wt = g.weight_f32(name, &[inp, out], &t)?;
+                Ok(g.node("MatMul", &[x, &wt], vec![]))
+            }
+            WeightFormat::Blocks {
+                bits,
+                accuracy_level,
+            } => {
+                use super::int4::{BLOCK, quantize, zero_point_cols};
+                let q = quantize(&w, out, inp, bits)
+                    .map_err(|e| crate::Error::Export(format!("{name}: {e}")))?;
+                let blocks = inp / BLOCK;
+                let b = g.weight(
+                    &format!("{name}.q"),
+                    &[out, blocks, BLOCK * bits / 8],
+                    data_type::UINT8,
+                    &q.packed,
+                )?;
+                let scales: Vec<u8> = q.scales.iter().flat_map(|v| v.to_le_bytes()).collect();
+                let sc = g.weight(
+                    &format!("{name}.scales"),
+                    &[out * blocks],
+                    data_type::FLOAT,
+                    &scales,
+                )?;
+                let zp = g.weight(
+                    &format!("{name}.zero_points"),
+                    &[out * zero_point_cols(blocks, bits)],
+                    data_type::UINT8,
+                    &q.zero_points,
+                )?;
+                Ok(g.contrib(
+                    "MatMulNBits",
+                    &[x, &b, &sc, &zp],
+                    vec![
+                        ("K", Attr::Int(inp as i64)),
+                        ("N", Attr::Int(out as i64)),
+                        ("bits", Attr::Int(bits as i64)),
+                        ("block_size", Attr::Int(BLOCK as i64)),
+                        ("accuracy_level", Attr::Int(accuracy_level)),
+                    ],
+                ))
             }
         }
-        g.weight_f32(name, &[inp, out], &t)
     };
     let vector = |g: &mut GraphBuilder, name: &str| -> Result<String> {
         let (shape, w) = get(name)?;
@@ -196,12 +269,9 @@ pub fn export_f32(config: &ModelConfig, weights: &dyn WeightSource, dir: &Path) 
             &[&x, &norm_w],
             vec![("axis", Attr::Int(-1)), ("epsilon", Attr::Float(eps))],
         );
-        let wq = linear(&mut g, &format!("{p}.attn_q.weight"))?;
-        let wk = linear(&mut g, &format!("{p}.attn_k.weight"))?;
-        let wv = linear(&mut g, &format!("{p}.attn_v.weight"))?;
-        let mut q = g.node("MatMul", &[&h, &wq], vec![]);
-        let mut k = g.node("MatMul", &[&h, &wk], vec![]);
-        let mut v = g.node("MatMul", &[&h, &wv], vec![]);
+        let mut q = linear(&mut g, &h, &format!("{p}.attn_q.weight"))?;
+        let mut k = linear(&mut g, &h, &format!("{p}.attn_k.weight"))?;
+        let mut v = linear(&mut g, &h, &format!("{p}.attn_v.weight"))?;
         for (t, bias_name) in [
             (&mut q, "attn_q.bias"),
             (&mut k, "attn_k.bias"),
@@ -279,8 +349,7 @@ pub fn export_f32(config: &ModelConfig, weights: &dyn WeightSource, dir: &Path) 
             vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
         );
         let ctx = g.node("Reshape", &[&ctx, &merge], vec![]);
-        let wo = linear(&mut g, &format!("{p}.attn_output.weight"))?;
-        let attn = g.node("MatMul", &[&ctx, &wo], vec![]);
+        let attn = linear(&mut g, &ctx, &format!("{p}.attn_output.weight"))?;
         x = g.node("Add", &[&x, &attn], vec![]);
 
         let norm_w = vector(&mut g, &format!("{p}.ffn_norm.weight"))?;
@@ -289,15 +358,12 @@ pub fn export_f32(config: &ModelConfig, weights: &dyn WeightSource, dir: &Path) 
             &[&x, &norm_w],
             vec![("axis", Attr::Int(-1)), ("epsilon", Attr::Float(eps))],
         );
-        let wg = linear(&mut g, &format!("{p}.ffn_gate.weight"))?;
-        let wu = linear(&mut g, &format!("{p}.ffn_up.weight"))?;
-        let wd = linear(&mut g, &format!("{p}.ffn_down.weight"))?;
-        let gate = g.node("MatMul", &[&h, &wg], vec![]);
-        let up = g.node("MatMul", &[&h, &wu], vec![]);
+        let gate = linear(&mut g, &h, &format!("{p}.ffn_gate.weight"))?;
+        let up = linear(&mut g, &h, &format!("{p}.ffn_up.weight"))?;
         let sig = g.node("Sigmoid", &[&gate], vec![]);
         let silu = g.node("Mul", &[&gate, &sig], vec![]);
         let act = g.node("Mul", &[&silu, &up], vec![]);
-        let down = g.node("MatMul", &[&act, &wd], vec![]);
+        let down = linear(&mut g, &act, &format!("{p}.ffn_down.weight"))?;
         x = g.node("Add", &[&x, &down], vec![]);
     }
 

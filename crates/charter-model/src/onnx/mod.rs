@@ -1,7 +1,8 @@
 //! charter's own ONNX export of decoder models.
 
 mod builder;
+mod int4;
 mod llama;
 mod proto;
 
-pub use llama::{WeightSource, export_f32};
+pub use llama::{WeightFormat, WeightSource, export, export_f32};

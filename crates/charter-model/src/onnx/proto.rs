@@ -7,6 +7,7 @@
 /// `TensorProto.DataType` values charter uses.
 pub(crate) mod data_type {
     pub(crate) const FLOAT: i32 = 1;
+    pub(crate) const UINT8: i32 = 2;
     pub(crate) const INT64: i32 = 7;
 }
 

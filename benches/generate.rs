@@ -1,0 +1,171 @@
+//! Generation throughput of the default model on ONNX Runtime, by weight
+//! format and batch size.
+//!
+//! Prompts are the default Do-Not-Answer prompts rendered with the model's
+//! chat template. For each format: prefill tokens/s (one forward over a
+//! left-padded batch) and aggregate decode tokens/s of the engine
+//! (continuous batching, greedy, `--max-new` tokens per prompt) at each
+//! batch size. The peer comparison (llama-cpp-python on the same GGUF) is
+//! `benches/peer_llama_cpp.py`; see benches/README.md.
+//!
+//! Run: `cargo bench --bench generate -- [--formats f32,int8,int4] [--batches 1,8,32,64] [--prompts N] [--max-new N] [--threads N]`
+
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use charter_gen::{Decoder, DecoderDims, Engine, GenerateOptions, KvCache, Request, Sampling};
+use charter_model::onnx::{WeightFormat, export};
+use charter_model::{ChatTemplate, Gguf, Message, ModelConfig, TextTokenizer, encode_chat};
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn format_of(name: &str) -> WeightFormat {
+    match name {
+        "f32" => WeightFormat::F32,
+        "int8" => WeightFormat::Blocks {
+            bits: 8,
+            accuracy_level: 4,
+        },
+        "int8-exact" => WeightFormat::Blocks {
+            bits: 8,
+            accuracy_level: 0,
+        },
+        "int4" => WeightFormat::Blocks {
+            bits: 4,
+            accuracy_level: 4,
+        },
+        other => panic!("unknown format {other}"),
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--test") {
+        return; // `cargo test --benches`: nothing to check here.
+    }
+    let home = charter_gen::runtime::charter_home();
+    let gguf =
+        Gguf::open(home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")).expect("run scripts/setup");
+    let config = ModelConfig::from_gguf(&gguf).unwrap();
+    let tokenizer = TextTokenizer::from_gguf(&gguf).unwrap();
+    let template = ChatTemplate::from_gguf(&gguf).unwrap();
+    let dims = DecoderDims {
+        layers: config.num_hidden_layers,
+        kv_heads: config.num_key_value_heads,
+        head_dim: config.head_dim(),
+        vocab: config.vocab_size,
+    };
+
+    let n_prompts: usize = arg("--prompts", "64").parse().unwrap();
+    let max_new: usize = arg("--max-new", "64").parse().unwrap();
+    let threads: usize = arg("--threads", "1").parse().unwrap();
+    let batches: Vec<usize> = arg("--batches", "1,8,32,64")
+        .split(',')
+        .map(|b| b.parse().unwrap())
+        .collect();
+    let mut prompts = Vec::new();
+    let dir = home.join("prompts/donotanswer");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    'outer: for f in files {
+        for line in std::fs::read_to_string(f).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let text = v["prompt"].as_str().unwrap();
+            prompts.push(
+                encode_chat(&tokenizer, &template, &[Message::new("user", text)], true).unwrap(),
+            );
+            if prompts.len() == n_prompts {
+                break 'outer;
+            }
+        }
+    }
+    let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
+    println!(
+        "{} prompts ({:.1} tokens on average), {max_new} new tokens each, greedy, {threads} thread(s)",
+        prompts.len(),
+        prompt_tokens as f64 / prompts.len() as f64
+    );
+    println!("| format | batch | prefill tok/s | decode tok/s (aggregate) |");
+    println!("|---|---|---|---|");
+
+    for name in arg("--formats", "f32,int8,int4").split(',') {
+        let model_dir = home.join(format!("bench/smollm2-{name}"));
+        if !model_dir.join("model.onnx").exists() {
+            std::fs::create_dir_all(&model_dir).unwrap();
+            export(&config, &gguf, &model_dir, format_of(name)).unwrap();
+        }
+        let decoder = Decoder::open(&model_dir, dims, threads).unwrap();
+        let mut engine = Engine::new(decoder);
+        for &batch in &batches {
+            // Prefill: one forward over `batch` prompts, left-padded.
+            let group: Vec<&Vec<u32>> = prompts.iter().take(batch).collect();
+            let width = group.iter().map(|p| p.len()).max().unwrap();
+            let (mut ids, mut mask, mut pos) = (Vec::new(), Vec::new(), Vec::new());
+            for p in &group {
+                let pad = width - p.len();
+                ids.extend(std::iter::repeat_n(0i64, pad).chain(p.iter().map(|&t| i64::from(t))));
+                mask.extend(std::iter::repeat_n(0i64, pad).chain(std::iter::repeat_n(1, p.len())));
+                pos.extend(std::iter::repeat_n(0i64, pad).chain(0..p.len() as i64));
+            }
+            let real: usize = group.iter().map(|p| p.len()).sum();
+            let mut decoder = Decoder::open(&model_dir, dims, threads).unwrap();
+            let _ = decoder.forward(
+                ids.clone(),
+                pos.clone(),
+                mask.clone(),
+                width,
+                KvCache::empty(&dims, group.len()),
+            );
+            let t = Instant::now();
+            decoder
+                .forward(ids, pos, mask, width, KvCache::empty(&dims, group.len()))
+                .unwrap();
+            let prefill = real as f64 / t.elapsed().as_secs_f64();
+            drop(decoder);
+
+            // Decode: the engine over every prompt at this batch size.
+            let requests: Vec<Request> = prompts
+                .iter()
+                .map(|p| Request {
+                    prompt: p.clone(),
+                    seed: 0,
+                })
+                .collect();
+            let options = GenerateOptions {
+                sampling: Sampling::GREEDY,
+                max_new_tokens: max_new,
+                stop_ids: vec![],
+                batch_size: batch,
+                max_context: config.max_position_embeddings,
+            };
+            let mut generated = 0usize;
+            let t = Instant::now();
+            engine
+                .generate(&requests, &options, &mut |_, _| false, &mut |c| {
+                    generated += c.tokens.len();
+                    Ok::<(), charter_gen::Error>(())
+                })
+                .unwrap();
+            let secs = t.elapsed().as_secs_f64();
+            println!(
+                "| {name} | {batch} | {prefill:.0} | {:.1} |",
+                generated as f64 / secs
+            );
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! The model directory: the unit every command takes with `-m`.
+//!
+//! In the layout users know from HuggingFace, plus charter's graph and provenance:
+//!
+//! | file | what |
+//! |---|---|
+//! | `config.json` | architecture ([`ModelConfig`]) |
+//! | `tokenizer.json` | the tokenizer, loadable by the `tokenizers` library |
+//! | `tokenizer_config.json` | chat template and special tokens |
+//! | `model.onnx`, `model.onnx.data` | the decoder graph charter generates with |
+//! | `charter-model.json` | provenance: source file and its hash, weight dtype, exporter version, content hash |
+//!
+//! A directory is written under a temporary name and renamed into place, so
+//! a half-imported model never looks complete.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::gguf::Gguf;
+use crate::onnx::{WeightFormat, WeightSource, export};
+
+/// Files a model directory must have.
+pub const REQUIRED_FILES: [&str; 6] = [
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "model.onnx",
+    "model.onnx.data",
+    PROVENANCE_FILE,
+];
+
+/// The provenance file's name.
+pub const PROVENANCE_FILE: &str = "charter-model.json";
+
+/// Version of the exported graph: bump when the same weights would give different logits.
+pub const GRAPH_VERSION: u32 = 1;
+
+/// Where a model directory came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelProvenance {
+    /// A display name: the source file's stem.
+    pub name: String,
+    /// The source file's name.
+    pub source: String,
+    /// blake3 of the source file's bytes.
+    pub source_hash: String,
+    /// Weight type of the graph: `f32` or `int4`.
+    pub dtype: String,
+    /// [`GRAPH_VERSION`] of the exporter that wrote the graph.
+    pub graph_version: u32,
+    /// The charter release that wrote the directory.
+    pub created_by: String,
+    /// The model's content hash: blake3 over source hash, dtype and graph
+    /// version. Tables record it as `model_hash`.
+    pub content_hash: String,
+}
+
+/// `tokenizer_config.json`: the chat template and special tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenizerConfig {
+    /// The Jinja chat template.
+    pub chat_template: String,
+    /// Beginning-of-sequence token text, if any.
+    #[serde(default)]
+    pub bos_token: Option<String>,
+    /// End-of-sequence token text.
+    #[serde(default)]
+    pub eos_token: Option<String>,
+    /// Whether a BOS token is prepended when encoding (charter's chat rendering relies on the template instead).
+    #[serde(default)]
+    pub add_bos_token: bool,
+    /// The context window.
+    pub model_max_length: usize,
+}
+
+/// An opened model directory.
+#[derive(Debug, Clone)]
+pub struct ModelDir {
+    /// The directory.
+    pub path: PathBuf,
+    /// Its architecture.
+    pub config: ModelConfig,
+    /// Its chat template and special tokens.
+    pub tokenizer_config: TokenizerConfig,
+    /// Where it came from.
+    pub provenance: ModelProvenance,
+}
+
+impl ModelDir {
+    /// Opens a model directory, naming every missing file.
+    pub fn open(path: &Path) -> Result<Self> {
+        let missing: Vec<&str> = REQUIRED_FILES
+            .iter()
+            .copied()
+            .filter(|f| !path.join(f).is_file())
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Unsupported(format!(
+                "{}: not a complete charter model directory: missing {}",
+                path.display(),
+                missing.join(", ")
+            )));
+        }
+        Ok(ModelDir {
+            path: path.to_path_buf(),
+            config: read_json(&path.join("config.json"))?,
+            tokenizer_config: read_json(&path.join("tokenizer_config.json"))?,
+            provenance: read_json(&path.join(PROVENANCE_FILE))?,
+        })
+    }
+
+    /// The tokenizer file.
+    pub fn tokenizer_path(&self) -> PathBuf {
+        self.path.join("tokenizer.json")
+    }
+}
+
+/// Weight type of a model directory's generation graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    /// Dequantised f32 weights: exact, largest.
+    F32,
+    /// 8-bit block weights (`MatMulNBits`), int8 activations in the matmuls.
+    Int8,
+    /// 4-bit block weights (`MatMulNBits`), int8 activations in the matmuls.
+    Int4,
+}
+
+impl Dtype {
+    /// The name recorded in provenance.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::Int8 => "int8",
+            Dtype::Int4 => "int4",
+        }
+    }
+
+    /// How the exporter stores linear layers for this dtype.
+    pub fn weight_format(self) -> WeightFormat {
+        match self {
+            Dtype::F32 => WeightFormat::F32,
+            Dtype::Int8 => WeightFormat::Blocks {
+                bits: 8,
+                accuracy_level: 4,
+            },
+            Dtype::Int4 => WeightFormat::Blocks {
+                bits: 4,
+                accuracy_level: 4,
+            },
+        }
+    }
+}
+
+/// Imports a GGUF file (llama architecture) as a model directory at `out`.
+///
+/// If `out` already holds an import of the same file with the same dtype and
+/// graph version, it is returned as it is.
+pub fn import_gguf(source: &Path, out: &Path, dtype: Dtype) -> Result<ModelDir> {
+    let source_hash = hash_file(source)?;
+    if let Ok(existing) = ModelDir::open(out) {
+        if existing.provenance.content_hash == content_hash(&source_hash, dtype) {
+            return Ok(existing);
+        }
+    }
+    let gguf = Gguf::open(source)?;
+    let config = ModelConfig::from_gguf(&gguf)?;
+    let m = gguf.metadata();
+    let tokenizer = crate::tokenizer::tokenizer_json_from_gguf(&gguf)?;
+    let tokens = m.get_str_array("tokenizer.ggml.tokens")?;
+    let token_text = |id: Option<u32>| {
+        id.and_then(|i| tokens.get(i as usize))
+            .map(|s| s.to_string())
+    };
+    let tokenizer_config = TokenizerConfig {
+        chat_template: m.get_str("tokenizer.chat_template")?.to_string(),
+        bos_token: token_text(config.bos_token_id),
+        eos_token: token_text(config.eos_token_id),
+        add_bos_token: false,
+        model_max_length: config.max_position_embeddings,
+    };
+    // The file's stem names the model: `general.name` is often a training-run label.
+    let name = source
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let file_name = source
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    write_dir(
+        out,
+        &config,
+        &tokenizer,
+        &tokenizer_config,
+        &gguf,
+        dtype,
+        name,
+        file_name,
+        source_hash,
+    )
+}
+
+/// Writes a model directory from its parts, atomically (temporary directory, then rename).
+#[allow(clippy::too_many_arguments)]
+pub fn write_dir(
+    out: &Path,
+    config: &ModelConfig,
+    tokenizer_json: &str,
+    tokenizer_config: &TokenizerConfig,
+    weights: &dyn WeightSource,
+    dtype: Dtype,
+    name: String,
+    source: String,
+    source_hash: String,
+) -> Result<ModelDir> {
+    config.validate()?;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let stem = out
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{stem}."))
+        .suffix(".partial")
+        .tempdir_in(&parent)
+        .map_err(|e| Error::io(&parent, e))?;
+    let dir = tmp.path();
+    write_json(&dir.join("config.json"), config)?;
+    std::fs::write(dir.join("tokenizer.json"), tokenizer_json)
+        .map_err(|e| Error::io(dir.join("tokenizer.json"), e))?;
+    write_json(&dir.join("tokenizer_config.json"), tokenizer_config)?;
+    export(config, weights, dir, dtype.weight_format())?;
+    let content_hash = content_hash(&source_hash, dtype);
+    let provenance = ModelProvenance {
+        name,
+        source,
+        source_hash,
+        dtype: dtype.as_str().to_string(),
+        graph_version: GRAPH_VERSION,
+        created_by: concat!("charter ", env!("CARGO_PKG_VERSION")).to_string(),
+        content_hash,
+    };
+    write_json(&dir.join(PROVENANCE_FILE), &provenance)?;
+    if out.exists() {
+        // Replace an older import: move it aside first so the rename cannot fail half-way.
+        let old = parent.join(format!(".{stem}.old"));
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
+        std::fs::rename(dir, out).map_err(|e| Error::io(out, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(dir, out).map_err(|e| Error::io(out, e))?;
+    }
+    // The directory now lives at `out`; nothing is left for the TempDir to remove.
+    let _ = tmp.keep();
+    ModelDir::open(out)
+}
+
+/// A model's content hash: blake3 over its source's hash, dtype and graph version.
+fn content_hash(source_hash: &str, dtype: Dtype) -> String {
+    blake3::hash(
+        format!(
+            "charter-model\0{source_hash}\0{}\0{GRAPH_VERSION}",
+            dtype.as_str()
+        )
+        .as_bytes(),
+    )
+    .to_hex()
+    .to_string()
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Unsupported(format!("{}: {e}", path.display())))
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| Error::Export(e.to_string()))? + "\n";
+    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+}
+
+/// blake3 of a file's bytes, lowercase hex.
+pub fn hash_file(path: &Path) -> Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    hasher.update_reader(file).map_err(|e| Error::io(path, e))?;
+    Ok(hasher.finalize().to_hex().to_string())
+}

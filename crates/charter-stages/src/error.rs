@@ -1,0 +1,21 @@
+//! The crate's error type.
+
+/// Errors from running a stage: the table, model and engine errors it meets.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or writing a table.
+    #[error(transparent)]
+    Table(#[from] charter_table::Error),
+    /// Loading the model or tokenizer.
+    #[error(transparent)]
+    Model(#[from] charter_model::Error),
+    /// Running the model.
+    #[error(transparent)]
+    Gen(#[from] charter_gen::Error),
+    /// Invalid settings.
+    #[error("{0}")]
+    Settings(String),
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

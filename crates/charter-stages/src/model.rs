@@ -1,0 +1,77 @@
+//! A model ready to generate: its directory, tokenizer, chat template and engine.
+
+use std::path::Path;
+
+use charter_gen::{Decoder, DecoderDims, Engine};
+use charter_model::{ChatTemplate, Message, ModelDir, TextTokenizer, encode_chat};
+
+use crate::error::Result;
+
+/// A loaded model.
+pub struct Model {
+    /// The model directory.
+    pub dir: ModelDir,
+    /// Its tokenizer.
+    pub tokenizer: TextTokenizer,
+    /// Its chat template.
+    pub template: ChatTemplate,
+    /// The generation engine.
+    pub engine: Engine,
+    /// Tokens that end a turn.
+    pub stop_ids: Vec<u32>,
+}
+
+impl Model {
+    /// Opens a model directory with `threads` intra-op threads.
+    pub fn open(path: &Path, threads: usize) -> Result<Self> {
+        let dir = ModelDir::open(path)?;
+        let tokenizer = TextTokenizer::from_file(dir.tokenizer_path())?;
+        let template = ChatTemplate::new(&dir.tokenizer_config.chat_template)?;
+        let c = &dir.config;
+        let dims = DecoderDims {
+            layers: c.num_hidden_layers,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim(),
+            vocab: c.vocab_size,
+        };
+        let engine = Engine::new(Decoder::open(path, dims, threads)?);
+        let mut stop_ids: Vec<u32> = c.eos_token_id.into_iter().collect();
+        let eos = dir
+            .tokenizer_config
+            .eos_token
+            .as_deref()
+            .and_then(|t| tokenizer.token_id(t));
+        if let Some(eos) = eos.filter(|e| !stop_ids.contains(e)) {
+            stop_ids.push(eos);
+        }
+        Ok(Model {
+            dir,
+            tokenizer,
+            template,
+            engine,
+            stop_ids,
+        })
+    }
+
+    /// The token ids of a conversation rendered for generation: the
+    /// template's own text with control tokens, the messages' text without,
+    /// so text inside a message can never forge a turn.
+    pub fn encode_conversation(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        Ok(encode_chat(
+            &self.tokenizer,
+            &self.template,
+            messages,
+            true,
+        )?)
+    }
+
+    /// Generated tokens as text, control tokens removed.
+    pub fn decode(&self, tokens: &[u32]) -> Result<String> {
+        Ok(self.tokenizer.decode(tokens, true)?)
+    }
+
+    /// The model's context window.
+    pub fn max_context(&self) -> usize {
+        self.dir.config.max_position_embeddings
+    }
+}

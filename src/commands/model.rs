@@ -1,0 +1,88 @@
+//! `charter model import|info|tiny`: model directories.
+
+use anyhow::{Context, Result};
+use charter_model::{Dtype, ModelDir, import_gguf, write_tiny};
+
+use crate::cli::{DtypeArg, ModelImportArgs, ModelInfoArgs, ModelTinyArgs};
+
+pub(crate) fn import(args: ModelImportArgs, quiet: bool) -> Result<()> {
+    let dtype = match args.dtype {
+        DtypeArg::F32 => Dtype::F32,
+        DtypeArg::Int8 => Dtype::Int8,
+        DtypeArg::Int4 => Dtype::Int4,
+    };
+    let progress = crate::progress::spinner(quiet);
+    progress.set_message(format!("importing {}", args.source.display()));
+    let dir = import_gguf(&args.source, &args.output, dtype)
+        .with_context(|| format!("cannot import {}", args.source.display()))?;
+    progress.finish_and_clear();
+    if !quiet {
+        eprintln!(
+            "imported {} ({} layers, {} dtype) into {} (model hash {})",
+            dir.provenance.name,
+            dir.config.num_hidden_layers,
+            dir.provenance.dtype,
+            dir.path.display(),
+            &dir.provenance.content_hash[..16]
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn info(args: ModelInfoArgs) -> Result<()> {
+    let dir = ModelDir::open(&args.dir)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "path": dir.path.display().to_string(),
+                "config": dir.config,
+                "provenance": dir.provenance,
+                "eos_token": dir.tokenizer_config.eos_token,
+                "context": dir.tokenizer_config.model_max_length,
+            }))?
+        );
+        return Ok(());
+    }
+    let c = &dir.config;
+    let p = &dir.provenance;
+    println!("{:<14}{}", "model", p.name);
+    println!("{:<14}{}", "directory", dir.path.display());
+    println!(
+        "{:<14}{} (ONNX graph, version {})",
+        "weights", p.dtype, p.graph_version
+    );
+    println!("{:<14}{} (blake3 {})", "source", p.source, p.source_hash);
+    println!("{:<14}{}", "model hash", p.content_hash);
+    println!(
+        "{:<14}{}: {} layers, hidden {}, FFN {}, {} heads / {} KV heads (head size {}), vocab {}, context {}",
+        "architecture",
+        c.model_type,
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim(),
+        c.vocab_size,
+        c.max_position_embeddings
+    );
+    println!(
+        "{:<14}rope base {}, RMSNorm eps {}, tied head {}",
+        "", c.rope_theta, c.rms_norm_eps, c.tie_word_embeddings
+    );
+    Ok(())
+}
+
+pub(crate) fn tiny(args: ModelTinyArgs, quiet: bool) -> Result<()> {
+    let dir = write_tiny(&args.output, args.seed)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    if !quiet {
+        eprintln!(
+            "wrote the tiny model to {} (model hash {})",
+            dir.path.display(),
+            &dir.provenance.content_hash[..16]
+        );
+    }
+    Ok(())
+}

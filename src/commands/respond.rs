@@ -1,0 +1,110 @@
+//! `charter respond`: a `prompts` table → a `responses` table.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use charter_gen::Sampling;
+use charter_stages::{Model, RespondSettings, respond};
+use charter_table::{Output, TableFile};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::RespondArgs;
+
+pub(crate) fn run(args: RespondArgs, quiet: bool) -> Result<()> {
+    let output = Output::parse(&args.output);
+    super::check_json_output(args.json, &output)?;
+    let g = &args.gen_flags;
+    let settings = RespondSettings {
+        samples: args.samples,
+        sampling: Sampling {
+            temperature: g.temperature,
+            top_p: g.top_p,
+            top_k: g.top_k,
+        },
+        max_new_tokens: g.max_new_tokens,
+        seed: g.seed,
+        system: g.system.clone(),
+        limit: args.limit,
+        batch_size: args.batch_size,
+        shard_rows: args.shard_rows,
+        threads: g.threads,
+    };
+    let input = TableFile::open(&args.input)?;
+    let mut model = Model::open(&args.model, g.threads)?;
+
+    // Standard output cannot resume: build in a temporary directory, then stream.
+    let scratch = match &output {
+        Output::Stdout => Some(tempfile::tempdir().context("creating a temporary directory")?),
+        Output::Path(_) => None,
+    };
+    let path: PathBuf = match (&output, &scratch) {
+        (Output::Path(p), _) => p.clone(),
+        (Output::Stdout, Some(dir)) => dir.path().join("responses.parquet"),
+        (Output::Stdout, None) => unreachable!("scratch exists for stdout"),
+    };
+
+    let bar = progress_bar(quiet);
+    let started = std::time::Instant::now();
+    let summary = respond(&input, &mut model, &settings, &path, &mut |p| {
+        bar.set_length(p.rows_total);
+        bar.set_position(p.rows_done);
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!("{:.0} tok/s", p.tokens as f64 / secs));
+    })
+    .with_context(|| format!("respond to {}", input.path().display()))?;
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+
+    if let Output::Stdout = output {
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        std::io::Write::write_all(&mut std::io::stdout().lock(), &bytes)
+            .context("writing standard output")?;
+    }
+    let report = serde_json::json!({
+        "rows": summary.table.rows,
+        "cached": summary.cached,
+        "resumed_rows": summary.resumed_rows,
+        "generated_rows": summary.generated_rows,
+        "generated_tokens": summary.generated_tokens,
+        "context_overflows": summary.context_overflows,
+        "seconds": elapsed,
+        "output": output.display(),
+        "content_hash": summary.table.content_hash,
+        "build_key": summary.table.build_key,
+    });
+    if args.json {
+        println!("{report}");
+    } else if !quiet {
+        if summary.cached {
+            eprintln!(
+                "{} is up to date (same build key): nothing to do",
+                output.display()
+            );
+        } else {
+            eprintln!(
+                "answered {} rows ({} resumed) with {} tokens in {:.1}s ({:.1} tok/s); {} prompts did not fit the context",
+                summary.generated_rows,
+                summary.resumed_rows,
+                summary.generated_tokens,
+                elapsed,
+                summary.generated_tokens as f64 / elapsed.max(1e-9),
+                summary.context_overflows
+            );
+        }
+        eprintln!("{}", super::written(&output, &summary.table));
+    }
+    Ok(())
+}
+
+fn progress_bar(quiet: bool) -> ProgressBar {
+    use std::io::IsTerminal;
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} rows {msg} [{elapsed} < {eta}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}

@@ -1,0 +1,346 @@
+//! `charter model tiny|info`, `chat` and `respond` on the tiny random-weight model:
+//! the responses table, caching, resumption after SIGKILL, context overflow.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{charter, fails, file, inspect, ok};
+
+fn tiny(dir: &Path) -> String {
+    let model = dir.join("tiny");
+    ok(&[
+        "model",
+        "tiny",
+        "-o",
+        model.to_str().unwrap(),
+        "--seed",
+        "3",
+    ]);
+    model.to_str().unwrap().to_string()
+}
+
+fn prompts(dir: &Path, n: usize) -> String {
+    let lines: String = (0..n)
+        .map(|i| format!("Question number {i}: how should I answer this?\n"))
+        .collect();
+    let input = file(dir, "prompts.txt", lines);
+    let table = dir.join("prompts.parquet");
+    ok(&[
+        "prompts",
+        "import",
+        &input,
+        "-o",
+        table.to_str().unwrap(),
+        "--no-near-dup",
+    ]);
+    table.to_str().unwrap().to_string()
+}
+
+#[test]
+fn tiny_model_directory_is_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let info: serde_json::Value =
+        serde_json::from_slice(&ok(&["model", "info", &model, "--json"])).unwrap();
+    assert_eq!(info["config"]["num_hidden_layers"], 2);
+    assert_eq!(info["config"]["vocab_size"], 259);
+    assert_eq!(info["provenance"]["name"], "charter-tiny");
+    assert_eq!(info["provenance"]["dtype"], "f32");
+    // The same seed gives the same model hash; the directory holds nothing else.
+    let again = dir.path().join("again");
+    ok(&[
+        "model",
+        "tiny",
+        "-o",
+        again.to_str().unwrap(),
+        "--seed",
+        "3",
+    ]);
+    let info2: serde_json::Value =
+        serde_json::from_slice(&ok(&["model", "info", again.to_str().unwrap(), "--json"])).unwrap();
+    assert_eq!(
+        info["provenance"]["content_hash"],
+        info2["provenance"]["content_hash"]
+    );
+    assert_eq!(
+        std::fs::read(Path::new(&model).join("model.onnx.data")).unwrap(),
+        std::fs::read(again.join("model.onnx.data")).unwrap()
+    );
+    let chat = ok(&[
+        "chat",
+        "-m",
+        &model,
+        "hello",
+        "--max-new-tokens",
+        "8",
+        "--temperature",
+        "0",
+    ]);
+    assert!(!chat.is_empty());
+
+    std::fs::remove_file(Path::new(&model).join("tokenizer.json")).unwrap();
+    let err = fails(&["model", "info", &model], None);
+    assert!(
+        err.contains("not a complete charter model directory: missing tokenizer.json"),
+        "{err}"
+    );
+}
+
+#[test]
+fn respond_writes_a_reproducible_responses_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let table = prompts(dir.path(), 5);
+    let out = dir.path().join("responses.parquet");
+    let out = out.to_str().unwrap();
+    let args = [
+        "respond",
+        "-m",
+        &model,
+        "-i",
+        &table,
+        "-o",
+        out,
+        "--samples",
+        "2",
+        "--max-new-tokens",
+        "12",
+        "--batch-size",
+        "3",
+        "--json",
+    ];
+    let first: serde_json::Value = serde_json::from_slice(&ok(&args)).unwrap();
+    assert_eq!(first["rows"], 10);
+    assert_eq!(first["cached"], false);
+    let t = inspect(out);
+    assert_eq!(t["table"], "responses");
+    assert_eq!(t["metadata"]["charter.stage"], "respond");
+    assert_eq!(t["metadata"]["charter.settings"]["samples"], 2);
+    let prompts_table = inspect(&table);
+    assert_eq!(
+        t["metadata"]["charter.inputs"][0]["content_hash"],
+        prompts_table["content_hash"]
+    );
+    let rows = t["head"].as_array().unwrap();
+    assert_eq!(rows[0]["prompt_id"], prompts_table["head"][0]["id"]);
+    assert_eq!(rows[0]["prompt_id"], rows[1]["prompt_id"]);
+    assert_eq!(
+        (rows[0]["sample"].clone(), rows[1]["sample"].clone()),
+        (0.into(), 1.into())
+    );
+    assert_ne!(rows[0]["seed"], rows[1]["seed"]);
+    for row in rows {
+        assert!(row["completion_tokens"].as_u64().unwrap() <= 12);
+        assert!(["stop", "length"].contains(&row["finish_reason"].as_str().unwrap()));
+        assert_eq!(row["model"], "charter-tiny");
+    }
+    let bytes = std::fs::read(out).unwrap();
+
+    // Same build: nothing to do, same bytes.
+    let second: serde_json::Value = serde_json::from_slice(&ok(&args)).unwrap();
+    assert_eq!(second["cached"], true);
+    assert_eq!(std::fs::read(out).unwrap(), bytes);
+
+    // A new build seed gives new samples.
+    let seeded = dir.path().join("seeded.parquet");
+    let mut s = args.to_vec();
+    s[6] = seeded.to_str().unwrap();
+    s.extend(["--seed", "9"]);
+    ok(&s);
+    assert_ne!(
+        inspect(seeded.to_str().unwrap())["content_hash"],
+        t["content_hash"]
+    );
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_a_row_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    // The tiny model's tokenizer is one token per byte and its context 512 tokens.
+    let input = file(
+        dir.path(),
+        "p.txt",
+        format!("short one\n{}\n", "long ".repeat(200)),
+    );
+    let table = dir.path().join("p.parquet");
+    ok(&["prompts", "import", &input, "-o", table.to_str().unwrap()]);
+    let out = dir.path().join("r.parquet");
+    let summary: serde_json::Value = serde_json::from_slice(&ok(&[
+        "respond",
+        "-m",
+        &model,
+        "-i",
+        table.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--max-new-tokens",
+        "4",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(summary["context_overflows"], 1);
+    let t = inspect(out.to_str().unwrap());
+    assert_eq!(t["head"][1]["finish_reason"], "context");
+    assert_eq!(t["head"][1]["text"], "");
+    assert_eq!(t["head"][1]["completion_tokens"], 0);
+}
+
+#[test]
+fn respond_refuses_the_wrong_table_and_bad_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let table = prompts(dir.path(), 2);
+    let out = dir.path().join("r.parquet");
+    ok(&[
+        "respond",
+        "-m",
+        &model,
+        "-i",
+        &table,
+        "-o",
+        out.to_str().unwrap(),
+        "--max-new-tokens",
+        "2",
+    ]);
+    let again = dir.path().join("again.parquet");
+    let err = fails(
+        &[
+            "respond",
+            "-m",
+            &model,
+            "-i",
+            out.to_str().unwrap(),
+            "-o",
+            again.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        err.contains("expected a `prompts` table, found a `responses` table"),
+        "{err}"
+    );
+    let err = fails(
+        &[
+            "respond",
+            "-m",
+            &model,
+            "-i",
+            &table,
+            "-o",
+            again.to_str().unwrap(),
+            "--top-p",
+            "0",
+        ],
+        None,
+    );
+    assert!(err.contains("--top-p must be in (0, 1]"), "{err}");
+    assert!(!again.exists());
+    let err = fails(
+        &[
+            "respond",
+            "-m",
+            dir.path().to_str().unwrap(),
+            "-i",
+            &table,
+            "-o",
+            again.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        err.contains("not a complete charter model directory"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_killed_respond_resumes_to_the_same_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let table = prompts(dir.path(), 400);
+    let common = [
+        "--max-new-tokens",
+        "48",
+        "--batch-size",
+        "4",
+        "--shard-rows",
+        "4",
+        "--temperature",
+        "1",
+    ];
+    let whole = dir.path().join("whole.parquet");
+    let mut args = vec![
+        "respond",
+        "-m",
+        &model,
+        "-i",
+        &table,
+        "-o",
+        whole.to_str().unwrap(),
+    ];
+    args.extend(common);
+    ok(&args);
+
+    let out = dir.path().join("killed.parquet");
+    let mut args = vec![
+        "respond",
+        "-m",
+        &model,
+        "-i",
+        &table,
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    args.extend(common);
+    let journal = dir.path().join("killed.parquet.partial/journal.jsonl");
+    let mut kills = 0;
+    for _ in 0..3 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_charter"))
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait for a few more shards to be committed, then kill without warning.
+        let before = std::fs::read_to_string(&journal)
+            .map(|j| j.lines().count())
+            .unwrap_or(0);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            let now = std::fs::read_to_string(&journal)
+                .map(|j| j.lines().count())
+                .unwrap_or(0);
+            if now >= before + 3 || child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+        assert!(
+            !out.exists() || kills == 0,
+            "no table at the output path before the run finishes"
+        );
+    }
+    assert!(kills > 0, "the run finished before it could be interrupted");
+    let out_str = out.to_str().unwrap();
+    let finished = charter(&args, None);
+    assert!(
+        finished.status.success(),
+        "{}",
+        String::from_utf8_lossy(&finished.stderr)
+    );
+    let resumed = inspect(out_str);
+    let expected = inspect(whole.to_str().unwrap());
+    assert_eq!(resumed["rows"], 400);
+    assert_eq!(
+        resumed["content_hash"], expected["content_hash"],
+        "no row lost or duplicated"
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&whole).unwrap());
+}
