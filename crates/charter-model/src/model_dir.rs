@@ -161,10 +161,10 @@ impl Dtype {
 /// graph version, it is returned as it is.
 pub fn import_gguf(source: &Path, out: &Path, dtype: Dtype) -> Result<ModelDir> {
     let source_hash = hash_file(source)?;
-    if let Ok(existing) = ModelDir::open(out) {
-        if existing.provenance.content_hash == content_hash(&source_hash, dtype) {
-            return Ok(existing);
-        }
+    if let Ok(existing) = ModelDir::open(out)
+        && existing.provenance.content_hash == content_hash(&source_hash, dtype)
+    {
+        return Ok(existing);
     }
     let gguf = Gguf::open(source)?;
     let config = ModelConfig::from_gguf(&gguf)?;
