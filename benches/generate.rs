@@ -8,7 +8,7 @@
 //! batch size. The peer comparison (llama-cpp-python on the same GGUF) is
 //! `benches/peer_llama_cpp.py`; see benches/README.md.
 //!
-//! Run: `cargo bench --bench generate -- [--formats f32,int8,int4] [--batches 1,8,32,64] [--prompts N] [--max-new N] [--threads N]`
+//! Run: `cargo bench --bench generate -- [--formats f32,int8,int4] [--batches 1,8,32,64] [--prompts N] [--max-new N] [--threads N] [--dump-prompts FILE [--dump-only]]`
 
 #![allow(
     clippy::print_stdout,
@@ -95,6 +95,15 @@ fn main() {
         }
     }
     let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
+    // The peer script reads the very same token ids.
+    let dump = arg("--dump-prompts", "");
+    if !dump.is_empty() {
+        std::fs::write(&dump, serde_json::to_string(&prompts).unwrap()).unwrap();
+        println!("wrote {} rendered prompts to {dump}", prompts.len());
+        if std::env::args().any(|a| a == "--dump-only") {
+            return;
+        }
+    }
     println!(
         "{} prompts ({:.1} tokens on average), {max_new} new tokens each, greedy, {threads} thread(s)",
         prompts.len(),

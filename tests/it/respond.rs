@@ -344,3 +344,39 @@ fn a_killed_respond_resumes_to_the_same_table() {
     );
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&whole).unwrap());
 }
+
+#[test]
+fn a_missing_onnx_runtime_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let missing = dir.path().join("no-such-libonnxruntime.so");
+    let out = Command::new(env!("CARGO_BIN_EXE_charter"))
+        .args(["chat", "-m", &model, "hi"])
+        .env("CHARTER_ORT_LIB", &missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains(&format!("ONNX Runtime not found at {}", missing.display())),
+        "{err}"
+    );
+    assert!(err.contains("run scripts/setup"), "{err}");
+
+    // A file that is not a shared library: the loader's reason is shown.
+    let bogus = file(dir.path(), "libbogus.so", "not a library");
+    let out = Command::new(env!("CARGO_BIN_EXE_charter"))
+        .args(["chat", "-m", &model, "hi"])
+        .env("CHARTER_ORT_LIB", &bogus)
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains(&format!("cannot load ONNX Runtime from {bogus}")),
+        "{err}"
+    );
+    assert!(
+        err.contains("invalid ELF header") || err.contains("file too short"),
+        "{err}"
+    );
+}

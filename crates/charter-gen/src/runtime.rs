@@ -47,12 +47,15 @@ fn load(path: &Path) -> std::result::Result<Environment, String> {
         ));
     }
     let builder = ort::init_from(path).map_err(|e| {
-        // The dlopen reason hides in the error's source chain.
+        // The loader's own reason (dlerror) sits in the source chain of the
+        // libloading error inside, which the outer message leaves out.
         let mut msg = format!("cannot load ONNX Runtime from {}: {e}", path.display());
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            msg.push_str(&format!(": {s}"));
-            source = s.source();
+        if let ort::LoadDynamicError::Dlopen { error, .. } = &e {
+            let mut source = std::error::Error::source(error);
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
         }
         msg
     })?;
