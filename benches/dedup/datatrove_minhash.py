@@ -21,10 +21,19 @@ adapter turns (shard, line in shard) into the document id, a 1-based line
 number of the input. A small step after the filter writes the ids it sees, so
 the kept lines are exactly what datatrove let through.
 
+Two datatrove behaviours matter when reading the results: a document with
+fewer than 5 words has no 5-gram, gets no signature and is never removed; and
+clusters are formed transitively (union-find over all candidate pairs, which
+are not verified against a similarity threshold) with the union-find root
+kept, not necessarily the first row in input order.
+
 Prints one JSON object on stdout: rows, kept, removed, wall seconds (total and
 per stage), the kept-lines file (one 1-based line number per line, sorted).
 
-Needs ``pip install datatrove spacy xxhash orjson``. Example::
+Needs ``python3 -m pip install "datatrove==0.10.*" spacy xxhash orjson tokenizers``
+(``spacy`` for datatrove's English word tokenizer, ``xxhash`` for its default
+hash, ``orjson`` for its JSONL reader and writer, ``tokenizers`` because its
+dedup package imports it). Example::
 
     python3 benches/dedup/datatrove_minhash.py /tmp/dedup-bench/corpus.jsonl --workdir /tmp/dedup-bench/dt
 """
@@ -128,7 +137,8 @@ def main() -> None:
     ap.add_argument("--kept", type=Path, help="kept-lines file (default WORKDIR/kept_lines.txt)")
     ap.add_argument("--no-output", action="store_true", help="do not write the deduplicated JSONL")
     args = ap.parse_args()
-
+    if not (_version("datatrove") or "").startswith("0.10."):
+        print(f"warning: written for datatrove 0.10.x, found {_version('datatrove')}", file=sys.stderr)
 
     workdir = args.workdir.resolve()
     prepare_workdir(workdir)

@@ -88,14 +88,34 @@ EXACT_VARIANTS = (("copy", 60), ("whitespace", 40))
 NEAR_VARIANTS = (("case", 15), ("punct", 20), ("insert", 20), ("delete", 20), ("replace", 25))
 
 CONNECTIVES = (
-    "Also,", "Additionally,", "And", "Then", "Next,", "Besides that,", "On a related note,",
-    "Separately,", "One more thing:", "After that,", "Furthermore,", "Meanwhile,", "Finally,",
-    "Second,", "In addition,", "Related to that,",
+    "Also,",
+    "Additionally,",
+    "And",
+    "Then",
+    "Next,",
+    "Besides that,",
+    "On a related note,",
+    "Separately,",
+    "One more thing:",
+    "After that,",
+    "Furthermore,",
+    "Meanwhile,",
+    "Finally,",
+    "Second,",
+    "In addition,",
+    "Related to that,",
 )
 CONTEXT_TEMPLATES = (
-    "For context, {}.", "Background: {}.", "I am asking because of {}.", "Keep in mind {}.",
-    "This is for a project about {}.", "Note: {}.", "Some details: {}.", "My notes say {}.",
-    "The topic list reads {}.", "Consider {}.",
+    "For context, {}.",
+    "Background: {}.",
+    "I am asking because of {}.",
+    "Keep in mind {}.",
+    "This is for a project about {}.",
+    "Note: {}.",
+    "Some details: {}.",
+    "My notes say {}.",
+    "The topic list reads {}.",
+    "Consider {}.",
 )
 
 
@@ -335,7 +355,9 @@ def near_variant(rng: random.Random, text: str, vocab: list[str]) -> tuple[str, 
     raise RuntimeError(f"could not vary {text!r}")
 
 
-def build(n: int, seed: int, prompts: list[str], context_ratio: float = CONTEXT_RATIO) -> tuple[list[tuple[str, int, str, str, float]], dict]:
+def build(
+    n: int, seed: int, prompts: list[str], context_ratio: float = CONTEXT_RATIO
+) -> tuple[list[tuple[str, int, str, str, float]], dict]:
     """Rows (text, group, kind, variant, jaccard) in final (shuffled) order, and stats."""
     rng = random.Random(seed)
     n_exact = round(n * EXACT_SHARE)
@@ -351,11 +373,13 @@ def build(n: int, seed: int, prompts: list[str], context_ratio: float = CONTEXT_
 
     composer = Composer(prompts, rng, context_ratio)
     originals = [composer.original() for _ in range(n_orig)]
-    rows: list[tuple[str, int, str, str, float]] = [(t, g, "original", "original", 1.0) for g, t in enumerate(originals)]
+    rows: list[tuple[str, int, str, str, float]] = [
+        (t, g, "original", "original", 1.0) for g, t in enumerate(originals)
+    ]
 
     # Pick which originals get duplicates, without replacement.
     dup_groups = rng.sample(range(n_orig), k=len(copies) + n_near)
-    for g, c in zip(dup_groups, copies):
+    for g, c in zip(dup_groups, copies, strict=False):  # dup_groups continues with the near groups
         for _ in range(c):
             variant, text = exact_variant(rng, originals[g])
             assert normalize(text) == normalize(originals[g])
@@ -409,9 +433,10 @@ def main() -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     corpus = args.out_dir / "corpus.jsonl"
     digest = hashlib.sha256()
-    with open(corpus, "w", encoding="utf-8", newline="\n") as f_corpus, open(
-        args.out_dir / "truth.tsv", "w", encoding="utf-8", newline="\n"
-    ) as f_truth:
+    with (
+        open(corpus, "w", encoding="utf-8", newline="\n") as f_corpus,
+        open(args.out_dir / "truth.tsv", "w", encoding="utf-8", newline="\n") as f_truth,
+    ):
         f_truth.write("line\tgroup\tkind\tvariant\tjaccard\twords\n")
         for line, (text, group, kind, variant, j) in enumerate(rows, start=1):
             record = json.dumps({"prompt": text, "group": group, "kind": kind}, ensure_ascii=False) + "\n"

@@ -149,40 +149,23 @@ pub fn exact_key(text: &str) -> u128 {
     u128::from_le_bytes(b)
 }
 
+/// Probability, at the threshold itself, that a pair of texts shares a band.
+pub const RECALL_AT_THRESHOLD: f64 = 0.99;
+
 /// LSH banding `(bands, rows per band)` for a Jaccard `threshold` with
-/// `num_perm` hashes: the split minimising the weighted area of false
-/// positives below the threshold and false negatives above it under the
-/// S-curve `1 - (1 - s^r)^b`. False negatives are weighted higher because
-/// candidates are confirmed by exact Jaccard, so a false positive only costs
-/// a comparison while a false negative loses a duplicate.
+/// `num_perm` hashes: the most selective banding (most rows per band) whose
+/// S-curve `1 - (1 - s^r)^b` still makes a pair at the threshold a candidate
+/// with probability at least [`RECALL_AT_THRESHOLD`]. Candidates are
+/// confirmed by exact Jaccard, so a looser filter costs only comparisons,
+/// while a missed candidate is a duplicate kept.
 pub fn lsh_params(threshold: f64, num_perm: usize) -> (usize, usize) {
-    const FP_WEIGHT: f64 = 0.25;
-    const FN_WEIGHT: f64 = 0.75;
-    let integrate = |f: &dyn Fn(f64) -> f64, a: f64, b: f64| {
-        // Simpson's rule; the integrands are smooth polynomials in s.
-        let n = 200;
-        let h = (b - a) / n as f64;
-        let mut sum = f(a) + f(b);
-        for i in 1..n {
-            sum += f(a + i as f64 * h) * if i % 2 == 1 { 4.0 } else { 2.0 };
-        }
-        sum * h / 3.0
-    };
-    let mut best = (1, num_perm.max(1));
-    let mut best_err = f64::INFINITY;
-    for b in 1..=num_perm {
-        for r in 1..=num_perm / b {
-            let p = |s: f64| 1.0 - (1.0 - s.powi(r as i32)).powi(b as i32);
-            let fp = integrate(&p, 0.0, threshold);
-            let fneg = integrate(&|s| 1.0 - p(s), threshold, 1.0);
-            let err = FP_WEIGHT * fp + FN_WEIGHT * fneg;
-            if err < best_err - 1e-12 {
-                best_err = err;
-                best = (b, r);
-            }
-        }
-    }
-    best
+    let num_perm = num_perm.max(1);
+    let recall = |b: usize, r: usize| 1.0 - (1.0 - threshold.powi(r as i32)).powi(b as i32);
+    (1..=num_perm)
+        .rev()
+        .map(|r| (num_perm / r, r))
+        .find(|&(b, r)| recall(b, r) >= RECALL_AT_THRESHOLD)
+        .unwrap_or((num_perm, 1))
 }
 
 /// Hashed word n-grams of a text, sorted and deduplicated: lowercased
@@ -462,12 +445,16 @@ mod tests {
     }
 
     #[test]
-    fn lsh_params_fit_the_signature() {
-        let (b, r) = lsh_params(0.8, 128);
-        assert!(b * r <= 128);
-        // The S-curve's midpoint (1/b)^(1/r) sits near the threshold.
-        let mid = (1.0 / b as f64).powf(1.0 / r as f64);
-        assert!((0.6..0.85).contains(&mid), "b={b} r={r} mid={mid}");
+    fn lsh_params_keep_recall_at_the_threshold() {
+        let p = |b: usize, r: usize, s: f64| 1.0 - (1.0 - s.powi(r as i32)).powi(b as i32);
+        for (t, n) in [(0.8, 128), (0.5, 128), (0.9, 64), (0.7, 256)] {
+            let (b, r) = lsh_params(t, n);
+            assert!(b * r <= n);
+            assert!(p(b, r, t) >= RECALL_AT_THRESHOLD, "t={t} n={n}: b={b} r={r}");
+            // One more row per band would drop below the target: the filter is as tight as it may be.
+            assert!(r == n || p(n / (r + 1), r + 1, t) < RECALL_AT_THRESHOLD, "t={t} n={n}: b={b} r={r}");
+        }
+        assert_eq!(lsh_params(0.8, 128), (21, 6));
     }
 
     #[test]
