@@ -450,9 +450,15 @@ mod tests {
         for (t, n) in [(0.8, 128), (0.5, 128), (0.9, 64), (0.7, 256)] {
             let (b, r) = lsh_params(t, n);
             assert!(b * r <= n);
-            assert!(p(b, r, t) >= RECALL_AT_THRESHOLD, "t={t} n={n}: b={b} r={r}");
+            assert!(
+                p(b, r, t) >= RECALL_AT_THRESHOLD,
+                "t={t} n={n}: b={b} r={r}"
+            );
             // One more row per band would drop below the target: the filter is as tight as it may be.
-            assert!(r == n || p(n / (r + 1), r + 1, t) < RECALL_AT_THRESHOLD, "t={t} n={n}: b={b} r={r}");
+            assert!(
+                r == n || p(n / (r + 1), r + 1, t) < RECALL_AT_THRESHOLD,
+                "t={t} n={n}: b={b} r={r}"
+            );
         }
         assert_eq!(lsh_params(0.8, 128), (21, 6));
     }
