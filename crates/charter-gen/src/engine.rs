@@ -276,22 +276,15 @@ impl Engine {
         group: &[(usize, &Request)],
     ) -> Result<(KvCache, Vec<i64>, Vec<f32>, usize)> {
         let dims = self.decoder.dims();
-        let width = group.iter().map(|(_, r)| r.prompt.len()).max().unwrap_or(0);
-        let (mut ids, mut mask, mut pos) = (Vec::new(), Vec::new(), Vec::new());
-        for (_, r) in group {
-            let pad = width - r.prompt.len();
-            ids.extend(std::iter::repeat_n(0, pad).chain(r.prompt.iter().map(|&t| i64::from(t))));
-            mask.extend(std::iter::repeat_n(0, pad).chain(std::iter::repeat_n(1, r.prompt.len())));
-            pos.extend(std::iter::repeat_n(0, pad).chain(0..r.prompt.len() as i64));
-        }
+        let batch = left_pad(group.iter().map(|(_, r)| r.prompt.as_slice()));
         let (logits, cache) = self.decoder.forward(
-            ids,
-            pos,
-            mask.clone(),
-            width,
+            batch.ids,
+            batch.positions,
+            batch.mask.clone(),
+            batch.width,
             KvCache::empty(&dims, group.len()),
         )?;
-        Ok((cache, mask, logits, width))
+        Ok((cache, batch.mask, logits, batch.width))
     }
 
     /// Log-probabilities of each continuation's tokens after its context,
@@ -304,24 +297,19 @@ impl Engine {
         let dims = self.decoder.dims();
         let mut out = Vec::with_capacity(pairs.len());
         for chunk in pairs.chunks(batch_size.max(1)) {
-            let width = chunk
+            let joined: Vec<Vec<u32>> = chunk
                 .iter()
-                .map(|(c, t)| c.len() + t.len())
-                .max()
-                .unwrap_or(0);
-            let (mut ids, mut mask, mut pos) = (Vec::new(), Vec::new(), Vec::new());
-            for (c, t) in chunk {
-                let len = c.len() + t.len();
-                let pad = width - len;
-                ids.extend(
-                    std::iter::repeat_n(0, pad).chain(c.iter().chain(t).map(|&x| i64::from(x))),
-                );
-                mask.extend(std::iter::repeat_n(0, pad).chain(std::iter::repeat_n(1, len)));
-                pos.extend(std::iter::repeat_n(0, pad).chain(0..len as i64));
-            }
-            let (logits, _) =
-                self.decoder
-                    .forward(ids, pos, mask, width, KvCache::empty(&dims, chunk.len()))?;
+                .map(|(c, t)| [c.as_slice(), t].concat())
+                .collect();
+            let batch = left_pad(joined.iter().map(Vec::as_slice));
+            let width = batch.width;
+            let (logits, _) = self.decoder.forward(
+                batch.ids,
+                batch.positions,
+                batch.mask,
+                width,
+                KvCache::empty(&dims, chunk.len()),
+            )?;
             for (r, (c, t)) in chunk.iter().enumerate() {
                 let start = width - c.len() - t.len() + c.len(); // first continuation position
                 let lp = t
@@ -342,6 +330,35 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+/// Token sequences left-padded to a common width, with their attention mask
+/// (0 on padding) and positions (counting from 0 at each row's first real token).
+struct Padded {
+    ids: Vec<i64>,
+    mask: Vec<i64>,
+    positions: Vec<i64>,
+    width: usize,
+}
+
+fn left_pad<'a>(rows: impl Iterator<Item = &'a [u32]> + Clone) -> Padded {
+    let width = rows.clone().map(<[u32]>::len).max().unwrap_or(0);
+    let mut p = Padded {
+        ids: Vec::new(),
+        mask: Vec::new(),
+        positions: Vec::new(),
+        width,
+    };
+    for row in rows {
+        let pad = width - row.len();
+        p.ids
+            .extend(std::iter::repeat_n(0, pad).chain(row.iter().map(|&t| i64::from(t))));
+        p.mask
+            .extend(std::iter::repeat_n(0, pad).chain(std::iter::repeat_n(1, row.len())));
+        p.positions
+            .extend(std::iter::repeat_n(0, pad).chain(0..row.len() as i64));
+    }
+    p
 }
 
 /// Selects `rows` of a cache and its mask and shifts them to `len` positions,
