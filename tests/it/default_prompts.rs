@@ -8,11 +8,7 @@ use crate::{inspect, ok};
 
 /// charter's asset cache, as `scripts/setup` fills it.
 pub(crate) fn charter_home() -> PathBuf {
-    std::env::var_os("CHARTER_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/charter")
-        })
+    charter_gen::runtime::charter_home()
 }
 
 fn default_prompts() -> Vec<String> {

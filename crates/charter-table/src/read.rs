@@ -49,34 +49,30 @@ impl TableFile {
         }
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let clone = file.try_clone().map_err(|e| Error::io(path, e))?;
+        Self::with_footer(path, clone, Source::File(file))
+    }
+
+    /// Opens a Parquet file held in memory; `path` names it in messages.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
+        let bytes = Bytes::from(bytes);
+        Self::with_footer(path, bytes.clone(), Source::Bytes(bytes))
+    }
+
+    /// Reads the footer through `reader` and keeps `source` for the rows.
+    fn with_footer<T: parquet::file::reader::ChunkReader + 'static>(
+        path: &Path,
+        reader: T,
+        source: Source,
+    ) -> Result<Self> {
         let builder =
-            ParquetRecordBatchReaderBuilder::try_new(clone).map_err(|e| Error::NotParquet {
+            ParquetRecordBatchReaderBuilder::try_new(reader).map_err(|e| Error::NotParquet {
                 path: path.to_path_buf(),
                 source: e,
             })?;
         let (schema, metadata, rows) = footer(&builder);
         Ok(TableFile {
             path: path.to_path_buf(),
-            source: Source::File(file),
-            schema,
-            metadata,
-            rows,
-        })
-    }
-
-    /// Opens a Parquet file held in memory; `path` names it in messages.
-    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
-        let bytes = Bytes::from(bytes);
-        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone()).map_err(|e| {
-            Error::NotParquet {
-                path: path.to_path_buf(),
-                source: e,
-            }
-        })?;
-        let (schema, metadata, rows) = footer(&builder);
-        Ok(TableFile {
-            path: path.to_path_buf(),
-            source: Source::Bytes(bytes),
+            source,
             schema,
             metadata,
             rows,
