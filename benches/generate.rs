@@ -2,10 +2,12 @@
 //! format and batch size.
 //!
 //! Prompts are the default Do-Not-Answer prompts rendered with the model's
-//! chat template. For each format: prefill tokens/s (one forward over a
-//! left-padded batch) and aggregate decode tokens/s of the engine
-//! (continuous batching, greedy, `--max-new` tokens per prompt) at each
-//! batch size. The peer comparison (llama-cpp-python on the same GGUF) is
+//! chat template. For each format and batch size: prefill tokens/s (one
+//! forward over a batch of prompts), then the engine over every prompt
+//! (continuous batching, greedy, `--max-new` tokens per prompt): decode
+//! tokens/s (tokens after each row's first, over the time in decode steps —
+//! what the peer script reports as decode) and end-to-end tokens/s (every
+//! generated token over the wall time, prefill included). The peer comparison (llama-cpp-python on the same GGUF) is
 //! `benches/peer_llama_cpp.py`; see benches/README.md.
 //!
 //! Run: `cargo bench --bench generate -- [--formats f32,int8,int4] [--batches 1,8,32,64] [--prompts N] [--max-new N] [--threads N] [--dump-prompts FILE [--dump-only]]`
@@ -109,11 +111,14 @@ fn main() {
         prompts.len(),
         prompt_tokens as f64 / prompts.len() as f64
     );
-    println!("| format | batch | prefill tok/s | decode tok/s (aggregate) |");
-    println!("|---|---|---|---|");
+    println!("| engine | batch | prefill tok/s | decode tok/s | end-to-end tok/s |");
+    println!("|---|---|---|---|---|");
 
     for name in arg("--formats", "f32,int8,int4").split(',') {
-        let model_dir = home.join(format!("bench/smollm2-{name}"));
+        let model_dir = home.join(format!(
+            "bench/smollm2-{name}-graph{}",
+            charter_model::GRAPH_VERSION
+        ));
         if !model_dir.join("model.onnx").exists() {
             std::fs::create_dir_all(&model_dir).unwrap();
             export(&config, &gguf, &model_dir, format_of(name)).unwrap();
@@ -121,29 +126,16 @@ fn main() {
         let decoder = Decoder::open(&model_dir, dims, threads).unwrap();
         let mut engine = Engine::new(decoder);
         for &batch in &batches {
-            // Prefill: one forward over `batch` prompts, left-padded.
-            let group: Vec<&Vec<u32>> = prompts.iter().take(batch).collect();
+            // Prefill: one forward over `batch` prompts, right-padded.
+            let group: Vec<&[u32]> = prompts.iter().take(batch).map(Vec::as_slice).collect();
             let width = group.iter().map(|p| p.len()).max().unwrap();
-            let (mut ids, mut mask, mut pos) = (Vec::new(), Vec::new(), Vec::new());
-            for p in &group {
-                let pad = width - p.len();
-                ids.extend(std::iter::repeat_n(0i64, pad).chain(p.iter().map(|&t| i64::from(t))));
-                mask.extend(std::iter::repeat_n(0i64, pad).chain(std::iter::repeat_n(1, p.len())));
-                pos.extend(std::iter::repeat_n(0i64, pad).chain(0..p.len() as i64));
-            }
+            let slots: Vec<usize> = (0..group.len()).collect();
             let real: usize = group.iter().map(|p| p.len()).sum();
             let mut decoder = Decoder::open(&model_dir, dims, threads).unwrap();
-            let _ = decoder.forward(
-                ids.clone(),
-                pos.clone(),
-                mask.clone(),
-                width,
-                KvCache::empty(&dims, group.len()),
-            );
+            let mut kv = KvCache::new(&dims, group.len(), width).unwrap();
+            decoder.prefill(&group, &mut kv, &slots).unwrap();
             let t = Instant::now();
-            decoder
-                .forward(ids, pos, mask, width, KvCache::empty(&dims, group.len()))
-                .unwrap();
+            decoder.prefill(&group, &mut kv, &slots).unwrap();
             let prefill = real as f64 / t.elapsed().as_secs_f64();
             drop(decoder);
 
@@ -163,6 +155,7 @@ fn main() {
                 max_context: config.max_position_embeddings,
             };
             let mut generated = 0usize;
+            let before = engine.stats();
             let t = Instant::now();
             engine
                 .generate(&requests, &options, &mut |_, _| false, &mut |c| {
@@ -171,8 +164,11 @@ fn main() {
                 })
                 .unwrap();
             let secs = t.elapsed().as_secs_f64();
+            let after = engine.stats();
+            let decode = (after.decode_tokens - before.decode_tokens) as f64
+                / (after.decode_secs - before.decode_secs);
             println!(
-                "| {name} | {batch} | {prefill:.0} | {:.1} |",
+                "| charter {name} | {batch} | {prefill:.0} | {decode:.1} | {:.1} |",
                 generated as f64 / secs
             );
         }

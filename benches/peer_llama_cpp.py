@@ -4,7 +4,9 @@ Runs the same rendered prompts (token ids written by
 `cargo bench --bench generate -- --dump-prompts FILE`) one stream at a time,
 as llama-cpp-python's users run it: greedy, a fixed number of new tokens per
 prompt (end-of-turn tokens do not stop it, matching the charter side), and
-reports prefill and aggregate decode tokens/s.
+reports prefill tokens/s, decode tokens/s (tokens after the first over the
+time after the first) and end-to-end tokens/s (every generated token over
+the whole time, prefill included).
 
 Usage: peer_llama_cpp.py GGUF PROMPTS_JSON [--max-new N] [--threads N] [--prompts N]
 """
@@ -58,9 +60,11 @@ def main() -> None:
         prefill_secs += first - start
         decode_tokens += n - 1
         decode_secs += end - first
+    generated = decode_tokens + len(prompts)
     print(
         f"| llama-cpp-python {llama_cpp.__version__} (Q4_1 GGUF) | 1 | "
-        f"{prefill_tokens / prefill_secs:.0f} | {decode_tokens / decode_secs:.1f} |"
+        f"{prefill_tokens / prefill_secs:.0f} | {decode_tokens / decode_secs:.1f} | "
+        f"{generated / (prefill_secs + decode_secs):.1f} |"
     )
 
 

@@ -1,8 +1,22 @@
-//! One forward pass of an exported decoder through ONNX Runtime.
+//! Forward passes of an exported decoder through ONNX Runtime.
+//!
+//! Three kinds of run, all over the graph described in
+//! `charter_model::onnx::llama`:
+//!
+//! - [`Decoder::prefill`]: right-padded prompts with no past; each row's
+//!   cache is copied into a slot of a [`KvCache`] and the logits of its last
+//!   token are returned.
+//! - [`Decoder::decode`]: one token for every slot of a [`KvCache`]. The
+//!   cache buffers are bound as both the past input and the present output,
+//!   so `GroupQueryAttention` writes the new position in place: nothing is
+//!   copied between steps, whatever the cache length.
+//! - [`Decoder::logits_all`]: logits at every position of right-padded rows
+//!   (scoring).
 
 use std::borrow::Cow;
 use std::path::Path;
 
+use ort::memory::Allocator;
 use ort::session::{Session, SessionInputValue, builder::GraphOptimizationLevel};
 use ort::value::Tensor;
 
@@ -21,25 +35,59 @@ pub struct DecoderDims {
     pub vocab: usize,
 }
 
-/// The key/value cache of a batch: per layer, keys and values of shape
-/// `[batch, kv_heads, len, head_dim]`, row-major.
-#[derive(Debug, Clone)]
+/// The key/value cache of a batch of slots, in buffers ONNX Runtime reads
+/// and writes in place: per layer a key and a value tensor of shape
+/// `[batch, kv_heads, capacity, head_dim]`. Which positions of a slot are
+/// valid is the caller's bookkeeping (the lengths it passes to
+/// [`Decoder::decode`]).
 pub struct KvCache {
-    /// Rows in the batch.
-    pub batch: usize,
-    /// Positions cached per row (padding included).
-    pub len: usize,
-    /// `2 × layers` buffers: layer 0 key, layer 0 value, layer 1 key, …
-    pub data: Vec<Vec<f32>>,
+    /// `2 × layers` tensors: layer 0 key, layer 0 value, layer 1 key, …
+    tensors: Vec<Tensor<f32>>,
+    dims: DecoderDims,
+    batch: usize,
+    capacity: usize,
 }
 
 impl KvCache {
-    /// An empty cache for `batch` rows.
-    pub fn empty(dims: &DecoderDims, batch: usize) -> Self {
-        KvCache {
+    /// A cache of `batch` slots of `capacity` positions each.
+    pub fn new(dims: &DecoderDims, batch: usize, capacity: usize) -> Result<Self> {
+        let allocator = Allocator::default();
+        let shape = [batch, dims.kv_heads, capacity, dims.head_dim];
+        let tensors = (0..2 * dims.layers)
+            .map(|_| Tensor::<f32>::new(&allocator, shape))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Run(format!("cannot allocate the KV cache: {e}")))?;
+        Ok(KvCache {
+            tensors,
+            dims: *dims,
             batch,
-            len: 0,
-            data: vec![Vec::new(); 2 * dims.layers],
+            capacity,
+        })
+    }
+
+    /// Slots in the cache.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Positions per slot.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Copies the first `len` positions of slot `from` of `src` into slot
+    /// `to` of this cache.
+    pub fn copy_slot(&mut self, to: usize, src: &KvCache, from: usize, len: usize) {
+        let (d, hd) = (self.dims, self.dims.head_dim);
+        let (cap, src_cap) = (self.capacity, src.capacity);
+        for (dst, s) in self.tensors.iter_mut().zip(&src.tensors) {
+            let (_, s) = s.extract_tensor();
+            let (_, dst) = dst.extract_tensor_mut();
+            for h in 0..d.kv_heads {
+                let si = ((from * d.kv_heads + h) * src_cap) * hd;
+                let di = ((to * d.kv_heads + h) * cap) * hd;
+                dst[di..di + len * hd].copy_from_slice(&s[si..si + len * hd]);
+            }
         }
     }
 }
@@ -52,6 +100,10 @@ pub struct Decoder {
 
 impl Decoder {
     /// Opens `dir/model.onnx` with `threads` intra-op threads.
+    ///
+    /// With `CHARTER_ORT_PROFILE=PREFIX` set, ONNX Runtime writes a per-op
+    /// timing profile (`PREFIX_<date>.json`, Chrome trace format) when the
+    /// decoder is dropped.
     pub fn open(dir: &Path, dims: DecoderDims, threads: usize) -> Result<Self> {
         let env = crate::runtime::init()?;
         let path = dir.join("model.onnx");
@@ -62,14 +114,27 @@ impl Decoder {
             path: path.clone(),
             reason: e.to_string(),
         };
-        let session = Session::builder(env)
+        let mut builder = Session::builder(env)
             .map_err(ort_err)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(|e| ort_err(e.into()))?
             .with_intra_threads(threads.max(1))
-            .map_err(|e| ort_err(e.into()))?
-            .commit_from_file(&path)
-            .map_err(ort_err)?;
+            .map_err(|e| ort_err(e.into()))?;
+        if let Some(prefix) = std::env::var_os("CHARTER_ORT_PROFILE") {
+            builder = builder
+                .with_profiling(prefix)
+                .map_err(|e| ort_err(e.into()))?;
+        }
+        let session = builder.commit_from_file(&path).map_err(ort_err)?;
+        let has = |name: &str| session.inputs().iter().any(|i| i.name() == name);
+        if !has("logit_positions") || has("position_ids") {
+            return Err(Error::Session {
+                path,
+                reason: "the graph predates this charter's decoder (no `logit_positions` input); \
+                         re-import the model with `charter model import`"
+                    .to_string(),
+            });
+        }
         Ok(Decoder { session, dims })
     }
 
@@ -78,78 +143,202 @@ impl Decoder {
         self.dims
     }
 
-    /// Runs `seq` new tokens per row of a batch over `past`.
-    ///
-    /// # Shapes
-    /// `input_ids`, `position_ids`: `[batch, seq]`; `attention_mask`:
-    /// `[batch, past.len + seq]`. Returns logits `[batch, seq, vocab]` and the
-    /// cache extended by `seq` positions.
-    pub fn forward(
+    /// Runs `prompts` (no past) and copies row `i`'s cache into slot
+    /// `slots[i]` of `kv`. Returns the logits of each prompt's last token,
+    /// `[prompts, vocab]`. Every prompt must be non-empty and fit `kv`.
+    pub fn prefill(
         &mut self,
-        input_ids: Vec<i64>,
-        position_ids: Vec<i64>,
-        attention_mask: Vec<i64>,
-        seq: usize,
-        past: KvCache,
-    ) -> Result<(Vec<f32>, KvCache)> {
+        prompts: &[&[u32]],
+        kv: &mut KvCache,
+        slots: &[usize],
+    ) -> Result<Vec<f32>> {
         let d = self.dims;
-        let batch = past.batch;
-        let total = past.len + seq;
-        let run_err = |e: ort::Error| Error::Run(e.to_string());
-        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
-            Vec::with_capacity(3 + 2 * d.layers);
-        inputs.push((
-            "input_ids".into(),
-            Tensor::from_array(([batch, seq], input_ids))
-                .map_err(run_err)?
-                .into(),
-        ));
-        inputs.push((
-            "attention_mask".into(),
-            Tensor::from_array(([batch, total], attention_mask))
-                .map_err(run_err)?
-                .into(),
-        ));
-        inputs.push((
-            "position_ids".into(),
-            Tensor::from_array(([batch, seq], position_ids))
-                .map_err(run_err)?
-                .into(),
-        ));
-        let kv_shape = [batch, d.kv_heads, past.len, d.head_dim];
-        for (i, buf) in past.data.into_iter().enumerate() {
-            let (layer, kind) = (i / 2, if i % 2 == 0 { "key" } else { "value" });
-            let buf = if buf.is_empty() && past.len == 0 {
-                Vec::new()
-            } else {
-                buf
-            };
-            inputs.push((
-                format!("past_key_values.{layer}.{kind}").into(),
-                Tensor::from_array((kv_shape, buf)).map_err(run_err)?.into(),
-            ));
+        let width = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        if prompts
+            .iter()
+            .any(|p| p.is_empty() || p.len() > kv.capacity)
+        {
+            return Err(Error::Run(format!(
+                "prefill: every prompt must hold 1 to {} tokens",
+                kv.capacity
+            )));
         }
-        let outputs = self.session.run(inputs).map_err(run_err)?;
+        let last: Vec<i64> = prompts.iter().map(|p| p.len() as i64 - 1).collect();
+        let batch = right_pad(prompts, width);
+        let n = prompts.len();
+        let outputs = run(
+            &mut self.session,
+            d,
+            batch.ids,
+            batch.mask,
+            ([n, 1], last),
+            n,
+            width,
+        )?;
+        let run_err = |e: ort::Error| Error::Run(e.to_string());
+        let hd = d.head_dim;
+        for layer in 0..d.layers {
+            for (k, kind) in ["key", "value"].iter().enumerate() {
+                let (_, src) = outputs[format!("present.{layer}.{kind}").as_str()]
+                    .try_extract_tensor::<f32>()
+                    .map_err(run_err)?;
+                let (_, dst) = kv.tensors[2 * layer + k].extract_tensor_mut();
+                for (i, p) in prompts.iter().enumerate() {
+                    for h in 0..d.kv_heads {
+                        let si = ((i * d.kv_heads + h) * width) * hd;
+                        let di = ((slots[i] * d.kv_heads + h) * kv.capacity) * hd;
+                        dst[di..di + p.len() * hd].copy_from_slice(&src[si..si + p.len() * hd]);
+                    }
+                }
+            }
+        }
         let (_, logits) = outputs["logits"]
             .try_extract_tensor::<f32>()
             .map_err(run_err)?;
-        let logits = logits.to_vec();
-        let mut data = Vec::with_capacity(2 * d.layers);
-        for layer in 0..d.layers {
-            for kind in ["key", "value"] {
-                let (_, t) = outputs[format!("present.{layer}.{kind}").as_str()]
-                    .try_extract_tensor::<f32>()
-                    .map_err(run_err)?;
-                data.push(t.to_vec());
-            }
-        }
-        Ok((
-            logits,
-            KvCache {
-                batch,
-                len: total,
-                data,
-            },
-        ))
+        Ok(logits.to_vec())
     }
+
+    /// One decode step for every slot of `kv`: slot `b` holds `lens[b]`
+    /// cached positions and gets `tokens[b]` at position `lens[b]`. Returns
+    /// `[batch, vocab]` logits. Unused slots still compute; give them
+    /// length 0.
+    pub fn decode(&mut self, tokens: &[u32], lens: &[usize], kv: &mut KvCache) -> Result<Vec<f32>> {
+        let d = self.dims;
+        let b = kv.batch;
+        if tokens.len() != b || lens.len() != b || lens.iter().any(|&l| l >= kv.capacity) {
+            return Err(Error::Run(format!(
+                "decode: {b} slots of capacity {} need {b} tokens and lengths below it",
+                kv.capacity
+            )));
+        }
+        let total = lens.iter().max().map_or(1, |l| l + 1);
+        let mut mask = vec![0i64; b * total];
+        for (r, &l) in lens.iter().enumerate() {
+            mask[r * total..r * total + l + 1].fill(1);
+        }
+        let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+        let run_err = |e: ort::Error| Error::Run(e.to_string());
+        let mut binding = self.session.create_binding().map_err(run_err)?;
+        let small =
+            |shape: [usize; 2], data: Vec<i64>| Tensor::from_array((shape, data)).map_err(run_err);
+        binding
+            .bind_input("input_ids", &small([b, 1], ids)?)
+            .map_err(run_err)?;
+        binding
+            .bind_input("attention_mask", &small([b, total], mask)?)
+            .map_err(run_err)?;
+        binding
+            .bind_input("logit_positions", &small([b, 1], vec![0; b])?)
+            .map_err(run_err)?;
+        for (i, t) in kv.tensors.iter_mut().enumerate() {
+            let (layer, kind) = (i / 2, if i % 2 == 0 { "key" } else { "value" });
+            binding
+                .bind_input(format!("past_key_values.{layer}.{kind}"), &*t)
+                .map_err(run_err)?;
+            binding
+                .bind_output(format!("present.{layer}.{kind}"), t)
+                .map_err(run_err)?;
+        }
+        binding
+            .bind_output_to_device("logits", self.session.allocator().memory_info())
+            .map_err(run_err)?;
+        let outputs = self.session.run_binding(&binding).map_err(run_err)?;
+        let (_, logits) = outputs["logits"]
+            .try_extract_tensor::<f32>()
+            .map_err(run_err)?;
+        debug_assert_eq!(logits.len(), b * d.vocab);
+        Ok(logits.to_vec())
+    }
+
+    /// Logits at every position of `rows` (no past), right-padded to the
+    /// longest: `[rows, width, vocab]`, with the width.
+    pub fn logits_all(&mut self, rows: &[&[u32]]) -> Result<(Vec<f32>, usize)> {
+        let width = rows.iter().map(|p| p.len()).max().unwrap_or(0);
+        if rows.iter().any(|p| p.is_empty()) {
+            return Err(Error::Run("scoring: an empty row".to_string()));
+        }
+        let n = rows.len();
+        let batch = right_pad(rows, width);
+        let positions: Vec<i64> = (0..n).flat_map(|_| 0..width as i64).collect();
+        let outputs = run(
+            &mut self.session,
+            self.dims,
+            batch.ids,
+            batch.mask,
+            ([n, width], positions),
+            n,
+            width,
+        )?;
+        let (_, logits) = outputs["logits"]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| Error::Run(e.to_string()))?;
+        Ok((logits.to_vec(), width))
+    }
+}
+
+/// A prompt run (no past) of `n` right-padded rows of `width` tokens.
+fn run(
+    session: &mut Session,
+    d: DecoderDims,
+    ids: Vec<i64>,
+    mask: Vec<i64>,
+    positions: ([usize; 2], Vec<i64>),
+    n: usize,
+    width: usize,
+) -> Result<ort::session::SessionOutputs<'_>> {
+    let run_err = |e: ort::Error| Error::Run(e.to_string());
+    let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+        Vec::with_capacity(3 + 2 * d.layers);
+    inputs.push((
+        "input_ids".into(),
+        Tensor::from_array(([n, width], ids))
+            .map_err(run_err)?
+            .into(),
+    ));
+    inputs.push((
+        "attention_mask".into(),
+        Tensor::from_array(([n, width], mask))
+            .map_err(run_err)?
+            .into(),
+    ));
+    inputs.push((
+        "logit_positions".into(),
+        Tensor::from_array(positions).map_err(run_err)?.into(),
+    ));
+    for layer in 0..d.layers {
+        for kind in ["key", "value"] {
+            let empty: Vec<f32> = Vec::new();
+            inputs.push((
+                format!("past_key_values.{layer}.{kind}").into(),
+                Tensor::from_array(([n, d.kv_heads, 0, d.head_dim], empty))
+                    .map_err(run_err)?
+                    .into(),
+            ));
+        }
+    }
+    session.run(inputs).map_err(run_err)
+}
+
+/// Token rows right-padded with id 0 to `width`, and their attention mask.
+struct Padded {
+    ids: Vec<i64>,
+    mask: Vec<i64>,
+}
+
+fn right_pad(rows: &[&[u32]], width: usize) -> Padded {
+    let mut p = Padded {
+        ids: Vec::with_capacity(rows.len() * width),
+        mask: Vec::with_capacity(rows.len() * width),
+    };
+    for row in rows {
+        let pad = width - row.len();
+        p.ids.extend(
+            row.iter()
+                .map(|&t| i64::from(t))
+                .chain(std::iter::repeat_n(0, pad)),
+        );
+        p.mask
+            .extend(std::iter::repeat_n(1, row.len()).chain(std::iter::repeat_n(0, pad)));
+    }
+    p
 }

@@ -14,6 +14,6 @@ pub mod runtime;
 pub mod sampling;
 
 pub use decoder::{Decoder, DecoderDims, KvCache};
-pub use engine::{Completion, Engine, FinishReason, GenerateOptions, Request};
+pub use engine::{Completion, Engine, EngineStats, FinishReason, GenerateOptions, Request};
 pub use error::{Error, Result};
 pub use sampling::Sampling;

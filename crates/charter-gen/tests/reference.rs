@@ -1,7 +1,7 @@
 //! The f32 ONNX export of the default model, run through ONNX Runtime,
 //! reproduces the independent f32 reference in `shared/reference/smollm2`:
 //! first-step logits within 1e-3 and greedy continuations token for token,
-//! alone and batched with left padding.
+//! alone and batched (right-padded prompts, per-row cache lengths).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -95,53 +95,49 @@ fn argmax(x: &[f32]) -> usize {
         .fold(0, |best, (i, v)| if *v > x[best] { i } else { best })
 }
 
-/// Greedy decoding of a left-padded batch; returns each row's new tokens up to and including EOS (id 2).
+/// The logits after the last token of `prompt`.
+fn last_logits(decoder: &mut Decoder, prompt: &[i64]) -> Vec<f32> {
+    let d = decoder.dims();
+    let ids: Vec<u32> = prompt.iter().map(|&t| t as u32).collect();
+    let mut kv = KvCache::new(&d, 1, ids.len()).unwrap();
+    decoder.prefill(&[&ids], &mut kv, &[0]).unwrap()
+}
+
+/// Greedy decoding of a batch; returns each row's new tokens up to and including EOS (id 2).
 fn greedy(decoder: &mut Decoder, prompts: &[&[i64]], max_new: usize) -> Vec<Vec<i64>> {
     let d = decoder.dims();
     let b = prompts.len();
-    let width = prompts.iter().map(|p| p.len()).max().unwrap();
-    let (mut ids, mut mask, mut pos) = (Vec::new(), Vec::new(), Vec::new());
-    for p in prompts {
-        let pad = width - p.len();
-        ids.extend(std::iter::repeat_n(0, pad).chain(p.iter().copied()));
-        mask.extend(std::iter::repeat_n(0, pad).chain(std::iter::repeat_n(1, p.len())));
-        pos.extend(std::iter::repeat_n(0, pad).chain(0..p.len() as i64));
-    }
-    let mut next_pos: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
-    let (logits, mut cache) = decoder
-        .forward(ids, pos, mask.clone(), width, KvCache::empty(&d, b))
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| p.iter().map(|&t| t as u32).collect())
+        .collect();
+    let rows: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+    let width = rows.iter().map(|p| p.len()).max().unwrap();
+    let mut kv = KvCache::new(&d, b, width + max_new).unwrap();
+    let logits = decoder
+        .prefill(&rows, &mut kv, &(0..b).collect::<Vec<_>>())
         .unwrap();
+    let mut lens: Vec<usize> = rows.iter().map(|p| p.len()).collect();
     let mut out = vec![Vec::new(); b];
     let mut done = vec![false; b];
-    let mut last: Vec<i64> = (0..b)
-        .map(|r| {
-            argmax(&logits[(r * width + width - 1) * d.vocab..(r * width + width) * d.vocab]) as i64
-        })
+    let mut last: Vec<u32> = (0..b)
+        .map(|r| argmax(&logits[r * d.vocab..(r + 1) * d.vocab]) as u32)
         .collect();
     for _ in 0..max_new {
         for r in 0..b {
             if !done[r] {
-                out[r].push(last[r]);
+                out[r].push(i64::from(last[r]));
                 done[r] = last[r] == 2;
             }
         }
         if done.iter().all(|&x| x) {
             break;
         }
-        // Append one position per row (finished rows decode padding they ignore).
-        let mut new_mask = Vec::with_capacity(b * (cache.len + 1));
+        // Finished rows keep decoding into their own slots; nobody reads them.
+        let logits = decoder.decode(&last, &lens, &mut kv).unwrap();
         for r in 0..b {
-            new_mask.extend_from_slice(&mask[r * cache.len..(r + 1) * cache.len]);
-            new_mask.push(1);
-        }
-        mask = new_mask;
-        let (logits, next) = decoder
-            .forward(last.clone(), next_pos.clone(), mask.clone(), 1, cache)
-            .unwrap();
-        cache = next;
-        for r in 0..b {
-            next_pos[r] += 1;
-            last[r] = argmax(&logits[r * d.vocab..(r + 1) * d.vocab]) as i64;
+            lens[r] += 1;
+            last[r] = argmax(&logits[r * d.vocab..(r + 1) * d.vocab]) as u32;
         }
     }
     out
@@ -151,18 +147,8 @@ fn greedy(decoder: &mut Decoder, prompts: &[&[i64]], max_new: usize) -> Vec<Vec<
 fn first_step_logits_match_the_reference() {
     let mut decoder = open();
     for (i, case) in cases().iter().enumerate() {
-        let n = case.prompt_ids.len();
         let d = decoder.dims();
-        let (logits, _) = decoder
-            .forward(
-                case.prompt_ids.clone(),
-                (0..n as i64).collect(),
-                vec![1; n],
-                n,
-                KvCache::empty(&d, 1),
-            )
-            .unwrap();
-        let last = &logits[(n - 1) * d.vocab..n * d.vocab];
+        let last = &last_logits(&mut decoder, &case.prompt_ids);
         let max_diff = last
             .iter()
             .zip(&case.logits)
@@ -198,7 +184,7 @@ fn greedy_continuations_match_alone_and_batched() {
         let got = greedy(&mut decoder, &[&case.prompt_ids], 64);
         assert_eq!(got[0], case.greedy_ids);
     }
-    // All three in one left-padded batch: padding and per-row positions must not change a token.
+    // All three in one batch: padding and per-row lengths must not change a token.
     let prompts: Vec<&[i64]> = cases.iter().map(|c| c.prompt_ids.as_slice()).collect();
     let got = greedy(&mut decoder, &prompts, 64);
     for (row, case) in got.iter().zip(&cases) {
@@ -351,17 +337,7 @@ fn quantised_exports_stay_close_to_the_reference() {
         charter_model::onnx::export(&config, &gguf, dir.path(), format).unwrap();
         let mut decoder = Decoder::open(dir.path(), dims, 1).unwrap();
         for (i, case) in cases().iter().enumerate() {
-            let n = case.prompt_ids.len();
-            let (logits, _) = decoder
-                .forward(
-                    case.prompt_ids.clone(),
-                    (0..n as i64).collect(),
-                    vec![1; n],
-                    n,
-                    KvCache::empty(&dims, 1),
-                )
-                .unwrap();
-            let last = &logits[(n - 1) * dims.vocab..n * dims.vocab];
+            let last = &last_logits(&mut decoder, &case.prompt_ids);
             let max_diff = last
                 .iter()
                 .zip(&case.logits)

@@ -36,7 +36,7 @@ pub const REQUIRED_FILES: [&str; 6] = [
 pub const PROVENANCE_FILE: &str = "charter-model.json";
 
 /// Version of the exported graph: bump when the same weights would give different logits.
-pub const GRAPH_VERSION: u32 = 1;
+pub const GRAPH_VERSION: u32 = 2;
 
 /// Where a model directory came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

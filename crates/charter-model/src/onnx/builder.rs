@@ -32,7 +32,6 @@ pub(crate) enum Dim {
 pub(crate) enum Attr {
     Int(i64),
     Float(f32),
-    Ints(Vec<i64>),
 }
 
 pub(crate) struct GraphBuilder {
@@ -134,19 +133,6 @@ impl GraphBuilder {
             data_type: data_type::INT64,
             name: name.clone(),
             raw_data: raw,
-            ..Default::default()
-        });
-        name
-    }
-
-    /// A float scalar constant.
-    pub(crate) fn const_f32(&mut self, value: f32) -> String {
-        let name = self.fresh("const");
-        self.initializers.push(TensorProto {
-            dims: vec![],
-            data_type: data_type::FLOAT,
-            name: name.clone(),
-            raw_data: value.to_le_bytes().to_vec(),
             ..Default::default()
         });
         name
@@ -288,10 +274,6 @@ fn attribute(name: &str, value: Attr) -> AttributeProto {
         Attr::Float(f) => {
             a.f = f;
             a.r#type = attribute_type::FLOAT;
-        }
-        Attr::Ints(v) => {
-            a.ints = v;
-            a.r#type = attribute_type::INTS;
         }
     }
     a

@@ -1,23 +1,31 @@
 //! charter's ONNX export of llama-family decoders (llama, mistral, qwen2).
 //!
-//! The graph follows the input/output names of the common exporters so an
-//! ONNX decoder exported elsewhere drops in:
+//! The graph follows the input/output names of the common exporters, plus
+//! one input that says which positions need logits:
 //!
 //! | name | type | shape |
 //! |---|---|---|
 //! | `input_ids` | int64 | `[batch, sequence]` |
-//! | `attention_mask` | int64 | `[batch, past + sequence]`, 1 = attend, 0 = padding |
-//! | `position_ids` | int64 | `[batch, sequence]` |
+//! | `attention_mask` | int64 | `[batch, total]`: row *b* has `past_b + new_b` leading ones, then zeros |
+//! | `logit_positions` | int64 | `[batch, kept]`: indices into `sequence` whose logits are returned |
 //! | `past_key_values.N.key` / `.value` | f32 | `[batch, kv_heads, past, head_dim]` |
-//! | `logits` | f32 | `[batch, sequence, vocab]` |
-//! | `present.N.key` / `.value` | f32 | `[batch, kv_heads, past + sequence, head_dim]` |
+//! | `logits` | f32 | `[batch, kept, vocab]` |
+//! | `present.N.key` / `.value` | f32 | `[batch, kv_heads, max(past, total), head_dim]` |
 //!
-//! Attention is written with standard ops and an additive mask built once
-//! from `attention_mask` and the causal order, so any padding (left or
-//! right) and any mix of past lengths works. Rotary embedding uses the
-//! `com.microsoft` `RotaryEmbedding` op in its interleaved form, which is
-//! what GGUF's permuted Q/K weights need (DESIGN.md §5); HF-layout weights
-//! are permuted into that form on import.
+//! Attention is the `com.microsoft` `GroupQueryAttention` op: rows are
+//! right-padded and each has its own length (the mask's row sums), so a row
+//! never attends to another row's padding and there is no position input —
+//! the op derives positions from the lengths and applies the rotary
+//! embedding itself, in the interleaved form GGUF's permuted Q/K weights
+//! need (DESIGN.md §5; HF-layout weights are permuted on import). A run is
+//! either a *prompt* (`sequence` equals `total`: no past, rows right-padded)
+//! or a *decode step* (`sequence` = 1; row *b*'s new token goes to cache
+//! position `past_b`). When `past_key_values.N.*` and `present.N.*` are bound
+//! to the same buffer, the op writes the new position in place instead of
+//! copying the cache: that is how the engine decodes.
+//!
+//! Only the positions in `logit_positions` go through the final norm and
+//! the LM head: one per row while generating, all of them when scoring.
 //!
 //! Weights: `W` of a linear layer is `[out, in]` as stored; the graph
 //! multiplies by its transpose, written at export time.
@@ -82,9 +90,9 @@ pub fn export(
         &[batch.clone(), Dim::Named("total_sequence")],
     );
     g.input(
-        "position_ids",
+        "logit_positions",
         data_type::INT64,
-        &[batch.clone(), seq.clone()],
+        &[batch.clone(), Dim::Named("kept")],
     );
     let kv_dims = |len: &'static str| {
         [
@@ -109,18 +117,18 @@ pub fn export(
     g.output(
         "logits",
         data_type::FLOAT,
-        &[batch, seq, Dim::Fixed(c.vocab_size as i64)],
+        &[batch, Dim::Named("kept"), Dim::Fixed(c.vocab_size as i64)],
     );
     for l in 0..c.num_hidden_layers {
         g.output(
             &format!("present.{l}.key"),
             data_type::FLOAT,
-            &kv_dims("total_sequence"),
+            &kv_dims("present_sequence"),
         );
         g.output(
             &format!("present.{l}.value"),
             data_type::FLOAT,
-            &kv_dims("total_sequence"),
+            &kv_dims("present_sequence"),
         );
     }
 
@@ -129,10 +137,25 @@ pub fn export(
             .f32_tensor(name)?
             .ok_or_else(|| crate::Error::Export(format!("the model has no tensor `{name}`")))
     };
-    // x · Wᵀ for a linear layer whose weight W is [out, in].
-    let linear = |g: &mut GraphBuilder, x: &str, name: &str| -> Result<String> {
-        let (shape, w) = get(name)?;
-        let (out, inp) = (shape[0], shape[1]);
+    // x · Wᵀ for a linear layer whose weight W is [out, in]. Several weights
+    // over the same input are stacked along `out` into one matmul (`name`
+    // names the stack): one call instead of several, and with int8
+    // activations the input is quantised once.
+    let linear = |g: &mut GraphBuilder, x: &str, name: &str, parts: &[String]| -> Result<String> {
+        let mut w = Vec::new();
+        let (mut out, mut inp) = (0, 0);
+        for part in parts {
+            let (shape, values) = get(part)?;
+            if inp != 0 && shape[1] != inp {
+                return Err(crate::Error::Export(format!(
+                    "{part}: {} inputs, {} expected",
+                    shape[1], inp
+                )));
+            }
+            inp = shape[1];
+            out += shape[0];
+            w.extend(values);
+        }
         match format {
             WeightFormat::F32 => {
                 let mut t = vec![0f32; w.len()];
@@ -185,6 +208,9 @@ pub fn export(
             }
         }
     };
+    let single = |g: &mut GraphBuilder, x: &str, name: String| {
+        linear(g, x, &name, std::slice::from_ref(&name))
+    };
     let vector = |g: &mut GraphBuilder, name: &str| -> Result<String> {
         let (shape, w) = get(name)?;
         g.weight_f32(name, &shape, &w)
@@ -217,49 +243,35 @@ pub fn export(
     let cos = g.weight_f32("rotary.cos_cache", &[positions, half], &cos)?;
     let sin = g.weight_f32("rotary.sin_cache", &[positions, half], &sin)?;
 
-    // Additive attention bias [batch, 1, sequence, total]: 0 where a query may
-    // attend, a large negative number where the key is padding or in its future.
-    let bias = {
-        let zero = g.const_i64(&[0], false);
-        let one = g.const_i64(&[1], false);
-        let one_s = g.const_i64(&[1], true);
-        let ids_shape = g.node("Shape", &["input_ids"], vec![]);
-        let s_len = g.node(
-            "Gather",
-            &[&ids_shape, &one_s],
-            vec![("axis", Attr::Int(0))],
+    // Per-row lengths for GroupQueryAttention: seqlens_k = (ones in the row) − 1,
+    // total_sequence_length = the mask's width, both int32.
+    let (seqlens_k, total_len) = {
+        let axes = g.const_i64(&[1], false);
+        let ones = g.node(
+            "ReduceSum",
+            &["attention_mask", &axes],
+            vec![("keepdims", Attr::Int(0))],
+        );
+        let one = g.const_i64(&[1], true);
+        let last = g.node("Sub", &[&ones, &one], vec![]);
+        let seqlens = g.node(
+            "Cast",
+            &[&last],
+            vec![("to", Attr::Int(data_type::INT32 as i64))],
         );
         let mask_shape = g.node("Shape", &["attention_mask"], vec![]);
-        let t_len = g.node(
-            "Gather",
-            &[&mask_shape, &one_s],
-            vec![("axis", Attr::Int(0))],
+        let width = g.node("Gather", &[&mask_shape, &one], vec![("axis", Attr::Int(0))]);
+        let total = g.node(
+            "Cast",
+            &[&width],
+            vec![("to", Attr::Int(data_type::INT32 as i64))],
         );
-        let zero_s = g.const_i64(&[0], true);
-        let keys = g.node("Range", &[&zero_s, &t_len, &one_s], vec![]); // [T]
-        let past = g.node("Sub", &[&t_len, &s_len], vec![]);
-        let queries = g.node("Range", &[&past, &t_len, &one_s], vec![]); // [S]
-        let q_col = g.node("Unsqueeze", &[&queries, &one], vec![]); // [S, 1]
-        let k_row = g.node("Unsqueeze", &[&keys, &zero], vec![]); // [1, T]
-        let future = g.node("Greater", &[&k_row, &q_col], vec![]); // [S, T]
-        let axes_b = g.const_i64(&[1, 2], false);
-        let pad = g.node("Equal", &["attention_mask", &zero_s], vec![]); // [B, T]
-        let pad = g.node("Unsqueeze", &[&pad, &axes_b], vec![]); // [B, 1, 1, T]
-        let blocked = g.node("Or", &[&pad, &future], vec![]); // [B, 1, S, T]
-        let neg = g.const_f32(-1e9);
-        let zf = g.const_f32(0.0);
-        g.node("Where", &[&blocked, &neg, &zf], vec![])
+        (seqlens, total)
     };
 
-    let scale = g.const_f32(1.0 / (head_dim as f32).sqrt());
     let eps = c.rms_norm_eps as f32;
-    let shape_q = g.const_i64(&[0, 0, nh, head_dim as i64], false);
-    let shape_kv = g.const_i64(&[0, 0, kvh, head_dim as i64], false);
-    let group = g.const_i64(&[0, kvh, -1, head_dim as i64], false);
-    let ungroup_scores = g.const_i64(&[0, nh, -1, 0], false);
-    let group_scores = g.const_i64(&[0, kvh, -1, 0], false);
-    let ungroup = g.const_i64(&[0, nh, -1, head_dim as i64], false);
-    let merge = g.const_i64(&[0, 0, hidden], false);
+    let ffn = c.intermediate_size as i64;
+    let ffn_halves = g.const_i64(&[ffn, ffn], false);
 
     for l in 0..c.num_hidden_layers {
         let p = format!("blk.{l}");
@@ -269,87 +281,62 @@ pub fn export(
             &[&x, &norm_w],
             vec![("axis", Attr::Int(-1)), ("epsilon", Attr::Float(eps))],
         );
-        let mut q = linear(&mut g, &h, &format!("{p}.attn_q.weight"))?;
-        let mut k = linear(&mut g, &h, &format!("{p}.attn_k.weight"))?;
-        let mut v = linear(&mut g, &h, &format!("{p}.attn_v.weight"))?;
-        for (t, bias_name) in [
-            (&mut q, "attn_q.bias"),
-            (&mut k, "attn_k.bias"),
-            (&mut v, "attn_v.bias"),
-        ] {
-            if let Some((shape, b)) = weights.f32_tensor(&format!("{p}.{bias_name}"))? {
-                let b = g.weight_f32(&format!("{p}.{bias_name}"), &shape, &b)?;
-                *t = g.node("Add", &[t, &b], vec![]);
+        // Q, K and V in one matmul, packed as GroupQueryAttention reads them.
+        let parts = ["attn_q", "attn_k", "attn_v"];
+        let mut qkv = linear(
+            &mut g,
+            &h,
+            &format!("{p}.attn_qkv.weight"),
+            &parts.map(|t| format!("{p}.{t}.weight")),
+        )?;
+        let biases = parts
+            .iter()
+            .map(|t| weights.f32_tensor(&format!("{p}.{t}.bias")))
+            .collect::<Result<Vec<_>>>()?;
+        if biases.iter().any(Option::is_some) {
+            let widths = [nh, kvh, kvh].map(|heads| heads as usize * head_dim);
+            let mut packed = Vec::with_capacity(widths.iter().sum());
+            for (b, width) in biases.into_iter().zip(widths) {
+                match b {
+                    Some((_, b)) if b.len() == width => packed.extend(b),
+                    Some((_, b)) => {
+                        return Err(crate::Error::Export(format!(
+                            "{p}: a q/k/v bias of {} values, {width} expected",
+                            b.len()
+                        )));
+                    }
+                    None => packed.extend(std::iter::repeat_n(0.0, width)),
+                }
             }
+            let b = g.weight_f32(&format!("{p}.attn_qkv.bias"), &[packed.len()], &packed)?;
+            qkv = g.node("Add", &[&qkv, &b], vec![]);
         }
-        // [B, S, heads·hd] → rotary → [B, heads, S, hd]
-        let q = g.contrib(
-            "RotaryEmbedding",
-            &[&q, "position_ids", &cos, &sin],
-            vec![("interleaved", Attr::Int(1))],
-        );
-        let k = g.contrib(
-            "RotaryEmbedding",
-            &[&k, "position_ids", &cos, &sin],
-            vec![("interleaved", Attr::Int(1))],
-        );
-        let q = g.node("Reshape", &[&q, &shape_q], vec![]);
-        let q = g.node(
-            "Transpose",
-            &[&q],
-            vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
-        );
-        let q = g.node("Mul", &[&q, &scale], vec![]);
-        let k = g.node("Reshape", &[&k, &shape_kv], vec![]);
-        let k = g.node(
-            "Transpose",
-            &[&k],
-            vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
-        );
-        let v = g.node("Reshape", &[&v, &shape_kv], vec![]);
-        let v = g.node(
-            "Transpose",
-            &[&v],
-            vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
-        );
         let present_k = format!("present.{l}.key");
         let present_v = format!("present.{l}.value");
+        let ctx = format!("{p}.attn");
         g.node_into(
-            "Concat",
-            "",
-            &[&format!("past_key_values.{l}.key"), &k],
-            &[&present_k],
-            vec![("axis", Attr::Int(2))],
+            "GroupQueryAttention",
+            "com.microsoft",
+            &[
+                &qkv,
+                "",
+                "",
+                &format!("past_key_values.{l}.key"),
+                &format!("past_key_values.{l}.value"),
+                &seqlens_k,
+                &total_len,
+                &cos,
+                &sin,
+            ],
+            &[&ctx, &present_k, &present_v],
+            vec![
+                ("num_heads", Attr::Int(nh)),
+                ("kv_num_heads", Attr::Int(kvh)),
+                ("do_rotary", Attr::Int(1)),
+                ("rotary_interleaved", Attr::Int(1)),
+            ],
         );
-        g.node_into(
-            "Concat",
-            "",
-            &[&format!("past_key_values.{l}.value"), &v],
-            &[&present_v],
-            vec![("axis", Attr::Int(2))],
-        );
-        // Grouped-query attention without repeating K/V: query heads that share a
-        // KV head are stacked along the sequence axis, [B, kv_heads, rep·S, hd].
-        let qg = g.node("Reshape", &[&q, &group], vec![]);
-        let kt = g.node(
-            "Transpose",
-            &[&present_k],
-            vec![("perm", Attr::Ints(vec![0, 1, 3, 2]))],
-        );
-        let scores = g.node("MatMul", &[&qg, &kt], vec![]); // [B, kvh, rep·S, T]
-        let scores = g.node("Reshape", &[&scores, &ungroup_scores], vec![]); // [B, nh, S, T]
-        let scores = g.node("Add", &[&scores, &bias], vec![]);
-        let probs = g.node("Softmax", &[&scores], vec![("axis", Attr::Int(-1))]);
-        let probs = g.node("Reshape", &[&probs, &group_scores], vec![]);
-        let ctx = g.node("MatMul", &[&probs, &present_v], vec![]); // [B, kvh, rep·S, hd]
-        let ctx = g.node("Reshape", &[&ctx, &ungroup], vec![]); // [B, nh, S, hd]
-        let ctx = g.node(
-            "Transpose",
-            &[&ctx],
-            vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
-        );
-        let ctx = g.node("Reshape", &[&ctx, &merge], vec![]);
-        let attn = linear(&mut g, &ctx, &format!("{p}.attn_output.weight"))?;
+        let attn = single(&mut g, &ctx, format!("{p}.attn_output.weight"))?;
         x = g.node("Add", &[&x, &attn], vec![]);
 
         let norm_w = vector(&mut g, &format!("{p}.ffn_norm.weight"))?;
@@ -358,15 +345,41 @@ pub fn export(
             &[&x, &norm_w],
             vec![("axis", Attr::Int(-1)), ("epsilon", Attr::Float(eps))],
         );
-        let gate = linear(&mut g, &h, &format!("{p}.ffn_gate.weight"))?;
-        let up = linear(&mut g, &h, &format!("{p}.ffn_up.weight"))?;
+        let gate_up = linear(
+            &mut g,
+            &h,
+            &format!("{p}.ffn_gate_up.weight"),
+            &[format!("{p}.ffn_gate.weight"), format!("{p}.ffn_up.weight")],
+        )?;
+        let (gate, up) = (format!("{p}.ffn_gate"), format!("{p}.ffn_up"));
+        g.node_into(
+            "Split",
+            "",
+            &[&gate_up, &ffn_halves],
+            &[&gate, &up],
+            vec![("axis", Attr::Int(-1))],
+        );
         let sig = g.node("Sigmoid", &[&gate], vec![]);
         let silu = g.node("Mul", &[&gate, &sig], vec![]);
         let act = g.node("Mul", &[&silu, &up], vec![]);
-        let down = linear(&mut g, &act, &format!("{p}.ffn_down.weight"))?;
+        let down = single(&mut g, &act, format!("{p}.ffn_down.weight"))?;
         x = g.node("Add", &[&x, &down], vec![]);
     }
 
+    // Keep the positions that need logits: [B, S, H] → [B, kept, H].
+    let x = {
+        let minus_one = g.const_i64(&[-1], false);
+        let idx = g.node("Unsqueeze", &["logit_positions", &minus_one], vec![]);
+        let idx_shape = g.node("Shape", &["logit_positions"], vec![]);
+        let width = g.const_i64(&[hidden], false);
+        let full = g.node(
+            "Concat",
+            &[&idx_shape, &width],
+            vec![("axis", Attr::Int(0))],
+        );
+        let idx = g.node("Expand", &[&idx, &full], vec![]);
+        g.node("GatherElements", &[&x, &idx], vec![("axis", Attr::Int(1))])
+    };
     let norm_w = vector(&mut g, "output_norm.weight")?;
     let h = g.node(
         "SimplifiedLayerNormalization",
@@ -382,11 +395,11 @@ pub fn export(
     let flat_shape = g.const_i64(&[-1, hidden], false);
     let flat = g.node("Reshape", &[&h, &flat_shape], vec![]);
     let logits = g.node("Gemm", &[&flat, &head], vec![("transB", Attr::Int(1))]);
-    let ids_shape = g.node("Shape", &["input_ids"], vec![]);
+    let kept_shape = g.node("Shape", &["logit_positions"], vec![]);
     let vocab = g.const_i64(&[c.vocab_size as i64], false);
     let out_shape = g.node(
         "Concat",
-        &[&ids_shape, &vocab],
+        &[&kept_shape, &vocab],
         vec![("axis", Attr::Int(0))],
     );
     g.node_into("Reshape", "", &[&logits, &out_shape], &["logits"], vec![]);

@@ -8,6 +8,7 @@
 pub(crate) mod data_type {
     pub(crate) const FLOAT: i32 = 1;
     pub(crate) const UINT8: i32 = 2;
+    pub(crate) const INT32: i32 = 6;
     pub(crate) const INT64: i32 = 7;
 }
 
@@ -15,7 +16,6 @@ pub(crate) mod data_type {
 pub(crate) mod attribute_type {
     pub(crate) const FLOAT: i32 = 1;
     pub(crate) const INT: i32 = 2;
-    pub(crate) const INTS: i32 = 7;
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
