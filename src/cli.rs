@@ -44,7 +44,7 @@ pub(crate) enum Command {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ModelCommand {
-    /// Turn a GGUF file (llama architecture) into a model directory.
+    /// Turn a GGUF file (llama architecture) or a HuggingFace safetensors checkpoint directory (llama, mistral, qwen2) into a model directory.
     Import(ModelImportArgs),
     /// Describe a model directory.
     Info(ModelInfoArgs),
@@ -65,7 +65,7 @@ pub(crate) enum DtypeArg {
 
 #[derive(Debug, Args)]
 pub(crate) struct ModelImportArgs {
-    /// The GGUF file.
+    /// A GGUF file, or a HuggingFace checkpoint directory (config.json, tokenizer.json, tokenizer_config.json, *.safetensors).
     pub(crate) source: PathBuf,
     /// The model directory to write.
     #[arg(short, long, value_name = "DIR")]

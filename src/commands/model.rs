@@ -1,7 +1,7 @@
 //! `charter model import|info|tiny`: model directories.
 
-use anyhow::{Context, Result};
-use charter_model::{Dtype, ModelDir, import_gguf, write_tiny};
+use anyhow::{Context, Result, bail};
+use charter_model::{Dtype, ModelDir, import_gguf, import_hf, write_tiny};
 
 use crate::cli::{DtypeArg, ModelImportArgs, ModelInfoArgs, ModelTinyArgs};
 
@@ -13,8 +13,18 @@ pub(crate) fn import(args: ModelImportArgs, quiet: bool) -> Result<()> {
     };
     let progress = crate::progress::spinner(quiet);
     progress.set_message(format!("importing {}", args.source.display()));
-    let dir = import_gguf(&args.source, &args.output, dtype)
-        .with_context(|| format!("cannot import {}", args.source.display()))?;
+    // A directory is a HuggingFace checkpoint, a file a GGUF.
+    let dir = if args.source.is_dir() {
+        import_hf(&args.source, &args.output, dtype)
+    } else if args.source.is_file() {
+        import_gguf(&args.source, &args.output, dtype)
+    } else {
+        bail!(
+            "{}: no such file or directory: give a GGUF file or a HuggingFace checkpoint directory",
+            args.source.display()
+        );
+    }
+    .with_context(|| format!("cannot import {}", args.source.display()))?;
     progress.finish_and_clear();
     if !quiet {
         eprintln!(

@@ -8,6 +8,7 @@ mod default_model;
 mod default_prompts;
 mod import;
 mod inspect;
+mod model_import;
 mod respond;
 
 use std::io::Write;

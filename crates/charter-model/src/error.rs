@@ -120,6 +120,19 @@ pub enum Error {
         problem: String,
     },
 
+    /// A field of a HuggingFace configuration file (`config.json`,
+    /// `tokenizer_config.json`) is missing, has the wrong type, or asks for
+    /// something charter does not support.
+    #[error("{path}: `{field}`: {problem}")]
+    Config {
+        /// The configuration file.
+        path: PathBuf,
+        /// The field, as spelled in the file.
+        field: String,
+        /// What is wrong, with the value found where it helps.
+        problem: String,
+    },
+
     /// Something charter does not support (an architecture, a configuration).
     #[error("{0}")]
     Unsupported(String),
@@ -146,6 +159,18 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    pub(crate) fn config(
+        path: impl Into<PathBuf>,
+        field: impl Into<String>,
+        problem: impl Into<String>,
+    ) -> Self {
+        Error::Config {
+            path: path.into(),
+            field: field.into(),
+            problem: problem.into(),
         }
     }
 

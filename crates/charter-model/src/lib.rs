@@ -1,5 +1,6 @@
 //! charter's model files: a GGUF reader with dequantisation, tokenizers
-//! built from a GGUF vocabulary, and chat templates.
+//! built from a GGUF vocabulary, chat templates, safetensors, and model
+//! directories.
 //!
 //! - [`Gguf`] opens a GGUF file (versions 2 and 3), reads its metadata and
 //!   tensor infos eagerly and tensor data on demand with positioned reads;
@@ -19,6 +20,13 @@
 //! - [`ChatTemplate`] renders a model's Jinja chat template as HuggingFace
 //!   does; [`encode_chat`] gives a conversation's token ids with control
 //!   tokens only where the template writes them.
+//! - [`import_gguf`] and [`import_hf`] turn a GGUF file or a HuggingFace
+//!   safetensors checkpoint (llama, mistral, qwen2: [`ModelConfig::from_hf_config`],
+//!   [`HfCheckpoint`]) into a [`ModelDir`]: config, tokenizer, chat template,
+//!   an ONNX graph, and `model.safetensors` (f32, HuggingFace names and
+//!   layout) read back with [`ModelDir::load_weights`].
+//!   [`SafetensorsFile`] and [`SafetensorsWriter`] read F32/F16/BF16 and
+//!   write f32 safetensors files tensor by tensor.
 //!
 //! Shapes: GGUF stores dimensions innermost first (ggml's `ne`);
 //! [`TensorInfo::shape`] reports them outermost first, as PyTorch does, and
@@ -62,6 +70,7 @@ mod config;
 mod error;
 mod ggml;
 mod gguf;
+mod hf;
 mod metadata;
 mod model_dir;
 pub mod onnx;
@@ -69,6 +78,7 @@ mod quant;
 mod reader;
 mod tiny;
 mod tokenizer;
+mod weights;
 
 pub use chat::{ChatTemplate, Message, encode_chat};
 pub use config::ModelConfig;
@@ -76,10 +86,11 @@ pub use error::{Error, Result};
 pub use ggml::GgmlType;
 pub use gguf::{DEFAULT_ALIGNMENT, Gguf, KEY_ALIGNMENT, TensorInfo};
 pub use half::f16;
+pub use hf::HfCheckpoint;
 pub use metadata::{Array, Metadata, Value, ValueType};
 pub use model_dir::{
     Dtype, GRAPH_VERSION, ModelDir, ModelProvenance, PROVENANCE_FILE, REQUIRED_FILES,
-    TokenizerConfig, hash_file, import_gguf, write_dir,
+    TokenizerConfig, WEIGHTS_FILE, hash_file, hash_hf_dir, import_gguf, import_hf, write_dir,
 };
 pub use quant::{BLOCK_LEN, Block, BlockQ4_0, BlockQ4_1, BlockQ8_0, dequantize};
 pub use tiny::{
@@ -87,3 +98,4 @@ pub use tiny::{
     write_tiny,
 };
 pub use tokenizer::{TextTokenizer, tokenizer_json_from_gguf};
+pub use weights::{SafetensorsFile, SafetensorsWriter, Tensors};

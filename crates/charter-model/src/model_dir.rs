@@ -7,12 +7,17 @@
 //! | `config.json` | architecture ([`ModelConfig`]) |
 //! | `tokenizer.json` | the tokenizer, loadable by the `tokenizers` library |
 //! | `tokenizer_config.json` | chat template and special tokens |
+//! | `model.safetensors` | the weights in HuggingFace's names and layout, f32, for the trainer ([`ModelDir::load_weights`]) |
 //! | `model.onnx`, `model.onnx.data` | the decoder graph charter generates with |
 //! | `charter-model.json` | provenance: source file and its hash, weight dtype, exporter version, content hash |
 //!
 //! A directory is written under a temporary name and renamed into place, so
 //! a half-imported model never looks complete.
+//!
+//! Sources: a GGUF file ([`import_gguf`]) or a HuggingFace checkpoint
+//! directory ([`import_hf`]).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -20,17 +25,24 @@ use serde::{Deserialize, Serialize};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
+use crate::hf::{HfCheckpoint, safetensors_files, tokenizer_config, write_hf_safetensors};
 use crate::onnx::{WeightFormat, WeightSource, export};
+use crate::tokenizer::TextTokenizer;
+use crate::weights::{SafetensorsFile, Tensors};
 
 /// Files a model directory must have.
-pub const REQUIRED_FILES: [&str; 6] = [
+pub const REQUIRED_FILES: [&str; 7] = [
     "config.json",
     "tokenizer.json",
     "tokenizer_config.json",
+    WEIGHTS_FILE,
     "model.onnx",
     "model.onnx.data",
     PROVENANCE_FILE,
 ];
+
+/// The weights file's name: f32 safetensors in HuggingFace's names and layout.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
 
 /// The provenance file's name.
 pub const PROVENANCE_FILE: &str = "charter-model.json";
@@ -41,11 +53,12 @@ pub const GRAPH_VERSION: u32 = 2;
 /// Where a model directory came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelProvenance {
-    /// A display name: the source file's stem.
+    /// A display name: the source file's stem, or the checkpoint directory's name.
     pub name: String,
-    /// The source file's name.
+    /// The source file's or checkpoint directory's name.
     pub source: String,
-    /// blake3 of the source file's bytes.
+    /// blake3 of the source file's bytes ([`hash_file`]), or of a checkpoint
+    /// directory's files ([`hash_hf_dir`]).
     pub source_hash: String,
     /// Weight type of the graph: `f32` or `int4`.
     pub dtype: String,
@@ -115,6 +128,27 @@ impl ModelDir {
     /// The tokenizer file.
     pub fn tokenizer_path(&self) -> PathBuf {
         self.path.join("tokenizer.json")
+    }
+
+    /// The weights file, `model.safetensors`.
+    pub fn weights_path(&self) -> PathBuf {
+        self.path.join(WEIGHTS_FILE)
+    }
+
+    /// Every tensor of `model.safetensors` by HuggingFace name
+    /// (`model.layers.0.self_attn.q_proj.weight`, …) as (shape, f32 values),
+    /// row-major, shape outermost first. Q and K rows are in HuggingFace's
+    /// rotate-half order; a tied LM head is absent (`lm_head.weight` is then
+    /// `model.embed_tokens.weight`).
+    pub fn load_weights(&self) -> Result<Tensors> {
+        let file = SafetensorsFile::open(self.weights_path())?;
+        let mut out = BTreeMap::new();
+        for name in file.names() {
+            if let Some(tensor) = file.read_f32(&name)? {
+                out.insert(name, tensor);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -204,7 +238,86 @@ pub fn import_gguf(source: &Path, out: &Path, dtype: Dtype) -> Result<ModelDir> 
     )
 }
 
+/// Imports a HuggingFace checkpoint directory (llama, mistral or qwen2:
+/// `config.json`, `tokenizer.json`, `tokenizer_config.json` and
+/// `*.safetensors` in F32, F16 or BF16) as a model directory at `out`.
+///
+/// `tokenizer.json` is copied as it is; `tokenizer_config.json` keeps the
+/// chat template, the BOS/EOS texts and the context length
+/// (see [`ModelConfig::from_hf_config`] for what the architecture may be).
+/// The directory's name names the model. If `out` already holds an import
+/// of the same files with the same dtype and graph version, it is returned
+/// as it is.
+pub fn import_hf(source: &Path, out: &Path, dtype: Dtype) -> Result<ModelDir> {
+    let source_hash = hash_hf_dir(source)?;
+    if let Ok(existing) = ModelDir::open(out)
+        && existing.provenance.content_hash == content_hash(&source_hash, dtype)
+    {
+        return Ok(existing);
+    }
+    let config = ModelConfig::from_hf_config(&source.join("config.json"))?;
+    let weights = HfCheckpoint::open(source, &config)?;
+    let tokenizer_path = source.join("tokenizer.json");
+    let tokenizer_json =
+        std::fs::read_to_string(&tokenizer_path).map_err(|e| Error::io(&tokenizer_path, e))?;
+    let tokenizer = TextTokenizer::from_file(&tokenizer_path)?;
+    let mut tokenizer_config = tokenizer_config(source, &config)?;
+    // Fill an unnamed EOS from config.json's id: the engine stops on either.
+    if tokenizer_config.eos_token.is_none() {
+        tokenizer_config.eos_token = config.eos_token_id.and_then(|id| tokenizer.token(id));
+    }
+    let name = std::path::absolute(source)
+        .ok()
+        .as_deref()
+        .and_then(Path::file_name)
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    write_dir(
+        out,
+        &config,
+        &tokenizer_json,
+        &tokenizer_config,
+        &weights,
+        dtype,
+        name.clone(),
+        name,
+        source_hash,
+    )
+}
+
+/// The source hash of a HuggingFace checkpoint directory: blake3 over the
+/// files an import reads (`config.json`, `tokenizer.json`,
+/// `tokenizer_config.json`, `chat_template.jinja` if present, and every
+/// `*.safetensors`), sorted by name, each as its name, a zero byte, its
+/// length as a little-endian u64, and its bytes. Lowercase hex.
+pub fn hash_hf_dir(dir: &Path) -> Result<String> {
+    let mut files: Vec<PathBuf> = ["config.json", "tokenizer.json", "tokenizer_config.json"]
+        .iter()
+        .map(|f| dir.join(f))
+        .collect();
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.is_file() {
+        files.push(jinja);
+    }
+    files.extend(safetensors_files(dir)?);
+    files.sort();
+    let mut hasher = blake3::Hasher::new();
+    for path in &files {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        hasher.update(name.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(&len.to_le_bytes());
+        hasher.update_reader(file).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
 /// Writes a model directory from its parts, atomically (temporary directory, then rename).
+///
+/// `weights` are in GGUF names and layout (Q/K rows interleaved, as the
+/// graph wants); `model.safetensors` gets them in HuggingFace's.
 #[allow(clippy::too_many_arguments)]
 pub fn write_dir(
     out: &Path,
@@ -236,6 +349,7 @@ pub fn write_dir(
     std::fs::write(dir.join("tokenizer.json"), tokenizer_json)
         .map_err(|e| Error::io(dir.join("tokenizer.json"), e))?;
     write_json(&dir.join("tokenizer_config.json"), tokenizer_config)?;
+    write_hf_safetensors(&dir.join(WEIGHTS_FILE), config, weights)?;
     export(config, weights, dir, dtype.weight_format())?;
     let content_hash = content_hash(&source_hash, dtype);
     let provenance = ModelProvenance {
