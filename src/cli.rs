@@ -115,6 +115,9 @@ pub(crate) struct GenFlags {
     /// System prompt [default: the chat template's own].
     #[arg(long, value_name = "TEXT")]
     pub(crate) system: Option<String>,
+    /// Stop when this text appears, and cut it from the answer (repeatable).
+    #[arg(long = "stop", value_name = "TEXT")]
+    pub(crate) stop: Vec<String>,
     /// Intra-op threads for ONNX Runtime.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub(crate) threads: usize,

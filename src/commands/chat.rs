@@ -3,7 +3,7 @@
 use anyhow::Result;
 use charter_gen::{Completion, GenerateOptions, Request, Sampling};
 use charter_model::Message;
-use charter_stages::Model;
+use charter_stages::{Model, StopStrings};
 
 use crate::cli::ChatArgs;
 
@@ -33,14 +33,18 @@ pub(crate) fn run(args: ChatArgs) -> Result<()> {
         batch_size: 1,
         max_context: model.max_context(),
     };
+    let stop = StopStrings::new(&g.stop);
     let mut answer: Option<Completion> = None;
-    model.engine.generate(
+    let Model {
+        engine, tokenizer, ..
+    } = &mut model;
+    engine.generate(
         &[Request {
             prompt,
             seed: g.seed,
         }],
         &options,
-        &mut |_, _| false,
+        &mut |_, tokens| stop.hit(tokenizer, tokens),
         &mut |c| {
             answer = Some(c);
             Ok::<(), charter_gen::Error>(())
@@ -51,6 +55,7 @@ pub(crate) fn run(args: ChatArgs) -> Result<()> {
         answer.finish != charter_gen::FinishReason::Context,
         "the message does not fit the model's context window"
     );
-    println!("{}", model.decode(&answer.tokens)?);
+    let text = model.decode(&answer.tokens)?;
+    println!("{}", stop.truncate(&text).0);
     Ok(())
 }

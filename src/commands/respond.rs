@@ -24,6 +24,7 @@ pub(crate) fn run(args: RespondArgs, quiet: bool) -> Result<()> {
         max_new_tokens: g.max_new_tokens,
         seed: g.seed,
         system: g.system.clone(),
+        stop: g.stop.clone(),
         limit: args.limit,
         batch_size: args.batch_size,
         shard_rows: args.shard_rows,

@@ -155,6 +155,43 @@ fn respond_writes_a_reproducible_responses_table() {
 }
 
 #[test]
+fn a_stop_string_ends_the_answer_and_is_cut_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let table = prompts(dir.path(), 1);
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec![
+            "respond",
+            "-m",
+            &model,
+            "-i",
+            &table,
+            "-o",
+            out.to_str().unwrap(),
+            "--max-new-tokens",
+            "40",
+            "--temperature",
+            "0",
+        ];
+        args.extend(extra);
+        ok(&args);
+        inspect(out.to_str().unwrap())["head"][0].clone()
+    };
+    let free = run("free.parquet", &[]);
+    let text = free["text"].as_str().unwrap().to_string();
+    // Stop at two characters from the middle of the unconstrained answer.
+    let chars: Vec<char> = text.chars().collect();
+    assert!(chars.len() >= 10, "{text:?}");
+    let needle: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
+    let cut = text[..text.find(&needle).unwrap()].to_string();
+    let stopped = run("stopped.parquet", &["--stop", &needle]);
+    assert_eq!(stopped["text"], cut.as_str());
+    assert_eq!(stopped["finish_reason"], "stop");
+    assert!(stopped["completion_tokens"].as_u64() < free["completion_tokens"].as_u64());
+}
+
+#[test]
 fn a_prompt_longer_than_the_context_is_a_row_not_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny(dir.path());

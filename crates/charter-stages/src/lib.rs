@@ -10,6 +10,7 @@ mod error;
 mod model;
 mod respond;
 mod seed;
+mod stop;
 
 pub use error::{Error, Result};
 pub use model::Model;
@@ -17,3 +18,4 @@ pub use respond::{
     RespondProgress, RespondSettings, RespondSummary, STAGE_VERSION as RESPOND_VERSION, respond,
 };
 pub use seed::row_seed;
+pub use stop::StopStrings;

@@ -13,6 +13,7 @@ use charter_table::{
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::seed::row_seed;
+use crate::stop::StopStrings;
 
 /// Version of the respond stage: bump when the same inputs would give different rows.
 pub const STAGE_VERSION: u32 = 1;
@@ -30,6 +31,8 @@ pub struct RespondSettings {
     pub seed: u64,
     /// System prompt; `None` lets the chat template use its default.
     pub system: Option<String>,
+    /// Text that ends an answer; cut from the recorded text.
+    pub stop: Vec<String>,
     /// Answer only the first this many prompts.
     pub limit: Option<usize>,
     /// Rows decoded together.
@@ -52,6 +55,7 @@ impl RespondSettings {
             "max_new_tokens": self.max_new_tokens,
             "seed": self.seed,
             "system": self.system,
+            "stop": self.stop,
             "limit": self.limit,
             // The schedule: batch composition can change float rounding, so
             // it is part of what determines the bytes.
@@ -188,6 +192,7 @@ pub fn respond(
         max_context: model.max_context(),
     };
     let window = settings.shard_rows.max(1);
+    let stop = StopStrings::new(&settings.stop);
     let mut tokens = 0u64;
     let mut overflows = 0u64;
     let Model {
@@ -201,6 +206,13 @@ pub fn respond(
 
     let build_row = |item: usize, c: &Completion, req: &Request| -> Result<Response> {
         let prompt = &prompts[item / samples];
+        let text = tokenizer.decode(&c.tokens, true)?;
+        let (text, stopped) = stop.truncate(&text);
+        let finish = if stopped {
+            FinishReason::Stop
+        } else {
+            c.finish
+        };
         Ok(Response {
             id: String::new(),
             prompt_id: prompt.id.clone(),
@@ -214,10 +226,10 @@ pub fn respond(
             top_k: settings.sampling.top_k as u32,
             max_new_tokens: settings.max_new_tokens,
             seed: req.seed,
-            text: tokenizer.decode(&c.tokens, true)?,
+            text: text.to_string(),
             prompt_tokens: req.prompt.len() as u32,
             completion_tokens: c.tokens.len() as u32,
-            finish_reason: c.finish.as_str().to_string(),
+            finish_reason: finish.as_str().to_string(),
         }
         .with_id())
     };
@@ -236,7 +248,7 @@ pub fn respond(
         engine.generate(
             reqs,
             &options,
-            &mut |_, _| false,
+            &mut |_, tokens| stop.hit(tokenizer, tokens),
             &mut |c: Completion| -> Result<()> {
                 tokens += c.tokens.len() as u64;
                 if c.finish == FinishReason::Context {
