@@ -36,10 +36,26 @@ pub(crate) enum Command {
     /// Import, describe and create model directories.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Check, import and show constitutions (`constitutions/*.toml`).
+    #[command(subcommand)]
+    Constitution(ConstitutionCommand),
     /// Answer one message with a model, for a quick look at it.
     Chat(ChatArgs),
     /// Answer every prompt of a `prompts` table: writes a `responses` table.
     Respond(RespondArgs),
+    /// Critique every answer of a `responses` (round 1) or `revisions` table against a drawn principle.
+    Critique(CritiqueArgs),
+    /// Revise every critiqued answer following its principle's revision request.
+    Revise(ReviseArgs),
+    /// Pair two answers to the same prompt: samples of one table, or two tables.
+    Pair(PairArgs),
+    /// Label every pair with AI feedback: soft preferences from the labeller's probabilities.
+    Label(LabelArgs),
+    /// Write labels or revisions in the JSON-lines layouts common trainers read.
+    Export(ExportArgs),
+    /// Measure a model or labeller.
+    #[command(subcommand)]
+    Eval(EvalCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,6 +108,51 @@ pub(crate) struct ModelTinyArgs {
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConstitutionCommand {
+    /// Parse and validate a constitution; print its name, version, counts and content hash.
+    Check(ConstitutionCheckArgs),
+    /// Turn a public JSON constitution (HuggingFace CAI recipe, or the CAI paper's
+    /// CritiqueRevisionInstructions.json) into charter's TOML.
+    ///
+    /// The layout is told from the JSON's shape. Neither layout has preference
+    /// principles: give them with `--preferences`, else the file is written
+    /// with a warning and fails `check` until some are added.
+    Import(ConstitutionImportArgs),
+    /// Print a constitution as charter reads it, defaults filled in.
+    Show(ConstitutionShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConstitutionCheckArgs {
+    /// The constitution (TOML).
+    pub(crate) file: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConstitutionImportArgs {
+    /// The JSON file to import.
+    pub(crate) source: PathBuf,
+    /// Preference principles: a JSON list of questions (as in RLMadisonInstructions.json).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) preferences: Option<PathBuf>,
+    /// Name of the constitution [default: the output file's stem].
+    #[arg(long, value_name = "NAME")]
+    pub(crate) name: Option<String>,
+    /// The TOML file to write (`-` for standard output).
+    #[arg(short, long, value_name = "TOML")]
+    pub(crate) output: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConstitutionShowArgs {
+    /// The constitution (TOML).
+    pub(crate) file: PathBuf,
 }
 
 /// Generation settings shared by the commands that generate.
@@ -278,4 +339,145 @@ pub(crate) struct InspectArgs {
     /// Recompute the content hash from the rows and fail if it differs from the recorded one.
     #[arg(long)]
     pub(crate) verify: bool,
+}
+
+/// Flags of the stages that run a model with a constitution.
+#[derive(Debug, Args)]
+pub(crate) struct ModelStageFlags {
+    /// The model directory.
+    #[arg(short, long, value_name = "DIR")]
+    pub(crate) model: PathBuf,
+    /// The constitution (TOML).
+    #[arg(short, long, value_name = "TOML")]
+    pub(crate) constitution: PathBuf,
+    /// Rows decoded together.
+    #[arg(long, value_name = "B", default_value_t = 16)]
+    pub(crate) batch_size: usize,
+    /// Rows per window, generated together and committed as one shard.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub(crate) shard_rows: usize,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CritiqueArgs {
+    /// Input `responses` table (round 1) or `revisions` table (later rounds).
+    #[arg(short, long, value_name = "IN")]
+    pub(crate) input: PathBuf,
+    /// Output `critiques` table.
+    #[arg(short, long, value_name = "OUT")]
+    pub(crate) output: PathBuf,
+    /// The round [default: 1 for responses, the input's last round + 1 for revisions].
+    #[arg(long, value_name = "R")]
+    pub(crate) round: Option<u32>,
+    #[command(flatten)]
+    pub(crate) stage: ModelStageFlags,
+    #[command(flatten)]
+    pub(crate) gen_flags: GenFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReviseArgs {
+    /// Input `critiques` table.
+    #[arg(short, long, value_name = "IN")]
+    pub(crate) input: PathBuf,
+    /// Output `revisions` table.
+    #[arg(short, long, value_name = "OUT")]
+    pub(crate) output: PathBuf,
+    #[command(flatten)]
+    pub(crate) stage: ModelStageFlags,
+    #[command(flatten)]
+    pub(crate) gen_flags: GenFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PairArgs {
+    /// Input `responses` (or `revisions`, with `--against`) table.
+    #[arg(short, long, value_name = "IN")]
+    pub(crate) input: PathBuf,
+    /// Pair each answer of the input with its counterpart in this table instead.
+    #[arg(long, value_name = "TABLE")]
+    pub(crate) against: Option<PathBuf>,
+    /// Output `pairs` table.
+    #[arg(short, long, value_name = "OUT")]
+    pub(crate) output: PathBuf,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LabelArgs {
+    /// Input `pairs` table.
+    #[arg(short, long, value_name = "IN")]
+    pub(crate) input: PathBuf,
+    /// Output `labels` table.
+    #[arg(short, long, value_name = "OUT")]
+    pub(crate) output: PathBuf,
+    /// Score only the order shown (A first); by default both orders are scored and averaged.
+    #[arg(long)]
+    pub(crate) no_swap: bool,
+    /// Let the labeller reason before answering (the reasoning is kept; probabilities are clamped).
+    #[arg(long)]
+    pub(crate) cot: bool,
+    /// Clamp range for chain-of-thought probabilities.
+    #[arg(long, value_name = "LO,HI", default_value = "0.4,0.6")]
+    pub(crate) clamp: String,
+    #[command(flatten)]
+    pub(crate) stage: ModelStageFlags,
+    #[command(flatten)]
+    pub(crate) gen_flags: GenFlags,
+}
+
+/// Export layouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ExportFormatArg {
+    /// `prompt` / `chosen` / `rejected` from a `labels` table.
+    Preference,
+    /// `prompt` / `completion` / `messages` from a `revisions` table.
+    Sft,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    /// Input `labels` (preference) or `revisions` (sft) table.
+    #[arg(short, long, value_name = "IN")]
+    pub(crate) input: PathBuf,
+    /// Output JSON-lines file.
+    #[arg(short, long, value_name = "OUT")]
+    pub(crate) output: PathBuf,
+    /// The layout.
+    #[arg(long, value_enum, default_value_t = ExportFormatArg::Preference)]
+    pub(crate) format: ExportFormatArg,
+    /// Preference rows as chat message lists instead of plain text.
+    #[arg(long)]
+    pub(crate) chat: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EvalCommand {
+    /// Agreement of an AI labeller with human comparisons: alignment, calibration, position bias.
+    Labeler(EvalLabelerArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EvalLabelerArgs {
+    /// JSON lines: `conversation`, `response_a`, `response_b`, `preferred` ("A" or "B"), optional `principle`.
+    #[arg(long, value_name = "JSONL")]
+    pub(crate) comparisons: PathBuf,
+    /// Score only the order given (A first); by default both orders are scored and averaged.
+    #[arg(long)]
+    pub(crate) no_swap: bool,
+    /// Let the labeller reason before answering.
+    #[arg(long)]
+    pub(crate) cot: bool,
+    /// Write the report as JSON to this file too.
+    #[arg(short, long, value_name = "JSON")]
+    pub(crate) output: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) stage: ModelStageFlags,
+    #[command(flatten)]
+    pub(crate) gen_flags: GenFlags,
 }

@@ -1,11 +1,13 @@
 //! One module per subcommand: arguments → settings → a library call → output.
 
 mod chat;
+mod constitution;
 mod dedup;
 mod inspect;
 mod model;
 mod prompts_import;
 mod respond;
+mod stages;
 
 use std::io::Read;
 use std::path::Path;
@@ -25,8 +27,15 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Model(ModelCommand::Import(args)) => model::import(args, cli.quiet),
         Command::Model(ModelCommand::Info(args)) => model::info(args),
         Command::Model(ModelCommand::Tiny(args)) => model::tiny(args, cli.quiet),
+        Command::Constitution(command) => constitution::run(command, cli.quiet),
         Command::Chat(args) => chat::run(args),
         Command::Respond(args) => respond::run(args, cli.quiet),
+        Command::Critique(args) => stages::critique(args, cli.quiet),
+        Command::Revise(args) => stages::revise(args, cli.quiet),
+        Command::Pair(args) => stages::pair(args, cli.quiet),
+        Command::Label(args) => stages::label(args, cli.quiet),
+        Command::Export(args) => stages::export(args, cli.quiet),
+        Command::Eval(crate::cli::EvalCommand::Labeler(args)) => stages::eval_labeler(args),
     }
 }
 

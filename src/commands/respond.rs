@@ -6,7 +6,6 @@ use anyhow::{Context, Result};
 use charter_gen::Sampling;
 use charter_stages::{Model, RespondSettings, respond};
 use charter_table::{Output, TableFile};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::RespondArgs;
 
@@ -44,7 +43,7 @@ pub(crate) fn run(args: RespondArgs, quiet: bool) -> Result<()> {
         (Output::Stdout, None) => unreachable!("scratch exists for stdout"),
     };
 
-    let bar = progress_bar(quiet);
+    let bar = crate::progress::rows_bar(quiet);
     let started = std::time::Instant::now();
     let summary = respond(&input, &mut model, &settings, &path, &mut |p| {
         bar.set_length(p.rows_total);
@@ -95,17 +94,4 @@ pub(crate) fn run(args: RespondArgs, quiet: bool) -> Result<()> {
         eprintln!("{}", super::written(&output, &summary.table));
     }
     Ok(())
-}
-
-fn progress_bar(quiet: bool) -> ProgressBar {
-    use std::io::IsTerminal;
-    if quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} rows {msg} [{elapsed} < {eta}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
 }

@@ -3,6 +3,7 @@
 // Test helpers panic with context on any failure: that is their job.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod constitution;
 mod dedup;
 mod default_model;
 mod default_prompts;
@@ -10,6 +11,7 @@ mod import;
 mod inspect;
 mod model_import;
 mod respond;
+mod stages;
 
 use std::io::Write;
 use std::path::Path;

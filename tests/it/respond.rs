@@ -195,11 +195,11 @@ fn a_stop_string_ends_the_answer_and_is_cut_from_it() {
 fn a_prompt_longer_than_the_context_is_a_row_not_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny(dir.path());
-    // The tiny model's tokenizer is one token per byte and its context 512 tokens.
+    // The tiny model's tokenizer is one token per byte and its context 4,096 tokens.
     let input = file(
         dir.path(),
         "p.txt",
-        format!("short one\n{}\n", "long ".repeat(200)),
+        format!("short one\n{}\n", "long ".repeat(1000)),
     );
     let table = dir.path().join("p.parquet");
     ok(&["prompts", "import", &input, "-o", table.to_str().unwrap()]);

@@ -19,7 +19,7 @@ pub fn tiny_config(vocab_size: usize) -> ModelConfig {
         head_dim: None,
         rms_norm_eps: 1e-5,
         rope_theta: 10_000.0,
-        max_position_embeddings: 512,
+        max_position_embeddings: 4096,
         tie_word_embeddings: true,
         bos_token_id: None,
         eos_token_id: None,

@@ -12,6 +12,9 @@ pub enum Error {
     /// Running the model.
     #[error(transparent)]
     Gen(#[from] charter_gen::Error),
+    /// A constitution that cannot be read, is malformed, or fails to render.
+    #[error(transparent)]
+    Constitution(#[from] crate::constitution::ConstitutionError),
     /// Invalid settings.
     #[error("{0}")]
     Settings(String),

@@ -2,18 +2,46 @@
 //! model and seed to an output table, resumable and cached by build key.
 //!
 //! - [`respond`]: prompts → responses.
+//! - [`critique`]: responses (round 1) or revisions (later rounds) →
+//!   critiques, one principle drawn per row and round.
+//! - [`revise`]: critiques → revisions.
+//! - [`pair`]: responses (two samples), or two tables → pairs.
+//! - [`label`]: pairs → AI-feedback labels (soft, both orders, optional
+//!   chain of thought).
+//! - [`export`]: labels or revisions → the JSON-lines layouts trainers read.
+//! - [`eval_labeler`]: a labeller's agreement with human comparisons.
+//!
+//! Constitutions ([`Constitution`]) hold the principles, worked examples
+//! and prompt templates the model stages render.
 //!
 //! A stage reads no clock and no global random state: each row's seed is
 //! derived from the build seed and the row's identity ([`row_seed`]).
 
+pub mod constitution;
+mod critique;
 mod error;
+mod eval;
+mod export;
+mod generate;
+mod label;
 mod model;
+mod pair;
 mod respond;
 mod seed;
 mod stop;
 
+pub use constitution::{
+    Constitution, ConstitutionError, CritiqueExample, CritiquePrinciple, LabelExample,
+    PreferencePrinciple, Templates,
+};
+pub use critique::{CRITIQUE_VERSION, REVISE_VERSION, StageSummary, critique, revise};
 pub use error::{Error, Result};
+pub use eval::{CalibrationBucket, HumanComparison, LabelerReport, eval_labeler, read_comparisons};
+pub use export::{ExportFormat, export};
+pub use generate::{GenSettings, StageProgress};
+pub use label::{LABEL_VERSION, LabelSettings, label};
 pub use model::Model;
+pub use pair::{PAIR_VERSION, PairSummary, pair};
 pub use respond::{
     RespondProgress, RespondSettings, RespondSummary, STAGE_VERSION as RESPOND_VERSION, respond,
 };

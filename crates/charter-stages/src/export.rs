@@ -1,0 +1,111 @@
+//! `export`: charter's tables in the layouts common trainers read.
+//!
+//! - `preference`, from a `labels` table: one JSON object per line with
+//!   `prompt`, `chosen` and `rejected` text, plus `p_chosen` (the soft
+//!   label of the chosen answer), `principle_id` and the label's `id`. With
+//!   `chat`, `prompt`, `chosen` and `rejected` are message lists
+//!   (`[{"role": "user", "content": …}]`, `[{"role": "assistant", …}]`),
+//!   the conversational layout of preference trainers.
+//! - `sft`, from a `revisions` table: `prompt` and `completion` text plus
+//!   `messages` (the user turn and the revised answer), the revision's
+//!   `round` and `id`. Every round's revision is a training example.
+//!
+//! Rows keep table order; the file is written atomically.
+
+use std::io::Write;
+use std::path::Path;
+
+use charter_table::{LABELS, Label, REVISIONS, Revision, TableFile};
+use serde_json::json;
+
+use crate::error::{Error, Result};
+
+/// Export layouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// `prompt` / `chosen` / `rejected` from labels.
+    Preference,
+    /// `prompt` / `completion` / `messages` from revisions.
+    Sft,
+}
+
+/// Writes `input` to `out` as JSON lines in `format`; returns the rows written.
+pub fn export(input: &TableFile, format: ExportFormat, chat: bool, out: &Path) -> Result<u64> {
+    let is_jsonl = out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("jsonl") || e.eq_ignore_ascii_case("json"));
+    if !is_jsonl {
+        return Err(Error::Settings(format!(
+            "{}: export writes JSON lines; name the output `*.jsonl` (the Parquet tables themselves open in polars, pandas and DuckDB)",
+            out.display()
+        )));
+    }
+    let lines: Vec<serde_json::Value> = match format {
+        ExportFormat::Preference => {
+            input.expect(&LABELS)?;
+            let rows: Vec<Label> = input.rows()?;
+            rows.into_iter()
+                .map(|l| {
+                    let p_chosen = if l.chosen_id == l.response_a_id {
+                        l.p_a
+                    } else {
+                        1.0 - l.p_a
+                    };
+                    let (prompt, chosen, rejected) = if chat {
+                        (
+                            json!([{"role": "user", "content": l.prompt}]),
+                            json!([{"role": "assistant", "content": l.chosen}]),
+                            json!([{"role": "assistant", "content": l.rejected}]),
+                        )
+                    } else {
+                        (json!(l.prompt), json!(l.chosen), json!(l.rejected))
+                    };
+                    json!({
+                        "id": l.id,
+                        "prompt": prompt,
+                        "chosen": chosen,
+                        "rejected": rejected,
+                        "p_chosen": p_chosen,
+                        "principle_id": l.principle_id,
+                    })
+                })
+                .collect()
+        }
+        ExportFormat::Sft => {
+            input.expect(&REVISIONS)?;
+            let rows: Vec<Revision> = input.rows()?;
+            rows.into_iter()
+                .map(|r| {
+                    json!({
+                        "id": r.id,
+                        "prompt": r.prompt,
+                        "completion": r.text,
+                        "messages": [
+                            {"role": "user", "content": r.prompt},
+                            {"role": "assistant", "content": r.text},
+                        ],
+                        "round": r.round,
+                    })
+                })
+                .collect()
+        }
+    };
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let io = |e: std::io::Error| Error::Settings(format!("writing {}: {e}", out.display()));
+    let mut tmp = tempfile::NamedTempFile::new_in(parent).map_err(io)?;
+    {
+        let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+        for line in &lines {
+            serde_json::to_writer(&mut w, line)
+                .map_err(|e| Error::Settings(format!("writing {}: {e}", out.display())))?;
+            w.write_all(b"\n").map_err(io)?;
+        }
+        w.flush().map_err(io)?;
+    }
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(out).map_err(|e| io(e.error))?;
+    Ok(lines.len() as u64)
+}

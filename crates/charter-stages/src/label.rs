@@ -1,0 +1,451 @@
+//! `label`: AI-feedback preference labels (Bai et al. 2022 §4; Lee et al.
+//! 2023).
+//!
+//! For each pair, one preference principle is drawn from the row's seed.
+//! The labeller sees the constitution's worked examples, then the
+//! conversation, the principle's question and the two answers as (A) and
+//! (B); after the answer prefix ("The answer is: ") the log-probabilities
+//! of "(A)" and "(B)" are read with the engine's scoring mode and
+//! normalised: a soft label, not a sampled answer. Both presentation orders
+//! are scored and averaged (small labellers favour a slot), and with
+//! chain of thought the labeller first writes its reasoning, which stays in
+//! the row, and the averaged probability is clamped (CoT probabilities sit
+//! near 0 or 1).
+
+use std::path::Path;
+
+use charter_gen::{Completion, Request};
+use charter_model::Message;
+use charter_table::{
+    InputRef, LABELS, Label, Opened, PAIRS, Pair, Provenance, Record, ShardedWriter, TableFile,
+};
+use serde_json::json;
+
+use crate::constitution::{Constitution, PreferencePrinciple};
+use crate::critique::StageSummary;
+use crate::error::{Error, Result};
+use crate::generate::{GenSettings, StageProgress};
+use crate::model::Model;
+use crate::seed::row_seed;
+use crate::stop::StopStrings;
+
+/// Version of the label stage.
+pub const LABEL_VERSION: u32 = 1;
+
+/// Settings of a label run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelSettings {
+    /// Score both presentation orders and average them.
+    pub swap: bool,
+    /// Generate reasoning before scoring the answer.
+    pub cot: bool,
+    /// The range chain-of-thought probabilities are clamped to.
+    pub clamp: (f64, f64),
+    /// Generation of the reasoning (with `cot`), seed, batch and window.
+    pub generation: GenSettings,
+}
+
+impl LabelSettings {
+    /// The settings that determine the output, as recorded in provenance.
+    pub fn canonical(&self) -> serde_json::Value {
+        let mut v = self.generation.canonical();
+        v["swap"] = json!(self.swap);
+        v["cot"] = json!(self.cot);
+        v["clamp"] = json!([self.clamp.0, self.clamp.1]);
+        v
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.generation.validate()?;
+        let (lo, hi) = self.clamp;
+        if !(0.0..=0.5).contains(&lo) || !(0.5..=1.0).contains(&hi) {
+            return Err(Error::Settings(format!(
+                "--clamp must be LO,HI with 0 <= LO <= 0.5 <= HI <= 1, got {lo},{hi}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The tokens of the answer choices, checked to be distinct and to decode
+/// back to their text: a tokenizer that cannot spell them cannot label.
+pub(crate) struct Choices {
+    /// The answer prefix without trailing whitespace, encoded.
+    prefix: Vec<u32>,
+    a: Vec<u32>,
+    b: Vec<u32>,
+}
+
+pub(crate) fn choices(model: &Model, prefix: &str) -> Result<Choices> {
+    // Trailing whitespace goes with the choice, as a tokenizer would split it.
+    let trimmed = prefix.trim_end();
+    let sep = &prefix[trimmed.len()..];
+    let t = &model.tokenizer;
+    let (a_text, b_text) = (format!("{sep}(A)"), format!("{sep}(B)"));
+    let (a, b) = (t.encode(&a_text, false)?, t.encode(&b_text, false)?);
+    let spelled =
+        |ids: &[u32], text: &str| !ids.is_empty() && t.decode(ids, false).is_ok_and(|d| d == text);
+    if a == b || !spelled(&a, &a_text) || !spelled(&b, &b_text) {
+        return Err(Error::Settings(format!(
+            "model `{}`: its tokenizer cannot spell the answer choices {a_text:?} and {b_text:?} \
+             distinctly (got {a:?} and {b:?}); it cannot be a labeller",
+            model.dir.provenance.name
+        )));
+    }
+    Ok(Choices {
+        prefix: t.encode(trimmed, false)?,
+        a,
+        b,
+    })
+}
+
+pub(crate) fn draw<'c>(c: &'c Constitution, seed: u64, pair_id: &str) -> &'c PreferencePrinciple {
+    let r = row_seed("principle", seed, &[pair_id]);
+    &c.preference_principles[(r % c.preference_principles.len() as u64) as usize]
+}
+
+/// The labeller's conversation for one order, up to its open assistant turn.
+fn messages(
+    c: &Constitution,
+    settings: &LabelSettings,
+    conversation: &str,
+    question: &str,
+    first: &str,
+    second: &str,
+) -> Result<Vec<Message>> {
+    let mut m = settings.generation.system_messages();
+    let template = if settings.cot { "label_cot" } else { "label" };
+    for ex in &c.label_examples {
+        m.push(Message::new(
+            "user",
+            c.render(
+                template,
+                &json!({"conversation": ex.conversation, "question": ex.question,
+                        "response_a": ex.response_a, "response_b": ex.response_b}),
+            )?,
+        ));
+        let reasoning = match (&ex.reasoning, settings.cot) {
+            (Some(r), true) => format!("{r}\n"),
+            _ => String::new(),
+        };
+        m.push(Message::new(
+            "assistant",
+            format!(
+                "{reasoning}{}({})",
+                c.templates.label_answer_prefix, ex.answer
+            ),
+        ));
+    }
+    m.push(Message::new(
+        "user",
+        c.render(
+            template,
+            &json!({"conversation": conversation, "question": question,
+                    "response_a": first, "response_b": second}),
+        )?,
+    ));
+    Ok(m)
+}
+
+/// `p` of the first-shown answer from the log-probabilities of "(A)" and "(B)".
+fn normalised(lp_a: f64, lp_b: f64) -> f64 {
+    let m = lp_a.max(lp_b);
+    let (ea, eb) = ((lp_a - m).exp(), (lp_b - m).exp());
+    ea / (ea + eb)
+}
+
+/// One comparison for the labeller.
+pub(crate) struct Comparison<'a> {
+    /// What seeds the reasoning's sampling (the pair id).
+    pub(crate) key: &'a str,
+    /// The conversation as shown, e.g. `User: …`.
+    pub(crate) conversation: String,
+    /// The principle's question.
+    pub(crate) question: &'a str,
+    /// The answer shown as (A) in the first order.
+    pub(crate) a: &'a str,
+    /// The answer shown as (B) in the first order.
+    pub(crate) b: &'a str,
+}
+
+/// The labeller's verdict on one comparison.
+pub(crate) struct Judgement {
+    /// P(A better) with A shown first.
+    pub(crate) p_a_ab: f64,
+    /// P(A better) with B shown first, when both orders are scored.
+    pub(crate) p_a_ba: Option<f64>,
+    /// Reasoning with A shown first, with chain of thought.
+    pub(crate) cot_ab: Option<String>,
+    /// Reasoning with B shown first.
+    pub(crate) cot_ba: Option<String>,
+}
+
+/// Scores `items` in one or both orders (with reasoning first under
+/// `settings.cot`); returns the verdicts and the tokens generated.
+pub(crate) fn judge(
+    model: &mut Model,
+    constitution: &Constitution,
+    settings: &LabelSettings,
+    choices: &Choices,
+    items: &[Comparison<'_>],
+) -> Result<(Vec<Judgement>, u64)> {
+    let orders = if settings.swap { 2 } else { 1 };
+    let mut tokens = 0u64;
+    // Conversations per item and order (A first, then B first).
+    let mut convs = Vec::with_capacity(items.len() * orders);
+    for it in items {
+        convs.push(messages(
+            constitution,
+            settings,
+            &it.conversation,
+            it.question,
+            it.a,
+            it.b,
+        )?);
+        if settings.swap {
+            convs.push(messages(
+                constitution,
+                settings,
+                &it.conversation,
+                it.question,
+                it.b,
+                it.a,
+            )?);
+        }
+    }
+    let mut contexts = convs
+        .iter()
+        .map(|m| model.encode_conversation(m))
+        .collect::<Result<Vec<_>>>()?;
+    let mut reasoning: Vec<Option<String>> = vec![None; contexts.len()];
+    if settings.cot {
+        let options = settings.generation.options(model);
+        let stop = StopStrings::new(&settings.generation.stop);
+        let requests: Vec<Request> = contexts
+            .iter()
+            .enumerate()
+            .map(|(i, ctx)| Request {
+                prompt: ctx.clone(),
+                seed: row_seed(
+                    "label-cot",
+                    settings.generation.seed,
+                    &[items[i / orders].key, &(i % orders).to_string()],
+                ),
+            })
+            .collect();
+        let mut done: Vec<Option<Completion>> = vec![None; requests.len()];
+        let Model {
+            engine, tokenizer, ..
+        } = &mut *model;
+        engine.generate(
+            &requests,
+            &options,
+            &mut |_, t| stop.hit(tokenizer, t),
+            &mut |c: Completion| -> Result<()> {
+                tokens += c.tokens.len() as u64;
+                let i = c.index;
+                done[i] = Some(c);
+                Ok(())
+            },
+        )?;
+        for (i, c) in done.into_iter().enumerate() {
+            let c =
+                c.ok_or_else(|| Error::Settings("internal: the engine skipped a row".into()))?;
+            let text = model.decode(&c.tokens)?;
+            let text = stop.truncate(&text).0.trim_end().to_string();
+            contexts[i].extend(model.tokenizer.encode(&format!("{text}\n"), false)?);
+            reasoning[i] = Some(text);
+        }
+    }
+    // Score "(A)" and "(B)" after each context.
+    let mut scoring = Vec::with_capacity(contexts.len() * 2);
+    for (i, ctx) in contexts.iter_mut().enumerate() {
+        ctx.extend_from_slice(&choices.prefix);
+        if ctx.len() + choices.a.len().max(choices.b.len()) > model.max_context() {
+            return Err(Error::Settings(format!(
+                "comparison {}: the labeller's prompt ({} tokens) does not fit the model's context of {}",
+                items[i / orders].key,
+                ctx.len(),
+                model.max_context()
+            )));
+        }
+        scoring.push((ctx.clone(), choices.a.clone()));
+        scoring.push((ctx.clone(), choices.b.clone()));
+    }
+    let scores = model
+        .engine
+        .score(&scoring, settings.generation.batch_size.max(1))?;
+    let lp = |i: usize| -> f64 { scores[i].iter().sum() };
+    let mut out = Vec::with_capacity(items.len());
+    let mut reasoning = reasoning.into_iter();
+    for k in 0..items.len() {
+        let ab = k * orders;
+        out.push(Judgement {
+            p_a_ab: normalised(lp(2 * ab), lp(2 * ab + 1)),
+            // With B shown first, A is the second choice.
+            p_a_ba: settings
+                .swap
+                .then(|| normalised(lp(2 * (ab + 1) + 1), lp(2 * (ab + 1)))),
+            cot_ab: reasoning.next().flatten(),
+            cot_ba: if settings.swap {
+                reasoning.next().flatten()
+            } else {
+                None
+            },
+        });
+    }
+    Ok((out, tokens))
+}
+
+/// Labels every pair of `input` into the `labels` table at `out`.
+pub fn label(
+    input: &TableFile,
+    model: &mut Model,
+    constitution: &Constitution,
+    settings: &LabelSettings,
+    out: &Path,
+    progress: &mut dyn FnMut(StageProgress),
+) -> Result<StageSummary> {
+    settings.validate()?;
+    input.expect(&PAIRS)?;
+    let choices = choices(model, &constitution.templates.label_answer_prefix)?;
+    let pairs: Vec<Pair> = input.rows()?;
+    let constitution_hash = constitution.hash();
+    let provenance = Provenance {
+        stage: "label".into(),
+        stage_version: LABEL_VERSION,
+        settings: settings.canonical(),
+        inputs: vec![InputRef {
+            name: "pairs".into(),
+            content_hash: match input.content_hash() {
+                Some(h) => h.to_string(),
+                None => input.compute_content_hash()?,
+            },
+        }],
+        model_hash: Some(model.dir.provenance.content_hash.clone()),
+        constitution_hash: Some(constitution_hash.clone()),
+    };
+    let (mut writer, state) =
+        match ShardedWriter::open(out, &LABELS, &provenance.build_key(&LABELS))? {
+            Opened::Finished(table) => {
+                return Ok(StageSummary {
+                    table,
+                    cached: true,
+                    resumed_rows: 0,
+                    generated_rows: 0,
+                    generated_tokens: 0,
+                    context_overflows: 0,
+                });
+            }
+            Opened::Writer(w, s) => (w, s),
+        };
+    let total = pairs.len();
+    let start = (state.rows as usize).min(total);
+    let window = settings.generation.shard_rows.max(1);
+    let (name, hash) = (
+        model.dir.provenance.name.clone(),
+        model.dir.provenance.content_hash.clone(),
+    );
+    let mut tokens = 0u64;
+    let mut item = start;
+    while item < total {
+        let end = ((item / window + 1) * window).min(total);
+        let window_pairs = &pairs[item..end];
+        let principles: Vec<&PreferencePrinciple> = window_pairs
+            .iter()
+            .map(|p| draw(constitution, settings.generation.seed, &p.id))
+            .collect();
+        let items: Vec<Comparison<'_>> = window_pairs
+            .iter()
+            .zip(&principles)
+            .map(|(p, principle)| Comparison {
+                key: &p.id,
+                conversation: format!("User: {}", p.prompt),
+                question: &principle.question,
+                a: &p.response_a,
+                b: &p.response_b,
+            })
+            .collect();
+        let (judgements, used) = judge(model, constitution, settings, &choices, &items)?;
+        tokens += used;
+        let mut rows = Vec::with_capacity(window_pairs.len());
+        for ((p, principle), j) in window_pairs.iter().zip(&principles).zip(judgements) {
+            let (p_a_ab, p_a_ba) = (j.p_a_ab, j.p_a_ba);
+            let mut p_a = p_a_ba.map_or(p_a_ab, |ba| (p_a_ab + ba) / 2.0);
+            if settings.cot {
+                p_a = p_a.clamp(settings.clamp.0, settings.clamp.1);
+            }
+            let a_wins = p_a >= 0.5;
+            let (chosen, rejected) = if a_wins {
+                (
+                    (&p.response_a, &p.response_a_id),
+                    (&p.response_b, &p.response_b_id),
+                )
+            } else {
+                (
+                    (&p.response_b, &p.response_b_id),
+                    (&p.response_a, &p.response_a_id),
+                )
+            };
+            rows.push(
+                Label {
+                    id: String::new(),
+                    pair_id: p.id.clone(),
+                    prompt_id: p.prompt_id.clone(),
+                    prompt: p.prompt.clone(),
+                    response_a_id: p.response_a_id.clone(),
+                    response_b_id: p.response_b_id.clone(),
+                    response_a: p.response_a.clone(),
+                    response_b: p.response_b.clone(),
+                    principle_id: principle.id.clone(),
+                    principle: principle.question.clone(),
+                    model: name.clone(),
+                    model_hash: hash.clone(),
+                    constitution: constitution.name.clone(),
+                    constitution_hash: constitution_hash.clone(),
+                    cot: settings.cot,
+                    swap: settings.swap,
+                    seed: row_seed("label", settings.generation.seed, &[&p.id]),
+                    p_a,
+                    p_a_ab,
+                    p_a_ba,
+                    cot_ab: j.cot_ab,
+                    cot_ba: j.cot_ba,
+                    chosen: chosen.0.clone(),
+                    rejected: rejected.0.clone(),
+                    chosen_id: chosen.1.clone(),
+                    rejected_id: rejected.1.clone(),
+                }
+                .with_id(),
+            );
+        }
+        writer.commit(&Label::to_batch(&rows)?)?;
+        progress(StageProgress {
+            rows_done: end as u64,
+            rows_total: total as u64,
+            tokens,
+        });
+        item = end;
+    }
+    Ok(StageSummary {
+        table: writer.finish(&provenance)?,
+        cached: false,
+        resumed_rows: start as u64,
+        generated_rows: (total - start) as u64,
+        generated_tokens: tokens,
+        context_overflows: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalised;
+
+    #[test]
+    fn normalising_two_log_probabilities() {
+        assert!((normalised(0.0, 0.0) - 0.5).abs() < 1e-12);
+        assert!((normalised((0.75f64).ln(), (0.25f64).ln()) - 0.75).abs() < 1e-12);
+        // Far below zero still normalises without underflow.
+        assert!((normalised(-1000.0, -1000.0 - (3.0f64).ln()) - 0.75).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,157 @@
+//! `charter constitution check|import|show`: constitutions.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use charter_stages::Constitution;
+use charter_stages::constitution::{ImportOptions, import_files};
+
+use crate::cli::{
+    ConstitutionCheckArgs, ConstitutionCommand, ConstitutionImportArgs, ConstitutionShowArgs,
+};
+
+pub(crate) fn run(command: ConstitutionCommand, quiet: bool) -> Result<()> {
+    match command {
+        ConstitutionCommand::Check(args) => check(args),
+        ConstitutionCommand::Import(args) => import(args, quiet),
+        ConstitutionCommand::Show(args) => show(args),
+    }
+}
+
+fn check(args: ConstitutionCheckArgs) -> Result<()> {
+    let c = Constitution::load(&args.file)?;
+    let chars = c.few_shot_chars();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "path": args.file.display().to_string(),
+                "name": c.name,
+                "version": c.version,
+                "description": c.description,
+                "critique_principles": c.critique_principles.len(),
+                "preference_principles": c.preference_principles.len(),
+                "critique_examples": c.critique_examples.len(),
+                "label_examples": c.label_examples.len(),
+                "few_shot_chars": chars,
+                "hash": c.hash(),
+            }))?
+        );
+        return Ok(());
+    }
+    println!("{:<14}{} (version {})", "constitution", c.name, c.version);
+    println!("{:<14}{}", "file", args.file.display());
+    println!(
+        "{:<14}{} principles, {} examples",
+        "critique",
+        c.critique_principles.len(),
+        c.critique_examples.len()
+    );
+    println!(
+        "{:<14}{} principles, {} examples",
+        "preference",
+        c.preference_principles.len(),
+        c.label_examples.len()
+    );
+    println!(
+        "{:<14}~{} tokens ({chars} characters)",
+        "few-shot",
+        chars / 4
+    );
+    println!("{:<14}{}", "hash", c.hash());
+    Ok(())
+}
+
+fn import(args: ConstitutionImportArgs, quiet: bool) -> Result<()> {
+    let to_stdout = args.output == "-";
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        // The output's stem names it, as constitutions/harmless.toml is "harmless".
+        None => stem(if to_stdout {
+            &args.source
+        } else {
+            Path::new(&args.output)
+        }),
+    };
+    let imported = import_files(
+        &args.source,
+        args.preferences.as_deref(),
+        &ImportOptions::new(name),
+    )?;
+    for warning in &imported.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let c = &imported.constitution;
+    if c.preference_principles.is_empty() && args.preferences.is_none() {
+        eprintln!(
+            "hint: --preferences FILE adds preference principles from a JSON list of questions"
+        );
+    }
+    let file_name = args.source.file_name().map_or_else(
+        || args.source.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    );
+    let mut text = format!(
+        "# Imported by `charter constitution import` from {file_name} ({}).\n\
+         # The templates are charter's defaults. `charter constitution check` validates edits.\n\n{}",
+        imported.layout,
+        c.to_toml()
+    );
+    if c.preference_principles.is_empty() {
+        text.push_str(
+            "\n# Add preference principles before labelling, one table each:\n\
+             # [[preference_principles]]\n\
+             # id = \"kinder\"\n\
+             # question = \"Which response is kinder?\"\n",
+        );
+    }
+    if to_stdout {
+        std::io::stdout().write_all(text.as_bytes())?;
+    } else {
+        write_atomically(Path::new(&args.output), text.as_bytes())?;
+    }
+    if !quiet {
+        eprintln!(
+            "imported {} critique and {} preference principles, {} examples ({}) into {} (hash {})",
+            c.critique_principles.len(),
+            c.preference_principles.len(),
+            c.critique_examples.len(),
+            imported.layout,
+            if to_stdout { "stdout" } else { &args.output },
+            &c.hash()[..16]
+        );
+    }
+    Ok(())
+}
+
+fn show(args: ConstitutionShowArgs) -> Result<()> {
+    let c = Constitution::load(&args.file)?;
+    std::io::stdout().write_all(c.to_toml().as_bytes())?;
+    Ok(())
+}
+
+fn stem(path: &Path) -> String {
+    path.file_stem().map_or_else(
+        || "imported".to_owned(),
+        |s| s.to_string_lossy().into_owned(),
+    )
+}
+
+/// Writes `bytes` to `path` through a temporary file beside it, so a
+/// failure leaves either the old file or none, never half of the new one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! `critique`, `revise`, `pair`, `label` and `export`: the Constitutional
+//! AI stages after `respond`.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use charter_gen::Sampling;
+use charter_stages::{
+    Constitution, ExportFormat, GenSettings, LabelSettings, Model, StageProgress, StageSummary,
+};
+use charter_table::{Output, TableFile};
+
+use crate::cli::{
+    CritiqueArgs, EvalLabelerArgs, ExportArgs, ExportFormatArg, GenFlags, LabelArgs,
+    ModelStageFlags, PairArgs, ReviseArgs,
+};
+
+fn gen_settings(g: &GenFlags, stage: &ModelStageFlags) -> GenSettings {
+    GenSettings {
+        sampling: Sampling {
+            temperature: g.temperature,
+            top_p: g.top_p,
+            top_k: g.top_k,
+        },
+        max_new_tokens: g.max_new_tokens,
+        seed: g.seed,
+        system: g.system.clone(),
+        stop: g.stop.clone(),
+        batch_size: stage.batch_size,
+        shard_rows: stage.shard_rows,
+        threads: g.threads,
+    }
+}
+
+/// Opens what every model stage needs.
+fn open(stage: &ModelStageFlags, threads: usize) -> Result<(Model, Constitution)> {
+    let constitution = Constitution::load(&stage.constitution)?;
+    let model = Model::open(&stage.model, threads)?;
+    Ok((model, constitution))
+}
+
+/// Runs a generating stage with a progress bar and prints its summary.
+fn run_stage(
+    name: &str,
+    out: &Path,
+    quiet: bool,
+    json: bool,
+    body: impl FnOnce(&mut dyn FnMut(StageProgress)) -> charter_stages::Result<StageSummary>,
+) -> Result<()> {
+    let bar = crate::progress::rows_bar(quiet);
+    let started = Instant::now();
+    let summary = body(&mut |p| {
+        bar.set_length(p.rows_total);
+        bar.set_position(p.rows_done);
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!("{:.0} tok/s", p.tokens as f64 / secs));
+    })
+    .with_context(|| format!("{name} → {}", out.display()))?;
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "stage": name,
+                "rows": summary.table.rows,
+                "cached": summary.cached,
+                "resumed_rows": summary.resumed_rows,
+                "generated_rows": summary.generated_rows,
+                "generated_tokens": summary.generated_tokens,
+                "context_overflows": summary.context_overflows,
+                "seconds": elapsed,
+                "output": out.display().to_string(),
+                "content_hash": summary.table.content_hash,
+                "build_key": summary.table.build_key,
+            })
+        );
+    } else if !quiet {
+        if summary.cached {
+            eprintln!(
+                "{} is up to date (same build key): nothing to do",
+                out.display()
+            );
+        } else {
+            eprintln!(
+                "{name}: {} rows ({} resumed), {} tokens in {:.1}s ({:.1} tok/s), {} did not fit the context",
+                summary.generated_rows,
+                summary.resumed_rows,
+                summary.generated_tokens,
+                elapsed,
+                summary.generated_tokens as f64 / elapsed.max(1e-9),
+                summary.context_overflows
+            );
+        }
+        eprintln!(
+            "{}",
+            super::written(&Output::Path(out.to_path_buf()), &summary.table)
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn critique(args: CritiqueArgs, quiet: bool) -> Result<()> {
+    let settings = gen_settings(&args.gen_flags, &args.stage);
+    let input = TableFile::open(&args.input)?;
+    let (mut model, constitution) = open(&args.stage, settings.threads)?;
+    run_stage("critique", &args.output, quiet, args.stage.json, |p| {
+        charter_stages::critique(
+            &input,
+            args.round,
+            &mut model,
+            &constitution,
+            &settings,
+            &args.output,
+            p,
+        )
+    })
+}
+
+pub(crate) fn revise(args: ReviseArgs, quiet: bool) -> Result<()> {
+    let settings = gen_settings(&args.gen_flags, &args.stage);
+    let input = TableFile::open(&args.input)?;
+    let (mut model, constitution) = open(&args.stage, settings.threads)?;
+    run_stage("revise", &args.output, quiet, args.stage.json, |p| {
+        charter_stages::revise(
+            &input,
+            &mut model,
+            &constitution,
+            &settings,
+            &args.output,
+            p,
+        )
+    })
+}
+
+pub(crate) fn label(args: LabelArgs, quiet: bool) -> Result<()> {
+    let clamp = parse_clamp(&args.clamp)?;
+    let settings = LabelSettings {
+        swap: !args.no_swap,
+        cot: args.cot,
+        clamp,
+        generation: gen_settings(&args.gen_flags, &args.stage),
+    };
+    let input = TableFile::open(&args.input)?;
+    let (mut model, constitution) = open(&args.stage, settings.generation.threads)?;
+    run_stage("label", &args.output, quiet, args.stage.json, |p| {
+        charter_stages::label(
+            &input,
+            &mut model,
+            &constitution,
+            &settings,
+            &args.output,
+            p,
+        )
+    })
+}
+
+fn parse_clamp(text: &str) -> Result<(f64, f64)> {
+    let parse = |s: &str| s.trim().parse::<f64>().ok();
+    match text.split_once(',').map(|(a, b)| (parse(a), parse(b))) {
+        Some((Some(lo), Some(hi))) => Ok((lo, hi)),
+        _ => anyhow::bail!("--clamp must be LO,HI (e.g. 0.4,0.6), got {text:?}"),
+    }
+}
+
+pub(crate) fn pair(args: PairArgs, quiet: bool) -> Result<()> {
+    let input = TableFile::open(&args.input)?;
+    let against = args.against.as_deref().map(TableFile::open).transpose()?;
+    let summary = charter_stages::pair(&input, against.as_ref(), &args.output)
+        .with_context(|| format!("pair → {}", args.output.display()))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "stage": "pair",
+                "rows": summary.table.rows,
+                "cached": summary.cached,
+                "unpaired": summary.unpaired,
+                "output": args.output.display().to_string(),
+                "content_hash": summary.table.content_hash,
+            })
+        );
+    } else if !quiet {
+        eprintln!(
+            "pair: {} pairs, {} answers without a partner",
+            summary.table.rows, summary.unpaired
+        );
+        eprintln!(
+            "{}",
+            super::written(&Output::Path(args.output.clone()), &summary.table)
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn export(args: ExportArgs, quiet: bool) -> Result<()> {
+    let input = TableFile::open(&args.input)?;
+    let format = match args.format {
+        ExportFormatArg::Preference => ExportFormat::Preference,
+        ExportFormatArg::Sft => ExportFormat::Sft,
+    };
+    let rows = charter_stages::export(&input, format, args.chat, &args.output)
+        .with_context(|| format!("export → {}", args.output.display()))?;
+    if !quiet {
+        eprintln!("wrote {rows} rows to {}", args.output.display());
+    }
+    Ok(())
+}
+
+pub(crate) fn eval_labeler(args: EvalLabelerArgs) -> Result<()> {
+    let settings = LabelSettings {
+        swap: !args.no_swap,
+        cot: args.cot,
+        clamp: (0.0, 1.0),
+        generation: gen_settings(&args.gen_flags, &args.stage),
+    };
+    let comparisons = charter_stages::read_comparisons(&args.comparisons)?;
+    let (mut model, constitution) = open(&args.stage, settings.generation.threads)?;
+    let report = charter_stages::eval_labeler(&comparisons, &mut model, &constitution, &settings)
+        .with_context(|| format!("evaluating on {}", args.comparisons.display()))?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(out) = &args.output {
+        std::fs::write(out, format!("{json}\n"))
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    if args.stage.json {
+        println!("{json}");
+        return Ok(());
+    }
+    println!(
+        "labeller {} on {} comparisons ({})",
+        model.dir.provenance.name,
+        report.comparisons,
+        if settings.swap {
+            "both orders"
+        } else {
+            "one order"
+        }
+    );
+    println!("alignment      {:.1}%", 100.0 * report.alignment);
+    if let Some(bias) = report.position_bias {
+        println!(
+            "position bias  {:.1}% (same slot won in both orders)",
+            100.0 * bias
+        );
+    }
+    println!("mean p(first)  {:.3}", report.mean_p_first);
+    println!("calibration    confidence   comparisons   agreement   mean confidence");
+    for b in &report.calibration {
+        let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
+        println!(
+            "               {:.1}–{:.1}      {:>11}   {:>9}   {:>15}",
+            b.from,
+            b.to,
+            b.comparisons,
+            pct(b.agreement),
+            pct(b.mean_confidence)
+        );
+    }
+    Ok(())
+}
