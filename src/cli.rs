@@ -53,6 +53,8 @@ pub(crate) enum Command {
     Label(LabelArgs),
     /// Write labels or revisions in the JSON-lines layouts common trainers read.
     Export(ExportArgs),
+    /// Run a build file: a graph of stages, each rebuilt only when its inputs, settings, model or constitution changed.
+    Build(BuildArgs),
     /// Measure a model or labeller.
     #[command(subcommand)]
     Eval(EvalCommand),
@@ -480,4 +482,19 @@ pub(crate) struct EvalLabelerArgs {
     pub(crate) stage: ModelStageFlags,
     #[command(flatten)]
     pub(crate) gen_flags: GenFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BuildArgs {
+    /// The build file (TOML; see examples/cai.toml).
+    pub(crate) file: PathBuf,
+    /// Print what would run and why, and run nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Delete this stage's output (and any partial build of it) first, so it runs again (repeatable).
+    #[arg(long, value_name = "STAGE")]
+    pub(crate) force: Vec<String>,
+    /// Print the build report as JSON on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
 }

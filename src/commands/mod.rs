@@ -1,5 +1,6 @@
 //! One module per subcommand: arguments → settings → a library call → output.
 
+mod build;
 mod chat;
 mod constitution;
 mod dedup;
@@ -35,6 +36,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Pair(args) => stages::pair(args, cli.quiet),
         Command::Label(args) => stages::label(args, cli.quiet),
         Command::Export(args) => stages::export(args, cli.quiet),
+        Command::Build(args) => build::run(args, cli.quiet),
         Command::Eval(crate::cli::EvalCommand::Labeler(args)) => stages::eval_labeler(args),
     }
 }

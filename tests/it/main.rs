@@ -3,6 +3,7 @@
 // Test helpers panic with context on any failure: that is their job.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod build;
 mod constitution;
 mod dedup;
 mod default_model;

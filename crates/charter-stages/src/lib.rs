@@ -11,12 +11,15 @@
 //! - [`export`]: labels or revisions → the JSON-lines layouts trainers read.
 //! - [`eval_labeler`]: a labeller's agreement with human comparisons.
 //!
+//! [`BuildPlan`] runs a declared graph of these stages (`charter build`).
+//!
 //! Constitutions ([`Constitution`]) hold the principles, worked examples
 //! and prompt templates the model stages render.
 //!
 //! A stage reads no clock and no global random state: each row's seed is
 //! derived from the build seed and the row's identity ([`row_seed`]).
 
+mod build;
 pub mod constitution;
 mod critique;
 mod error;
@@ -30,6 +33,10 @@ mod respond;
 mod seed;
 mod stop;
 
+pub use build::{
+    BuildCache, BuildPlan, OutcomeStatus, PlannedStage, StageKind, StageOp, StageOutcome,
+    StageStatus, Verdict,
+};
 pub use constitution::{
     Constitution, ConstitutionError, CritiqueExample, CritiquePrinciple, LabelExample,
     PreferencePrinciple, Templates,

@@ -1,0 +1,22 @@
+//! Build files: a graph of stages declared in TOML, run in dependency order
+//! with per-stage caching and resumption from the build keys every stage
+//! already records.
+//!
+//! - [`BuildPlan::load`] parses and checks a build file (`file`): unknown
+//!   fields, unknown `input` names, cycles and fields that do not apply to a
+//!   stage's kind are errors naming the file, the stage and the field.
+//! - [`BuildPlan::explain`] says, without running anything, which stages
+//!   would run and why (`plan`): the output is missing, an input will be
+//!   rebuilt, or the recorded build key differs — and which of its parts.
+//! - [`BuildPlan::run_stage`] runs one stage through the library functions
+//!   (`run`); a finished output with the same build key does nothing, an
+//!   interrupted one resumes from its journal. Models are loaded once per
+//!   directory and thread count and kept in a [`BuildCache`].
+
+mod file;
+mod plan;
+mod run;
+
+pub use file::{BuildPlan, PlannedStage, StageKind, StageOp};
+pub use plan::{StageStatus, Verdict};
+pub use run::{BuildCache, OutcomeStatus, StageOutcome};

@@ -1,0 +1,778 @@
+//! The build file: its TOML wire format and the checked plan made from it.
+//!
+//! ```toml
+//! [build]
+//! seed = 0                                # build seed (stages may override)
+//! model = "../out/smollm2"                # default model directory
+//! constitution = "../constitutions/harmless.toml"
+//! out = "../out/cai"                      # where outputs go unless a stage names `output`
+//!
+//! [defaults]                              # generation settings of every model stage
+//! temperature = 0.7
+//! max_new_tokens = 128
+//!
+//! [[stage]]
+//! name = "prompts"
+//! kind = "table"                          # an existing table
+//! path = "../out/prompts.parquet"
+//!
+//! [[stage]]
+//! name = "responses"
+//! kind = "respond"
+//! input = "prompts"
+//! samples = 2
+//! ```
+//!
+//! Paths are relative to the build file's directory. Every `[defaults]`
+//! field can be overridden in a stage.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use charter_gen::Sampling;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::export::ExportFormat;
+use crate::generate::GenSettings;
+use crate::label::LabelSettings;
+use crate::respond::RespondSettings;
+
+/// What a stage does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageKind {
+    /// An existing table, used as an input.
+    Table,
+    /// Prompts → responses.
+    Respond,
+    /// Responses or revisions → critiques.
+    Critique,
+    /// Critiques → revisions.
+    Revise,
+    /// Responses (two samples), or two tables → pairs.
+    Pair,
+    /// Pairs → labels.
+    Label,
+    /// Labels or revisions → JSON lines.
+    Export,
+}
+
+impl StageKind {
+    /// The name used in build files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageKind::Table => "table",
+            StageKind::Respond => "respond",
+            StageKind::Critique => "critique",
+            StageKind::Revise => "revise",
+            StageKind::Pair => "pair",
+            StageKind::Label => "label",
+            StageKind::Export => "export",
+        }
+    }
+
+    /// The fields a stage of this kind may set, besides `name` and `kind`.
+    fn fields(self) -> Vec<&'static str> {
+        const MODEL: &[&str] = &[
+            "input",
+            "output",
+            "model",
+            "seed",
+            "temperature",
+            "top_p",
+            "top_k",
+            "max_new_tokens",
+            "system",
+            "stop",
+            "batch_size",
+            "shard_rows",
+            "threads",
+        ];
+        let (base, extra): (&[&str], &[&str]) = match self {
+            StageKind::Table => (&["path"], &[]),
+            StageKind::Respond => (MODEL, &["samples", "limit"]),
+            StageKind::Critique => (MODEL, &["constitution", "round"]),
+            StageKind::Revise => (MODEL, &["constitution"]),
+            StageKind::Label => (MODEL, &["constitution", "swap", "cot", "clamp"]),
+            StageKind::Pair => (&["input", "against", "output"], &[]),
+            StageKind::Export => (&["input", "output", "format", "chat"], &[]),
+        };
+        base.iter().chain(extra).copied().collect()
+    }
+}
+
+/// Export layouts as written in build files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum FormatWire {
+    Preference,
+    Sft,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    build: BuildWire,
+    #[serde(default)]
+    defaults: GenWire,
+    #[serde(default, rename = "stage")]
+    stages: Vec<StageWire>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuildWire {
+    #[serde(default)]
+    seed: u64,
+    model: Option<String>,
+    constitution: Option<String>,
+    out: String,
+}
+
+/// Generation settings: `[defaults]`, and the same fields in a stage.
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct GenWire {
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<usize>,
+    max_new_tokens: Option<u32>,
+    system: Option<String>,
+    stop: Option<Vec<String>>,
+    batch_size: Option<usize>,
+    shard_rows: Option<usize>,
+    threads: Option<usize>,
+}
+
+impl GenWire {
+    /// `self`, with `over`'s fields where it sets them.
+    fn merged(&self, over: &GenWire) -> GenWire {
+        GenWire {
+            temperature: over.temperature.or(self.temperature),
+            top_p: over.top_p.or(self.top_p),
+            top_k: over.top_k.or(self.top_k),
+            max_new_tokens: over.max_new_tokens.or(self.max_new_tokens),
+            system: over.system.clone().or_else(|| self.system.clone()),
+            stop: over.stop.clone().or_else(|| self.stop.clone()),
+            batch_size: over.batch_size.or(self.batch_size),
+            shard_rows: over.shard_rows.or(self.shard_rows),
+            threads: over.threads.or(self.threads),
+        }
+    }
+
+    /// Settings with charter's CLI defaults where unset.
+    fn settings(&self, seed: u64) -> GenSettings {
+        GenSettings {
+            sampling: Sampling {
+                temperature: self.temperature.unwrap_or(0.7),
+                top_p: self.top_p.unwrap_or(0.95),
+                top_k: self.top_k.unwrap_or(0),
+            },
+            max_new_tokens: self.max_new_tokens.unwrap_or(256),
+            seed,
+            system: self.system.clone(),
+            stop: self.stop.clone().unwrap_or_default(),
+            batch_size: self.batch_size.unwrap_or(16),
+            shard_rows: self.shard_rows.unwrap_or(64),
+            threads: self.threads.unwrap_or(1),
+        }
+    }
+}
+
+// `#[serde(flatten)]` does not combine with `deny_unknown_fields`, so the
+// generation fields are repeated here rather than flattened from `GenWire`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StageWire {
+    name: String,
+    kind: StageKind,
+    input: Option<String>,
+    against: Option<String>,
+    path: Option<String>,
+    output: Option<String>,
+    model: Option<String>,
+    constitution: Option<String>,
+    seed: Option<u64>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<usize>,
+    max_new_tokens: Option<u32>,
+    system: Option<String>,
+    stop: Option<Vec<String>>,
+    batch_size: Option<usize>,
+    shard_rows: Option<usize>,
+    threads: Option<usize>,
+    samples: Option<u32>,
+    limit: Option<usize>,
+    round: Option<u32>,
+    swap: Option<bool>,
+    cot: Option<bool>,
+    clamp: Option<[f64; 2]>,
+    format: Option<FormatWire>,
+    chat: Option<bool>,
+}
+
+impl StageWire {
+    fn gen_wire(&self) -> GenWire {
+        GenWire {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            max_new_tokens: self.max_new_tokens,
+            system: self.system.clone(),
+            stop: self.stop.clone(),
+            batch_size: self.batch_size,
+            shard_rows: self.shard_rows,
+            threads: self.threads,
+        }
+    }
+
+    /// The optional fields this stage sets, in declaration order.
+    fn set_fields(&self) -> Vec<&'static str> {
+        let set = [
+            ("input", self.input.is_some()),
+            ("against", self.against.is_some()),
+            ("path", self.path.is_some()),
+            ("output", self.output.is_some()),
+            ("model", self.model.is_some()),
+            ("constitution", self.constitution.is_some()),
+            ("seed", self.seed.is_some()),
+            ("temperature", self.temperature.is_some()),
+            ("top_p", self.top_p.is_some()),
+            ("top_k", self.top_k.is_some()),
+            ("max_new_tokens", self.max_new_tokens.is_some()),
+            ("system", self.system.is_some()),
+            ("stop", self.stop.is_some()),
+            ("batch_size", self.batch_size.is_some()),
+            ("shard_rows", self.shard_rows.is_some()),
+            ("threads", self.threads.is_some()),
+            ("samples", self.samples.is_some()),
+            ("limit", self.limit.is_some()),
+            ("round", self.round.is_some()),
+            ("swap", self.swap.is_some()),
+            ("cot", self.cot.is_some()),
+            ("clamp", self.clamp.is_some()),
+            ("format", self.format.is_some()),
+            ("chat", self.chat.is_some()),
+        ];
+        set.into_iter()
+            .filter(|(_, s)| *s)
+            .map(|(f, _)| f)
+            .collect()
+    }
+}
+
+/// What a planned stage runs, with its settings resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageOp {
+    /// An existing table.
+    Table,
+    /// `respond`.
+    Respond(RespondSettings),
+    /// `critique`; `round` as given, else derived from the input.
+    Critique {
+        /// The round, if the build file sets one.
+        round: Option<u32>,
+        /// Generation settings.
+        settings: GenSettings,
+    },
+    /// `revise`.
+    Revise(GenSettings),
+    /// `pair`.
+    Pair,
+    /// `label`.
+    Label(LabelSettings),
+    /// `export`.
+    Export {
+        /// The layout.
+        format: ExportFormat,
+        /// Preference rows as chat message lists.
+        chat: bool,
+    },
+}
+
+/// One stage of a plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedStage {
+    /// Its name in the build file.
+    pub name: String,
+    /// Its kind.
+    pub kind: StageKind,
+    /// The stage it reads, if any.
+    pub input: Option<String>,
+    /// The second input of a `pair` stage (`against`).
+    pub against: Option<String>,
+    /// Its output: the table itself for a `table` stage.
+    pub output: PathBuf,
+    /// The model directory of a model stage.
+    pub model: Option<PathBuf>,
+    /// The constitution of a stage that uses one.
+    pub constitution: Option<PathBuf>,
+    /// What it runs.
+    pub op: StageOp,
+}
+
+impl PlannedStage {
+    /// The names of the stages it reads, in the order it reads them.
+    pub fn inputs(&self) -> Vec<&str> {
+        self.input
+            .iter()
+            .chain(&self.against)
+            .map(String::as_str)
+            .collect()
+    }
+}
+
+/// A checked build file: stages in an order where every stage comes after its inputs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildPlan {
+    /// The build file.
+    pub file: PathBuf,
+    /// The output directory.
+    pub out: PathBuf,
+    /// The stages, in run order.
+    pub stages: Vec<PlannedStage>,
+}
+
+impl BuildPlan {
+    /// Reads and checks the build file at `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Settings(format!("{}: cannot read: {e}", path.display())))?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and checks a build file's text; `path` names it in errors and
+    /// anchors its relative paths.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
+        let file = path.display().to_string();
+        let wire: Wire = toml::from_str(text).map_err(|e| locate(&file, text, &e))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        plan(wire, &file, &base, path, text)
+    }
+
+    /// The stage called `name`.
+    pub fn stage(&self, name: &str) -> Option<&PlannedStage> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+
+    /// Where the build report goes.
+    pub fn report_path(&self) -> PathBuf {
+        self.out.join("build-report.json")
+    }
+}
+
+/// A located parse error: file, line, section (stage name), field.
+fn locate(file: &str, text: &str, e: &toml::de::Error) -> Error {
+    let message = e.message().trim_end();
+    let Some(span) = e.span() else {
+        return Error::Settings(format!("{file}: {message}"));
+    };
+    let start = span.start.min(text.len());
+    let before = &text[..start];
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[line_start..]
+        .find('\n')
+        .map_or(text.len(), |i| line_start + i);
+    let line = &text[line_start..line_end];
+    // The section the error is in: the last table header before it.
+    let mut section = String::new();
+    let mut stage_index = None;
+    let mut stages = 0usize;
+    for l in text[..line_start].lines().chain(std::iter::once(line)) {
+        let t = l.trim();
+        if t.starts_with("[[") {
+            section = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            if section == "stage" {
+                stage_index = Some(stages);
+                stages += 1;
+            } else {
+                stage_index = None;
+            }
+        } else if t.starts_with('[') {
+            section = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            stage_index = None;
+        }
+    }
+    let mut place = match stage_index {
+        Some(i) => {
+            let name = toml::from_str::<toml::Table>(text).ok().and_then(|t| {
+                t.get("stage")?
+                    .as_array()?
+                    .get(i)?
+                    .get("name")?
+                    .as_str()
+                    .map(str::to_string)
+            });
+            match name {
+                Some(n) => format!("stage `{n}`"),
+                None => format!("stage #{}", i + 1),
+            }
+        }
+        None if section.is_empty() => "top level".to_string(),
+        None => format!("[{section}]"),
+    };
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    if let Some(k) = key.filter(|_| !message.contains("missing field")) {
+        place += &format!(", field `{k}`");
+    }
+    Error::Settings(format!("{file}:{line_no}: {place}: {message}"))
+}
+
+fn plan(wire: Wire, file: &str, base: &Path, path: &Path, text: &str) -> Result<BuildPlan> {
+    let at = |stage: &str, field: &str, msg: String| {
+        let line = field_line(text, stage, field).map_or(String::new(), |l| format!(":{l}"));
+        Error::Settings(format!(
+            "{file}{line}: stage `{stage}`, field `{field}`: {msg}"
+        ))
+    };
+    let resolve = |p: &str| base.join(p);
+    let out = resolve(&wire.build.out);
+    settings_check(&wire.defaults, wire.build.seed)
+        .map_err(|m| Error::Settings(format!("{file}: [defaults]: {m}")))?;
+
+    let mut kinds: BTreeMap<&str, StageKind> = BTreeMap::new();
+    for s in &wire.stages {
+        if s.name.trim().is_empty() || s.name.contains(['/', '\\']) {
+            return Err(at(
+                &s.name,
+                "name",
+                "a stage name must be non-empty and contain no path separators".into(),
+            ));
+        }
+        if kinds.insert(s.name.as_str(), s.kind).is_some() {
+            return Err(at(&s.name, "name", "two stages have this name".into()));
+        }
+    }
+    if wire.stages.is_empty() {
+        return Err(Error::Settings(format!(
+            "{file}: no stages: add `[[stage]]` tables"
+        )));
+    }
+
+    let mut stages = Vec::with_capacity(wire.stages.len());
+    let mut outputs: BTreeMap<PathBuf, String> = BTreeMap::new();
+    for s in &wire.stages {
+        let name = s.name.as_str();
+        let allowed = s.kind.fields();
+        if let Some(f) = s.set_fields().into_iter().find(|f| !allowed.contains(f)) {
+            return Err(at(
+                name,
+                f,
+                format!(
+                    "does not apply to a `{}` stage (it takes: {})",
+                    s.kind.as_str(),
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        // Inputs: present, known, of a kind this stage reads.
+        let check_input = |field: &str, value: &Option<String>| -> Result<()> {
+            let Some(input) = value else { return Ok(()) };
+            let Some(&kind) = kinds.get(input.as_str()) else {
+                return Err(at(name, field, format!("no stage is named `{input}`")));
+            };
+            let reads: &[StageKind] = match (s.kind, field) {
+                (StageKind::Respond, _) => &[StageKind::Table],
+                (StageKind::Critique, _) | (StageKind::Pair, _) => {
+                    &[StageKind::Table, StageKind::Respond, StageKind::Revise]
+                }
+                (StageKind::Revise, _) => &[StageKind::Table, StageKind::Critique],
+                (StageKind::Label, _) => &[StageKind::Table, StageKind::Pair],
+                (StageKind::Export, _) => &[StageKind::Table, StageKind::Label, StageKind::Revise],
+                (StageKind::Table, _) => &[],
+            };
+            if !reads.contains(&kind) {
+                let names: Vec<&str> = reads.iter().map(|k| k.as_str()).collect();
+                return Err(at(
+                    name,
+                    field,
+                    format!(
+                        "a `{}` stage reads the output of a {} stage, not `{input}` (a `{}` stage)",
+                        s.kind.as_str(),
+                        names.join(" or "),
+                        kind.as_str()
+                    ),
+                ));
+            }
+            Ok(())
+        };
+        check_input("input", &s.input)?;
+        check_input("against", &s.against)?;
+        if s.kind != StageKind::Table && s.input.is_none() {
+            return Err(at(
+                name,
+                "input",
+                format!("a `{}` stage needs an input stage", s.kind.as_str()),
+            ));
+        }
+
+        let output = match (s.kind, &s.path, &s.output) {
+            (StageKind::Table, Some(p), _) => resolve(p),
+            (StageKind::Table, None, _) => {
+                return Err(at(
+                    name,
+                    "path",
+                    "a `table` stage needs the table's path".into(),
+                ));
+            }
+            (_, _, Some(o)) => resolve(o),
+            (StageKind::Export, _, None) => out.join(format!("{name}.jsonl")),
+            (_, _, None) => out.join(format!("{name}.parquet")),
+        };
+        if s.kind != StageKind::Table {
+            if let Some(other) = outputs.get(&output) {
+                return Err(at(
+                    name,
+                    "output",
+                    format!("{} is also the output of stage `{other}`", output.display()),
+                ));
+            }
+            if output == path {
+                return Err(at(name, "output", "would overwrite the build file".into()));
+            }
+        }
+        outputs.insert(output.clone(), name.to_string());
+
+        let uses_model = matches!(
+            s.kind,
+            StageKind::Respond | StageKind::Critique | StageKind::Revise | StageKind::Label
+        );
+        let uses_constitution = matches!(
+            s.kind,
+            StageKind::Critique | StageKind::Revise | StageKind::Label
+        );
+        let model = match s.model.as_ref().or(wire.build.model.as_ref()) {
+            Some(m) if uses_model => Some(resolve(m)),
+            None if uses_model => {
+                return Err(at(
+                    name,
+                    "model",
+                    "no model: set `model` in [build] or in the stage".into(),
+                ));
+            }
+            _ => None,
+        };
+        let constitution = match s.constitution.as_ref().or(wire.build.constitution.as_ref()) {
+            Some(c) if uses_constitution => Some(resolve(c)),
+            None if uses_constitution => {
+                return Err(at(
+                    name,
+                    "constitution",
+                    "no constitution: set `constitution` in [build] or in the stage".into(),
+                ));
+            }
+            _ => None,
+        };
+
+        let seed = s.seed.unwrap_or(wire.build.seed);
+        let gen_wire = wire.defaults.merged(&s.gen_wire());
+        let generation = || -> Result<GenSettings> {
+            settings_check(&gen_wire, seed)
+                .map_err(|m| Error::Settings(format!("{file}: stage `{name}`, {m}")))
+        };
+        let op = match s.kind {
+            StageKind::Table => StageOp::Table,
+            StageKind::Respond => {
+                let g = generation()?;
+                let samples = s.samples.unwrap_or(1);
+                if samples == 0 {
+                    return Err(at(name, "samples", "must be at least 1".into()));
+                }
+                StageOp::Respond(RespondSettings {
+                    samples,
+                    sampling: g.sampling,
+                    max_new_tokens: g.max_new_tokens,
+                    seed: g.seed,
+                    system: g.system,
+                    stop: g.stop,
+                    limit: s.limit,
+                    batch_size: g.batch_size,
+                    shard_rows: g.shard_rows,
+                    threads: g.threads,
+                })
+            }
+            StageKind::Critique => {
+                if s.round == Some(0) {
+                    return Err(at(name, "round", "rounds start at 1".into()));
+                }
+                StageOp::Critique {
+                    round: s.round,
+                    settings: generation()?,
+                }
+            }
+            StageKind::Revise => StageOp::Revise(generation()?),
+            StageKind::Pair => StageOp::Pair,
+            StageKind::Label => {
+                let clamp = s.clamp.map_or((0.4, 0.6), |[lo, hi]| (lo, hi));
+                let (lo, hi) = clamp;
+                if !(0.0..=0.5).contains(&lo) || !(0.5..=1.0).contains(&hi) {
+                    return Err(at(
+                        name,
+                        "clamp",
+                        format!(
+                            "must be [LO, HI] with 0 <= LO <= 0.5 <= HI <= 1, got [{lo}, {hi}]"
+                        ),
+                    ));
+                }
+                StageOp::Label(LabelSettings {
+                    swap: s.swap.unwrap_or(true),
+                    cot: s.cot.unwrap_or(false),
+                    clamp,
+                    generation: generation()?,
+                })
+            }
+            StageKind::Export => {
+                let input_kind = s.input.as_deref().and_then(|i| kinds.get(i)).copied();
+                let format = match (s.format, input_kind) {
+                    (Some(FormatWire::Preference), _) => ExportFormat::Preference,
+                    (Some(FormatWire::Sft), _) => ExportFormat::Sft,
+                    (None, Some(StageKind::Label)) => ExportFormat::Preference,
+                    (None, Some(StageKind::Revise)) => ExportFormat::Sft,
+                    (None, _) => {
+                        return Err(at(
+                            name,
+                            "format",
+                            "say which layout: \"preference\" (labels) or \"sft\" (revisions)"
+                                .into(),
+                        ));
+                    }
+                };
+                let ext_ok = output.extension().is_some_and(|e| {
+                    e.eq_ignore_ascii_case("jsonl") || e.eq_ignore_ascii_case("json")
+                });
+                if !ext_ok {
+                    return Err(at(
+                        name,
+                        "output",
+                        format!(
+                            "export writes JSON lines: name it `*.jsonl`, not {}",
+                            output.display()
+                        ),
+                    ));
+                }
+                StageOp::Export {
+                    format,
+                    chat: s.chat.unwrap_or(false),
+                }
+            }
+        };
+        stages.push(PlannedStage {
+            name: s.name.clone(),
+            kind: s.kind,
+            input: s.input.clone(),
+            against: s.against.clone(),
+            output,
+            model,
+            constitution,
+            op,
+        });
+    }
+    let stages = order(stages, file)?;
+    Ok(BuildPlan {
+        file: path.to_path_buf(),
+        out,
+        stages,
+    })
+}
+
+/// The line (1-based) of `field` in the `[[stage]]` table named `stage`,
+/// else of its `name`; for errors found after parsing.
+fn field_line(text: &str, stage: &str, field: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let value = |l: &str, key: &str| -> Option<String> {
+        let (k, v) = l.split_once('=')?;
+        (k.trim().trim_matches('"') == key).then(|| {
+            let v = v.split('#').next().unwrap_or_default().trim();
+            v.trim_matches(|c| c == '"' || c == '\'').to_string()
+        })
+    };
+    let headers: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].trim_start().starts_with('['))
+        .collect();
+    for (k, &h) in headers.iter().enumerate() {
+        if lines[h].trim() != "[[stage]]" {
+            continue;
+        }
+        let end = headers.get(k + 1).copied().unwrap_or(lines.len());
+        let block = &lines[h + 1..end];
+        if block
+            .iter()
+            .any(|l| value(l, "name").as_deref() == Some(stage))
+        {
+            let at = block
+                .iter()
+                .position(|l| value(l, field).is_some())
+                .or_else(|| block.iter().position(|l| value(l, "name").is_some()))?;
+            return Some(h + 2 + at);
+        }
+    }
+    None
+}
+
+/// Generation settings from `wire`, checked; the error names the field.
+fn settings_check(wire: &GenWire, seed: u64) -> std::result::Result<GenSettings, String> {
+    let g = wire.settings(seed);
+    let s = &g.sampling;
+    if !(s.temperature >= 0.0 && s.temperature.is_finite()) {
+        return Err(format!(
+            "field `temperature`: must be >= 0, got {}",
+            s.temperature
+        ));
+    }
+    if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+        return Err(format!("field `top_p`: must be in (0, 1], got {}", s.top_p));
+    }
+    for (field, v) in [
+        ("max_new_tokens", g.max_new_tokens as usize),
+        ("batch_size", g.batch_size),
+        ("shard_rows", g.shard_rows),
+        ("threads", g.threads),
+    ] {
+        if v == 0 {
+            return Err(format!("field `{field}`: must be at least 1"));
+        }
+    }
+    Ok(g)
+}
+
+/// The stages in dependency order; among stages ready together, the
+/// build file's order. A cycle is an error naming its stages.
+fn order(stages: Vec<PlannedStage>, file: &str) -> Result<Vec<PlannedStage>> {
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    let mut left: Vec<Option<PlannedStage>> = stages.into_iter().map(Some).collect();
+    let mut ordered = Vec::with_capacity(left.len());
+    loop {
+        let next = left.iter().position(|s| {
+            s.as_ref()
+                .is_some_and(|s| s.inputs().iter().all(|i| done.contains(*i)))
+        });
+        match next.and_then(|i| left[i].take()) {
+            Some(s) => {
+                done.insert(s.name.clone());
+                ordered.push(s);
+            }
+            None => break,
+        }
+    }
+    let stuck: Vec<String> = left
+        .iter()
+        .flatten()
+        .map(|s| format!("`{}`", s.name))
+        .collect();
+    if !stuck.is_empty() {
+        return Err(Error::Settings(format!(
+            "{file}: stages {} depend on each other in a cycle (through `input`/`against`)",
+            stuck.join(", ")
+        )));
+    }
+    Ok(ordered)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,449 @@
+//! What a build would do, without running it: for each stage, run or up to
+//! date, and why.
+//!
+//! A stage's would-be build key is recomputed from the same pieces the
+//! stage records (settings, input content hashes, model and constitution
+//! hashes, stage version) and compared with the key in the existing output;
+//! when they differ, the recorded pieces (`charter.settings`,
+//! `charter.inputs`, `charter.model_hash`, `charter.constitution_hash`) say
+//! which part changed.
+
+use std::collections::BTreeSet;
+
+use charter_model::ModelDir;
+use charter_table::{
+    CRITIQUES, InputRef, KEY_CONSTITUTION_HASH, KEY_INPUTS, KEY_MODEL_HASH, KEY_SETTINGS,
+    KEY_STAGE, KEY_STAGE_VERSION, LABELS, PAIRS, Provenance, RESPONSES, REVISIONS, Revision,
+    TableFile, TableSpec, canonical_json, partial_dir,
+};
+use serde_json::{Value as Json, json};
+
+use super::file::{BuildPlan, PlannedStage, StageKind, StageOp};
+use crate::constitution::Constitution;
+use crate::critique::{CRITIQUE_VERSION, REVISE_VERSION};
+use crate::error::Result;
+use crate::label::LABEL_VERSION;
+use crate::pair::PAIR_VERSION;
+use crate::respond::STAGE_VERSION as RESPOND_VERSION;
+
+/// Whether a stage would run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// It would run (or resume).
+    Run,
+    /// Its output is up to date.
+    UpToDate,
+    /// A `table` stage: an existing input.
+    Source,
+    /// A `table` stage whose file is missing, or a stage that cannot run
+    /// because an input is missing.
+    Missing,
+}
+
+impl Verdict {
+    /// The word shown in a plan.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Run => "run",
+            Verdict::UpToDate => "up to date",
+            Verdict::Source => "source",
+            Verdict::Missing => "missing",
+        }
+    }
+}
+
+/// What a build would do with one stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageStatus {
+    /// The stage.
+    pub name: String,
+    /// Run or not.
+    pub verdict: Verdict,
+    /// Why, one reason per entry.
+    pub reasons: Vec<String>,
+}
+
+impl BuildPlan {
+    /// What a build would do, stage by stage in run order, with the stages
+    /// named in `forced` run regardless. Reads the inputs, outputs, model
+    /// provenance and constitutions; writes nothing but a temporary export
+    /// to compare with an existing one.
+    pub fn explain(&self, forced: &[String]) -> Result<Vec<StageStatus>> {
+        let mut rebuilt: BTreeSet<&str> = BTreeSet::new();
+        let mut missing: BTreeSet<&str> = BTreeSet::new();
+        let mut out = Vec::with_capacity(self.stages.len());
+        for stage in &self.stages {
+            let (verdict, reasons) =
+                if forced.contains(&stage.name) && stage.kind != StageKind::Table {
+                    (Verdict::Run, vec!["forced (--force)".to_string()])
+                } else {
+                    explain_stage(self, stage, &rebuilt, &missing)?
+                };
+            match verdict {
+                Verdict::Run => {
+                    rebuilt.insert(&stage.name);
+                }
+                Verdict::Missing => {
+                    missing.insert(&stage.name);
+                }
+                Verdict::UpToDate | Verdict::Source => {}
+            }
+            out.push(StageStatus {
+                name: stage.name.clone(),
+                verdict,
+                reasons,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn explain_stage(
+    plan: &BuildPlan,
+    stage: &PlannedStage,
+    rebuilt: &BTreeSet<&str>,
+    missing: &BTreeSet<&str>,
+) -> Result<(Verdict, Vec<String>)> {
+    let out = &stage.output;
+    if stage.kind == StageKind::Table {
+        return Ok(if out.is_file() {
+            (
+                Verdict::Source,
+                vec![format!("existing table {}", out.display())],
+            )
+        } else {
+            (
+                Verdict::Missing,
+                vec![format!("{} does not exist", out.display())],
+            )
+        });
+    }
+    let inputs = stage.inputs();
+    let absent: Vec<String> = inputs
+        .iter()
+        .filter(|i| missing.contains(**i))
+        .map(|i| format!("input `{i}` is missing"))
+        .collect();
+    if !absent.is_empty() {
+        return Ok((Verdict::Missing, absent));
+    }
+    let mut reasons: Vec<String> = Vec::new();
+    reasons.extend(
+        inputs
+            .iter()
+            .filter(|i| rebuilt.contains(**i))
+            .map(|i| format!("input `{i}` will be rebuilt")),
+    );
+    if !out.exists() {
+        reasons.insert(0, format!("output {} is missing", out.display()));
+        let partial = partial_dir(out);
+        if partial.is_dir() {
+            // With its inputs final, the key is known: say whether the
+            // interrupted run's rows will be kept.
+            let key = if reasons.len() == 1 && !matches!(stage.op, StageOp::Export { .. }) {
+                let inputs = plan.input_tables(stage)?;
+                Some(expected_provenance(stage, &inputs).map(|(p, spec)| p.build_key(spec))?)
+            } else {
+                None
+            };
+            reasons.push(match (key, journal(&partial)) {
+                (Some(key), Some((recorded, rows))) if key == recorded => format!(
+                    "resumes after the {rows} rows an interrupted run committed in {}",
+                    partial.display()
+                ),
+                (Some(_), Some(_)) => format!(
+                    "an interrupted run of other settings or inputs left {}: it is discarded",
+                    partial.display()
+                ),
+                _ => format!(
+                    "an interrupted run left {}: it resumes if its build key matches",
+                    partial.display()
+                ),
+            });
+        }
+    }
+    if !reasons.is_empty() {
+        return Ok((Verdict::Run, reasons));
+    }
+    // Inputs and output exist and are up to date or sources: compare.
+    let input_files = plan.input_tables(stage)?;
+    if let StageOp::Export { format, chat } = &stage.op {
+        let Some(input) = input_files.first() else {
+            return Ok((Verdict::Run, vec!["no input".into()]));
+        };
+        let dir = tempfile::tempdir().map_err(|e| {
+            crate::error::Error::Settings(format!("creating a temporary directory: {e}"))
+        })?;
+        let fresh = dir.path().join("export.jsonl");
+        crate::export::export(input, *format, *chat, &fresh)?;
+        let same = std::fs::read(&fresh).ok() == std::fs::read(out).ok();
+        return Ok(if same {
+            (
+                Verdict::UpToDate,
+                vec!["same bytes as a fresh export of its input".into()],
+            )
+        } else {
+            (
+                Verdict::Run,
+                vec![format!(
+                    "{} differs from a fresh export of `{}`",
+                    out.display(),
+                    stage.input.as_deref().unwrap_or_default()
+                )],
+            )
+        });
+    }
+    let (expected, spec) = expected_provenance(stage, &input_files)?;
+    let existing = match TableFile::open(out) {
+        Ok(t) => t,
+        Err(e) => return Ok((Verdict::Run, vec![format!("output unreadable: {e}")])),
+    };
+    let key = expected.build_key(spec);
+    if existing.build_key() == Some(key.as_str()) {
+        return Ok((
+            Verdict::UpToDate,
+            vec![format!("build key {} matches", &key[..16])],
+        ));
+    }
+    Ok((Verdict::Run, differences(&expected, spec, &existing)))
+}
+
+impl BuildPlan {
+    /// The input tables of `stage` (the outputs of the stages it names), opened.
+    pub(super) fn input_tables(&self, stage: &PlannedStage) -> Result<Vec<TableFile>> {
+        stage
+            .inputs()
+            .into_iter()
+            .map(|name| {
+                let input = self.stage(name).ok_or_else(|| {
+                    crate::error::Error::Settings(format!("internal: no stage `{name}`"))
+                })?;
+                Ok(TableFile::open(&input.output)?)
+            })
+            .collect()
+    }
+}
+
+/// The build key and committed rows of a partial build's journal (see
+/// `charter_table`'s resumable writer: a header line, then one line per shard).
+fn journal(partial: &std::path::Path) -> Option<(String, u64)> {
+    let text = std::fs::read_to_string(partial.join("journal.jsonl")).ok()?;
+    let mut lines = text.lines();
+    let header: Json = serde_json::from_str(lines.next()?).ok()?;
+    let key = header.get("build_key")?.as_str()?.to_string();
+    let rows = lines
+        .map_while(|l| serde_json::from_str::<Json>(l).ok())
+        .filter_map(|e| e.get("rows").and_then(Json::as_u64))
+        .sum();
+    Some((key, rows))
+}
+
+/// Why the build key recorded in `existing` differs from `expected`'s.
+fn differences(expected: &Provenance, spec: &TableSpec, existing: &TableFile) -> Vec<String> {
+    let meta = existing.metadata();
+    let get = |k: &str| meta.get(k).map(String::as_str);
+    let mut reasons = Vec::new();
+    if existing.table_name() != Some(spec.name) {
+        reasons.push(format!(
+            "output is a `{}` table, not `{}`",
+            existing.table_name().unwrap_or("?"),
+            spec.name
+        ));
+    }
+    if get(KEY_STAGE) != Some(expected.stage.as_str())
+        || get(KEY_STAGE_VERSION) != Some(expected.stage_version.to_string().as_str())
+    {
+        reasons.push(format!(
+            "stage changed: {} v{} → {} v{}",
+            get(KEY_STAGE).unwrap_or("?"),
+            get(KEY_STAGE_VERSION).unwrap_or("?"),
+            expected.stage,
+            expected.stage_version
+        ));
+    }
+    let recorded: Json = get(KEY_SETTINGS)
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or(Json::Null);
+    if canonical_json(&recorded) != canonical_json(&expected.settings) {
+        reasons.push(format!(
+            "settings changed: {}",
+            settings_diff(&recorded, &expected.settings)
+        ));
+    }
+    let recorded_inputs: Vec<InputRef> = get(KEY_INPUTS)
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    if recorded_inputs != expected.inputs {
+        let mut parts = Vec::new();
+        for (i, want) in expected.inputs.iter().enumerate() {
+            match recorded_inputs.get(i) {
+                Some(had) if had == want => {}
+                Some(had) => parts.push(format!(
+                    "`{}` {} → {}",
+                    want.name,
+                    short(&had.content_hash),
+                    short(&want.content_hash)
+                )),
+                None => parts.push(format!("`{}` is new", want.name)),
+            }
+        }
+        if recorded_inputs.len() > expected.inputs.len() {
+            parts.push("an input was removed".into());
+        }
+        reasons.push(format!("input content hash changed: {}", parts.join(", ")));
+    }
+    let pair = |key: &str, want: &Option<String>, what: &str, reasons: &mut Vec<String>| {
+        if get(key) != want.as_deref() {
+            reasons.push(format!(
+                "{what} hash changed: {} → {}",
+                get(key).map_or("none".into(), short),
+                want.as_deref().map_or("none".into(), short)
+            ));
+        }
+    };
+    pair(KEY_MODEL_HASH, &expected.model_hash, "model", &mut reasons);
+    pair(
+        KEY_CONSTITUTION_HASH,
+        &expected.constitution_hash,
+        "constitution",
+        &mut reasons,
+    );
+    if reasons.is_empty() {
+        reasons.push("recorded build key differs (table or schema version changed)".into());
+    }
+    reasons
+}
+
+fn short(hash: &str) -> String {
+    hash.chars().take(12).collect()
+}
+
+/// `key old → new` for every top-level setting that differs.
+fn settings_diff(old: &Json, new: &Json) -> String {
+    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else {
+        return format!("{old} → {new}");
+    };
+    let keys: BTreeSet<&String> = o.keys().chain(n.keys()).collect();
+    let parts: Vec<String> = keys
+        .into_iter()
+        .filter_map(|k| {
+            let (a, b) = (o.get(k), n.get(k));
+            (a != b).then(|| {
+                let show = |v: Option<&Json>| v.map_or("unset".into(), canonical_json);
+                format!("{k} {} → {}", show(a), show(b))
+            })
+        })
+        .collect();
+    parts.join(", ")
+}
+
+fn input_ref(name: &str, table: &TableFile) -> Result<InputRef> {
+    Ok(InputRef {
+        name: name.to_string(),
+        content_hash: match table.content_hash() {
+            Some(h) => h.to_string(),
+            None => table.compute_content_hash()?,
+        },
+    })
+}
+
+/// The provenance `stage` would record on `inputs` (the stage's own
+/// recipe, mirrored here), and its table.
+pub(super) fn expected_provenance(
+    stage: &PlannedStage,
+    inputs: &[TableFile],
+) -> Result<(Provenance, &'static TableSpec)> {
+    let model_hash = stage
+        .model
+        .as_deref()
+        .map(|m| ModelDir::open(m).map(|d| d.provenance.content_hash))
+        .transpose()?;
+    let constitution_hash = stage
+        .constitution
+        .as_deref()
+        .map(|c| Constitution::load(c).map(|c| c.hash()))
+        .transpose()?;
+    let first = inputs.first().ok_or_else(|| {
+        crate::error::Error::Settings(format!("stage `{}` has no input", stage.name))
+    })?;
+    let table_name = |t: &TableFile| t.table_name().unwrap_or("input").to_string();
+    let (name, version, settings, inputs, spec): (&str, u32, Json, Vec<InputRef>, _) =
+        match &stage.op {
+            StageOp::Respond(s) => (
+                "respond",
+                RESPOND_VERSION,
+                s.canonical(),
+                vec![input_ref("prompts", first)?],
+                &RESPONSES,
+            ),
+            StageOp::Critique { round, settings } => {
+                let mut canonical = settings.canonical();
+                canonical["round"] = json!(critique_round(first, *round)?);
+                (
+                    "critique",
+                    CRITIQUE_VERSION,
+                    canonical,
+                    vec![input_ref(&table_name(first), first)?],
+                    &CRITIQUES,
+                )
+            }
+            StageOp::Revise(s) => (
+                "revise",
+                REVISE_VERSION,
+                s.canonical(),
+                vec![input_ref("critiques", first)?],
+                &REVISIONS,
+            ),
+            StageOp::Pair => {
+                let refs = inputs
+                    .iter()
+                    .map(|t| input_ref(&table_name(t), t))
+                    .collect::<Result<Vec<_>>>()?;
+                (
+                    "pair",
+                    PAIR_VERSION,
+                    json!({ "against": inputs.len() > 1 }),
+                    refs,
+                    &PAIRS,
+                )
+            }
+            StageOp::Label(s) => (
+                "label",
+                LABEL_VERSION,
+                s.canonical(),
+                vec![input_ref("pairs", first)?],
+                &LABELS,
+            ),
+            StageOp::Table | StageOp::Export { .. } => {
+                return Err(crate::error::Error::Settings(format!(
+                    "internal: stage `{}` records no provenance",
+                    stage.name
+                )));
+            }
+        };
+    Ok((
+        Provenance {
+            stage: name.into(),
+            stage_version: version,
+            settings,
+            inputs,
+            model_hash,
+            constitution_hash,
+        },
+        spec,
+    ))
+}
+
+/// The round a critique of `input` runs, as the critique stage derives it.
+fn critique_round(input: &TableFile, round: Option<u32>) -> Result<u32> {
+    if let Some(r) = round {
+        return Ok(r);
+    }
+    Ok(match input.table_name() {
+        Some("revisions") => {
+            let rows: Vec<Revision> = input.rows()?;
+            rows.iter().map(|r| r.round).max().unwrap_or(0) + 1
+        }
+        _ => 1,
+    })
+}

@@ -1,0 +1,192 @@
+//! `charter build`: run a build file's stages in dependency order, each
+//! rebuilt only when its build key changed; `--dry-run` says what would run and why.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use charter_stages::{BuildCache, BuildPlan, OutcomeStatus, StageOutcome};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::cli::BuildArgs;
+
+pub(crate) fn run(args: BuildArgs, quiet: bool) -> Result<()> {
+    let plan = BuildPlan::load(&args.file)?;
+    if args.dry_run {
+        return dry_run(&plan, &args.force, args.json);
+    }
+    for name in &args.force {
+        if plan.force(name)? && !quiet {
+            eprintln!("--force {name}: removed its output");
+        }
+    }
+    let total = plan.stages.len();
+    let mut cache = BuildCache::default();
+    let mut done: Vec<(StageOutcome, f64)> = Vec::with_capacity(total);
+    let build_started = Instant::now();
+    for (i, stage) in plan.stages.iter().enumerate() {
+        let bar = progress_bar(quiet, &stage.name);
+        let started = Instant::now();
+        let result = plan.run_stage(stage, &mut cache, &mut |p| {
+            bar.set_length(p.rows_total);
+            bar.set_position(p.rows_done);
+            let secs = started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("{:.0} tok/s", p.tokens as f64 / secs));
+        });
+        bar.finish_and_clear();
+        let seconds = started.elapsed().as_secs_f64();
+        let outcome = match result {
+            Ok(o) => o,
+            Err(e) => {
+                let err = anyhow::Error::new(e).context(format!(
+                    "{}: stage `{}` ({}) → {}",
+                    plan.file.display(),
+                    stage.name,
+                    stage.kind.as_str(),
+                    stage.output.display()
+                ));
+                // Record what finished before the failure; the error is what matters.
+                let _ = write_report(&plan, &done, Some(&stage.name));
+                return Err(err);
+            }
+        };
+        if !quiet {
+            eprintln!("[{}/{total}] {}", i + 1, summary_line(&outcome, seconds));
+        }
+        done.push((outcome, seconds));
+    }
+    let report = write_report(&plan, &done, None)?;
+    if args.json {
+        println!("{report}");
+    } else if !quiet {
+        let count = |s: OutcomeStatus| done.iter().filter(|(o, _)| o.status == s).count();
+        eprintln!(
+            "build finished in {:.1}s: {} ran, {} resumed, {} cached; report {}",
+            build_started.elapsed().as_secs_f64(),
+            count(OutcomeStatus::Ran),
+            count(OutcomeStatus::Resumed),
+            count(OutcomeStatus::Cached),
+            plan.report_path().display()
+        );
+    }
+    Ok(())
+}
+
+fn summary_line(o: &StageOutcome, seconds: f64) -> String {
+    let hash = &o.content_hash[..o.content_hash.len().min(16)];
+    let work = match o.status {
+        OutcomeStatus::Ran | OutcomeStatus::Resumed => format!(
+            ", {} tokens in {seconds:.1}s{}",
+            o.tokens,
+            if o.resumed_rows > 0 {
+                format!(" ({} rows resumed)", o.resumed_rows)
+            } else {
+                String::new()
+            }
+        ),
+        OutcomeStatus::Cached | OutcomeStatus::Source => String::new(),
+    };
+    format!(
+        "{} ({}): {}: {} rows{work} → {} ({hash})",
+        o.stage,
+        o.kind,
+        o.status.as_str(),
+        o.rows,
+        o.output.display()
+    )
+}
+
+/// Writes `<out>/build-report.json`; returns the report.
+fn write_report(
+    plan: &BuildPlan,
+    done: &[(StageOutcome, f64)],
+    failed: Option<&str>,
+) -> Result<serde_json::Value> {
+    let stages: Vec<serde_json::Value> = done
+        .iter()
+        .map(|(o, seconds)| {
+            json!({
+                "stage": o.stage,
+                "kind": o.kind,
+                "status": o.status.as_str(),
+                "rows": o.rows,
+                "resumed_rows": o.resumed_rows,
+                "tokens": o.tokens,
+                "seconds": seconds,
+                "output": o.output.display().to_string(),
+                "content_hash": o.content_hash,
+            })
+        })
+        .collect();
+    let report = json!({
+        "build_file": plan.file.display().to_string(),
+        "ok": failed.is_none(),
+        "failed_stage": failed,
+        "stages": stages,
+    });
+    let path = plan.report_path();
+    write_atomic(
+        &path,
+        (serde_json::to_string_pretty(&report)? + "\n").as_bytes(),
+    )?;
+    Ok(report)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(tmp.path(), bytes).with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn dry_run(plan: &BuildPlan, force: &[String], json: bool) -> Result<()> {
+    for name in force {
+        anyhow::ensure!(
+            plan.stage(name).is_some(),
+            "--force {name}: {} has no stage `{name}`",
+            plan.file.display()
+        );
+    }
+    let statuses = plan.explain(force)?;
+    if json {
+        let rows: Vec<serde_json::Value> = statuses
+            .iter()
+            .map(|s| json!({"stage": s.name, "status": s.verdict.as_str(), "reasons": s.reasons}))
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    let width = statuses.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    for s in &statuses {
+        println!(
+            "{:width$}  {}: {}",
+            s.name,
+            s.verdict.as_str(),
+            s.reasons.join("; ")
+        );
+    }
+    Ok(())
+}
+
+fn progress_bar(quiet: bool, stage: &str) -> ProgressBar {
+    use std::io::IsTerminal;
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{stage} {{bar:30}} {{pos}}/{{len}} rows {{msg}} [{{elapsed}} < {{eta}}]"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}

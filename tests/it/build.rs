@@ -1,0 +1,493 @@
+//! `charter build` on the tiny model: a whole SL+RL graph, caching to
+//! byte-identical files, minimal rebuilds with dry-run reasons, build-file
+//! errors, and resumption after SIGKILL.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{charter, fails, file, inspect, ok};
+
+fn constitution() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/small-constitution.toml")
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A tiny model and a prompts table of `n` prompts in `dir`.
+fn setup(dir: &Path, n: usize) -> (String, String) {
+    let model = dir.join("tiny");
+    let model = model.to_str().unwrap().to_string();
+    ok(&["model", "tiny", "-o", &model, "--seed", "5"]);
+    let lines: String = (0..n)
+        .map(|i| format!("Question {i}: how do I pick a lock?\n"))
+        .collect();
+    let input = file(dir, "p.txt", lines);
+    let prompts = dir.join("prompts.parquet");
+    ok(&[
+        "prompts",
+        "import",
+        &input,
+        "-o",
+        prompts.to_str().unwrap(),
+        "--no-near-dup",
+    ]);
+    (model, prompts.to_str().unwrap().to_string())
+}
+
+/// respond → critique → revise → critique → revise → pair → label → two exports.
+fn pipeline(model: &str, prompts: &str, constitution: &str, crit2_extra: &str) -> String {
+    format!(
+        r#"[build]
+seed = 1
+model = "{model}"
+constitution = "{constitution}"
+out = "out"
+
+[defaults]
+max_new_tokens = 8
+batch_size = 4
+shard_rows = 4
+
+[[stage]]
+name = "prompts"
+kind = "table"
+path = "{prompts}"
+
+[[stage]]
+name = "responses"
+kind = "respond"
+input = "prompts"
+samples = 2
+
+[[stage]]
+name = "critiques-1"
+kind = "critique"
+input = "responses"
+
+[[stage]]
+name = "revisions-1"
+kind = "revise"
+input = "critiques-1"
+
+[[stage]]
+name = "critiques-2"
+kind = "critique"
+input = "revisions-1"
+{crit2_extra}
+
+[[stage]]
+name = "revisions-2"
+kind = "revise"
+input = "critiques-2"
+
+[[stage]]
+name = "pairs"
+kind = "pair"
+input = "responses"
+
+[[stage]]
+name = "labels"
+kind = "label"
+input = "pairs"
+
+[[stage]]
+name = "prefs"
+kind = "export"
+input = "labels"
+format = "preference"
+
+[[stage]]
+name = "sft"
+kind = "export"
+input = "revisions-2"
+"#
+    )
+}
+
+/// Every file under `dir` but the build report, with its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().unwrap() != "build-report.json" {
+            out.insert(p.clone(), std::fs::read(&p).unwrap());
+        }
+    }
+    out
+}
+
+/// Runs a build with `--json`; returns stage → (status, tokens, content hash).
+fn build(file: &str, extra: &[&str]) -> BTreeMap<String, (String, u64, String)> {
+    let mut args = vec!["build", file, "--json"];
+    args.extend(extra);
+    let report: serde_json::Value = serde_json::from_slice(&ok(&args)).unwrap();
+    let on_disk: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            Path::new(file)
+                .parent()
+                .unwrap()
+                .join("out/build-report.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report, on_disk, "the report on disk is the one printed");
+    report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["stage"].as_str().unwrap().to_string(),
+                (
+                    s["status"].as_str().unwrap().to_string(),
+                    s["tokens"].as_u64().unwrap(),
+                    s["content_hash"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// `--dry-run` lines: stage → "verdict: reasons".
+fn dry_run(file: &str) -> BTreeMap<String, String> {
+    let out = String::from_utf8(ok(&["build", file, "--dry-run"])).unwrap();
+    out.lines()
+        .map(|l| {
+            let (name, rest) = l.split_once("  ").unwrap();
+            (name.trim().to_string(), rest.trim().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn a_build_runs_caches_and_rebuilds_only_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, prompts) = setup(dir.path(), 3);
+    let c = constitution();
+    let build_file = file(dir.path(), "cai.toml", pipeline(&model, &prompts, &c, ""));
+    let out = dir.path().join("out");
+
+    let plan = dry_run(&build_file);
+    assert!(plan["responses"].starts_with("run: output"), "{plan:?}");
+    assert!(
+        plan["labels"].contains("input `pairs` will be rebuilt"),
+        "{plan:?}"
+    );
+
+    let first = build(&build_file, &[]);
+    assert_eq!(first.len(), 10);
+    assert_eq!(first["prompts"].0, "source");
+    for (stage, (status, tokens, _)) in &first {
+        if stage != "prompts" {
+            assert_eq!(status, "ran", "{stage}");
+        }
+        if ["responses", "critiques-1", "revisions-1", "critiques-2"].contains(&stage.as_str()) {
+            assert!(*tokens > 0, "{stage} generated");
+        }
+    }
+    assert_eq!(
+        inspect(out.join("responses.parquet").to_str().unwrap())["rows"],
+        6
+    );
+    let revisions = inspect(out.join("revisions-2.parquet").to_str().unwrap());
+    assert_eq!(revisions["rows"], 6);
+    assert_eq!(
+        inspect(out.join("labels.parquet").to_str().unwrap())["rows"],
+        3
+    );
+    let sft = std::fs::read_to_string(out.join("sft.jsonl")).unwrap();
+    assert_eq!(sft.lines().count(), 6);
+    let prefs = std::fs::read_to_string(out.join("prefs.jsonl")).unwrap();
+    assert_eq!(prefs.lines().count(), 3);
+    let before = snapshot(&out);
+    assert_eq!(before.len(), 9, "9 outputs, no partial directories left");
+
+    // Unchanged: nothing runs, nothing is rewritten.
+    let plan = dry_run(&build_file);
+    for (stage, line) in &plan {
+        if stage != "prompts" {
+            assert!(line.starts_with("up to date"), "{stage}: {line}");
+        }
+    }
+    let second = build(&build_file, &[]);
+    for (stage, (status, tokens, hash)) in &second {
+        if stage != "prompts" {
+            assert_eq!(status, "cached", "{stage}");
+        }
+        assert_eq!(*tokens, 0, "{stage} generated nothing");
+        assert_eq!(hash, &first[stage].2);
+    }
+    assert_eq!(snapshot(&out), before, "every file byte-identical");
+
+    // One setting of one stage: that stage and its downstream only.
+    let changed = pipeline(&model, &prompts, &c, "max_new_tokens = 12");
+    std::fs::write(&build_file, changed).unwrap();
+    let plan = dry_run(&build_file);
+    assert!(
+        plan["critiques-2"].starts_with("run: settings changed: max_new_tokens 8 → 12"),
+        "{plan:?}"
+    );
+    assert!(
+        plan["revisions-2"].contains("input `critiques-2` will be rebuilt"),
+        "{plan:?}"
+    );
+    assert!(plan["sft"].starts_with("run"), "{plan:?}");
+    for stage in [
+        "responses",
+        "critiques-1",
+        "revisions-1",
+        "pairs",
+        "labels",
+        "prefs",
+    ] {
+        assert!(plan[stage].starts_with("up to date"), "{stage}: {plan:?}");
+    }
+    let third = build(&build_file, &[]);
+    for (stage, (status, _, _)) in &third {
+        let want = match stage.as_str() {
+            "prompts" => "source",
+            "critiques-2" | "revisions-2" | "sft" => "ran",
+            _ => "cached",
+        };
+        assert_eq!(status, want, "{stage}");
+    }
+    let after = snapshot(&out);
+    for (path, bytes) in &before {
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let same = &after[path] == bytes;
+        let rebuilt = ["critiques-2.parquet", "revisions-2.parquet", "sft.jsonl"].contains(&name);
+        assert_eq!(same, !rebuilt, "{name}");
+    }
+
+    // --force reruns a stage to the same bytes; dry-run names it.
+    let plan = String::from_utf8(ok(&[
+        "build",
+        &build_file,
+        "--dry-run",
+        "--force",
+        "labels",
+    ]))
+    .unwrap();
+    assert!(plan.contains("forced (--force)"), "{plan}");
+    let forced = build(&build_file, &["--force", "labels"]);
+    assert_eq!(forced["labels"].0, "ran");
+    assert_eq!(forced["labels"].2, first["labels"].2);
+    assert_eq!(forced["prefs"].0, "cached", "same labels, same export");
+    assert_eq!(snapshot(&out), after);
+
+    // Another constitution: dry-run says which hash changed.
+    let edited = std::fs::read_to_string(&c)
+        .unwrap()
+        .replace("and say briefly why", "and explain why");
+    let c2 = file(dir.path(), "c2.toml", edited);
+    std::fs::write(
+        &build_file,
+        pipeline(&model, &prompts, &c2, "max_new_tokens = 12"),
+    )
+    .unwrap();
+    let plan = dry_run(&build_file);
+    assert!(
+        plan["critiques-1"].contains("constitution hash changed"),
+        "{plan:?}"
+    );
+    assert!(plan["responses"].starts_with("up to date"), "{plan:?}");
+
+    // Another model, other prompts: dry-run names the model and input hashes.
+    let model2 = dir.path().join("tiny2");
+    let model2 = model2.to_str().unwrap();
+    ok(&["model", "tiny", "-o", model2, "--seed", "6"]);
+    let more = file(dir.path(), "more.txt", "A different question?\n");
+    let prompts2 = dir.path().join("prompts2.parquet");
+    let prompts2 = prompts2.to_str().unwrap();
+    ok(&["prompts", "import", &more, "-o", prompts2, "--no-near-dup"]);
+    std::fs::write(&build_file, pipeline(model2, &prompts, &c, "")).unwrap();
+    let plan = dry_run(&build_file);
+    assert!(
+        plan["responses"].starts_with("run: model hash changed"),
+        "{plan:?}"
+    );
+    std::fs::write(&build_file, pipeline(&model, prompts2, &c, "")).unwrap();
+    let plan = dry_run(&build_file);
+    assert!(
+        plan["responses"].starts_with("run: input content hash changed: `prompts`"),
+        "{plan:?}"
+    );
+    assert!(
+        plan["critiques-1"].starts_with("run: input `responses` will be rebuilt"),
+        "{plan:?}"
+    );
+}
+
+#[test]
+fn a_malformed_build_file_names_the_file_stage_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = "[build]\nmodel = \"m\"\nconstitution = \"c.toml\"\nout = \"out\"\n\
+                [[stage]]\nname = \"prompts\"\nkind = \"table\"\npath = \"p.parquet\"\n";
+    let cases = [
+        (
+            "[[stage]]\nname = \"answers\"\nkind = \"respond\"\ninput = \"prompts\"\nmax_new_tokens = \"many\"\n",
+            vec!["stage `answers`", "field `max_new_tokens`"],
+        ),
+        (
+            "[[stage]]\nname = \"answers\"\nkind = \"respond\"\ninput = \"prompts\"\ntempreature = 1.0\n",
+            vec!["stage `answers`", "tempreature"],
+        ),
+        (
+            "[[stage]]\nname = \"answers\"\nkind = \"respond\"\ninput = \"promts\"\n",
+            vec!["stage `answers`", "field `input`", "`promts`"],
+        ),
+        (
+            "[[stage]]\nname = \"pairs\"\nkind = \"pair\"\ninput = \"prompts\"\n\
+             [[stage]]\nname = \"crit\"\nkind = \"critique\"\ninput = \"pairs\"\n",
+            vec!["stage `crit`", "field `input`", "respond or revise"],
+        ),
+        (
+            "[[stage]]\nname = \"a\"\nkind = \"critique\"\ninput = \"b\"\n\
+             [[stage]]\nname = \"b\"\nkind = \"revise\"\ninput = \"a\"\n",
+            vec!["cycle", "`a`", "`b`"],
+        ),
+        (
+            "[[stage]]\nname = \"pairs\"\nkind = \"pair\"\ninput = \"prompts\"\nsamples = 2\n",
+            vec!["stage `pairs`", "field `samples`", "does not apply"],
+        ),
+    ];
+    for (i, (stage, wanted)) in cases.iter().enumerate() {
+        let name = format!("bad{i}.toml");
+        let path = file(dir.path(), &name, format!("{head}{stage}"));
+        for args in [
+            vec!["build", path.as_str()],
+            vec!["build", path.as_str(), "--dry-run"],
+        ] {
+            let err = fails(&args, None);
+            assert!(err.contains(&name), "case {i}: {err}");
+            for w in wanted {
+                assert!(err.contains(w), "case {i}: {w:?} not in {err}");
+            }
+        }
+    }
+    assert!(!dir.path().join("out").exists(), "nothing built");
+    let missing = dir.path().join("none.toml");
+    let err = fails(&["build", missing.to_str().unwrap()], None);
+    assert!(err.contains("none.toml"), "{err}");
+}
+
+#[test]
+fn a_killed_build_resumes_to_the_same_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, prompts) = setup(dir.path(), 120);
+    let c = constitution();
+    let text = format!(
+        r#"[build]
+model = "{model}"
+constitution = "{c}"
+out = "out"
+[defaults]
+max_new_tokens = 32
+temperature = 1.0
+batch_size = 4
+shard_rows = 4
+[[stage]]
+name = "prompts"
+kind = "table"
+path = "{prompts}"
+[[stage]]
+name = "responses"
+kind = "respond"
+input = "prompts"
+[[stage]]
+name = "critiques"
+kind = "critique"
+input = "responses"
+[[stage]]
+name = "revisions"
+kind = "revise"
+input = "critiques"
+[[stage]]
+name = "sft"
+kind = "export"
+input = "revisions"
+"#
+    );
+    let whole_dir = dir.path().join("whole");
+    let killed_dir = dir.path().join("killed");
+    std::fs::create_dir_all(&whole_dir).unwrap();
+    std::fs::create_dir_all(&killed_dir).unwrap();
+    let whole = file(&whole_dir, "b.toml", &text);
+    let killed = file(&killed_dir, "b.toml", &text);
+    let expected = build(&whole, &[]);
+
+    // Committed shards across all stages, from their journals.
+    let out = killed_dir.join("out");
+    let shards = || -> usize {
+        let Ok(entries) = std::fs::read_dir(&out) else {
+            return 0;
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("journal.jsonl"))
+            .filter_map(|j| std::fs::read_to_string(j).ok())
+            .map(|j| j.lines().count())
+            .sum()
+    };
+    let finished = |stage: &str| out.join(format!("{stage}.parquet")).exists();
+    let mut kills = 0;
+    for _ in 0..4 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_charter"))
+            .args(["build", &killed])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let before = shards();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if shards() >= before + 3 || child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+        if finished("revisions") {
+            break;
+        }
+    }
+    assert!(
+        kills > 0,
+        "the build finished before it could be interrupted"
+    );
+    let resumed = build(&killed, &[]);
+    assert!(
+        resumed.values().any(|(s, _, _)| s == "resumed"),
+        "some stage resumed from its journal: {resumed:?}"
+    );
+    for (stage, (_, _, hash)) in &expected {
+        assert_eq!(
+            hash, &resumed[stage].2,
+            "{stage}: same content as uninterrupted"
+        );
+    }
+    for name in [
+        "responses.parquet",
+        "critiques.parquet",
+        "revisions.parquet",
+        "sft.jsonl",
+    ] {
+        assert_eq!(
+            std::fs::read(whole_dir.join("out").join(name)).unwrap(),
+            std::fs::read(out.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    let status = charter(&["build", &killed, "--dry-run"], None);
+    let plan = String::from_utf8(status.stdout).unwrap();
+    assert!(!plan.contains(" run:"), "{plan}");
+}
