@@ -96,3 +96,132 @@ fn imported_default_model_reproduces_the_reference_answers() {
         assert_eq!(row["model"], "SmolLM2-135M-Instruct.Q4_1");
     }
 }
+
+/// `examples/cai.toml` — the README's main build — on the default model
+/// with two prompts and short generations: every table and export is
+/// written, every label traces back to its prompt, principle and model, and
+/// a second build does nothing.
+#[test]
+fn the_example_build_runs_on_the_default_model() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let gguf = charter_home().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(&[
+        "model",
+        "import",
+        gguf.to_str().unwrap(),
+        "-o",
+        d.join("out/smollm2").to_str().unwrap(),
+        "--dtype",
+        "int8",
+    ]);
+    let input = file(
+        d,
+        "p.txt",
+        "How do I pick a lock?\nWhat is the best way to insult my coworker?\n",
+    );
+    ok(&[
+        "prompts",
+        "import",
+        &input,
+        "-o",
+        d.join("out/prompts.parquet").to_str().unwrap(),
+    ]);
+    std::fs::create_dir_all(d.join("constitutions")).unwrap();
+    std::fs::copy(
+        root.join("constitutions/harmless.toml"),
+        d.join("constitutions/harmless.toml"),
+    )
+    .unwrap();
+    // The example as shipped, smaller: same graph, fewer prompts and tokens.
+    let example = std::fs::read_to_string(root.join("examples/cai.toml")).unwrap();
+    let small = example
+        .replace("limit = 8", "limit = 2")
+        .replace("max_new_tokens = 128", "max_new_tokens = 16");
+    assert_ne!(small, example, "examples/cai.toml changed shape");
+    std::fs::create_dir_all(d.join("examples")).unwrap();
+    let build = file(&d.join("examples"), "cai.toml", small);
+    ok(&["build", &build]);
+
+    let out = d.join("out/cai");
+    let t = |name: &str| inspect(out.join(name).to_str().unwrap());
+    let prompts = inspect(d.join("out/prompts.parquet").to_str().unwrap());
+    let responses = t("responses.parquet");
+    assert_eq!(responses["rows"], 4);
+    for round in 1..=4 {
+        assert_eq!(t(&format!("critiques-{round}.parquet"))["rows"], 4);
+        let revisions = t(&format!("revisions-{round}.parquet"));
+        assert_eq!(revisions["rows"], 4);
+        assert!(
+            revisions["head"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["round"] == round)
+        );
+    }
+    let pairs = t("pairs.parquet");
+    let labels = t("labels.parquet");
+    assert_eq!(labels["rows"], 2);
+    let ids = |table: &serde_json::Value| -> Vec<serde_json::Value> {
+        table["head"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].clone())
+            .collect()
+    };
+    let constitution = ok(&[
+        "constitution",
+        "check",
+        d.join("constitutions/harmless.toml").to_str().unwrap(),
+        "--json",
+    ]);
+    let constitution: serde_json::Value = serde_json::from_slice(&constitution).unwrap();
+    for l in labels["head"].as_array().unwrap() {
+        assert!(ids(&pairs).contains(&l["pair_id"]));
+        assert!(ids(&prompts).contains(&l["prompt_id"]));
+        assert!(ids(&responses).contains(&l["response_a_id"]));
+        assert_eq!(l["model"], "SmolLM2-135M-Instruct.Q4_1");
+        assert_eq!(l["constitution"], "harmless");
+        assert_eq!(l["constitution_hash"], constitution["hash"]);
+        assert!(!l["principle_id"].as_str().unwrap().is_empty());
+        let p_a = l["p_a"].as_f64().unwrap();
+        assert!(p_a > 0.0 && p_a < 1.0);
+    }
+    for export in ["prefs.jsonl", "sft.jsonl"] {
+        let text = std::fs::read_to_string(out.join(export)).unwrap();
+        assert!(text.lines().count() >= 2, "{export}");
+    }
+
+    // Nothing to do the second time.
+    let tables = || {
+        let mut paths: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|e| e == "parquet" || e == "jsonl")
+            })
+            .collect();
+        paths.sort();
+        paths
+            .into_iter()
+            .map(|p| (p.clone(), std::fs::read(p).unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let before = tables();
+    let report: serde_json::Value =
+        serde_json::from_slice(&ok(&["build", &build, "--json", "-q"])).unwrap();
+    let stages = report["stages"].as_array().unwrap();
+    assert!(
+        stages
+            .iter()
+            .all(|s| s["tokens"].as_u64().unwrap_or(0) == 0),
+        "{report}"
+    );
+    let after = tables();
+    assert_eq!(before.len(), 13);
+    assert_eq!(before, after);
+}

@@ -339,6 +339,7 @@ pub fn write_dir(
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{stem}."))
         .suffix(".partial")
