@@ -10,7 +10,14 @@
 //! generated token over the wall time, prefill included). The peer comparison (llama-cpp-python on the same GGUF) is
 //! `benches/peer_llama_cpp.py`; see benches/README.md.
 //!
-//! Run: `cargo bench --bench generate -- [--formats f32,int8,int4] [--batches 1,8,32,64] [--prompts N] [--max-new N] [--threads N] [--dump-prompts FILE [--dump-only]]`
+//! Run: `cargo bench --bench generate -- [--formats f32,int8,int4,…] [--batches 1,8,32,64] [--prompts N] [--max-new N] [--threads N] [--dump-prompts FILE [--dump-only]]`
+//!
+//! Formats: `f32`, `int8` and `int4` as `charter model import --dtype` writes
+//! them; `int8-exact` (f32 activations); `int4-integer` (integer zero points
+//! only, the int4 export before graph version 3), `int4-residual` (residual
+//! offsets, int8 activations everywhere) and `int4-exact` (residual offsets,
+//! f32 activations). Exports are cached under
+//! `$CHARTER_HOME/bench/smollm2-<format>-graph<GRAPH_VERSION>`.
 
 #![allow(
     clippy::print_stdout,
@@ -23,8 +30,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use charter_gen::{Decoder, DecoderDims, Engine, GenerateOptions, KvCache, Request, Sampling};
-use charter_model::onnx::{WeightFormat, export};
-use charter_model::{ChatTemplate, Gguf, Message, ModelConfig, TextTokenizer, encode_chat};
+use charter_model::onnx::{Activations, BlockOffsets, WeightFormat, export};
+use charter_model::{ChatTemplate, Dtype, Gguf, Message, ModelConfig, TextTokenizer, encode_chat};
 
 fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
@@ -35,20 +42,23 @@ fn arg(name: &str, default: &str) -> String {
 }
 
 fn format_of(name: &str) -> WeightFormat {
+    let blocks = |bits, offsets, activations| WeightFormat::Blocks {
+        bits,
+        offsets,
+        activations,
+    };
+    use Activations::{F32, Int8, Int8ExceptQkv};
+    use BlockOffsets::{Integer, Residual};
     match name {
         "f32" => WeightFormat::F32,
-        "int8" => WeightFormat::Blocks {
-            bits: 8,
-            accuracy_level: 4,
-        },
-        "int8-exact" => WeightFormat::Blocks {
-            bits: 8,
-            accuracy_level: 0,
-        },
-        "int4" => WeightFormat::Blocks {
-            bits: 4,
-            accuracy_level: 4,
-        },
+        "int8" => Dtype::Int8.weight_format(),
+        "int8-exact" => blocks(8, Integer, F32),
+        "int4" => Dtype::Int4.weight_format(),
+        // The int4 export before residual offsets: integer zero points only.
+        "int4-integer" => blocks(4, Integer, Int8),
+        "int4-residual" => blocks(4, Residual, Int8),
+        "int4-residual-qkv" => blocks(4, Residual, Int8ExceptQkv),
+        "int4-exact" => blocks(4, Residual, F32),
         other => panic!("unknown format {other}"),
     }
 }

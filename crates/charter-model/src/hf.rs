@@ -510,7 +510,7 @@ mod tests {
     #[test]
     fn tokenizer_configs_in_their_several_spellings() {
         let dir = tempfile::tempdir().unwrap();
-        let config = crate::tiny::tiny_config(10); // context 512
+        let config = crate::tiny::tiny_config(10); // context 4,096
         write(
             dir.path(),
             r#"{"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}],
@@ -523,7 +523,7 @@ mod tests {
         assert_eq!(t.bos_token.as_deref(), Some("<s>"));
         assert_eq!(t.eos_token.as_deref(), Some("</s>"));
         assert!(t.add_bos_token);
-        assert_eq!(t.model_max_length, 512);
+        assert_eq!(t.model_max_length, 4096);
 
         write(
             dir.path(),

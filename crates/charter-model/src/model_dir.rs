@@ -26,7 +26,7 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::hf::{HfCheckpoint, safetensors_files, tokenizer_config, write_hf_safetensors};
-use crate::onnx::{WeightFormat, WeightSource, export};
+use crate::onnx::{Activations, BlockOffsets, WeightFormat, WeightSource, export};
 use crate::tokenizer::TextTokenizer;
 use crate::weights::{SafetensorsFile, Tensors};
 
@@ -48,7 +48,7 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const PROVENANCE_FILE: &str = "charter-model.json";
 
 /// Version of the exported graph: bump when the same weights would give different logits.
-pub const GRAPH_VERSION: u32 = 2;
+pub const GRAPH_VERSION: u32 = 3;
 
 /// Where a model directory came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,7 +60,7 @@ pub struct ModelProvenance {
     /// blake3 of the source file's bytes ([`hash_file`]), or of a checkpoint
     /// directory's files ([`hash_hf_dir`]).
     pub source_hash: String,
-    /// Weight type of the graph: `f32` or `int4`.
+    /// Weight type of the graph: `f32`, `int8` or `int4`.
     pub dtype: String,
     /// [`GRAPH_VERSION`] of the exporter that wrote the graph.
     pub graph_version: u32,
@@ -159,7 +159,9 @@ pub enum Dtype {
     F32,
     /// 8-bit block weights (`MatMulNBits`), int8 activations in the matmuls.
     Int8,
-    /// 4-bit block weights (`MatMulNBits`), int8 activations in the matmuls.
+    /// 4-bit block weights (`MatMulNBits`) with f32 residual block offsets,
+    /// exact for Q4_1/Q4_0 sources; int8 activations in the matmuls except
+    /// the Q/K/V projection.
     Int4,
 }
 
@@ -179,11 +181,13 @@ impl Dtype {
             Dtype::F32 => WeightFormat::F32,
             Dtype::Int8 => WeightFormat::Blocks {
                 bits: 8,
-                accuracy_level: 4,
+                offsets: BlockOffsets::Integer,
+                activations: Activations::Int8,
             },
             Dtype::Int4 => WeightFormat::Blocks {
                 bits: 4,
-                accuracy_level: 4,
+                offsets: BlockOffsets::Residual,
+                activations: Activations::Int8ExceptQkv,
             },
         }
     }

@@ -119,6 +119,18 @@ impl GraphBuilder {
         out
     }
 
+    /// Renames the value `from` to `to` wherever a node reads or writes it
+    /// (to give a graph output its declared name).
+    pub(crate) fn rename(&mut self, from: &str, to: &str) {
+        for node in &mut self.nodes {
+            for name in node.input.iter_mut().chain(node.output.iter_mut()) {
+                if name == from {
+                    *name = to.to_string();
+                }
+            }
+        }
+    }
+
     /// An int64 constant (1-D, or a scalar with `scalar`).
     pub(crate) fn const_i64(&mut self, values: &[i64], scalar: bool) -> String {
         let name = self.fresh("const");

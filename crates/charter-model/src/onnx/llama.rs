@@ -33,6 +33,7 @@
 use std::path::Path;
 
 use super::builder::{Attr, Dim, GraphBuilder};
+use super::int4::{BLOCK, quantize, quantize_with_residual, zero_point_cols};
 use super::proto::data_type;
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -50,15 +51,62 @@ pub enum WeightFormat {
     /// f32 weights and `MatMul`: reproduces an f32 reference.
     F32,
     /// `bits`-bit weights (4 or 8) with `com.microsoft` `MatMulNBits`
-    /// (blocks of 32, f32 scales, packed integer zero points).
-    /// `accuracy_level` 0 computes in f32; 4 lets ONNX Runtime quantise
-    /// activations to int8 for speed.
+    /// (blocks of 32, f32 scales, integer zero points).
     Blocks {
         /// Bits per weight: 4 or 8.
         bits: usize,
-        /// `MatMulNBits`' `accuracy_level` attribute.
-        accuracy_level: i64,
+        /// How each block's offset is stored.
+        offsets: BlockOffsets,
+        /// Which matmuls quantise their input to int8.
+        activations: Activations,
     },
+}
+
+/// How a block-quantised linear layer stores each block's offset (the value
+/// code 0 stands for). GGUF Q4_1 blocks are `d · q + m` with a float `m`;
+/// `MatMulNBits`' packed kernels take only integer zero points (its float
+/// zero points, exact for Q4_1, make ONNX Runtime 1.31 dequantise the whole
+/// weight to f32 on every call: 12× slower decoding at batch 1, 4× at 32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockOffsets {
+    /// Packed integer zero points, scale and zero point per block chosen for
+    /// the least squared error. Requantising Q4_1 to 4 bits this way shifts
+    /// each block by up to half a step, which costs 0.3–1.3 nats of KL.
+    Integer,
+    /// Integer zero points plus each block's remaining offset in f32, added
+    /// back as (the input's sums over each block) × (the offsets): a
+    /// `Reshape`, a `ReduceSum`, a small f32 `MatMul` (`k / 32` deep) and an
+    /// `Add` beside each `MatMulNBits`. Reproduces blocks that lie on a grid
+    /// of `2^bits` levels (Q4_1, Q4_0) exactly, and removes each block's mean
+    /// error otherwise.
+    Residual,
+}
+
+/// What `MatMulNBits` computes in. ONNX Runtime can quantise a matmul's
+/// input to int8 per block of 32 (`accuracy_level` 4: its integer kernels,
+/// fastest) or keep it f32 (`accuracy_level` 0: no error beyond the
+/// weights', but 2–3× slower at small batch sizes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activations {
+    /// int8 inputs everywhere.
+    Int8,
+    /// f32 input for the packed Q/K/V projection, int8 elsewhere: halves the
+    /// KL that int8 activations cost (Q·K errors reach the attention
+    /// softmax) for about a sixth of the layers' matmul FLOPs.
+    Int8ExceptQkv,
+    /// f32 inputs everywhere.
+    F32,
+}
+
+impl Activations {
+    /// `MatMulNBits`' `accuracy_level` for the Q/K/V projection (`qkv`) or another layer.
+    pub(crate) fn accuracy_level(self, qkv: bool) -> i64 {
+        match self {
+            Activations::Int8 => 4,
+            Activations::Int8ExceptQkv if !qkv => 4,
+            _ => 0,
+        }
+    }
 }
 
 /// Writes an f32 `model.onnx` and `model.onnx.data` for `config` into `dir`.
@@ -141,7 +189,12 @@ pub fn export(
     // over the same input are stacked along `out` into one matmul (`name`
     // names the stack): one call instead of several, and with int8
     // activations the input is quantised once.
-    let linear = |g: &mut GraphBuilder, x: &str, name: &str, parts: &[String]| -> Result<String> {
+    let linear = |g: &mut GraphBuilder,
+                  x: &str,
+                  name: &str,
+                  parts: &[String],
+                  qkv: bool|
+     -> Result<String> {
         let mut w = Vec::new();
         let (mut out, mut inp) = (0, 0);
         for part in parts {
@@ -169,47 +222,22 @@ pub fn export(
             }
             WeightFormat::Blocks {
                 bits,
-                accuracy_level,
-            } => {
-                use super::int4::{BLOCK, quantize, zero_point_cols};
-                let q = quantize(&w, out, inp, bits)
-                    .map_err(|e| crate::Error::Export(format!("{name}: {e}")))?;
-                let blocks = inp / BLOCK;
-                let b = g.weight(
-                    &format!("{name}.q"),
-                    &[out, blocks, BLOCK * bits / 8],
-                    data_type::UINT8,
-                    &q.packed,
-                )?;
-                let scales: Vec<u8> = q.scales.iter().flat_map(|v| v.to_le_bytes()).collect();
-                let sc = g.weight(
-                    &format!("{name}.scales"),
-                    &[out * blocks],
-                    data_type::FLOAT,
-                    &scales,
-                )?;
-                let zp = g.weight(
-                    &format!("{name}.zero_points"),
-                    &[out * zero_point_cols(blocks, bits)],
-                    data_type::UINT8,
-                    &q.zero_points,
-                )?;
-                Ok(g.contrib(
-                    "MatMulNBits",
-                    &[x, &b, &sc, &zp],
-                    vec![
-                        ("K", Attr::Int(inp as i64)),
-                        ("N", Attr::Int(out as i64)),
-                        ("bits", Attr::Int(bits as i64)),
-                        ("block_size", Attr::Int(BLOCK as i64)),
-                        ("accuracy_level", Attr::Int(accuracy_level)),
-                    ],
-                ))
-            }
+                offsets,
+                activations,
+            } => block_linear(
+                g,
+                (x, 3),
+                name,
+                &w,
+                (out, inp),
+                bits,
+                activations.accuracy_level(qkv),
+                offsets,
+            ),
         }
     };
     let single = |g: &mut GraphBuilder, x: &str, name: String| {
-        linear(g, x, &name, std::slice::from_ref(&name))
+        linear(g, x, &name, std::slice::from_ref(&name), false)
     };
     let vector = |g: &mut GraphBuilder, name: &str| -> Result<String> {
         let (shape, w) = get(name)?;
@@ -288,6 +316,7 @@ pub fn export(
             &h,
             &format!("{p}.attn_qkv.weight"),
             &parts.map(|t| format!("{p}.{t}.weight")),
+            true,
         )?;
         let biases = parts
             .iter()
@@ -350,6 +379,7 @@ pub fn export(
             &h,
             &format!("{p}.ffn_gate_up.weight"),
             &[format!("{p}.ffn_gate.weight"), format!("{p}.ffn_up.weight")],
+            false,
         )?;
         let (gate, up) = (format!("{p}.ffn_gate"), format!("{p}.ffn_up"));
         g.node_into(
@@ -409,4 +439,75 @@ pub fn export(
         &[("", 21), ("com.microsoft", 1)],
         &[("charter.export", "f32".to_string())],
     )
+}
+
+/// `x · Wᵀ` for a row-major `[out, inp]` weight `w`, block-quantised to `bits`
+/// through `MatMulNBits` (plus the residual correction for
+/// [`BlockOffsets::Residual`]). `x` has rank `rank` (2 or 3), `inp` last.
+/// Returns the output's name.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn block_linear(
+    g: &mut GraphBuilder,
+    (x, rank): (&str, usize),
+    name: &str,
+    w: &[f32],
+    (out, inp): (usize, usize),
+    bits: usize,
+    accuracy_level: i64,
+    offsets: BlockOffsets,
+) -> Result<String> {
+    let err = |e: String| crate::Error::Export(format!("{name}: {e}"));
+    let blocks = inp / BLOCK;
+    let residual = offsets == BlockOffsets::Residual;
+    let q = if residual {
+        quantize_with_residual(w, out, inp, bits)
+    } else {
+        quantize(w, out, inp, bits)
+    }
+    .map_err(err)?;
+    let b = g.weight(
+        &format!("{name}.q"),
+        &[out, blocks, BLOCK * bits / 8],
+        data_type::UINT8,
+        &q.packed,
+    )?;
+    let sc = g.weight_f32(&format!("{name}.scales"), &[out * blocks], &q.scales)?;
+    let zp = g.weight(
+        &format!("{name}.zero_points"),
+        &[out * zero_point_cols(blocks, bits)],
+        data_type::UINT8,
+        &q.zero_points,
+    )?;
+    let y = g.contrib(
+        "MatMulNBits",
+        &[x, &b, &sc, &zp],
+        vec![
+            ("K", Attr::Int(inp as i64)),
+            ("N", Attr::Int(out as i64)),
+            ("bits", Attr::Int(bits as i64)),
+            ("block_size", Attr::Int(BLOCK as i64)),
+            ("accuracy_level", Attr::Int(accuracy_level)),
+        ],
+    );
+    if !residual {
+        return Ok(y);
+    }
+    // Σ_b residual[n, b] · Σ_{j in b} x[j]: sum x over each block
+    // ([…, inp] → […, blocks, 32] → […, blocks]), then one f32 matmul with
+    // the residuals transposed to [blocks, out].
+    let mut rt = vec![0f32; blocks * out];
+    for o in 0..out {
+        for b in 0..blocks {
+            rt[b * out + o] = q.residuals[o * blocks + b];
+        }
+    }
+    let rt = g.weight_f32(&format!("{name}.residuals"), &[blocks, out], &rt)?;
+    let mut split = vec![0i64; rank - 1];
+    split.extend([blocks as i64, BLOCK as i64]);
+    let split = g.const_i64(&split, false);
+    let xb = g.node("Reshape", &[x, &split], vec![]);
+    let last = g.const_i64(&[-1], false);
+    let sums = g.node("ReduceSum", &[&xb, &last], vec![("keepdims", Attr::Int(0))]);
+    let fix = g.node("MatMul", &[&sums, &rt], vec![]);
+    Ok(g.node("Add", &[&y, &fix], vec![]))
 }

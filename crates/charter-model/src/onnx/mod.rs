@@ -1,8 +1,9 @@
 //! charter's own ONNX export of decoder models.
 
+pub mod bench_graph;
 mod builder;
 mod int4;
 mod llama;
 mod proto;
 
-pub use llama::{WeightFormat, WeightSource, export, export_f32};
+pub use llama::{Activations, BlockOffsets, WeightFormat, WeightSource, export, export_f32};
