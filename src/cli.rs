@@ -77,7 +77,7 @@ pub(crate) enum DtypeArg {
     F32,
     /// 8-bit block weights: close to f32 (KL ~0.005 nats on the default model), faster.
     Int8,
-    /// 4-bit block weights: smallest; requantising GGUF Q4_1 costs accuracy (see benches/README.md).
+    /// 4-bit block weights: smallest; exact for Q4_0/Q4_1 sources (KL ~0.002 nats on the default model).
     Int4,
 }
 
