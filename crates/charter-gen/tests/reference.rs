@@ -240,7 +240,7 @@ fn the_engine_is_exact_at_every_batch_size_and_with_continuous_batching() {
         })
         .collect();
     let mut engine = engine();
-    for batch in [1, 2, 4, 32] {
+    for batch in [1, 2, 4, 8, 32] {
         let got = run(
             &mut engine,
             &requests,
