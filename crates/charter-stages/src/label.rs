@@ -22,9 +22,8 @@ use charter_table::{
 use serde_json::json;
 
 use crate::constitution::{Constitution, PreferencePrinciple};
-use crate::critique::StageSummary;
 use crate::error::{Error, Result};
-use crate::generate::{GenSettings, StageProgress};
+use crate::generate::{GenSettings, StageProgress, StageSummary};
 use crate::model::Model;
 use crate::seed::row_seed;
 use crate::stop::StopStrings;
@@ -328,14 +327,7 @@ pub fn label(
     let (mut writer, state) =
         match ShardedWriter::open(out, &LABELS, &provenance.build_key(&LABELS))? {
             Opened::Finished(table) => {
-                return Ok(StageSummary {
-                    table,
-                    cached: true,
-                    resumed_rows: 0,
-                    generated_rows: 0,
-                    generated_tokens: 0,
-                    context_overflows: 0,
-                });
+                return Ok(StageSummary::cached(table));
             }
             Opened::Writer(w, s) => (w, s),
         };

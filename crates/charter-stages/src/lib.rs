@@ -41,11 +41,11 @@ pub use constitution::{
     Constitution, ConstitutionError, CritiqueExample, CritiquePrinciple, LabelExample,
     PreferencePrinciple, Templates,
 };
-pub use critique::{CRITIQUE_VERSION, REVISE_VERSION, StageSummary, critique, revise};
+pub use critique::{CRITIQUE_VERSION, REVISE_VERSION, critique, revise};
 pub use error::{Error, Result};
 pub use eval::{CalibrationBucket, HumanComparison, LabelerReport, eval_labeler, read_comparisons};
 pub use export::{ExportFormat, export};
-pub use generate::{GenSettings, StageProgress};
+pub use generate::{GenSettings, StageProgress, StageSummary};
 pub use label::{LABEL_VERSION, LabelSettings, label};
 pub use model::Model;
 pub use pair::{PAIR_VERSION, PairSummary, pair};

@@ -9,9 +9,8 @@ use charter_table::{
     InputRef, Opened, Prompt, Provenance, RESPONSES, Record, Response, ShardedWriter, TableFile,
 };
 
-use crate::critique::StageSummary;
 use crate::error::{Error, Result};
-use crate::generate::{StageProgress, run_windows};
+use crate::generate::{StageProgress, StageSummary, run_windows};
 use crate::model::Model;
 use crate::seed::row_seed;
 use crate::stop::StopStrings;
@@ -126,14 +125,7 @@ pub fn respond(
     let build_key = provenance.build_key(&RESPONSES);
     let (mut writer, state) = match ShardedWriter::open(out, &RESPONSES, &build_key)? {
         Opened::Finished(table) => {
-            return Ok(RespondSummary {
-                table,
-                cached: true,
-                resumed_rows: 0,
-                generated_rows: 0,
-                generated_tokens: 0,
-                context_overflows: 0,
-            });
+            return Ok(StageSummary::cached(table));
         }
         Opened::Writer(w, s) => (w, s),
     };
@@ -207,12 +199,5 @@ pub fn respond(
         },
     )?;
     let table = writer.finish(&provenance)?;
-    Ok(RespondSummary {
-        table,
-        cached: false,
-        resumed_rows: start as u64,
-        generated_rows: (total - start) as u64,
-        generated_tokens: counts.tokens,
-        context_overflows: counts.context_overflows,
-    })
+    Ok(StageSummary::generated(table, start, total, counts))
 }

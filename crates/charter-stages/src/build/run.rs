@@ -13,10 +13,11 @@ use charter_table::{TableFile, partial_dir};
 
 use super::file::{BuildPlan, PlannedStage, StageOp};
 use crate::constitution::Constitution;
-use crate::critique::{StageSummary, critique, revise};
+use crate::critique::{critique, revise};
 use crate::error::{Error, Result};
 use crate::export::export;
 use crate::generate::StageProgress;
+use crate::generate::StageSummary;
 use crate::label::label;
 use crate::model::Model;
 use crate::pair::pair;
@@ -201,17 +202,7 @@ impl BuildPlan {
             StageOp::Table => unreachable_table(stage)?,
             StageOp::Respond(s) => {
                 let r = respond(input, model_of(cache, stage, s.threads)?, s, out, progress)?;
-                generated(
-                    stage,
-                    StageSummary {
-                        table: r.table,
-                        cached: r.cached,
-                        resumed_rows: r.resumed_rows,
-                        generated_rows: r.generated_rows,
-                        generated_tokens: r.generated_tokens,
-                        context_overflows: r.context_overflows,
-                    },
-                )
+                generated(stage, r)
             }
             StageOp::Critique { round, settings } => {
                 let c = need_constitution()?;
