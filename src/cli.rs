@@ -186,6 +186,17 @@ pub(crate) struct GenFlags {
     pub(crate) threads: usize,
 }
 
+impl GenFlags {
+    /// The sampling the flags ask for.
+    pub(crate) fn sampling(&self) -> charter_gen::Sampling {
+        charter_gen::Sampling {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct ChatArgs {
     /// The model directory.

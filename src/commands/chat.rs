@@ -1,7 +1,7 @@
 //! `charter chat`: one message, one answer, for a quick look at a model.
 
 use anyhow::Result;
-use charter_gen::{Completion, GenerateOptions, Request, Sampling};
+use charter_gen::{Completion, GenerateOptions, Request};
 use charter_model::Message;
 use charter_stages::{Model, StopStrings};
 
@@ -23,11 +23,7 @@ pub(crate) fn run(args: ChatArgs) -> Result<()> {
     });
     let prompt = model.encode_conversation(&messages)?;
     let options = GenerateOptions {
-        sampling: Sampling {
-            temperature: g.temperature,
-            top_p: g.top_p,
-            top_k: g.top_k,
-        },
+        sampling: g.sampling(),
         max_new_tokens: g.max_new_tokens as usize,
         stop_ids: model.stop_ids.clone(),
         batch_size: 1,

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use charter_gen::Sampling;
 use charter_stages::{Model, RespondSettings, respond};
 use charter_table::{Output, TableFile};
 
@@ -15,11 +14,7 @@ pub(crate) fn run(args: RespondArgs, quiet: bool) -> Result<()> {
     let g = &args.gen_flags;
     let settings = RespondSettings {
         samples: args.samples,
-        sampling: Sampling {
-            temperature: g.temperature,
-            top_p: g.top_p,
-            top_k: g.top_k,
-        },
+        sampling: g.sampling(),
         max_new_tokens: g.max_new_tokens,
         seed: g.seed,
         system: g.system.clone(),

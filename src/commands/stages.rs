@@ -5,7 +5,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use charter_gen::Sampling;
 use charter_stages::{
     Constitution, ExportFormat, GenSettings, LabelSettings, Model, StageProgress, StageSummary,
 };
@@ -18,11 +17,7 @@ use crate::cli::{
 
 fn gen_settings(g: &GenFlags, stage: &ModelStageFlags) -> GenSettings {
     GenSettings {
-        sampling: Sampling {
-            temperature: g.temperature,
-            top_p: g.top_p,
-            top_k: g.top_k,
-        },
+        sampling: g.sampling(),
         max_new_tokens: g.max_new_tokens,
         seed: g.seed,
         system: g.system.clone(),
