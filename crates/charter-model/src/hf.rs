@@ -35,7 +35,7 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model_dir::TokenizerConfig;
 use crate::onnx::WeightSource;
-use crate::weights::{SafetensorsFile, SafetensorsWriter};
+use crate::weights::{SafetensorsFile, SafetensorsWriter, Tensors};
 
 /// HuggingFace's name for the tensor charter names `gguf` (GGUF style).
 pub(crate) fn hf_name(gguf: &str) -> Option<String> {
@@ -298,6 +298,63 @@ impl WeightSource for HfCheckpoint {
             false => values,
         };
         Ok(Some((shape, values)))
+    }
+}
+
+/// In-memory weights in HuggingFace's names and layout (a trainer's
+/// output), served to the exporter in GGUF names and layout like
+/// [`HfCheckpoint`].
+#[derive(Debug)]
+pub struct HfTensors<'a> {
+    config: &'a ModelConfig,
+    tensors: &'a Tensors,
+}
+
+impl<'a> HfTensors<'a> {
+    /// Checks `tensors` against `config`: every required tensor present with
+    /// the config's shape, and none the decoder would not use.
+    pub fn new(config: &'a ModelConfig, tensors: &'a Tensors) -> Result<Self> {
+        let mut used = BTreeSet::new();
+        for (gguf, shape, presence) in crate::hf::tensors(config) {
+            let Some(hf) = hf_name(&gguf) else { continue };
+            match tensors.get(&hf) {
+                Some((found, _)) if *found != shape => {
+                    return Err(Error::Export(format!(
+                        "tensor `{hf}` has shape {found:?}, the config implies {shape:?}"
+                    )));
+                }
+                Some(_) => {
+                    used.insert(hf);
+                }
+                None if presence == Presence::Required => {
+                    return Err(Error::Export(format!("the weights have no tensor `{hf}`")));
+                }
+                None => {}
+            }
+        }
+        if let Some(extra) = tensors.keys().find(|name| !used.contains(*name)) {
+            return Err(Error::Export(format!(
+                "tensor `{extra}` is not part of a {} decoder as charter builds it",
+                config.model_type
+            )));
+        }
+        Ok(HfTensors { config, tensors })
+    }
+}
+
+impl WeightSource for HfTensors<'_> {
+    fn f32_tensor(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
+        if name == "output.weight" && self.config.tie_word_embeddings {
+            return Ok(None);
+        }
+        let Some((shape, values)) = hf_name(name).and_then(|hf| self.tensors.get(&hf)) else {
+            return Ok(None);
+        };
+        let values = match is_rotary(name) {
+            true => interleave_rows(values, self.config.head_dim(), row_len(shape)),
+            false => values.clone(),
+        };
+        Ok(Some((shape.clone(), values)))
     }
 }
 

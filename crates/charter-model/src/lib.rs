@@ -86,11 +86,12 @@ pub use error::{Error, Result};
 pub use ggml::GgmlType;
 pub use gguf::{DEFAULT_ALIGNMENT, Gguf, KEY_ALIGNMENT, TensorInfo};
 pub use half::f16;
-pub use hf::HfCheckpoint;
+pub use hf::{HfCheckpoint, HfTensors};
 pub use metadata::{Array, Metadata, Value, ValueType};
 pub use model_dir::{
     Dtype, GRAPH_VERSION, ModelDir, ModelProvenance, PROVENANCE_FILE, REQUIRED_FILES,
     TokenizerConfig, WEIGHTS_FILE, hash_file, hash_hf_dir, import_gguf, import_hf, write_dir,
+    write_trained,
 };
 pub use quant::{BLOCK_LEN, Block, BlockQ4_0, BlockQ4_1, BlockQ8_0, dequantize};
 pub use tiny::{

@@ -25,7 +25,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
-use crate::hf::{HfCheckpoint, safetensors_files, tokenizer_config, write_hf_safetensors};
+use crate::hf::{
+    HfCheckpoint, HfTensors, safetensors_files, tokenizer_config, write_hf_safetensors,
+};
 use crate::onnx::{Activations, BlockOffsets, WeightFormat, WeightSource, export};
 use crate::tokenizer::TextTokenizer;
 use crate::weights::{SafetensorsFile, Tensors};
@@ -318,6 +320,51 @@ pub fn hash_hf_dir(dir: &Path) -> Result<String> {
     Ok(hasher.finalize().to_hex().to_string())
 }
 
+/// Writes a model directory for weights trained from `base`: `base`'s
+/// config and tokenizer files, `tensors` (HuggingFace names and layout, as
+/// [`ModelDir::load_weights`] gives them) as weights and graph, and the
+/// `extra` files (name, bytes) beside them, all in one atomic rename.
+///
+/// The source hash is blake3 over the tensors (names, shapes, f32 values),
+/// so equal weights give an equal model hash whatever trained them.
+pub fn write_trained(
+    out: &Path,
+    base: &ModelDir,
+    tensors: &Tensors,
+    dtype: Dtype,
+    name: String,
+    extra: &[(&str, &[u8])],
+) -> Result<ModelDir> {
+    let weights = HfTensors::new(&base.config, tensors)?;
+    let tokenizer_json = std::fs::read_to_string(base.tokenizer_path())
+        .map_err(|e| Error::io(base.tokenizer_path(), e))?;
+    let mut hasher = blake3::Hasher::new();
+    for (tensor, (shape, values)) in tensors {
+        hasher.update(tensor.as_bytes());
+        hasher.update(&[0]);
+        for &d in shape {
+            hasher.update(&(d as u64).to_le_bytes());
+        }
+        for v in values {
+            hasher.update(&v.to_le_bytes());
+        }
+    }
+    let source = format!("trained from {}", base.provenance.name);
+    let source_hash = hasher.finalize().to_hex().to_string();
+    write_dir_with(
+        out,
+        &base.config,
+        &tokenizer_json,
+        &base.tokenizer_config,
+        &weights,
+        dtype,
+        name,
+        source,
+        source_hash,
+        extra,
+    )
+}
+
 /// Writes a model directory from its parts, atomically (temporary directory, then rename).
 ///
 /// `weights` are in GGUF names and layout (Q/K rows interleaved, as the
@@ -333,6 +380,33 @@ pub fn write_dir(
     name: String,
     source: String,
     source_hash: String,
+) -> Result<ModelDir> {
+    write_dir_with(
+        out,
+        config,
+        tokenizer_json,
+        tokenizer_config,
+        weights,
+        dtype,
+        name,
+        source,
+        source_hash,
+        &[],
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_dir_with(
+    out: &Path,
+    config: &ModelConfig,
+    tokenizer_json: &str,
+    tokenizer_config: &TokenizerConfig,
+    weights: &dyn WeightSource,
+    dtype: Dtype,
+    name: String,
+    source: String,
+    source_hash: String,
+    extra: &[(&str, &[u8])],
 ) -> Result<ModelDir> {
     config.validate()?;
     let parent = match out.parent() {
@@ -367,6 +441,9 @@ pub fn write_dir(
         content_hash,
     };
     write_json(&dir.join(PROVENANCE_FILE), &provenance)?;
+    for (file, bytes) in extra {
+        std::fs::write(dir.join(file), bytes).map_err(|e| Error::io(dir.join(file), e))?;
+    }
     if out.exists() {
         // Replace an older import: move it aside first so the rename cannot fail half-way.
         let old = parent.join(format!(".{stem}.old"));

@@ -1,0 +1,717 @@
+//! The three training jobs end to end: read the table, tokenise, train,
+//! write a complete model directory with a record of what built it.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use burn::tensor::Device;
+use charter_model::{Dtype, ModelDir, SafetensorsFile, SafetensorsWriter, Tensors, write_trained};
+use charter_table::InputRef;
+use serde::Serialize;
+
+use crate::data::{Formatter, PreferenceExample, Tokens, read_labels, read_sft};
+use crate::loss::{
+    PreferenceModel, agreement, answer_logps, dpo_margins, sft_loss, soft_pair_loss,
+};
+use crate::metrics::MetricRow;
+use crate::model::values;
+use crate::train::{Checkpointed, Finished, Objective, Run, TrainSettings};
+use crate::{Decoder, DeviceChoice, Error, Result, select_device};
+
+/// What every job takes.
+pub struct Job<'a> {
+    /// The model directory to start from.
+    pub model: &'a Path,
+    /// The output model directory.
+    pub out: &'a Path,
+    /// Loop settings.
+    pub settings: TrainSettings,
+    /// Where to train.
+    pub device: DeviceChoice,
+    /// Weight type of the output's generation graph.
+    pub dtype: Dtype,
+    /// Continue an interrupted run from its checkpoint.
+    pub resume: bool,
+    /// Set to checkpoint and stop after the current step.
+    pub interrupt: &'a AtomicBool,
+}
+
+/// The record of a training run, written as `charter-train.json` into the
+/// output directory.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    /// `sft`, `pm` or `dpo`.
+    pub objective: &'static str,
+    /// The model trained from: name and content hash.
+    pub base_model: (String, String),
+    /// Input tables by name and content hash.
+    pub inputs: Vec<InputRef>,
+    /// Loop settings.
+    pub settings: TrainSettings,
+    /// Objective settings (DPO's β, the PM's held-out share).
+    pub objective_settings: serde_json::Value,
+    /// The device trained on.
+    pub device: String,
+    /// Examples trained on.
+    pub examples: usize,
+    /// Rows dropped because the prompt alone filled `max_len`.
+    pub skipped: usize,
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Mean loss of the last step.
+    pub final_loss: f64,
+    /// PM: evaluation on the held-out labels.
+    pub held_out: Option<HeldOut>,
+    /// The charter release.
+    pub created_by: String,
+}
+
+/// A preference model's quality on held-out labels.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct HeldOut {
+    /// Held-out pairs.
+    pub pairs: usize,
+    /// Share of leaning labels (`p_a ≠ 0.5`) whose side the PM picks.
+    pub accuracy: f64,
+    /// Mean soft cross-entropy against `p_a`.
+    pub loss: f64,
+    /// Mean squared gap between σ(score_a − score_b) and `p_a`.
+    pub brier: f64,
+    /// Expected calibration error over 10 equal-width bins of σ(score_a − score_b).
+    pub ece: f64,
+}
+
+/// How a job ended.
+pub enum Outcome {
+    /// The model directory is written.
+    Written {
+        /// The new model directory.
+        dir: Box<ModelDir>,
+        /// What built it.
+        report: Box<TrainReport>,
+    },
+    /// Interrupted after `step` steps; `--resume` continues from `checkpoint`.
+    Interrupted {
+        /// Steps done.
+        step: usize,
+        /// The checkpoint directory.
+        checkpoint: PathBuf,
+    },
+}
+
+const WEIGHTS: &str = "weights.safetensors";
+const SCORE_FILE: &str = "score.safetensors";
+const REPORT_FILE: &str = "charter-train.json";
+
+fn read_tensors(path: &Path) -> Result<Tensors> {
+    let file = SafetensorsFile::open(path)?;
+    let mut out = Tensors::new();
+    for name in file.names() {
+        if let Some(t) = file.read_f32(&name)? {
+            out.insert(name, t);
+        }
+    }
+    Ok(out)
+}
+
+fn write_tensors(path: &Path, tensors: &Tensors) -> Result<()> {
+    let mut w = SafetensorsWriter::create(path)?;
+    for (name, (shape, values)) in tensors {
+        w.push(name, shape, values)?;
+    }
+    Ok(w.finish(&[("format", "pt")])?)
+}
+
+impl Checkpointed for Decoder {
+    fn save(&self, dir: &Path) -> Result<()> {
+        write_tensors(&dir.join(WEIGHTS), &self.to_tensors()?)
+    }
+
+    fn load(self, dir: &Path) -> Result<Self> {
+        let tensors = read_tensors(&dir.join(WEIGHTS))?;
+        Decoder::from_tensors(self.config().clone(), &tensors, &self.device())
+    }
+}
+
+impl Checkpointed for PreferenceModel {
+    fn save(&self, dir: &Path) -> Result<()> {
+        let mut tensors = self.backbone.to_tensors()?;
+        let h = self.backbone.config().hidden_size;
+        tensors.insert("score.weight".into(), (vec![1, h], self.score_values()?));
+        write_tensors(&dir.join(WEIGHTS), &tensors)
+    }
+
+    fn load(self, dir: &Path) -> Result<Self> {
+        let mut tensors = read_tensors(&dir.join(WEIGHTS))?;
+        let (_, score) = tensors
+            .remove("score.weight")
+            .ok_or_else(|| Error::MissingWeight("score.weight".into()))?;
+        let backbone = self.backbone.load_from(&tensors)?;
+        PreferenceModel::new(backbone, Some(score))
+    }
+}
+
+impl Decoder {
+    fn load_from(self, tensors: &Tensors) -> Result<Self> {
+        Decoder::from_tensors(self.config().clone(), tensors, &self.device())
+    }
+}
+
+/// A preference model directory's score head, `[hidden]` values.
+pub fn read_score_head(dir: &Path) -> Result<Vec<f32>> {
+    let mut tensors = read_tensors(&dir.join(SCORE_FILE))?;
+    tensors
+        .remove("score.weight")
+        .map(|(_, v)| v)
+        .ok_or_else(|| Error::MissingWeight(format!("score.weight in {}", dir.display())))
+}
+
+/// Opens a preference model directory written by [`train_pm`].
+pub fn open_preference_model(dir: &Path, device: &Device) -> Result<PreferenceModel> {
+    let backbone = Decoder::open(dir, device)?;
+    PreferenceModel::new(backbone, Some(read_score_head(dir)?))
+}
+
+/// blake3 over the job's identity: objective, base model, inputs, settings.
+fn fingerprint(
+    objective: &str,
+    base: &ModelDir,
+    inputs: &[InputRef],
+    settings: &TrainSettings,
+    extra: &serde_json::Value,
+) -> String {
+    let json = serde_json::json!({
+        "objective": objective,
+        "base": base.provenance.content_hash,
+        "inputs": inputs,
+        "settings": settings,
+        "extra": extra,
+    });
+    blake3::hash(json.to_string().as_bytes())
+        .to_hex()
+        .to_string()
+}
+
+/// Pieces every job computes the same way.
+struct Prepared {
+    base: ModelDir,
+    device: Device,
+    formatter: Formatter,
+}
+
+fn prepare(job: &Job<'_>) -> Result<Prepared> {
+    job.settings.validate()?;
+    let base = ModelDir::open(job.model)?;
+    let device = select_device(job.device, true)?;
+    let formatter = Formatter::new(&base, job.settings.max_len)?;
+    Ok(Prepared {
+        base,
+        device,
+        formatter,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    job: &Job<'_>,
+    prepared: &Prepared,
+    objective: &'static str,
+    inputs: Vec<InputRef>,
+    objective_settings: serde_json::Value,
+    examples: usize,
+    skipped: usize,
+    tensors: Tensors,
+    metrics: &[MetricRow],
+    held_out: Option<HeldOut>,
+    extra: &[(&str, Vec<u8>)],
+) -> Result<Outcome> {
+    let report = TrainReport {
+        objective,
+        base_model: (
+            prepared.base.provenance.name.clone(),
+            prepared.base.provenance.content_hash.clone(),
+        ),
+        inputs,
+        settings: job.settings.clone(),
+        objective_settings,
+        device: crate::device::describe(job.device),
+        examples,
+        skipped,
+        steps: metrics.len(),
+        final_loss: metrics.last().map_or(f64::NAN, |m| m.loss),
+        held_out,
+        created_by: concat!("charter ", env!("CARGO_PKG_VERSION")).to_string(),
+    };
+    let record = serde_json::to_vec_pretty(&report)
+        .map_err(|e| Error::Data(format!("training record: {e}")))?;
+    let metrics = crate::metrics::to_parquet(metrics)?;
+    let mut files: Vec<(&str, &[u8])> = vec![
+        (REPORT_FILE, record.as_slice()),
+        ("metrics.parquet", metrics.as_slice()),
+    ];
+    files.extend(extra.iter().map(|(n, b)| (*n, b.as_slice())));
+    let name = job
+        .out
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = write_trained(job.out, &prepared.base, &tensors, job.dtype, name, &files)?;
+    let checkpoint = crate::train::checkpoint_dir(job.out);
+    if checkpoint.exists() {
+        std::fs::remove_dir_all(&checkpoint).map_err(|e| Error::io(&checkpoint, e))?;
+    }
+    Ok(Outcome::Written {
+        dir: Box::new(dir),
+        report: Box::new(report),
+    })
+}
+
+// ---------------------------------------------------------------- SFT
+
+struct Sft {
+    rows: Vec<(String, Tokens)>,
+}
+
+impl Objective<Decoder> for Sft {
+    fn examples(&self) -> usize {
+        self.rows.len()
+    }
+    fn id(&self, i: usize) -> &str {
+        &self.rows[i].0
+    }
+    fn tokens(&self, i: usize) -> usize {
+        self.rows[i].1.ids.len()
+    }
+    fn weight(&self, i: usize) -> usize {
+        self.rows[i].1.answer_len()
+    }
+    fn loss(
+        &self,
+        model: &Decoder,
+        batch: &[usize],
+        denominator: f64,
+    ) -> Result<(burn::tensor::Tensor<1>, Option<(usize, usize)>)> {
+        let rows: Vec<&Tokens> = batch.iter().map(|&i| &self.rows[i].1).collect();
+        Ok((sft_loss(model, &rows, denominator)?, None))
+    }
+}
+
+/// Supervised fine-tuning on `revisions` (and `responses`) tables: the loss
+/// covers answer tokens only.
+pub fn train_sft(
+    job: &Job<'_>,
+    inputs: &[PathBuf],
+    progress: &mut dyn FnMut(&MetricRow, usize),
+) -> Result<Outcome> {
+    let p = prepare(job)?;
+    let (examples, refs) = read_sft(inputs)?;
+    let mut rows = Vec::with_capacity(examples.len());
+    let mut skipped = 0;
+    for e in &examples {
+        match p.formatter.encode(&e.prompt, &e.response, e.complete)? {
+            Some(t) => rows.push((e.id.clone(), t)),
+            None => skipped += 1,
+        }
+    }
+    let objective = Sft { rows };
+    let extra = serde_json::json!({});
+    let run = Run {
+        settings: &job.settings,
+        out: job.out,
+        fingerprint: fingerprint("sft", &p.base, &refs, &job.settings, &extra),
+        resume: job.resume,
+        interrupt: job.interrupt,
+    };
+    let model = Decoder::open(job.model, &p.device)?;
+    match run.train(model, &objective, progress)? {
+        Finished::Interrupted { step, checkpoint } => Ok(Outcome::Interrupted { step, checkpoint }),
+        Finished::Done(model, metrics) => finish(
+            job,
+            &p,
+            "sft",
+            refs,
+            extra,
+            objective.rows.len(),
+            skipped,
+            model.to_tensors()?,
+            &metrics,
+            None,
+            &[],
+        ),
+    }
+}
+
+// ---------------------------------------------------------------- pairs
+
+/// A tokenised comparison.
+struct PairRow {
+    id: String,
+    a: Tokens,
+    b: Tokens,
+    p_a: f64,
+}
+
+/// Tokenises labels, dropping pairs where either conversation does not fit.
+fn pair_rows(
+    formatter: &Formatter,
+    examples: &[PreferenceExample],
+) -> Result<(Vec<PairRow>, usize)> {
+    let mut rows = Vec::with_capacity(examples.len());
+    let mut skipped = 0;
+    for e in examples {
+        let a = formatter.encode(&e.prompt, &e.a, true)?;
+        let b = formatter.encode(&e.prompt, &e.b, true)?;
+        match (a, b) {
+            (Some(a), Some(b)) => rows.push(PairRow {
+                id: e.id.clone(),
+                a,
+                b,
+                p_a: e.p_a,
+            }),
+            _ => skipped += 1,
+        }
+    }
+    Ok((rows, skipped))
+}
+
+/// The conversations of pairs `batch`: every A, then every B.
+fn both_sides<'r>(rows: &'r [PairRow], batch: &[usize]) -> Vec<&'r Tokens> {
+    batch
+        .iter()
+        .map(|&i| &rows[i].a)
+        .chain(batch.iter().map(|&i| &rows[i].b))
+        .collect()
+}
+
+fn pair_tokens(row: &PairRow) -> usize {
+    row.a.ids.len() + row.b.ids.len()
+}
+
+// ---------------------------------------------------------------- PM
+
+struct Pm<'r> {
+    rows: &'r [PairRow],
+}
+
+/// Score margins `score(A) − score(B)` for pairs `batch`.
+fn pm_margins(
+    model: &PreferenceModel,
+    rows: &[PairRow],
+    batch: &[usize],
+) -> Result<burn::tensor::Tensor<1>> {
+    let n = batch.len();
+    let scores = model.scores(&both_sides(rows, batch))?;
+    Ok(scores.clone().narrow(0, 0, n) - scores.narrow(0, n, n))
+}
+
+impl Objective<PreferenceModel> for Pm<'_> {
+    fn examples(&self) -> usize {
+        self.rows.len()
+    }
+    fn id(&self, i: usize) -> &str {
+        &self.rows[i].id
+    }
+    fn tokens(&self, i: usize) -> usize {
+        pair_tokens(&self.rows[i])
+    }
+    fn weight(&self, _: usize) -> usize {
+        1
+    }
+    fn loss(
+        &self,
+        model: &PreferenceModel,
+        batch: &[usize],
+        denominator: f64,
+    ) -> Result<(burn::tensor::Tensor<1>, Option<(usize, usize)>)> {
+        let z = pm_margins(model, self.rows, batch)?;
+        let p: Vec<f64> = batch.iter().map(|&i| self.rows[i].p_a).collect();
+        let agree = agreement(&values(z.clone().into_data())?, &p);
+        Ok((soft_pair_loss(z, &p, denominator), Some(agree)))
+    }
+}
+
+/// Whether a label is held out: blake3 of (seed, id) below the share.
+fn held_out(seed: u64, id: &str, share: f64) -> bool {
+    let mut h = blake3::Hasher::new();
+    h.update(b"held-out\0");
+    h.update(&seed.to_le_bytes());
+    h.update(id.as_bytes());
+    let bytes = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&bytes.as_bytes()[..8]);
+    (u64::from_le_bytes(first) as f64 / u64::MAX as f64) < share
+}
+
+/// Evaluates a preference model on `rows`.
+fn evaluate_pm(model: &PreferenceModel, rows: &[PairRow], batch_size: usize) -> Result<HeldOut> {
+    let mut z = Vec::with_capacity(rows.len());
+    let indices: Vec<usize> = (0..rows.len()).collect();
+    for batch in indices.chunks(batch_size.max(1)) {
+        z.extend(values(pm_margins(model, rows, batch)?.into_data())?);
+    }
+    let p: Vec<f64> = rows.iter().map(|r| r.p_a).collect();
+    Ok(calibration(&z, &p))
+}
+
+/// Accuracy, soft cross-entropy, Brier score and ECE of margins `z`
+/// (score or log-ratio differences, A minus B) against labels `p`.
+pub fn calibration(z: &[f32], p: &[f64]) -> HeldOut {
+    let (agree, leaning) = agreement(z, p);
+    let n = z.len().max(1) as f64;
+    let mut loss = 0.0;
+    let mut brier = 0.0;
+    // Per bin of predicted probability: (sum of predictions, sum of labels).
+    let mut bins = [(0f64, 0f64); 10];
+    for (&z, &p) in z.iter().zip(p) {
+        let z = f64::from(z);
+        let q = 1.0 / (1.0 + (-z).exp());
+        loss -= p * log_sigmoid(z) + (1.0 - p) * log_sigmoid(-z);
+        brier += (q - p).powi(2);
+        let bin = ((q * 10.0) as usize).min(9);
+        bins[bin].0 += q;
+        bins[bin].1 += p;
+    }
+    // Σ_bins (count/n)·|mean q − mean p| = Σ_bins |Σq − Σp| / n.
+    let ece = bins.iter().map(|(q, p)| (q - p).abs()).sum::<f64>() / n;
+    HeldOut {
+        pairs: z.len(),
+        accuracy: if leaning > 0 {
+            agree as f64 / leaning as f64
+        } else {
+            f64::NAN
+        },
+        loss: loss / n,
+        brier: brier / n,
+        ece,
+    }
+}
+
+/// `log σ(x)`, stable for large |x|.
+fn log_sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        -(-x).exp().ln_1p()
+    } else {
+        x - x.exp().ln_1p()
+    }
+}
+
+/// Trains a preference model (the backbone with a scalar head) on a
+/// `labels` table against the soft labels, holding out `held_out_share`
+/// of the pairs for the report.
+pub fn train_pm(
+    job: &Job<'_>,
+    labels: &Path,
+    held_out_share: f64,
+    progress: &mut dyn FnMut(&MetricRow, usize),
+) -> Result<Outcome> {
+    if !(0.0..1.0).contains(&held_out_share) {
+        return Err(Error::Input(format!(
+            "--held-out must be in [0, 1), got {held_out_share}"
+        )));
+    }
+    let p = prepare(job)?;
+    let (examples, input) = read_labels(labels)?;
+    let (rows, skipped) = pair_rows(&p.formatter, &examples)?;
+    let (test, train): (Vec<PairRow>, Vec<PairRow>) = rows
+        .into_iter()
+        .partition(|r| held_out(job.settings.seed, &r.id, held_out_share));
+    if train.is_empty() {
+        return Err(Error::Input(format!(
+            "{}: no pairs left to train on after holding out {held_out_share}",
+            labels.display()
+        )));
+    }
+    let extra = serde_json::json!({ "held_out": held_out_share });
+    let refs = vec![input];
+    let run = Run {
+        settings: &job.settings,
+        out: job.out,
+        fingerprint: fingerprint("pm", &p.base, &refs, &job.settings, &extra),
+        resume: job.resume,
+        interrupt: job.interrupt,
+    };
+    let model = PreferenceModel::new(Decoder::open(job.model, &p.device)?, None)?;
+    let objective = Pm { rows: &train };
+    match run.train(model, &objective, progress)? {
+        Finished::Interrupted { step, checkpoint } => Ok(Outcome::Interrupted { step, checkpoint }),
+        Finished::Done(model, metrics) => {
+            let report = match test.is_empty() {
+                true => None,
+                false => Some(evaluate_pm(&model, &test, job.settings.batch_size)?),
+            };
+            let h = model.backbone.config().hidden_size;
+            let mut score = Tensors::new();
+            score.insert("score.weight".into(), (vec![1, h], model.score_values()?));
+            let tmp =
+                tempfile::NamedTempFile::new().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+            write_tensors(tmp.path(), &score)?;
+            let score_bytes = std::fs::read(tmp.path()).map_err(|e| Error::io(tmp.path(), e))?;
+            finish(
+                job,
+                &p,
+                "pm",
+                refs,
+                extra,
+                train.len(),
+                skipped,
+                model.backbone.to_tensors()?,
+                &metrics,
+                report,
+                &[(SCORE_FILE, score_bytes)],
+            )
+        }
+    }
+}
+
+// ---------------------------------------------------------------- DPO
+
+struct Dpo<'r> {
+    rows: &'r [PairRow],
+    reference: Vec<[f64; 2]>,
+    beta: f64,
+}
+
+impl Objective<Decoder> for Dpo<'_> {
+    fn examples(&self) -> usize {
+        self.rows.len()
+    }
+    fn id(&self, i: usize) -> &str {
+        &self.rows[i].id
+    }
+    fn tokens(&self, i: usize) -> usize {
+        pair_tokens(&self.rows[i])
+    }
+    fn weight(&self, _: usize) -> usize {
+        1
+    }
+    fn loss(
+        &self,
+        model: &Decoder,
+        batch: &[usize],
+        denominator: f64,
+    ) -> Result<(burn::tensor::Tensor<1>, Option<(usize, usize)>)> {
+        let reference: Vec<[f64; 2]> = batch.iter().map(|&i| self.reference[i]).collect();
+        let z = dpo_margins(model, &both_sides(self.rows, batch), &reference, self.beta)?;
+        let p: Vec<f64> = batch.iter().map(|&i| self.rows[i].p_a).collect();
+        let agree = agreement(&values(z.clone().into_data())?, &p);
+        Ok((soft_pair_loss(z, &p, denominator), Some(agree)))
+    }
+}
+
+/// Answer log-probabilities `[A, B]` of every pair under `model` (no
+/// gradients), cached in `cache_dir` by content hash of (model, labels
+/// table, `max_len`).
+fn reference_logps(
+    base: &ModelDir,
+    rows: &[PairRow],
+    input: &InputRef,
+    max_len: usize,
+    batch_size: usize,
+    cache_dir: &Path,
+) -> Result<Vec<[f64; 2]>> {
+    let key = blake3::hash(
+        serde_json::json!({
+            "reference": base.provenance.content_hash,
+            "labels": input.content_hash,
+            "max_len": max_len,
+            "format": 1,
+        })
+        .to_string()
+        .as_bytes(),
+    )
+    .to_hex()
+    .to_string();
+    let path = cache_dir.join(format!("{key}.json"));
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Ok(map) = serde_json::from_str::<std::collections::BTreeMap<String, [f64; 2]>>(&text)
+        && let Some(found) = rows
+            .iter()
+            .map(|r| map.get(&r.id).copied())
+            .collect::<Option<Vec<_>>>()
+    {
+        return Ok(found);
+    }
+    let device = select_device(DeviceChoice::Cpu, false)?;
+    let model = Decoder::open(&base.path, &device)?;
+    let mut out = Vec::with_capacity(rows.len());
+    let indices: Vec<usize> = (0..rows.len()).collect();
+    for batch in indices.chunks(batch_size.max(1)) {
+        let n = batch.len();
+        let logps = values(answer_logps(&model, &both_sides(rows, batch))?.into_data())?;
+        out.extend((0..n).map(|k| [f64::from(logps[k]), f64::from(logps[n + k])]));
+    }
+    let map: std::collections::BTreeMap<&str, [f64; 2]> = rows
+        .iter()
+        .map(|r| r.id.as_str())
+        .zip(out.iter().copied())
+        .collect();
+    std::fs::create_dir_all(cache_dir).map_err(|e| Error::io(cache_dir, e))?;
+    let tmp = tempfile::NamedTempFile::new_in(cache_dir).map_err(|e| Error::io(cache_dir, e))?;
+    let text = serde_json::to_string(&map).map_err(|e| Error::Data(e.to_string()))?;
+    std::fs::write(tmp.path(), text).map_err(|e| Error::io(tmp.path(), e))?;
+    tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+    Ok(out)
+}
+
+/// DPO on a `labels` table with soft targets: each pair's loss weighs both
+/// directions by `p_a`. The reference is the starting model.
+pub fn train_dpo(
+    job: &Job<'_>,
+    labels: &Path,
+    beta: f64,
+    cache_dir: &Path,
+    progress: &mut dyn FnMut(&MetricRow, usize),
+) -> Result<Outcome> {
+    if !(beta > 0.0 && beta.is_finite()) {
+        return Err(Error::Input(format!("--beta must be > 0, got {beta}")));
+    }
+    let p = prepare(job)?;
+    let (examples, input) = read_labels(labels)?;
+    let (rows, skipped) = pair_rows(&p.formatter, &examples)?;
+    if rows.is_empty() {
+        return Err(Error::Input(format!(
+            "{}: no pair fits in --max-len {}",
+            labels.display(),
+            job.settings.max_len
+        )));
+    }
+    let reference = reference_logps(
+        &p.base,
+        &rows,
+        &input,
+        job.settings.max_len,
+        job.settings.batch_size,
+        cache_dir,
+    )?;
+    let extra = serde_json::json!({ "beta": beta });
+    let refs = vec![input];
+    let run = Run {
+        settings: &job.settings,
+        out: job.out,
+        fingerprint: fingerprint("dpo", &p.base, &refs, &job.settings, &extra),
+        resume: job.resume,
+        interrupt: job.interrupt,
+    };
+    let objective = Dpo {
+        rows: &rows,
+        reference,
+        beta,
+    };
+    let model = Decoder::open(job.model, &p.device)?;
+    match run.train(model, &objective, progress)? {
+        Finished::Interrupted { step, checkpoint } => Ok(Outcome::Interrupted { step, checkpoint }),
+        Finished::Done(model, metrics) => finish(
+            job,
+            &p,
+            "dpo",
+            refs,
+            extra,
+            rows.len(),
+            skipped,
+            model.to_tensors()?,
+            &metrics,
+            None,
+            &[],
+        ),
+    }
+}

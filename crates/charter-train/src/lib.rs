@@ -1,0 +1,37 @@
+//! charter's in-tree trainer: the llama-family decoder (llama, mistral,
+//! qwen2) as a burn module, and the three objectives of Constitutional AI's
+//! training half over charter's tables — SFT on revisions (SL-CAI), a
+//! preference model on AI-feedback labels, and DPO with soft targets
+//! (RL-CAI).
+//!
+//! Only burn's pure-Rust `flex` CPU backend is compiled in; see
+//! [`DeviceChoice`]. The decoder keeps the model directory's HuggingFace
+//! weight layout and applies rotary embeddings in rotate-half form, so
+//! `model.safetensors` loads without permuting Q/K rows. Outputs are
+//! complete model directories (re-exported through `charter-model`) that
+//! generation uses directly.
+
+mod data;
+mod device;
+mod error;
+mod jobs;
+mod loss;
+mod metrics;
+mod model;
+mod train;
+
+pub use data::{Formatter, PreferenceExample, SftExample, Tokens, read_labels, read_sft};
+pub use device::{DeviceChoice, describe, select_device};
+pub use error::{Error, Result};
+pub use jobs::{
+    HeldOut, Job, Outcome, TrainReport, calibration, open_preference_model, read_score_head,
+    train_dpo, train_pm, train_sft,
+};
+pub use loss::{
+    PreferenceModel, agreement, answer_logps, dpo_margins, scalar, sft_loss, soft_pair_loss,
+};
+pub use metrics::MetricRow;
+pub use model::{Decoder, DecoderLayer};
+pub use train::{Checkpointed, Finished, Objective, Run, Schedule, TrainSettings, checkpoint_dir};
+
+pub use burn::tensor::Device;

@@ -1,0 +1,195 @@
+//! The three objectives: SFT cross-entropy on answer tokens, the preference
+//! model's soft Bradley–Terry loss, and DPO with soft targets.
+//!
+//! Losses come back as *sums* over the batch divided by a caller-given
+//! denominator, so that micro-batches of one optimizer step add up to the
+//! mean over the whole step (gradient accumulation is then exact).
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::{log_sigmoid, log_softmax};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::data::Tokens;
+use crate::model::{param_with_id, values};
+use crate::{Decoder, Error, Result};
+
+/// Rows right-padded into one `[batch, width]` id tensor, with a `[batch,
+/// width - 1]` mask that is 1 where position `i` predicts an answer token
+/// (`i + 1 >= prompt_len`) and 0 on prompt and padding.
+fn pad(model: &Decoder, rows: &[&Tokens]) -> Result<(Tensor<2, Int>, Tensor<2>, usize)> {
+    let width = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
+    if width < 2 {
+        return Err(Error::Input(
+            "a training row needs at least two tokens".to_string(),
+        ));
+    }
+    let mut ids = Vec::with_capacity(rows.len() * width);
+    let mut mask = Vec::with_capacity(rows.len() * (width - 1));
+    for row in rows {
+        if row.prompt_len == 0 || row.prompt_len > row.ids.len() {
+            return Err(Error::Input(format!(
+                "a row of {} tokens cannot have a prompt of {}",
+                row.ids.len(),
+                row.prompt_len
+            )));
+        }
+        ids.extend(row.ids.iter().copied());
+        ids.extend(std::iter::repeat_n(0, width - row.ids.len()));
+        mask.extend((1..width).map(|next| {
+            if next >= row.prompt_len && next < row.ids.len() {
+                1f32
+            } else {
+                0.0
+            }
+        }));
+    }
+    let device = model.device();
+    let id_rows: Vec<&[u32]> = ids.chunks(width).collect();
+    let ids = model.ids(&id_rows, &device)?;
+    let mask = Tensor::<2>::from_data(TensorData::new(mask, [rows.len(), width - 1]), &device);
+    Ok((ids, mask, width))
+}
+
+/// Log-probability of each next token `[batch, width - 1]`, with the answer
+/// mask of [`pad`].
+fn next_token_logps(model: &Decoder, rows: &[&Tokens]) -> Result<(Tensor<2>, Tensor<2>)> {
+    let (ids, mask, width) = pad(model, rows)?;
+    let b = rows.len();
+    let logits = model.forward(ids.clone());
+    let logp = log_softmax(logits.narrow(1, 0, width - 1), 2);
+    let next = ids.narrow(1, 1, width - 1).unsqueeze_dim::<3>(2);
+    Ok((logp.gather(2, next).reshape([b, width - 1]), mask))
+}
+
+/// Summed next-token cross-entropy over the answer tokens of `rows`,
+/// divided by `denominator` (the step's answer-token count).
+pub fn sft_loss(model: &Decoder, rows: &[&Tokens], denominator: f64) -> Result<Tensor<1>> {
+    let (logp, mask) = next_token_logps(model, rows)?;
+    Ok((logp * mask).sum().neg() / denominator)
+}
+
+/// Sum of the answer tokens' log-probabilities per row, `[batch]`.
+pub fn answer_logps(model: &Decoder, rows: &[&Tokens]) -> Result<Tensor<1>> {
+    let (logp, mask) = next_token_logps(model, rows)?;
+    Ok((logp * mask).sum_dim(1).reshape([rows.len()]))
+}
+
+/// The soft pairwise loss `-(p·log σ(z) + (1 - p)·log σ(-z))` summed over
+/// pairs and divided by `denominator`, for margins `z` `[pairs]` and
+/// targets `p` (probability that A is better). With `z = 0` every pair
+/// costs ln 2.
+pub fn soft_pair_loss(z: Tensor<1>, p: &[f64], denominator: f64) -> Tensor<1> {
+    let device = z.device();
+    let p: Vec<f32> = p.iter().map(|&v| v as f32).collect();
+    let n = p.len();
+    let p = Tensor::<1>::from_data(TensorData::new(p, [n]), &device);
+    let q = p.clone().neg() + 1.0;
+    let loss = p * log_sigmoid(z.clone()) + q * log_sigmoid(z.neg());
+    loss.sum().neg() / denominator
+}
+
+/// How many margins point the way the label leans (`p > 0.5` and `z > 0`,
+/// or `p < 0.5` and `z < 0`), and how many labels lean at all.
+pub fn agreement(z: &[f32], p: &[f64]) -> (usize, usize) {
+    let mut agree = 0;
+    let mut leaning = 0;
+    for (&z, &p) in z.iter().zip(p) {
+        if p != 0.5 {
+            leaning += 1;
+            if (p > 0.5) == (z > 0.0) && z != 0.0 {
+                agree += 1;
+            }
+        }
+    }
+    (agree, leaning)
+}
+
+/// DPO margins `β·((log π(a) − log π_ref(a)) − (log π(b) − log π_ref(b)))`
+/// for pairs whose A and B conversations are `rows[..n]` and `rows[n..]`,
+/// with the reference model's answer log-probs `reference` (`[a, b]` per pair).
+pub fn dpo_margins(
+    model: &Decoder,
+    rows: &[&Tokens],
+    reference: &[[f64; 2]],
+    beta: f64,
+) -> Result<Tensor<1>> {
+    let n = reference.len();
+    if rows.len() != 2 * n {
+        return Err(Error::Input(format!(
+            "{} conversations for {n} pairs",
+            rows.len()
+        )));
+    }
+    let logps = answer_logps(model, rows)?;
+    let device = model.device();
+    let ref_margin: Vec<f32> = reference.iter().map(|[a, b]| (a - b) as f32).collect();
+    let ref_margin = Tensor::<1>::from_data(TensorData::new(ref_margin, [n]), &device);
+    let policy_margin = logps.clone().narrow(0, 0, n) - logps.narrow(0, n, n);
+    Ok((policy_margin - ref_margin) * beta)
+}
+
+/// A preference model: the decoder's final hidden state at a
+/// conversation's last token, projected to a scalar score.
+#[derive(Module, Debug)]
+pub struct PreferenceModel {
+    /// The language model backbone (its LM head goes unused).
+    pub backbone: Decoder,
+    /// The score head `[1, hidden]` (HuggingFace's `score.weight`).
+    pub score: Param<Tensor<2>>,
+}
+
+/// Parameter id of the score head: after every decoder parameter.
+const SCORE_ID: u64 = 1 << 40;
+
+impl PreferenceModel {
+    /// A preference model on `backbone` with a zero score head (every
+    /// score 0 until trained), or with the head `score` (`hidden` values).
+    pub fn new(backbone: Decoder, score: Option<Vec<f32>>) -> Result<Self> {
+        let h = backbone.config().hidden_size;
+        let values = score.unwrap_or_else(|| vec![0.0; h]);
+        if values.len() != h {
+            return Err(Error::Shape {
+                name: "score.weight".to_string(),
+                got: vec![values.len()],
+                want: vec![1, h],
+            });
+        }
+        let device: Device = backbone.device();
+        let head = Tensor::<2>::from_data(TensorData::new(values, [1, h]), &device);
+        Ok(PreferenceModel {
+            backbone,
+            score: param_with_id(SCORE_ID, head),
+        })
+    }
+
+    /// Scores `[batch]` of whole conversations `rows` (prompt and answer),
+    /// read at each row's last token.
+    pub fn scores(&self, rows: &[&Tokens]) -> Result<Tensor<1>> {
+        let (ids, _, width) = pad(&self.backbone, rows)?;
+        let h = self.backbone.config().hidden_size;
+        let b = rows.len();
+        let hidden = self.backbone.hidden(ids).reshape([b * width, h]);
+        let last: Vec<i64> = rows
+            .iter()
+            .enumerate()
+            .map(|(r, row)| (r * width + row.ids.len() - 1) as i64)
+            .collect();
+        let device = self.backbone.device();
+        let last = Tensor::<1, Int>::from_data(TensorData::new(last, [b]), &device);
+        let picked = hidden.select(0, last);
+        Ok(picked.matmul(self.score.val().transpose()).reshape([b]))
+    }
+
+    /// The score head's values.
+    pub fn score_values(&self) -> Result<Vec<f32>> {
+        values(self.score.val().into_data())
+    }
+}
+
+/// A one-element tensor's value.
+pub fn scalar(t: &Tensor<1>) -> Result<f32> {
+    values(t.to_data())?
+        .first()
+        .copied()
+        .ok_or_else(|| Error::Data("empty loss tensor".to_string()))
+}
