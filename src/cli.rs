@@ -58,6 +58,9 @@ pub(crate) enum Command {
     /// Measure a model or labeller.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Train on charter's tables: SFT on revisions, a preference model or DPO on labels.
+    #[command(subcommand)]
+    Train(TrainCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +82,17 @@ pub(crate) enum DtypeArg {
     Int8,
     /// 4-bit block weights: smallest; exact for Q4_0/Q4_1 sources (KL ~0.002 nats on the default model).
     Int4,
+}
+
+impl DtypeArg {
+    /// The model-directory dtype.
+    pub(crate) fn dtype(self) -> charter_model::Dtype {
+        match self {
+            DtypeArg::F32 => charter_model::Dtype::F32,
+            DtypeArg::Int8 => charter_model::Dtype::Int8,
+            DtypeArg::Int4 => charter_model::Dtype::Int4,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -508,4 +522,123 @@ pub(crate) struct BuildArgs {
     /// Print the build report as JSON on stdout.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TrainCommand {
+    /// Supervised fine-tuning on `revisions` tables (SL-CAI); `responses` tables mix in helpfulness rows.
+    Sft(TrainSftArgs),
+    /// A preference model (the backbone with a scalar head) on a `labels` table's soft labels.
+    Pm(TrainPmArgs),
+    /// DPO on a `labels` table with soft targets (RL-CAI); the starting model is the reference.
+    Dpo(TrainDpoArgs),
+}
+
+/// Learning-rate schedules after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ScheduleArg {
+    /// The peak rate throughout.
+    Constant,
+    /// Half a cosine from the peak rate to zero.
+    Cosine,
+}
+
+/// Where to train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum DeviceArg {
+    /// A hardware GPU through wgpu when one exists, else the CPU.
+    Auto,
+    /// burn's pure-Rust CPU backend.
+    Cpu,
+    /// burn's wgpu backend.
+    Wgpu,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TrainFlags {
+    /// The model directory to start from.
+    #[arg(short, long, value_name = "DIR")]
+    pub(crate) model: PathBuf,
+    /// The model directory to write (a checkpoint is kept beside it, as DIR.checkpoint, until it is done).
+    #[arg(short, long, value_name = "DIR")]
+    pub(crate) output: PathBuf,
+    /// Passes over the examples.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub(crate) epochs: usize,
+    /// Peak learning rate.
+    #[arg(long, value_name = "LR", default_value_t = 1e-5)]
+    pub(crate) lr: f64,
+    /// Schedule after warm-up.
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
+    pub(crate) schedule: ScheduleArg,
+    /// Steps of linear warm-up.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) warmup_steps: usize,
+    /// Examples per forward pass (a preference pair counts once).
+    #[arg(long, value_name = "B", default_value_t = 4)]
+    pub(crate) batch_size: usize,
+    /// Forward passes per optimizer step.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub(crate) grad_accum: usize,
+    /// Tokens per conversation (prompt and answer); longer answers are cut.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub(crate) max_len: usize,
+    /// AdamW weight decay.
+    #[arg(long, value_name = "W", default_value_t = 0.0)]
+    pub(crate) weight_decay: f64,
+    /// Seeds the example order (and the preference model's held-out split).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// Steps between checkpoints (0: only on Ctrl-C).
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub(crate) checkpoint_every: usize,
+    /// Continue an interrupted run from its checkpoint (same inputs and settings).
+    #[arg(long)]
+    pub(crate) resume: bool,
+    /// Where to train.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub(crate) device: DeviceArg,
+    /// Weight type of the output's generation graph (training itself is f32).
+    #[arg(long, value_enum, default_value_t = DtypeArg::Int8)]
+    pub(crate) dtype: DtypeArg,
+    /// Print the training record as JSON on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TrainSftArgs {
+    /// `revisions` tables, and `responses` tables to mix in (repeatable).
+    #[arg(short, long, value_name = "TABLE", required = true)]
+    pub(crate) input: Vec<PathBuf>,
+    #[command(flatten)]
+    pub(crate) flags: TrainFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TrainPmArgs {
+    /// The `labels` table.
+    #[arg(short, long, value_name = "TABLE")]
+    pub(crate) input: PathBuf,
+    /// Share of pairs held out for the accuracy and calibration report.
+    #[arg(long, value_name = "SHARE", default_value_t = 0.1)]
+    pub(crate) held_out: f64,
+    #[command(flatten)]
+    pub(crate) flags: TrainFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TrainDpoArgs {
+    /// The `labels` table.
+    #[arg(short, long, value_name = "TABLE")]
+    pub(crate) input: PathBuf,
+    /// DPO's β: how far the policy may move from the reference.
+    #[arg(long, default_value_t = 0.1)]
+    pub(crate) beta: f64,
+    /// Where the reference model's log-probabilities are cached
+    /// [default: $XDG_CACHE_HOME/charter/dpo-reference or ~/.cache/charter/dpo-reference].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) cache: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) flags: TrainFlags,
 }

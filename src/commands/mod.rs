@@ -9,6 +9,7 @@ mod model;
 mod prompts_import;
 mod respond;
 mod stages;
+mod train;
 
 use std::io::Read;
 use std::path::Path;
@@ -38,6 +39,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Export(args) => stages::export(args, cli.quiet),
         Command::Build(args) => build::run(args, cli.quiet),
         Command::Eval(crate::cli::EvalCommand::Labeler(args)) => stages::eval_labeler(args),
+        Command::Train(command) => train::run(command, cli.quiet),
     }
 }
 

@@ -1,16 +1,12 @@
 //! `charter model import|info|tiny`: model directories.
 
 use anyhow::{Context, Result, bail};
-use charter_model::{Dtype, ModelDir, import_gguf, import_hf, write_tiny};
+use charter_model::{ModelDir, import_gguf, import_hf, write_tiny};
 
-use crate::cli::{DtypeArg, ModelImportArgs, ModelInfoArgs, ModelTinyArgs};
+use crate::cli::{ModelImportArgs, ModelInfoArgs, ModelTinyArgs};
 
 pub(crate) fn import(args: ModelImportArgs, quiet: bool) -> Result<()> {
-    let dtype = match args.dtype {
-        DtypeArg::F32 => Dtype::F32,
-        DtypeArg::Int8 => Dtype::Int8,
-        DtypeArg::Int4 => Dtype::Int4,
-    };
+    let dtype = args.dtype.dtype();
     let progress = crate::progress::spinner(quiet);
     progress.set_message(format!("importing {}", args.source.display()));
     // A directory is a HuggingFace checkpoint, a file a GGUF.

@@ -13,6 +13,7 @@ mod inspect;
 mod model_import;
 mod respond;
 mod stages;
+mod train;
 
 use std::io::Write;
 use std::path::Path;

@@ -42,8 +42,8 @@ pub struct Job<'a> {
 pub struct TrainReport {
     /// `sft`, `pm` or `dpo`.
     pub objective: &'static str,
-    /// The model trained from: name and content hash.
-    pub base_model: (String, String),
+    /// The model trained from: its name and content hash.
+    pub base_model: InputRef,
     /// Input tables by name and content hash.
     pub inputs: Vec<InputRef>,
     /// Loop settings.
@@ -227,10 +227,10 @@ fn finish(
 ) -> Result<Outcome> {
     let report = TrainReport {
         objective,
-        base_model: (
-            prepared.base.provenance.name.clone(),
-            prepared.base.provenance.content_hash.clone(),
-        ),
+        base_model: InputRef {
+            name: prepared.base.provenance.name.clone(),
+            content_hash: prepared.base.provenance.content_hash.clone(),
+        },
         inputs,
         settings: job.settings.clone(),
         objective_settings,

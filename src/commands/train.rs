@@ -1,0 +1,155 @@
+//! `charter train sft|pm|dpo`: a model directory and tables → a trained model directory.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use charter_train::{
+    DeviceChoice, Job, MetricRow, Outcome, Schedule, TrainSettings, train_dpo, train_pm, train_sft,
+};
+
+use crate::cli::{DeviceArg, ScheduleArg, TrainCommand, TrainFlags};
+
+/// Set by Ctrl-C (or SIGTERM): finish the step, checkpoint, stop.
+static INTERRUPT: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn run(command: TrainCommand, quiet: bool) -> Result<()> {
+    let flags = match &command {
+        TrainCommand::Sft(a) => &a.flags,
+        TrainCommand::Pm(a) => &a.flags,
+        TrainCommand::Dpo(a) => &a.flags,
+    };
+    let job = job(flags)?;
+    // A second signal while the step finishes falls back to the default (exit at once):
+    // the last checkpoint is still intact.
+    ctrlc::set_handler(|| {
+        if INTERRUPT.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: finishing this step, then writing a checkpoint");
+    })
+    .context("installing the Ctrl-C handler")?;
+    if !quiet {
+        eprintln!(
+            "training on {}; {} → {}",
+            charter_train::describe(job.device),
+            flags.model.display(),
+            flags.output.display()
+        );
+    }
+    let bar = crate::progress::rows_bar(quiet);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps {msg} [{elapsed} < {eta}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut progress = |m: &MetricRow, total: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(m.step);
+        let accuracy = m
+            .accuracy
+            .map(|a| format!(" acc {:.0}%", 100.0 * a))
+            .unwrap_or_default();
+        bar.set_message(format!(
+            "loss {:.4}{accuracy} lr {:.2e} {:.0} tok/s",
+            m.loss, m.lr, m.tokens_per_s
+        ));
+    };
+    let outcome = match &command {
+        TrainCommand::Sft(a) => train_sft(&job, &a.input, &mut progress)
+            .with_context(|| format!("train sft from {}", a.flags.model.display()))?,
+        TrainCommand::Pm(a) => train_pm(&job, &a.input, a.held_out, &mut progress)
+            .with_context(|| format!("train pm from {}", a.flags.model.display()))?,
+        TrainCommand::Dpo(a) => {
+            let cache = match &a.cache {
+                Some(dir) => dir.clone(),
+                None => default_cache()?,
+            };
+            train_dpo(&job, &a.input, a.beta, &cache, &mut progress)
+                .with_context(|| format!("train dpo from {}", a.flags.model.display()))?
+        }
+    };
+    bar.finish_and_clear();
+    match outcome {
+        Outcome::Interrupted { step, checkpoint } => bail!(
+            "interrupted after step {step}; the checkpoint is {}: run the same command with \
+             --resume to continue",
+            checkpoint.display()
+        ),
+        Outcome::Written { dir, report } => {
+            if flags.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else if !quiet {
+                eprintln!(
+                    "trained {} ({}) on {} examples ({} skipped: prompt longer than --max-len) \
+                     in {} steps; final loss {:.4}",
+                    dir.path.display(),
+                    report.objective,
+                    report.examples,
+                    report.skipped,
+                    report.steps,
+                    report.final_loss
+                );
+                if let Some(h) = report.held_out {
+                    eprintln!(
+                        "held-out pairs: {}; accuracy {:.1}%, loss {:.4}, Brier {:.4}, ECE {:.4}",
+                        h.pairs,
+                        100.0 * h.accuracy,
+                        h.loss,
+                        h.brier,
+                        h.ece
+                    );
+                }
+                eprintln!(
+                    "model hash {}; metrics in {}",
+                    &dir.provenance.content_hash[..16],
+                    dir.path.join("metrics.parquet").display()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn job(flags: &TrainFlags) -> Result<Job<'_>> {
+    let settings = TrainSettings {
+        epochs: flags.epochs,
+        lr: flags.lr,
+        schedule: match flags.schedule {
+            ScheduleArg::Constant => Schedule::Constant,
+            ScheduleArg::Cosine => Schedule::Cosine,
+        },
+        warmup_steps: flags.warmup_steps,
+        batch_size: flags.batch_size,
+        grad_accum: flags.grad_accum,
+        max_len: flags.max_len,
+        weight_decay: flags.weight_decay,
+        seed: flags.seed,
+        checkpoint_every: flags.checkpoint_every,
+    };
+    settings.validate()?;
+    Ok(Job {
+        model: &flags.model,
+        out: &flags.output,
+        settings,
+        device: match flags.device {
+            DeviceArg::Auto => DeviceChoice::Auto,
+            DeviceArg::Cpu => DeviceChoice::Cpu,
+            DeviceArg::Wgpu => DeviceChoice::Wgpu,
+        },
+        dtype: flags.dtype.dtype(),
+        resume: flags.resume,
+        interrupt: &INTERRUPT,
+    })
+}
+
+/// `$XDG_CACHE_HOME/charter/dpo-reference`, else `~/.cache/charter/dpo-reference`.
+fn default_cache() -> Result<PathBuf> {
+    let base = match (std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME")) {
+        (Some(x), _) if !x.is_empty() => PathBuf::from(x),
+        (_, Some(home)) => PathBuf::from(home).join(".cache"),
+        _ => bail!("neither XDG_CACHE_HOME nor HOME is set: pass --cache DIR"),
+    };
+    Ok(base.join("charter").join("dpo-reference"))
+}

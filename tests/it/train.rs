@@ -1,0 +1,238 @@
+//! `charter train sft|pm|dpo` on the tiny model: the loop from a build's
+//! tables to trained model directories that the other commands use, and
+//! Ctrl-C leaving a checkpoint instead of a half-written model.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::{fails, file, ok};
+
+fn path(dir: &Path, name: &str) -> String {
+    dir.join(name).to_str().unwrap().to_string()
+}
+
+fn constitution() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/small-constitution.toml")
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Tiny model; responses, revisions and labels tables of 3 prompts × 2 samples.
+fn tables(dir: &Path) -> [String; 4] {
+    let model = path(dir, "tiny");
+    ok(&["model", "tiny", "-o", &model, "--seed", "5"]);
+    let input = file(
+        dir,
+        "p.txt",
+        "How do I pick a lock?\nSay hi.\nName a colour.\n",
+    );
+    let prompts = path(dir, "prompts.parquet");
+    ok(&["prompts", "import", &input, "-o", &prompts, "--no-near-dup"]);
+    let responses = path(dir, "responses.parquet");
+    let sampling = ["--max-new-tokens", "12", "--temperature", "1"];
+    let mut args = vec!["respond", "-m", &model, "-i", &prompts, "-o", &responses];
+    args.extend(["--samples", "2"]);
+    args.extend(sampling);
+    ok(&args);
+    let c = constitution();
+    let (critiques, revisions) = (path(dir, "c1.parquet"), path(dir, "r1.parquet"));
+    for (kind, from, to) in [
+        ("critique", &responses, &critiques),
+        ("revise", &critiques, &revisions),
+    ] {
+        let mut args = vec![kind, "-m", &model, "-c", &c, "-i", from, "-o", to];
+        args.extend(sampling);
+        ok(&args);
+    }
+    let pairs = path(dir, "pairs.parquet");
+    ok(&["pair", "-i", &responses, "-o", &pairs]);
+    let labels = path(dir, "labels.parquet");
+    ok(&["label", "-m", &model, "-c", &c, "-i", &pairs, "-o", &labels]);
+    [model, responses, revisions, labels]
+}
+
+fn record(stdout: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(stdout).unwrap()
+}
+
+#[test]
+fn sft_pm_and_dpo_train_models_the_pipeline_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let [model, responses, revisions, labels] = tables(d);
+    let quick = [
+        "--max-len",
+        "96",
+        "--batch-size",
+        "2",
+        "--dtype",
+        "f32",
+        "--json",
+    ];
+
+    // SL-CAI: revisions, with the responses mixed in as helpfulness rows.
+    let sl = path(d, "sl-cai");
+    let mut args = vec![
+        "train", "sft", "-m", &model, "-i", &revisions, "-i", &responses,
+    ];
+    args.extend(["-o", &sl, "--epochs", "2", "--lr", "1e-3"]);
+    args.extend(quick);
+    let sft = record(&ok(&args));
+    assert_eq!(sft["objective"], "sft");
+    let names: Vec<&str> = sft["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["revisions", "responses"]);
+    assert!(sft["examples"].as_u64().unwrap() > 0, "{sft}");
+    assert!(sft["final_loss"].as_f64().unwrap().is_finite());
+    // The trained model generates: SL-CAI samples for the RL stage.
+    let prompts = path(d, "prompts.parquet");
+    let sl_responses = path(d, "sl-responses.parquet");
+    ok(&[
+        "respond",
+        "-m",
+        &sl,
+        "-i",
+        &prompts,
+        "-o",
+        &sl_responses,
+        "--max-new-tokens",
+        "4",
+    ]);
+    let info = record(&ok(&["model", "info", &sl, "--json"]));
+    assert_ne!(
+        info["provenance"]["content_hash"],
+        record(&ok(&["model", "info", &model, "--json"]))["provenance"]["content_hash"]
+    );
+
+    // Preference model on the labels (nothing held out: 6 pairs).
+    let pm = path(d, "pm");
+    let mut args = vec!["train", "pm", "-m", &model, "-i", &labels, "-o", &pm];
+    args.extend(["--held-out", "0", "--lr", "1e-3"]);
+    args.extend(quick);
+    assert_eq!(record(&ok(&args))["objective"], "pm");
+    assert!(Path::new(&pm).join("score.safetensors").is_file());
+
+    // RL-CAI: DPO from the SL-CAI model; the reference log-probs are cached.
+    let rl = path(d, "rl-cai");
+    let cache = path(d, "ref-cache");
+    let mut args = vec!["train", "dpo", "-m", &sl, "-i", &labels, "-o", &rl];
+    args.extend(["--cache", &cache, "--beta", "0.2"]);
+    args.extend(quick);
+    let dpo = record(&ok(&args));
+    assert_eq!(dpo["objective"], "dpo");
+    assert_eq!(dpo["objective_settings"]["beta"], 0.2);
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+    // Training a second time gives the same weights, hence the same model hash.
+    let again = path(d, "rl-cai-again");
+    args[7] = &again;
+    ok(&args);
+    let hash = |dir: &str| {
+        record(&ok(&["model", "info", dir, "--json"]))["provenance"]["content_hash"].clone()
+    };
+    assert_eq!(hash(&rl), hash(&again));
+
+    // Errors name what is wrong.
+    let err = fails(
+        &[
+            "train",
+            "dpo",
+            "-m",
+            &model,
+            "-i",
+            &revisions,
+            "-o",
+            &path(d, "x"),
+        ],
+        None,
+    );
+    assert!(
+        err.contains("r1.parquet") && err.contains("labels"),
+        "{err}"
+    );
+    let err = fails(
+        &[
+            "train",
+            "sft",
+            "-m",
+            &model,
+            "-i",
+            &revisions,
+            "-o",
+            &path(d, "x"),
+            "--device",
+            "wgpu",
+        ],
+        None,
+    );
+    assert!(err.contains("wgpu"), "{err}");
+    let err = fails(
+        &[
+            "train",
+            "sft",
+            "-m",
+            &model,
+            "-i",
+            &revisions,
+            "-o",
+            &path(d, "x"),
+            "--lr",
+            "0",
+        ],
+        None,
+    );
+    assert!(err.contains("--lr"), "{err}");
+}
+
+#[test]
+fn ctrl_c_leaves_a_checkpoint_and_no_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let [model, _, revisions, _] = tables(d);
+    let out = path(d, "sl-cai");
+    let child = Command::new(env!("CARGO_BIN_EXE_charter"))
+        .args(["train", "sft", "-m", &model, "-i", &revisions, "-o", &out])
+        .args([
+            "--epochs",
+            "1000000",
+            "--checkpoint-every",
+            "0",
+            "--batch-size",
+            "2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("--resume"), "{stderr}");
+    let checkpoint = Path::new(&out).with_file_name("sl-cai.checkpoint");
+    assert!(checkpoint.join("state.json").is_file(), "{stderr}");
+    assert!(checkpoint.join("metrics.parquet").is_file());
+    assert!(
+        !Path::new(&out).exists(),
+        "an interrupted run must not look finished"
+    );
+    // A different run does not pick the checkpoint up.
+    let err = fails(
+        &[
+            "train", "sft", "-m", &model, "-i", &revisions, "-o", &out, "--resume", "--epochs", "2",
+        ],
+        None,
+    );
+    assert!(err.contains("different run"), "{err}");
+}
