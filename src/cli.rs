@@ -61,6 +61,8 @@ pub(crate) enum Command {
     /// Train on charter's tables: SFT on revisions, a preference model or DPO on labels.
     #[command(subcommand)]
     Train(TrainCommand),
+    /// Add preference-model scores to a responses, revisions, pairs or labels table.
+    Score(ScoreArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -641,4 +643,26 @@ pub(crate) struct TrainDpoArgs {
     pub(crate) cache: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) flags: TrainFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ScoreArgs {
+    /// The preference model directory (`charter train pm`).
+    #[arg(short, long, value_name = "DIR")]
+    pub(crate) model: PathBuf,
+    /// A `responses`, `revisions`, `pairs` or `labels` table.
+    #[arg(short, long, value_name = "IN")]
+    pub(crate) input: PathBuf,
+    /// The same table with `pm_score` (or `pm_score_a`, `pm_score_b`) added (`-` for standard output).
+    #[arg(short, long, value_name = "OUT")]
+    pub(crate) output: String,
+    /// Conversations scored together.
+    #[arg(long, value_name = "B", default_value_t = 8)]
+    pub(crate) batch_size: usize,
+    /// Tokens per conversation; longer answers are cut.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub(crate) max_len: usize,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
 }

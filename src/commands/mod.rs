@@ -40,6 +40,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Build(args) => build::run(args, cli.quiet),
         Command::Eval(crate::cli::EvalCommand::Labeler(args)) => stages::eval_labeler(args),
         Command::Train(command) => train::run(command, cli.quiet),
+        Command::Score(args) => train::score(args, cli.quiet),
     }
 }
 

@@ -8,7 +8,7 @@ use charter_train::{
     DeviceChoice, Job, MetricRow, Outcome, Schedule, TrainSettings, train_dpo, train_pm, train_sft,
 };
 
-use crate::cli::{DeviceArg, ScheduleArg, TrainCommand, TrainFlags};
+use crate::cli::{DeviceArg, ScheduleArg, ScoreArgs, TrainCommand, TrainFlags};
 
 /// Set by Ctrl-C (or SIGTERM): finish the step, checkpoint, stop.
 static INTERRUPT: AtomicBool = AtomicBool::new(false);
@@ -152,4 +152,42 @@ fn default_cache() -> Result<PathBuf> {
         _ => bail!("neither XDG_CACHE_HOME nor HOME is set: pass --cache DIR"),
     };
     Ok(base.join("charter").join("dpo-reference"))
+}
+
+pub(crate) fn score(args: ScoreArgs, quiet: bool) -> Result<()> {
+    let output = charter_table::Output::parse(&args.output);
+    super::check_json_output(args.json, &output)?;
+    let bar = crate::progress::rows_bar(quiet);
+    let summary = charter_train::score_table(
+        &args.model,
+        &args.input,
+        &output,
+        args.batch_size,
+        args.max_len,
+        &mut |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+    )
+    .with_context(|| format!("score {}", args.input.display()))?;
+    bar.finish_and_clear();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "rows": summary.table.rows,
+                "scored": summary.scored,
+                "unscored": summary.unscored,
+                "output": output.display(),
+                "content_hash": summary.table.content_hash,
+            })
+        );
+    } else if !quiet {
+        eprintln!(
+            "scored {} answers ({} left without a score: prompt longer than --max-len)",
+            summary.scored, summary.unscored
+        );
+        eprintln!("{}", super::written(&output, &summary.table));
+    }
+    Ok(())
 }

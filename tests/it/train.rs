@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::{fails, file, ok};
+use crate::{fails, file, inspect, ok};
 
 fn path(dir: &Path, name: &str) -> String {
     dir.join(name).to_str().unwrap().to_string()
@@ -118,6 +118,74 @@ fn sft_pm_and_dpo_train_models_the_pipeline_uses() {
     args.extend(quick);
     assert_eq!(record(&ok(&args))["objective"], "pm");
     assert!(Path::new(&pm).join("score.safetensors").is_file());
+
+    // `score` adds the PM's scores; an answer scores the same in every table.
+    let scored = path(d, "scored-responses.parquet");
+    let summary = record(&ok(&[
+        "score", "-m", &pm, "-i", &responses, "-o", &scored, "--json",
+    ]));
+    assert_eq!(summary["scored"], 6);
+    let scored_pairs = path(d, "scored-pairs.parquet");
+    let pairs = path(d, "pairs.parquet");
+    ok(&[
+        "score",
+        "-m",
+        &pm,
+        "-i",
+        &pairs,
+        "-o",
+        &scored_pairs,
+        "--batch-size",
+        "3",
+    ]);
+    let by_id: std::collections::BTreeMap<String, f64> = inspect(&scored)["head"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["pm_score"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let pair_rows = inspect(&scored_pairs)["head"].as_array().unwrap().clone();
+    assert!(!pair_rows.is_empty());
+    for row in &pair_rows {
+        for side in ["a", "b"] {
+            let want = by_id[row[format!("response_{side}_id")].as_str().unwrap()];
+            let got = row[format!("pm_score_{side}")].as_f64().unwrap();
+            assert!((want - got).abs() < 1e-4, "{side}: {want} vs {got}");
+        }
+    }
+    // The scored table is still a responses table, and it cannot be scored twice.
+    assert_eq!(inspect(&scored)["metadata"]["charter.table"], "responses");
+    let err = fails(
+        &[
+            "score",
+            "-m",
+            &pm,
+            "-i",
+            &scored,
+            "-o",
+            &path(d, "x.parquet"),
+        ],
+        None,
+    );
+    assert!(err.contains("pm_score"), "{err}");
+    let err = fails(
+        &[
+            "score",
+            "-m",
+            &pm,
+            "-i",
+            &prompts,
+            "-o",
+            &path(d, "x.parquet"),
+        ],
+        None,
+    );
+    assert!(err.contains("`prompts` table"), "{err}");
 
     // RL-CAI: DPO from the SL-CAI model; the reference log-probs are cached.
     let rl = path(d, "rl-cai");

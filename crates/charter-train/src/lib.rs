@@ -18,6 +18,7 @@ mod jobs;
 mod loss;
 mod metrics;
 mod model;
+mod score;
 mod train;
 
 pub use data::{Formatter, PreferenceExample, SftExample, Tokens, read_labels, read_sft};
@@ -32,6 +33,7 @@ pub use loss::{
 };
 pub use metrics::MetricRow;
 pub use model::{Decoder, DecoderLayer};
+pub use score::{ScoreSummary, score_table};
 pub use train::{Checkpointed, Finished, Objective, Run, Schedule, TrainSettings, checkpoint_dir};
 
 pub use burn::tensor::Device;

@@ -1,0 +1,148 @@
+//! Scoring a table's answers with a preference model: the table comes back
+//! with its columns and rows unchanged, plus score columns.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use charter_model::ModelDir;
+use charter_table::{InputRef, Output, Provenance, TableFile, TableSummary, TableWriter};
+
+use crate::data::{Formatter, Tokens};
+use crate::jobs::open_preference_model;
+use crate::model::values;
+use crate::{DeviceChoice, Error, Result, select_device};
+
+/// Which answer columns a table has, and the score columns they get.
+fn answer_columns(table: &str) -> Option<&'static [(&'static str, &'static str)]> {
+    match table {
+        "responses" | "revisions" => Some(&[("text", "pm_score")]),
+        "pairs" | "labels" => Some(&[("response_a", "pm_score_a"), ("response_b", "pm_score_b")]),
+        _ => None,
+    }
+}
+
+/// What `score` reports.
+#[derive(Debug, Clone)]
+pub struct ScoreSummary {
+    /// The written table.
+    pub table: TableSummary,
+    /// Answers scored.
+    pub scored: u64,
+    /// Answers left without a score (the prompt alone fills `max_len`).
+    pub unscored: u64,
+}
+
+fn string_column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a StringArray> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .ok_or_else(|| Error::Input(format!("{}: no string column `{name}`", path.display())))
+}
+
+/// Adds preference-model score columns to a `responses`, `revisions`,
+/// `pairs` or `labels` table: `pm_score` for the answer (`text`), or
+/// `pm_score_a` and `pm_score_b` for the two answers. A score is the PM's
+/// scalar on the conversation (prompt as a user turn, then the answer); an
+/// answer longer than `max_len` tokens is cut, and one whose prompt alone
+/// fills it gets a null score.
+pub fn score_table(
+    pm_dir: &Path,
+    input: &Path,
+    output: &Output,
+    batch_size: usize,
+    max_len: usize,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ScoreSummary> {
+    let table = TableFile::open(input)?;
+    let spec = table.core_spec()?;
+    let columns = answer_columns(spec.name).ok_or_else(|| {
+        Error::Input(format!(
+            "{}: `score` adds preference-model scores to responses, revisions, pairs or labels \
+             tables, not a `{}` table",
+            input.display(),
+            spec.name
+        ))
+    })?;
+    if let Some(existing) = columns
+        .iter()
+        .find(|(_, out)| table.schema().column_with_name(out).is_some())
+    {
+        return Err(Error::Input(format!(
+            "{}: the table already has a `{}` column",
+            input.display(),
+            existing.1
+        )));
+    }
+    let dir = ModelDir::open(pm_dir)?;
+    let device = select_device(DeviceChoice::Cpu, false)?;
+    let pm = open_preference_model(pm_dir, &device)?;
+    let formatter = Formatter::new(&dir, max_len)?;
+
+    let mut fields: Vec<Arc<Field>> = table.schema().fields().iter().cloned().collect();
+    fields.extend(
+        columns
+            .iter()
+            .map(|(_, out)| Arc::new(Field::new(*out, DataType::Float64, true))),
+    );
+    let schema = Arc::new(Schema::new_with_metadata(
+        fields,
+        table.schema().metadata().clone(),
+    ));
+    let provenance = Provenance {
+        stage: "score".to_string(),
+        stage_version: 1,
+        settings: serde_json::json!({ "max_len": max_len }),
+        inputs: vec![InputRef {
+            name: spec.name.to_string(),
+            content_hash: table.content_hash().unwrap_or_default().to_string(),
+        }],
+        model_hash: Some(dir.provenance.content_hash.clone()),
+        constitution_hash: None,
+    };
+    let mut writer = TableWriter::with_schema(output, spec, schema.clone(), &provenance)?;
+    let total = table.num_rows() * columns.len() as u64;
+    let (mut scored, mut unscored) = (0u64, 0u64);
+    for batch in table.batches()? {
+        let batch = batch?;
+        let prompts = string_column(&batch, "prompt", input)?;
+        let mut out: Vec<ArrayRef> = batch.columns().to_vec();
+        for (answer, _) in columns.iter() {
+            let answers = string_column(&batch, answer, input)?;
+            let mut conversations: Vec<Option<Tokens>> = Vec::with_capacity(batch.num_rows());
+            for row in 0..batch.num_rows() {
+                conversations.push(formatter.encode(
+                    prompts.value(row),
+                    answers.value(row),
+                    true,
+                )?);
+            }
+            let present: Vec<(usize, &Tokens)> = conversations
+                .iter()
+                .enumerate()
+                .filter_map(|(i, t)| t.as_ref().map(|t| (i, t)))
+                .collect();
+            let mut scores = vec![None; batch.num_rows()];
+            for chunk in present.chunks(batch_size.max(1)) {
+                let rows: Vec<&Tokens> = chunk.iter().map(|(_, t)| *t).collect();
+                let values = values(pm.scores(&rows)?.into_data())?;
+                for ((i, _), v) in chunk.iter().zip(values) {
+                    scores[*i] = Some(f64::from(v));
+                }
+                scored += chunk.len() as u64;
+                progress(scored + unscored, total);
+            }
+            unscored += (batch.num_rows() - present.len()) as u64;
+            out.push(Arc::new(Float64Array::from(scores)));
+        }
+        let batch = RecordBatch::try_new(schema.clone(), out)
+            .map_err(|e| Error::Data(format!("{}: {e}", input.display())))?;
+        writer.write(&batch)?;
+    }
+    Ok(ScoreSummary {
+        table: writer.finish()?,
+        scored,
+        unscored,
+    })
+}
