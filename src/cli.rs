@@ -489,6 +489,50 @@ pub(crate) struct ExportArgs {
 pub(crate) enum EvalCommand {
     /// Agreement of an AI labeller with human comparisons: alignment, calibration, position bias.
     Labeler(EvalLabelerArgs),
+    /// Policy B against policy A on held-out prompts, judged by the AI labeller: win rate with a 95% interval, and Elo.
+    Policy(EvalPolicyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EvalPolicyArgs {
+    /// Policy A, the baseline (a model directory).
+    #[arg(short = 'a', long = "policy-a", value_name = "DIR")]
+    pub(crate) a: PathBuf,
+    /// Policy B, the one evaluated.
+    #[arg(short = 'b', long = "policy-b", value_name = "DIR")]
+    pub(crate) b: PathBuf,
+    /// The constitution the labeller judges by (harmlessness or helpfulness).
+    #[arg(short, long, value_name = "TOML")]
+    pub(crate) constitution: PathBuf,
+    /// Held-out prompts (a `prompts` table).
+    #[arg(short, long, value_name = "PROMPTS")]
+    pub(crate) input: PathBuf,
+    /// Directory for both policies' responses, the pairs, the labels and report.json (cached and resumable).
+    #[arg(short, long, value_name = "DIR")]
+    pub(crate) output: PathBuf,
+    /// The AI feedback model [default: policy A].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) labeler: Option<PathBuf>,
+    /// Answers per prompt from each policy.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub(crate) samples: u32,
+    /// Use only the first N prompts.
+    #[arg(long, value_name = "N")]
+    pub(crate) limit: Option<usize>,
+    /// Score only one presentation order; by default both are scored and averaged.
+    #[arg(long)]
+    pub(crate) no_swap: bool,
+    /// Rows decoded together.
+    #[arg(long, value_name = "B", default_value_t = 16)]
+    pub(crate) batch_size: usize,
+    /// Rows per window, generated together and committed as one shard.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub(crate) shard_rows: usize,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) gen_flags: GenFlags,
 }
 
 #[derive(Debug, Args)]

@@ -39,6 +39,9 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Export(args) => stages::export(args, cli.quiet),
         Command::Build(args) => build::run(args, cli.quiet),
         Command::Eval(crate::cli::EvalCommand::Labeler(args)) => stages::eval_labeler(args),
+        Command::Eval(crate::cli::EvalCommand::Policy(args)) => {
+            stages::eval_policy(args, cli.quiet)
+        }
         Command::Train(command) => train::run(command, cli.quiet),
         Command::Score(args) => train::score(args, cli.quiet),
     }

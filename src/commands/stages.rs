@@ -255,3 +255,93 @@ pub(crate) fn eval_labeler(args: EvalLabelerArgs) -> Result<()> {
     }
     Ok(())
 }
+
+pub(crate) fn eval_policy(args: crate::cli::EvalPolicyArgs, quiet: bool) -> Result<()> {
+    let g = &args.gen_flags;
+    let generation = GenSettings {
+        sampling: g.sampling(),
+        max_new_tokens: g.max_new_tokens,
+        seed: g.seed,
+        system: g.system.clone(),
+        stop: g.stop.clone(),
+        batch_size: args.batch_size,
+        shard_rows: args.shard_rows,
+        threads: g.threads,
+    };
+    let settings = charter_stages::PolicyEvalSettings {
+        samples: args.samples,
+        limit: args.limit,
+        label: LabelSettings {
+            swap: !args.no_swap,
+            cot: false,
+            clamp: (0.0, 1.0),
+            generation: generation.clone(),
+        },
+        generation,
+    };
+    let constitution = Constitution::load(&args.constitution)?;
+    let prompts = TableFile::open(&args.input)?;
+    let labeller = args.labeler.clone().unwrap_or_else(|| args.a.clone());
+    let bar = crate::progress::rows_bar(quiet);
+    let report = charter_stages::eval_policy(
+        &prompts,
+        charter_stages::Contestants {
+            a: &args.a,
+            b: &args.b,
+            labeller: &labeller,
+        },
+        &constitution,
+        &settings,
+        &args.output,
+        &mut |step, p| {
+            bar.set_message(match step {
+                charter_stages::PolicyEvalStep::RespondA => "policy A answers",
+                charter_stages::PolicyEvalStep::RespondB => "policy B answers",
+                charter_stages::PolicyEvalStep::Label => "labelling",
+            });
+            bar.set_length(p.rows_total);
+            bar.set_position(p.rows_done);
+        },
+    )
+    .with_context(|| {
+        format!(
+            "evaluating {} against {}",
+            args.b.display(),
+            args.a.display()
+        )
+    })?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{} vs {} on {} comparisons, judged by {} against {}",
+        args.b.display(),
+        args.a.display(),
+        report.comparisons,
+        labeller.display(),
+        constitution.name
+    );
+    println!(
+        "win rate  {:.1}% (95% CI {:.1}–{:.1}%); {} wins, {} losses, {} ties",
+        100.0 * report.win_rate,
+        100.0 * report.win_rate_ci.0,
+        100.0 * report.win_rate_ci.1,
+        report.wins,
+        report.losses,
+        report.ties
+    );
+    println!(
+        "Elo       {:+.0} (95% CI {:+.0} to {:+.0})",
+        report.elo, report.elo_ci.0, report.elo_ci.1
+    );
+    if let Some(c) = report.order_consistency {
+        println!(
+            "labeller decided the same in both orders for {:.1}%",
+            100.0 * c
+        );
+    }
+    println!("tables and report.json in {}", args.output.display());
+    Ok(())
+}

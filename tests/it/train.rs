@@ -206,6 +206,32 @@ fn sft_pm_and_dpo_train_models_the_pipeline_uses() {
     };
     assert_eq!(hash(&rl), hash(&again));
 
+    // RL-CAI against the base model, judged by the base model.
+    let eval = path(d, "eval");
+    let c = constitution();
+    let mut args = vec![
+        "eval", "policy", "-a", &model, "-b", &rl, "-c", &c, "-i", &prompts,
+    ];
+    args.extend(["-o", &eval, "--max-new-tokens", "6", "--json"]);
+    let report = record(&ok(&args));
+    assert_eq!(report["comparisons"], 3);
+    let w = report["win_rate"].as_f64().unwrap();
+    let ci = report["win_rate_ci"].as_array().unwrap();
+    assert!(
+        ci[0].as_f64().unwrap() <= w && w <= ci[1].as_f64().unwrap(),
+        "{report}"
+    );
+    assert!(report["elo"].as_f64().unwrap().is_finite());
+    let total = ["wins", "losses", "ties"].map(|k| report[k].as_u64().unwrap());
+    assert_eq!(total.iter().sum::<u64>(), 3);
+    assert!(Path::new(&eval).join("report.json").is_file());
+    assert_eq!(
+        inspect(&path(Path::new(&eval), "labels.parquet"))["rows"],
+        3
+    );
+    // A rerun is served from the tables.
+    assert_eq!(record(&ok(&args)), report);
+
     // Errors name what is wrong.
     let err = fails(
         &[

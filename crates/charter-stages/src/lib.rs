@@ -29,6 +29,7 @@ mod generate;
 mod label;
 mod model;
 mod pair;
+mod policy_eval;
 mod respond;
 mod seed;
 mod stop;
@@ -49,6 +50,9 @@ pub use generate::{GenSettings, StageProgress, StageSummary};
 pub use label::{LABEL_VERSION, LabelSettings, label};
 pub use model::Model;
 pub use pair::{PAIR_VERSION, PairSummary, pair};
+pub use policy_eval::{
+    Contestants, PolicyEvalReport, PolicyEvalSettings, PolicyEvalStep, eval_policy,
+};
 pub use respond::{
     RespondProgress, RespondSettings, RespondSummary, STAGE_VERSION as RESPOND_VERSION, respond,
 };
