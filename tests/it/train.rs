@@ -250,38 +250,13 @@ fn sft_pm_and_dpo_train_models_the_pipeline_uses() {
         err.contains("r1.parquet") && err.contains("labels"),
         "{err}"
     );
-    let err = fails(
-        &[
-            "train",
-            "sft",
-            "-m",
-            &model,
-            "-i",
-            &revisions,
-            "-o",
-            &path(d, "x"),
-            "--device",
-            "wgpu",
-        ],
-        None,
-    );
-    assert!(err.contains("wgpu"), "{err}");
-    let err = fails(
-        &[
-            "train",
-            "sft",
-            "-m",
-            &model,
-            "-i",
-            &revisions,
-            "-o",
-            &path(d, "x"),
-            "--lr",
-            "0",
-        ],
-        None,
-    );
-    assert!(err.contains("--lr"), "{err}");
+    let x = path(d, "x");
+    let sft = ["train", "sft", "-m", &model, "-i", &revisions, "-o", &x];
+    for (flags, named) in [(["--device", "wgpu"], "wgpu"), (["--lr", "0"], "--lr")] {
+        let err = fails(&[&sft[..], &flags[..]].concat(), None);
+        assert!(err.contains(named), "{err}");
+    }
+    assert!(!Path::new(&x).exists());
 }
 
 #[test]

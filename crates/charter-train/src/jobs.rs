@@ -387,24 +387,17 @@ fn pair_tokens(row: &PairRow) -> usize {
     row.a.ids.len() + row.b.ids.len()
 }
 
-// ---------------------------------------------------------------- PM
+/// Margin `z` (A over B, `[pairs]`) of pairs `batch` under a model.
+type Margins<'r, M> = Box<dyn Fn(&M, &[usize]) -> Result<burn::tensor::Tensor<1>> + 'r>;
 
-struct Pm<'r> {
+/// The PM and DPO objective: the soft pairwise loss on a margin the model
+/// gives each pair (score difference, or DPO's log-ratio margin).
+struct Pairwise<'r, M> {
     rows: &'r [PairRow],
+    margins: Margins<'r, M>,
 }
 
-/// Score margins `score(A) − score(B)` for pairs `batch`.
-fn pm_margins(
-    model: &PreferenceModel,
-    rows: &[PairRow],
-    batch: &[usize],
-) -> Result<burn::tensor::Tensor<1>> {
-    let n = batch.len();
-    let scores = model.scores(&both_sides(rows, batch))?;
-    Ok(scores.clone().narrow(0, 0, n) - scores.narrow(0, n, n))
-}
-
-impl Objective<PreferenceModel> for Pm<'_> {
+impl<M> Objective<M> for Pairwise<'_, M> {
     fn examples(&self) -> usize {
         self.rows.len()
     }
@@ -419,15 +412,28 @@ impl Objective<PreferenceModel> for Pm<'_> {
     }
     fn loss(
         &self,
-        model: &PreferenceModel,
+        model: &M,
         batch: &[usize],
         denominator: f64,
     ) -> Result<(burn::tensor::Tensor<1>, Option<(usize, usize)>)> {
-        let z = pm_margins(model, self.rows, batch)?;
+        let z = (self.margins)(model, batch)?;
         let p: Vec<f64> = batch.iter().map(|&i| self.rows[i].p_a).collect();
         let agree = agreement(&values(z.clone().into_data())?, &p);
         Ok((soft_pair_loss(z, &p, denominator), Some(agree)))
     }
+}
+
+// ---------------------------------------------------------------- PM
+
+/// Score margins `score(A) − score(B)` for pairs `batch`.
+fn pm_margins(
+    model: &PreferenceModel,
+    rows: &[PairRow],
+    batch: &[usize],
+) -> Result<burn::tensor::Tensor<1>> {
+    let n = batch.len();
+    let scores = model.scores(&both_sides(rows, batch))?;
+    Ok(scores.clone().narrow(0, 0, n) - scores.narrow(0, n, n))
 }
 
 /// Whether a label is held out: blake3 of (seed, id) below the share.
@@ -531,7 +537,12 @@ pub fn train_pm(
         interrupt: job.interrupt,
     };
     let model = PreferenceModel::new(Decoder::open(job.model, &p.device)?, None)?;
-    let objective = Pm { rows: &train };
+    let objective = Pairwise {
+        rows: &train,
+        margins: Box::new(|model: &PreferenceModel, batch: &[usize]| {
+            pm_margins(model, &train, batch)
+        }),
+    };
     match run.train(model, &objective, progress)? {
         Finished::Interrupted { step, checkpoint } => Ok(Outcome::Interrupted { step, checkpoint }),
         Finished::Done(model, metrics) => {
@@ -564,39 +575,6 @@ pub fn train_pm(
 }
 
 // ---------------------------------------------------------------- DPO
-
-struct Dpo<'r> {
-    rows: &'r [PairRow],
-    reference: Vec<[f64; 2]>,
-    beta: f64,
-}
-
-impl Objective<Decoder> for Dpo<'_> {
-    fn examples(&self) -> usize {
-        self.rows.len()
-    }
-    fn id(&self, i: usize) -> &str {
-        &self.rows[i].id
-    }
-    fn tokens(&self, i: usize) -> usize {
-        pair_tokens(&self.rows[i])
-    }
-    fn weight(&self, _: usize) -> usize {
-        1
-    }
-    fn loss(
-        &self,
-        model: &Decoder,
-        batch: &[usize],
-        denominator: f64,
-    ) -> Result<(burn::tensor::Tensor<1>, Option<(usize, usize)>)> {
-        let reference: Vec<[f64; 2]> = batch.iter().map(|&i| self.reference[i]).collect();
-        let z = dpo_margins(model, &both_sides(self.rows, batch), &reference, self.beta)?;
-        let p: Vec<f64> = batch.iter().map(|&i| self.rows[i].p_a).collect();
-        let agree = agreement(&values(z.clone().into_data())?, &p);
-        Ok((soft_pair_loss(z, &p, denominator), Some(agree)))
-    }
-}
 
 /// Answer log-probabilities `[A, B]` of every pair under `model` (no
 /// gradients), cached in `cache_dir` by content hash of (model, labels
@@ -692,10 +670,12 @@ pub fn train_dpo(
         resume: job.resume,
         interrupt: job.interrupt,
     };
-    let objective = Dpo {
+    let objective = Pairwise {
         rows: &rows,
-        reference,
-        beta,
+        margins: Box::new(|model: &Decoder, batch: &[usize]| {
+            let reference: Vec<[f64; 2]> = batch.iter().map(|&i| reference[i]).collect();
+            dpo_margins(model, &both_sides(&rows, batch), &reference, beta)
+        }),
     };
     let model = Decoder::open(job.model, &p.device)?;
     match run.train(model, &objective, progress)? {
