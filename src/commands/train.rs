@@ -72,6 +72,17 @@ pub(crate) fn run(command: TrainCommand, quiet: bool) -> Result<()> {
     };
     bar.finish_and_clear();
     match outcome {
+        Outcome::UpToDate { dir, record } => {
+            if flags.json {
+                println!("{record}");
+            } else if !quiet {
+                eprintln!(
+                    "{} is up to date (same base model, inputs and settings): nothing to do",
+                    dir.path.display()
+                );
+            }
+            Ok(())
+        }
         Outcome::Interrupted { step, checkpoint } => bail!(
             "interrupted after step {step}; the checkpoint is {}: run the same command with \
              --resume to continue",

@@ -197,6 +197,14 @@ fn sft_pm_and_dpo_train_models_the_pipeline_uses() {
     assert_eq!(dpo["objective"], "dpo");
     assert_eq!(dpo["objective_settings"]["beta"], 0.2);
     assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+    // The same command again finds its result in place and trains nothing.
+    let weights = Path::new(&rl).join("model.safetensors");
+    let written = std::fs::metadata(&weights).unwrap().modified().unwrap();
+    assert_eq!(record(&ok(&args)), dpo);
+    assert_eq!(
+        std::fs::metadata(&weights).unwrap().modified().unwrap(),
+        written
+    );
     // Training a second time gives the same weights, hence the same model hash.
     let again = path(d, "rl-cai-again");
     args[7] = &again;

@@ -64,6 +64,9 @@ pub struct TrainReport {
     pub held_out: Option<HeldOut>,
     /// The charter release.
     pub created_by: String,
+    /// blake3 over what determines the result (objective, base model,
+    /// inputs, settings, output dtype): a rerun with the same one is up to date.
+    pub fingerprint: String,
 }
 
 /// A preference model's quality on held-out labels.
@@ -89,6 +92,13 @@ pub enum Outcome {
         dir: Box<ModelDir>,
         /// What built it.
         report: Box<TrainReport>,
+    },
+    /// The output already holds this run's result (same fingerprint).
+    UpToDate {
+        /// The model directory.
+        dir: Box<ModelDir>,
+        /// Its `charter-train.json`.
+        record: serde_json::Value,
     },
     /// Interrupted after `step` steps; `--resume` continues from `checkpoint`.
     Interrupted {
@@ -172,24 +182,40 @@ pub fn open_preference_model(dir: &Path, device: &Device) -> Result<PreferenceMo
     PreferenceModel::new(backbone, Some(read_score_head(dir)?))
 }
 
-/// blake3 over the job's identity: objective, base model, inputs, settings.
+/// blake3 over the job's identity: objective, base model, inputs, settings
+/// and the output's dtype.
 fn fingerprint(
     objective: &str,
+    job: &Job<'_>,
     base: &ModelDir,
     inputs: &[InputRef],
-    settings: &TrainSettings,
     extra: &serde_json::Value,
 ) -> String {
     let json = serde_json::json!({
         "objective": objective,
         "base": base.provenance.content_hash,
         "inputs": inputs,
-        "settings": settings,
+        "settings": job.settings,
         "extra": extra,
+        "dtype": job.dtype.as_str(),
     });
     blake3::hash(json.to_string().as_bytes())
         .to_hex()
         .to_string()
+}
+
+/// The output, if it is a finished run with this fingerprint.
+fn up_to_date(out: &Path, fingerprint: &str) -> Option<Outcome> {
+    let text = std::fs::read_to_string(out.join(REPORT_FILE)).ok()?;
+    let record: serde_json::Value = serde_json::from_str(&text).ok()?;
+    if record["fingerprint"] != fingerprint {
+        return None;
+    }
+    let dir = ModelDir::open(out).ok()?;
+    Some(Outcome::UpToDate {
+        dir: Box::new(dir),
+        record,
+    })
 }
 
 /// Pieces every job computes the same way.
@@ -224,6 +250,7 @@ fn finish(
     metrics: &[MetricRow],
     held_out: Option<HeldOut>,
     extra: &[(&str, Vec<u8>)],
+    fingerprint: &str,
 ) -> Result<Outcome> {
     let report = TrainReport {
         objective,
@@ -241,6 +268,7 @@ fn finish(
         final_loss: metrics.last().map_or(f64::NAN, |m| m.loss),
         held_out,
         created_by: concat!("charter ", env!("CARGO_PKG_VERSION")).to_string(),
+        fingerprint: fingerprint.to_string(),
     };
     let record = serde_json::to_vec_pretty(&report)
         .map_err(|e| Error::Data(format!("training record: {e}")))?;
@@ -313,12 +341,16 @@ pub fn train_sft(
             None => skipped += 1,
         }
     }
-    let objective = Sft { rows };
     let extra = serde_json::json!({});
+    let fp = fingerprint("sft", job, &p.base, &refs, &extra);
+    if let Some(done) = up_to_date(job.out, &fp) {
+        return Ok(done);
+    }
+    let objective = Sft { rows };
     let run = Run {
         settings: &job.settings,
         out: job.out,
-        fingerprint: fingerprint("sft", &p.base, &refs, &job.settings, &extra),
+        fingerprint: fp.clone(),
         resume: job.resume,
         interrupt: job.interrupt,
     };
@@ -337,6 +369,7 @@ pub fn train_sft(
             &metrics,
             None,
             &[],
+            &fp,
         ),
     }
 }
@@ -529,10 +562,14 @@ pub fn train_pm(
     }
     let extra = serde_json::json!({ "held_out": held_out_share });
     let refs = vec![input];
+    let fp = fingerprint("pm", job, &p.base, &refs, &extra);
+    if let Some(done) = up_to_date(job.out, &fp) {
+        return Ok(done);
+    }
     let run = Run {
         settings: &job.settings,
         out: job.out,
-        fingerprint: fingerprint("pm", &p.base, &refs, &job.settings, &extra),
+        fingerprint: fp.clone(),
         resume: job.resume,
         interrupt: job.interrupt,
     };
@@ -569,6 +606,7 @@ pub fn train_pm(
                 &metrics,
                 report,
                 &[(SCORE_FILE, score_bytes)],
+                &fp,
             )
         }
     }
@@ -653,6 +691,11 @@ pub fn train_dpo(
             job.settings.max_len
         )));
     }
+    let extra = serde_json::json!({ "beta": beta });
+    let fp = fingerprint("dpo", job, &p.base, std::slice::from_ref(&input), &extra);
+    if let Some(done) = up_to_date(job.out, &fp) {
+        return Ok(done);
+    }
     let reference = reference_logps(
         &p.base,
         &rows,
@@ -661,12 +704,11 @@ pub fn train_dpo(
         job.settings.batch_size,
         cache_dir,
     )?;
-    let extra = serde_json::json!({ "beta": beta });
     let refs = vec![input];
     let run = Run {
         settings: &job.settings,
         out: job.out,
-        fingerprint: fingerprint("dpo", &p.base, &refs, &job.settings, &extra),
+        fingerprint: fp.clone(),
         resume: job.resume,
         interrupt: job.interrupt,
     };
@@ -692,6 +734,7 @@ pub fn train_dpo(
             &metrics,
             None,
             &[],
+            &fp,
         ),
     }
 }

@@ -28,6 +28,7 @@ fn written(outcome: Outcome) -> (ModelDir, charter_train::TrainReport) {
     match outcome {
         Outcome::Written { dir, report } => (*dir, *report),
         Outcome::Interrupted { step, .. } => panic!("interrupted at step {step}"),
+        Outcome::UpToDate { .. } => panic!("nothing was trained"),
     }
 }
 
@@ -220,7 +221,7 @@ fn a_resumed_run_ends_with_the_same_weights() {
             assert_eq!(step, 5);
             assert!(checkpoint.join("state.json").is_file());
         }
-        Outcome::Written { .. } => panic!("the run was not interrupted"),
+        Outcome::Written { .. } | Outcome::UpToDate { .. } => panic!("the run was not interrupted"),
     }
     assert!(!split.exists(), "an interrupted run must not look finished");
     // Without --resume the checkpoint is not silently overwritten.
