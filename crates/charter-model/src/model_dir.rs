@@ -17,7 +17,6 @@
 //! Sources: a GGUF file ([`import_gguf`]) or a HuggingFace checkpoint
 //! directory ([`import_hf`]).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -143,14 +142,7 @@ impl ModelDir {
     /// rotate-half order; a tied LM head is absent (`lm_head.weight` is then
     /// `model.embed_tokens.weight`).
     pub fn load_weights(&self) -> Result<Tensors> {
-        let file = SafetensorsFile::open(self.weights_path())?;
-        let mut out = BTreeMap::new();
-        for name in file.names() {
-            if let Some(tensor) = file.read_f32(&name)? {
-                out.insert(name, tensor);
-            }
-        }
-        Ok(out)
+        SafetensorsFile::open(self.weights_path())?.read_all()
     }
 }
 

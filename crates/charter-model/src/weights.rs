@@ -121,6 +121,18 @@ impl SafetensorsFile {
             .map(String::as_str)
     }
 
+    /// Every tensor by name as (shape, f32 values); tensors of other types
+    /// than F32, F16 and BF16 are left out.
+    pub fn read_all(&self) -> Result<Tensors> {
+        let mut out = Tensors::new();
+        for name in self.names() {
+            if let Some(tensor) = self.read_f32(&name)? {
+                out.insert(name, tensor);
+            }
+        }
+        Ok(out)
+    }
+
     /// The tensor named `name` as (shape, f32 values), row-major, or `None`
     /// if the file has no such tensor. F32, F16 and BF16 tensors are read.
     pub fn read_f32(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {

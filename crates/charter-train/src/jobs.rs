@@ -114,14 +114,7 @@ const SCORE_FILE: &str = "score.safetensors";
 const REPORT_FILE: &str = "charter-train.json";
 
 fn read_tensors(path: &Path) -> Result<Tensors> {
-    let file = SafetensorsFile::open(path)?;
-    let mut out = Tensors::new();
-    for name in file.names() {
-        if let Some(t) = file.read_f32(&name)? {
-            out.insert(name, t);
-        }
-    }
-    Ok(out)
+    Ok(SafetensorsFile::open(path)?.read_all()?)
 }
 
 fn write_tensors(path: &Path, tensors: &Tensors) -> Result<()> {
@@ -138,8 +131,7 @@ impl Checkpointed for Decoder {
     }
 
     fn load(self, dir: &Path) -> Result<Self> {
-        let tensors = read_tensors(&dir.join(WEIGHTS))?;
-        Decoder::from_tensors(self.config().clone(), &tensors, &self.device())
+        self.load_from(&read_tensors(&dir.join(WEIGHTS))?)
     }
 }
 
@@ -216,6 +208,17 @@ fn up_to_date(out: &Path, fingerprint: &str) -> Option<Outcome> {
         dir: Box::new(dir),
         record,
     })
+}
+
+/// The loop for `job`, checkpointing under `fingerprint`.
+fn run_of<'a>(job: &'a Job<'_>, fingerprint: &str) -> Run<'a> {
+    Run {
+        settings: &job.settings,
+        out: job.out,
+        fingerprint: fingerprint.to_string(),
+        resume: job.resume,
+        interrupt: job.interrupt,
+    }
 }
 
 /// Pieces every job computes the same way.
@@ -347,13 +350,7 @@ pub fn train_sft(
         return Ok(done);
     }
     let objective = Sft { rows };
-    let run = Run {
-        settings: &job.settings,
-        out: job.out,
-        fingerprint: fp.clone(),
-        resume: job.resume,
-        interrupt: job.interrupt,
-    };
+    let run = run_of(job, &fp);
     let model = Decoder::open(job.model, &p.device)?;
     match run.train(model, &objective, progress)? {
         Finished::Interrupted { step, checkpoint } => Ok(Outcome::Interrupted { step, checkpoint }),
@@ -566,13 +563,7 @@ pub fn train_pm(
     if let Some(done) = up_to_date(job.out, &fp) {
         return Ok(done);
     }
-    let run = Run {
-        settings: &job.settings,
-        out: job.out,
-        fingerprint: fp.clone(),
-        resume: job.resume,
-        interrupt: job.interrupt,
-    };
+    let run = run_of(job, &fp);
     let model = PreferenceModel::new(Decoder::open(job.model, &p.device)?, None)?;
     let objective = Pairwise {
         rows: &train,
@@ -705,13 +696,7 @@ pub fn train_dpo(
         cache_dir,
     )?;
     let refs = vec![input];
-    let run = Run {
-        settings: &job.settings,
-        out: job.out,
-        fingerprint: fp.clone(),
-        resume: job.resume,
-        interrupt: job.interrupt,
-    };
+    let run = run_of(job, &fp);
     let objective = Pairwise {
         rows: &rows,
         margins: Box::new(|model: &Decoder, batch: &[usize]| {
