@@ -611,9 +611,9 @@ pub(crate) struct TrainFlags {
     /// Passes over the examples.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub(crate) epochs: usize,
-    /// Peak learning rate.
-    #[arg(long, value_name = "LR", default_value_t = 1e-5)]
-    pub(crate) lr: f64,
+    /// Peak learning rate [default: 1e-5, or 2e-4 with --lora-rank].
+    #[arg(long, value_name = "LR")]
+    pub(crate) lr: Option<f64>,
     /// Schedule after warm-up.
     #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
     pub(crate) schedule: ScheduleArg,
@@ -638,6 +638,13 @@ pub(crate) struct TrainFlags {
     /// Steps between checkpoints (0: only on Ctrl-C).
     #[arg(long, value_name = "N", default_value_t = 50)]
     pub(crate) checkpoint_every: usize,
+    /// Train rank-R LoRA adapters on every block's projections, with every other weight frozen;
+    /// the output has them merged in (and alone in DIR/adapter, PEFT's layout).
+    #[arg(long, value_name = "R")]
+    pub(crate) lora_rank: Option<usize>,
+    /// LoRA scale numerator: updates are scaled by ALPHA / R [default: R].
+    #[arg(long, value_name = "ALPHA", requires = "lora_rank")]
+    pub(crate) lora_alpha: Option<f64>,
     /// Continue an interrupted run from its checkpoint (same inputs and settings).
     #[arg(long)]
     pub(crate) resume: bool,

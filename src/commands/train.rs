@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use charter_train::{
-    DeviceChoice, Job, MetricRow, Outcome, Schedule, TrainSettings, train_dpo, train_pm, train_sft,
+    DeviceChoice, Job, LoraSettings, MetricRow, Outcome, Schedule, TrainSettings, train_dpo,
+    train_pm, train_sft,
 };
 
 use crate::cli::{DeviceArg, ScheduleArg, ScoreArgs, TrainCommand, TrainFlags};
@@ -124,9 +125,14 @@ pub(crate) fn run(command: TrainCommand, quiet: bool) -> Result<()> {
 }
 
 fn job(flags: &TrainFlags) -> Result<Job<'_>> {
+    let lora = flags.lora_rank.map(|rank| LoraSettings {
+        rank,
+        alpha: flags.lora_alpha.unwrap_or(rank as f64),
+    });
     let settings = TrainSettings {
         epochs: flags.epochs,
-        lr: flags.lr,
+        // Adapters start from zero and need a larger step than full fine-tuning.
+        lr: flags.lr.unwrap_or(if lora.is_some() { 2e-4 } else { 1e-5 }),
         schedule: match flags.schedule {
             ScheduleArg::Constant => Schedule::Constant,
             ScheduleArg::Cosine => Schedule::Cosine,
@@ -138,6 +144,7 @@ fn job(flags: &TrainFlags) -> Result<Job<'_>> {
         weight_decay: flags.weight_decay,
         seed: flags.seed,
         checkpoint_every: flags.checkpoint_every,
+        lora,
     };
     settings.validate()?;
     Ok(Job {

@@ -260,11 +260,38 @@ fn sft_pm_and_dpo_train_models_the_pipeline_uses() {
     );
     let x = path(d, "x");
     let sft = ["train", "sft", "-m", &model, "-i", &revisions, "-o", &x];
-    for (flags, named) in [(["--device", "wgpu"], "wgpu"), (["--lr", "0"], "--lr")] {
+    for (flags, named) in [
+        (["--device", "wgpu"], "wgpu"),
+        (["--lr", "0"], "--lr"),
+        (["--lora-rank", "0"], "--lora-rank"),
+        (["--lora-alpha", "4"], "--lora-rank"),
+    ] {
         let err = fails(&[&sft[..], &flags[..]].concat(), None);
         assert!(err.contains(named), "{err}");
     }
     assert!(!Path::new(&x).exists());
+
+    // LoRA: a larger default rate, alpha = rank, and the adapters beside the merged model.
+    let lora = record(&ok(&[
+        &sft[..],
+        &[
+            "--lora-rank",
+            "2",
+            "--max-len",
+            "96",
+            "--dtype",
+            "f32",
+            "--json",
+        ],
+    ]
+    .concat()));
+    assert_eq!(lora["settings"]["lr"], 2e-4);
+    assert_eq!(lora["settings"]["lora"]["rank"], 2);
+    assert_eq!(lora["settings"]["lora"]["alpha"], 2.0);
+    assert!(Path::new(&x).join("adapter/adapter_config.json").is_file());
+    assert!(
+        record(&ok(&["model", "info", &x, "--json"]))["provenance"]["content_hash"].is_string()
+    );
 }
 
 #[test]

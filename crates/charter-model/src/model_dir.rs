@@ -315,7 +315,8 @@ pub fn hash_hf_dir(dir: &Path) -> Result<String> {
 /// Writes a model directory for weights trained from `base`: `base`'s
 /// config and tokenizer files, `tensors` (HuggingFace names and layout, as
 /// [`ModelDir::load_weights`] gives them) as weights and graph, and the
-/// `extra` files (name, bytes) beside them, all in one atomic rename.
+/// `extra` files (relative path, bytes) beside them, all in one atomic
+/// rename.
 ///
 /// The source hash is blake3 over the tensors (names, shapes, f32 values),
 /// so equal weights give an equal model hash whatever trained them.
@@ -434,7 +435,11 @@ fn write_dir_with(
     };
     write_json(&dir.join(PROVENANCE_FILE), &provenance)?;
     for (file, bytes) in extra {
-        std::fs::write(dir.join(file), bytes).map_err(|e| Error::io(dir.join(file), e))?;
+        let path = dir.join(file);
+        if let Some(sub) = path.parent() {
+            std::fs::create_dir_all(sub).map_err(|e| Error::io(sub, e))?;
+        }
+        std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
     }
     if out.exists() {
         // Replace an older import: move it aside first so the rename cannot fail half-way.

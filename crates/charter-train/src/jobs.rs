@@ -125,19 +125,28 @@ fn write_tensors(path: &Path, tensors: &Tensors) -> Result<()> {
     Ok(w.finish(&[("format", "pt")])?)
 }
 
+/// A safetensors file's bytes.
+fn tensor_bytes(tensors: &Tensors) -> Result<Vec<u8>> {
+    let tmp = tempfile::NamedTempFile::new().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    write_tensors(tmp.path(), tensors)?;
+    std::fs::read(tmp.path()).map_err(|e| Error::io(tmp.path(), e))
+}
+
+// A checkpoint holds what training changes: every weight, or with LoRA only
+// the adapters (the frozen weights come from the base model again).
 impl Checkpointed for Decoder {
     fn save(&self, dir: &Path) -> Result<()> {
-        write_tensors(&dir.join(WEIGHTS), &self.to_tensors()?)
+        write_tensors(&dir.join(WEIGHTS), &self.trainable_tensors()?)
     }
 
     fn load(self, dir: &Path) -> Result<Self> {
-        self.load_from(&read_tensors(&dir.join(WEIGHTS))?)
+        self.restore(&read_tensors(&dir.join(WEIGHTS))?)
     }
 }
 
 impl Checkpointed for PreferenceModel {
     fn save(&self, dir: &Path) -> Result<()> {
-        let mut tensors = self.backbone.to_tensors()?;
+        let mut tensors = self.backbone.trainable_tensors()?;
         let h = self.backbone.config().hidden_size;
         tensors.insert("score.weight".into(), (vec![1, h], self.score_values()?));
         write_tensors(&dir.join(WEIGHTS), &tensors)
@@ -148,15 +157,39 @@ impl Checkpointed for PreferenceModel {
         let (_, score) = tensors
             .remove("score.weight")
             .ok_or_else(|| Error::MissingWeight("score.weight".into()))?;
-        let backbone = self.backbone.load_from(&tensors)?;
+        let backbone = self.backbone.restore(&tensors)?;
         PreferenceModel::new(backbone, Some(score))
     }
 }
 
-impl Decoder {
-    fn load_from(self, tensors: &Tensors) -> Result<Self> {
-        Decoder::from_tensors(self.config().clone(), tensors, &self.device())
+/// The model a job trains: the base model, with adapters when the settings
+/// ask for LoRA (seeded by the run's seed).
+fn trainable(job: &Job<'_>, device: &Device) -> Result<Decoder> {
+    let model = Decoder::open(job.model, device)?;
+    match job.settings.lora {
+        Some(lora) => model.with_lora(lora, job.settings.seed),
+        None => Ok(model),
     }
+}
+
+/// With LoRA, the adapters alone in PEFT's layout (`adapter/adapter_model.safetensors`
+/// and `adapter/adapter_config.json`) to write beside the merged weights.
+/// They sit in a subdirectory so that no second `*.safetensors` file lies
+/// beside `model.safetensors`.
+fn adapter_files(model: &Decoder, base: &ModelDir) -> Result<Vec<(&'static str, Vec<u8>)>> {
+    let Some(lora) = model.lora() else {
+        return Ok(Vec::new());
+    };
+    let config = crate::lora::peft_config(&lora, &base.provenance.name);
+    let config = serde_json::to_vec_pretty(&config)
+        .map_err(|e| Error::Data(format!("adapter config: {e}")))?;
+    Ok(vec![
+        (
+            "adapter/adapter_model.safetensors",
+            tensor_bytes(&model.adapter_tensors()?)?,
+        ),
+        ("adapter/adapter_config.json", config),
+    ])
 }
 
 /// A preference model directory's score head, `[hidden]` values.
@@ -351,7 +384,7 @@ pub fn train_sft(
     }
     let objective = Sft { rows };
     let run = run_of(job, &fp);
-    let model = Decoder::open(job.model, &p.device)?;
+    let model = trainable(job, &p.device)?;
     match run.train(model, &objective, progress)? {
         Finished::Interrupted { step, checkpoint } => Ok(Outcome::Interrupted { step, checkpoint }),
         Finished::Done(model, metrics) => finish(
@@ -365,7 +398,7 @@ pub fn train_sft(
             model.to_tensors()?,
             &metrics,
             None,
-            &[],
+            &adapter_files(&model, &p.base)?,
             &fp,
         ),
     }
@@ -564,7 +597,7 @@ pub fn train_pm(
         return Ok(done);
     }
     let run = run_of(job, &fp);
-    let model = PreferenceModel::new(Decoder::open(job.model, &p.device)?, None)?;
+    let model = PreferenceModel::new(trainable(job, &p.device)?, None)?;
     let objective = Pairwise {
         rows: &train,
         margins: Box::new(|model: &PreferenceModel, batch: &[usize]| {
@@ -581,10 +614,8 @@ pub fn train_pm(
             let h = model.backbone.config().hidden_size;
             let mut score = Tensors::new();
             score.insert("score.weight".into(), (vec![1, h], model.score_values()?));
-            let tmp =
-                tempfile::NamedTempFile::new().map_err(|e| Error::io(std::env::temp_dir(), e))?;
-            write_tensors(tmp.path(), &score)?;
-            let score_bytes = std::fs::read(tmp.path()).map_err(|e| Error::io(tmp.path(), e))?;
+            let mut files = vec![(SCORE_FILE, tensor_bytes(&score)?)];
+            files.extend(adapter_files(&model.backbone, &p.base)?);
             finish(
                 job,
                 &p,
@@ -596,7 +627,7 @@ pub fn train_pm(
                 model.backbone.to_tensors()?,
                 &metrics,
                 report,
-                &[(SCORE_FILE, score_bytes)],
+                &files,
                 &fp,
             )
         }
@@ -704,7 +735,7 @@ pub fn train_dpo(
             dpo_margins(model, &both_sides(&rows, batch), &reference, beta)
         }),
     };
-    let model = Decoder::open(job.model, &p.device)?;
+    let model = trainable(job, &p.device)?;
     match run.train(model, &objective, progress)? {
         Finished::Interrupted { step, checkpoint } => Ok(Outcome::Interrupted { step, checkpoint }),
         Finished::Done(model, metrics) => finish(
@@ -718,7 +749,7 @@ pub fn train_dpo(
             model.to_tensors()?,
             &metrics,
             None,
-            &[],
+            &adapter_files(&model, &p.base)?,
             &fp,
         ),
     }

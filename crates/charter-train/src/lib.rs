@@ -15,6 +15,7 @@ mod data;
 mod device;
 mod error;
 mod jobs;
+pub mod lora;
 mod loss;
 mod metrics;
 mod model;
@@ -28,6 +29,7 @@ pub use jobs::{
     HeldOut, Job, Outcome, TrainReport, calibration, open_preference_model, read_score_head,
     train_dpo, train_pm, train_sft,
 };
+pub use lora::LoraSettings;
 pub use loss::{
     PreferenceModel, agreement, answer_logps, dpo_margins, scalar, sft_loss, soft_pair_loss,
 };

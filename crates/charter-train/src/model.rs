@@ -15,6 +15,7 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use charter_model::{ModelConfig, ModelDir, Tensors};
 
+use crate::lora::{Adapter, LayerAdapters, LoraSettings, TARGETS, peft_name};
 use crate::{Error, Result};
 
 /// One transformer block: attention and SwiGLU MLP, each pre-normed.
@@ -32,6 +33,8 @@ pub struct DecoderLayer {
     gate_proj: Param<Tensor<2>>,
     up_proj: Param<Tensor<2>>,
     down_proj: Param<Tensor<2>>,
+    /// Low-rank adapters, when training with LoRA.
+    lora: Option<LayerAdapters>,
 }
 
 /// The decoder: token embedding, blocks, final norm and LM head (tied to the
@@ -44,6 +47,9 @@ pub struct Decoder {
     lm_head: Option<Param<Tensor<2>>>,
     #[module(skip)]
     config: ModelConfig,
+    /// Adapter settings when the blocks carry adapters.
+    #[module(skip)]
+    lora: Option<LoraSettings>,
 }
 
 /// Shape checks and conversion of named f32 weights into burn parameters.
@@ -95,16 +101,29 @@ impl Loader<'_> {
     }
 }
 
-/// `x · Wᵀ (+ b)` for `x` `[batch, seq, in]` and `W` `[out, in]`.
-fn linear(x: Tensor<3>, weight: &Param<Tensor<2>>, bias: Option<&Param<Tensor<1>>>) -> Tensor<3> {
+/// A low-rank adapter and its scale, applied beside a frozen weight.
+type Lora<'a> = Option<(&'a Adapter, f64)>;
+
+/// `x · Wᵀ (+ b) (+ s · (x · Aᵀ) · Bᵀ)` for `x` `[batch, seq, in]`, `W`
+/// `[out, in]` and an optional adapter.
+fn linear(
+    x: Tensor<3>,
+    weight: &Param<Tensor<2>>,
+    bias: Option<&Param<Tensor<1>>>,
+    lora: Lora<'_>,
+) -> Tensor<3> {
     let [b, t, i] = x.dims();
     let w = weight.val();
     let out = w.dims()[0];
-    let y = x.reshape([b * t, i]).matmul(w.transpose());
-    let y = match bias {
-        Some(bias) => y + bias.val().unsqueeze::<2>(),
-        None => y,
-    };
+    let x = x.reshape([b * t, i]);
+    let mut y = x.clone().matmul(w.transpose());
+    if let Some(bias) = bias {
+        y = y + bias.val().unsqueeze::<2>();
+    }
+    if let Some((adapter, scale)) = lora {
+        let low = x.matmul(adapter.a.val().transpose());
+        y = y + low.matmul(adapter.b.val().transpose()) * scale;
+    }
     y.reshape([b, t, out])
 }
 
@@ -147,17 +166,55 @@ impl DecoderLayer {
             gate_proj: loader.matrix(&format!("{p}.mlp.gate_proj.weight"), ff, h)?,
             up_proj: loader.matrix(&format!("{p}.mlp.up_proj.weight"), ff, h)?,
             down_proj: loader.matrix(&format!("{p}.mlp.down_proj.weight"), h, ff)?,
+            lora: None,
         })
     }
 
-    fn forward(&self, x: Tensor<3>, c: &ModelConfig, rot: &Rotary) -> Tensor<3> {
+    /// The block's projections in [`TARGETS`] order.
+    fn projections(&self) -> [&Param<Tensor<2>>; 7] {
+        [
+            &self.q_proj,
+            &self.k_proj,
+            &self.v_proj,
+            &self.o_proj,
+            &self.gate_proj,
+            &self.up_proj,
+            &self.down_proj,
+        ]
+    }
+
+    /// The block on `x` `[batch, seq, hidden]`; `scale` multiplies the
+    /// adapters' output, if the block has adapters.
+    fn forward(&self, x: Tensor<3>, c: &ModelConfig, rot: &Rotary, scale: f64) -> Tensor<3> {
+        let lora = |pick: fn(&LayerAdapters) -> &Adapter| -> Lora<'_> {
+            self.lora.as_ref().map(|l| (pick(l), scale))
+        };
         let [b, t, _] = x.dims();
         let (nh, kvh, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
         let n = rms_norm(x.clone(), &self.input_norm, c.rms_norm_eps);
         let heads = |y: Tensor<3>, count: usize| y.reshape([b, t, count, hd]).swap_dims(1, 2);
-        let q = heads(linear(n.clone(), &self.q_proj, self.q_bias.as_ref()), nh);
-        let k = heads(linear(n.clone(), &self.k_proj, self.k_bias.as_ref()), kvh);
-        let v = heads(linear(n, &self.v_proj, self.v_bias.as_ref()), kvh);
+        let q = heads(
+            linear(
+                n.clone(),
+                &self.q_proj,
+                self.q_bias.as_ref(),
+                lora(|l| &l.q),
+            ),
+            nh,
+        );
+        let k = heads(
+            linear(
+                n.clone(),
+                &self.k_proj,
+                self.k_bias.as_ref(),
+                lora(|l| &l.k),
+            ),
+            kvh,
+        );
+        let v = heads(
+            linear(n, &self.v_proj, self.v_bias.as_ref(), lora(|l| &l.v)),
+            kvh,
+        );
         let q = rope(q, &rot.cos, &rot.sin);
         let k = rope(k, &rot.cos, &rot.sin);
         // Grouped-query attention: each KV head serves nh / kvh query heads.
@@ -172,10 +229,11 @@ impl DecoderLayer {
         let scores = scores.mask_fill(rot.causal.clone(), f32::NEG_INFINITY);
         let ctx = softmax(scores, 3).matmul(v);
         let ctx = ctx.swap_dims(1, 2).reshape([b, t, nh * hd]);
-        let x = x + linear(ctx, &self.o_proj, None);
+        let x = x + linear(ctx, &self.o_proj, None, lora(|l| &l.o));
         let n = rms_norm(x.clone(), &self.post_norm, c.rms_norm_eps);
-        let act = silu(linear(n.clone(), &self.gate_proj, None)) * linear(n, &self.up_proj, None);
-        x + linear(act, &self.down_proj, None)
+        let gate = linear(n.clone(), &self.gate_proj, None, lora(|l| &l.gate));
+        let act = silu(gate) * linear(n, &self.up_proj, None, lora(|l| &l.up));
+        x + linear(act, &self.down_proj, None, lora(|l| &l.down))
     }
 }
 
@@ -253,6 +311,7 @@ impl Decoder {
             norm: loader.vector("model.norm.weight", h)?,
             lm_head,
             config,
+            lora: None,
         })
     }
 
@@ -306,8 +365,9 @@ impl Decoder {
         let flat = ids.reshape([b * t]);
         let mut x = self.embed.val().select(0, flat).reshape([b, t, h]);
         let rot = Rotary::new(&self.config, t, &device);
+        let scale = self.lora.map_or(1.0, |l| l.scale());
         for layer in &self.layers {
-            x = layer.forward(x, &self.config, &rot);
+            x = layer.forward(x, &self.config, &rot, scale);
         }
         rms_norm(x, &self.norm, self.config.rms_norm_eps)
     }
@@ -316,7 +376,7 @@ impl Decoder {
     /// (see [`Decoder::hidden`]).
     pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        linear(self.hidden(ids), head, None)
+        linear(self.hidden(ids), head, None, None)
     }
 
     /// Every parameter under its HuggingFace name.
@@ -360,7 +420,8 @@ impl Decoder {
     }
 
     /// Every weight under its HuggingFace name, as `model.safetensors`
-    /// stores it (a tied LM head is not repeated).
+    /// stores it (a tied LM head is not repeated), with any adapters merged
+    /// into their weights.
     pub fn to_tensors(&self) -> Result<Tensors> {
         let mut out = Tensors::new();
         for (name, param) in self.named() {
@@ -371,12 +432,137 @@ impl Decoder {
             let shape = data.shape().iter().copied().collect();
             out.insert(name, (shape, values(data)?));
         }
+        if let Some(settings) = self.lora {
+            for (l, layer) in self.layers.iter().enumerate() {
+                let Some(adapters) = &layer.lora else {
+                    continue;
+                };
+                for ((target, adapter), weight) in
+                    adapters.each().into_iter().zip(layer.projections())
+                {
+                    let merged = weight.val() + adapter.delta(settings.scale());
+                    let data = merged.into_data();
+                    let shape = data.shape().iter().copied().collect();
+                    out.insert(
+                        format!("model.layers.{l}.{target}.weight"),
+                        (shape, values(data)?),
+                    );
+                }
+            }
+        }
         Ok(out)
     }
 
+    /// Puts low-rank adapters of `settings` on every block's projections
+    /// and freezes every other weight (see [`crate::lora`]). `A` is drawn
+    /// from a stream keyed by `seed`; `B` is zero, so the model's outputs
+    /// are unchanged until it trains.
+    pub fn with_lora(self, settings: LoraSettings, seed: u64) -> Result<Self> {
+        settings.validate()?;
+        let device = self.device();
+        let mut model = self.no_grad();
+        for (l, layer) in model.layers.iter_mut().enumerate() {
+            let shapes = layer.projections().map(|w| w.val().dims());
+            layer.lora = Some(LayerAdapters::build(|i, target| {
+                let [out, inp] = shapes[i];
+                if settings.rank > out.min(inp) {
+                    return Err(Error::Input(format!(
+                        "--lora-rank {} exceeds the {out}×{inp} weight {target}",
+                        settings.rank
+                    )));
+                }
+                Ok(Adapter::new(
+                    &format!("model.layers.{l}.{target}"),
+                    (l * TARGETS.len() + i) as u64,
+                    [out, inp],
+                    settings.rank,
+                    seed,
+                    &device,
+                ))
+            })?);
+        }
+        model.lora = Some(settings);
+        Ok(model)
+    }
+
+    /// The adapter settings, when the model carries adapters.
+    pub fn lora(&self) -> Option<LoraSettings> {
+        self.lora
+    }
+
+    /// The adapters' `A` `[rank, in]` and `B` `[out, rank]` under PEFT's
+    /// names (`base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`);
+    /// empty without adapters.
+    pub fn adapter_tensors(&self) -> Result<Tensors> {
+        let mut out = Tensors::new();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let Some(adapters) = &layer.lora else {
+                continue;
+            };
+            for (target, adapter) in adapters.each() {
+                for (which, p) in [('A', &adapter.a), ('B', &adapter.b)] {
+                    let data = p.val().into_data();
+                    let shape = data.shape().iter().copied().collect();
+                    out.insert(peft_name(l, target, which), (shape, values(data)?));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// What training changes: the adapters with LoRA, else every weight.
+    pub fn trainable_tensors(&self) -> Result<Tensors> {
+        match self.lora {
+            Some(_) => self.adapter_tensors(),
+            None => self.to_tensors(),
+        }
+    }
+
+    /// The model with the weights of [`Decoder::trainable_tensors`] put
+    /// back: the adapters with LoRA (the frozen weights stay), else every
+    /// weight.
+    pub fn restore(self, tensors: &Tensors) -> Result<Self> {
+        let Some(settings) = self.lora else {
+            return Decoder::from_tensors(self.config.clone(), tensors, &self.device());
+        };
+        let device = self.device();
+        let mut model = self;
+        let rank = settings.rank;
+        for (l, layer) in model.layers.iter_mut().enumerate() {
+            let shapes = layer.projections().map(|w| w.val().dims());
+            layer.lora = Some(LayerAdapters::build(|i, target| {
+                let [out, inp] = shapes[i];
+                let take = |which: char, want: [usize; 2]| -> Result<Vec<f32>> {
+                    let name = peft_name(l, target, which);
+                    let (shape, values) = tensors
+                        .get(&name)
+                        .ok_or_else(|| Error::MissingWeight(name.clone()))?;
+                    if shape != &want {
+                        return Err(Error::Shape {
+                            name,
+                            got: shape.clone(),
+                            want: want.to_vec(),
+                        });
+                    }
+                    Ok(values.clone())
+                };
+                Ok(Adapter::from_values(
+                    (l * TARGETS.len() + i) as u64,
+                    [out, inp],
+                    rank,
+                    take('A', [rank, inp])?,
+                    take('B', [out, rank])?,
+                    &device,
+                ))
+            })?);
+        }
+        Ok(model)
+    }
+
     /// The gradient of every weight in `grads` (from `loss.backward()` on
-    /// an autodiff device) under its HuggingFace name; weights the loss
-    /// does not reach are absent.
+    /// an autodiff device) under its HuggingFace name, and of every adapter
+    /// under its PEFT name; weights the loss does not reach, or frozen
+    /// ones, are absent.
     pub fn gradients(&self, grads: &Gradients) -> Result<Tensors> {
         let mut out = Tensors::new();
         for (name, param) in self.named() {
@@ -387,6 +573,19 @@ impl Decoder {
             if let Some(data) = data {
                 let shape = data.shape().iter().copied().collect();
                 out.insert(name, (shape, values(data)?));
+            }
+        }
+        for (l, layer) in self.layers.iter().enumerate() {
+            let Some(adapters) = &layer.lora else {
+                continue;
+            };
+            for (target, adapter) in adapters.each() {
+                for (which, p) in [('A', &adapter.a), ('B', &adapter.b)] {
+                    if let Some(data) = p.val().grad(grads).map(Tensor::into_data) {
+                        let shape = data.shape().iter().copied().collect();
+                        out.insert(peft_name(l, target, which), (shape, values(data)?));
+                    }
+                }
             }
         }
         Ok(out)

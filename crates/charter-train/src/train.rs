@@ -11,6 +11,7 @@ use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOpti
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::lora::LoraSettings;
 use crate::metrics::MetricRow;
 use crate::{Error, Result};
 
@@ -48,6 +49,9 @@ pub struct TrainSettings {
     pub seed: u64,
     /// Steps between checkpoints (0: only on interruption).
     pub checkpoint_every: usize,
+    /// Train low-rank adapters on frozen weights instead of every weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraSettings>,
 }
 
 impl Default for TrainSettings {
@@ -63,6 +67,7 @@ impl Default for TrainSettings {
             weight_decay: 0.0,
             seed: 0,
             checkpoint_every: 50,
+            lora: None,
         }
     }
 }
@@ -85,6 +90,9 @@ impl TrainSettings {
                 "--weight-decay must be >= 0, got {}",
                 self.weight_decay
             ));
+        }
+        if let Some(lora) = &self.lora {
+            lora.validate()?;
         }
         Ok(())
     }

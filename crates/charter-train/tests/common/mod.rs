@@ -122,6 +122,7 @@ pub fn quick(epochs: usize, lr: f64) -> TrainSettings {
         weight_decay: 0.0,
         seed: 1,
         checkpoint_every: 0,
+        lora: None,
     }
 }
 
