@@ -13,10 +13,8 @@ use crate::data::Tokens;
 use crate::model::{param_with_id, values};
 use crate::{Decoder, Error, Result};
 
-/// Rows right-padded into one `[batch, width]` id tensor, with a `[batch,
-/// width - 1]` mask that is 1 where position `i` predicts an answer token
-/// (`i + 1 >= prompt_len`) and 0 on prompt and padding.
-fn pad(model: &Decoder, rows: &[&Tokens]) -> Result<(Tensor<2, Int>, Tensor<2>, usize)> {
+/// Rows right-padded into one `[batch, width]` id tensor.
+fn pad(model: &Decoder, rows: &[&Tokens]) -> Result<(Tensor<2, Int>, usize)> {
     let width = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
     if width < 2 {
         return Err(Error::Input(
@@ -24,7 +22,6 @@ fn pad(model: &Decoder, rows: &[&Tokens]) -> Result<(Tensor<2, Int>, Tensor<2>, 
         ));
     }
     let mut ids = Vec::with_capacity(rows.len() * width);
-    let mut mask = Vec::with_capacity(rows.len() * (width - 1));
     for row in rows {
         if row.prompt_len == 0 || row.prompt_len > row.ids.len() {
             return Err(Error::Input(format!(
@@ -35,43 +32,68 @@ fn pad(model: &Decoder, rows: &[&Tokens]) -> Result<(Tensor<2, Int>, Tensor<2>, 
         }
         ids.extend(row.ids.iter().copied());
         ids.extend(std::iter::repeat_n(0, width - row.ids.len()));
-        mask.extend((1..width).map(|next| {
-            if next >= row.prompt_len && next < row.ids.len() {
-                1f32
-            } else {
-                0.0
-            }
-        }));
     }
-    let device = model.device();
     let id_rows: Vec<&[u32]> = ids.chunks(width).collect();
-    let ids = model.ids(&id_rows, &device)?;
-    let mask = Tensor::<2>::from_data(TensorData::new(mask, [rows.len(), width - 1]), &device);
-    Ok((ids, mask, width))
+    let ids = model.ids(&id_rows, &model.device())?;
+    Ok((ids, width))
 }
 
-/// Log-probability of each next token `[batch, width - 1]`, with the answer
-/// mask of [`pad`].
-fn next_token_logps(model: &Decoder, rows: &[&Tokens]) -> Result<(Tensor<2>, Tensor<2>)> {
-    let (ids, mask, width) = pad(model, rows)?;
+/// The log-probability `[n]` of every answer token of `rows`, and an
+/// `[batch, n]` 0/1 matrix of which row each belongs to.
+///
+/// Only the positions that predict an answer token (position `i` of a row
+/// whose token `i + 1` is past the prompt) go through the LM head and the
+/// softmax over the vocabulary: prompt and padding positions, whose logits
+/// the loss would mask out, cost nothing there. (For a small model the
+/// vocabulary-wide head and softmax are a large share of a step.)
+fn answer_token_logps(model: &Decoder, rows: &[&Tokens]) -> Result<(Tensor<1>, Tensor<2>)> {
+    let (ids, width) = pad(model, rows)?;
     let b = rows.len();
-    let logits = model.forward(ids.clone());
-    let logp = log_softmax(logits.narrow(1, 0, width - 1), 2);
-    let next = ids.narrow(1, 1, width - 1).unsqueeze_dim::<3>(2);
-    Ok((logp.gather(2, next).reshape([b, width - 1]), mask))
+    let mut positions = Vec::new();
+    let mut targets = Vec::new();
+    let mut owners = Vec::new();
+    for (r, row) in rows.iter().enumerate() {
+        for i in row.prompt_len - 1..row.ids.len() - 1 {
+            positions.push((r * width + i) as i64);
+            targets.push(i64::from(row.ids[i + 1]));
+            owners.push(r);
+        }
+    }
+    let n = positions.len();
+    // No answer token at all: one stand-in position that no row owns keeps
+    // the graph well-formed and adds exactly zero.
+    let stand_in = n == 0;
+    if stand_in {
+        positions.push(0);
+        targets.push(0);
+    }
+    let width_n = positions.len();
+    let mut owner = vec![0f32; b * width_n];
+    for (k, &r) in owners.iter().enumerate() {
+        owner[r * width_n + k] = 1.0;
+    }
+    let device = model.device();
+    let h = model.config().hidden_size;
+    let hidden = model.hidden(ids).reshape([b * width, h]);
+    let positions = Tensor::<1, Int>::from_data(TensorData::new(positions, [width_n]), &device);
+    let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [width_n, 1]), &device);
+    let logits = model.lm_head(hidden.select(0, positions));
+    let logp = log_softmax(logits, 1).gather(1, targets).reshape([width_n]);
+    let owner = Tensor::<2>::from_data(TensorData::new(owner, [b, width_n]), &device);
+    Ok((logp, owner))
 }
 
 /// Summed next-token cross-entropy over the answer tokens of `rows`,
 /// divided by `denominator` (the step's answer-token count).
 pub fn sft_loss(model: &Decoder, rows: &[&Tokens], denominator: f64) -> Result<Tensor<1>> {
-    let (logp, mask) = next_token_logps(model, rows)?;
-    Ok((logp * mask).sum().neg() / denominator)
+    Ok(answer_logps(model, rows)?.sum().neg() / denominator)
 }
 
 /// Sum of the answer tokens' log-probabilities per row, `[batch]`.
 pub fn answer_logps(model: &Decoder, rows: &[&Tokens]) -> Result<Tensor<1>> {
-    let (logp, mask) = next_token_logps(model, rows)?;
-    Ok((logp * mask).sum_dim(1).reshape([rows.len()]))
+    let (logp, owner) = answer_token_logps(model, rows)?;
+    let n = logp.dims()[0];
+    Ok(owner.matmul(logp.reshape([n, 1])).reshape([rows.len()]))
 }
 
 /// The soft pairwise loss `-(p·log σ(z) + (1 - p)·log σ(-z))` summed over
@@ -165,7 +187,7 @@ impl PreferenceModel {
     /// Scores `[batch]` of whole conversations `rows` (prompt and answer),
     /// read at each row's last token.
     pub fn scores(&self, rows: &[&Tokens]) -> Result<Tensor<1>> {
-        let (ids, _, width) = pad(&self.backbone, rows)?;
+        let (ids, width) = pad(&self.backbone, rows)?;
         let h = self.backbone.config().hidden_size;
         let b = rows.len();
         let hidden = self.backbone.hidden(ids).reshape([b * width, h]);

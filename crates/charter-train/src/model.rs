@@ -379,6 +379,13 @@ impl Decoder {
         linear(self.hidden(ids), head, None, None)
     }
 
+    /// Logits `[n, vocab]` of final-normed hidden states `[n, hidden]`
+    /// (rows of [`Decoder::hidden`]).
+    pub fn lm_head(&self, hidden: Tensor<2>) -> Tensor<2> {
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        hidden.matmul(head.val().transpose())
+    }
+
     /// Every parameter under its HuggingFace name.
     fn named(&self) -> Vec<(String, Named<'_>)> {
         let mut out = vec![

@@ -57,6 +57,49 @@ fn answer_only_loss_ignores_prompt_and_padding() {
 }
 
 #[test]
+fn answer_logps_match_the_full_logits() {
+    // The loss runs the LM head on answer positions only; the sums must be
+    // those of the whole logits, row by row, padding and all.
+    let root = tempfile::tempdir().unwrap();
+    charter_model::write_tiny(root.path(), 8).unwrap();
+    let device = select_device(DeviceChoice::Cpu, true).unwrap();
+    let model = Decoder::open(root.path(), &device).unwrap();
+    let rows = [
+        tokens(&[257, 72, 105, 10, 79, 75, 258], 4),
+        tokens(&[257, 49, 61], 1),
+        tokens(&[257, 5, 6, 7], 4),
+    ];
+    let refs: Vec<&Tokens> = rows.iter().collect();
+    let got = charter_train::answer_logps(&model, &refs).unwrap();
+    let got: Vec<f32> = got.into_data().convert::<f32>().try_to_vec().unwrap();
+    let vocab = model.config().vocab_size;
+    for (row, got) in rows.iter().zip(&got) {
+        let logits = model.logits(&[&row.ids]).unwrap();
+        let mut want = 0f64;
+        for i in row.prompt_len - 1..row.ids.len() - 1 {
+            let z = &logits[i * vocab..(i + 1) * vocab];
+            let max = z.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let lse = f64::from(max)
+                + z.iter()
+                    .map(|&v| f64::from(v - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            want += f64::from(z[row.ids[i + 1] as usize]) - lse;
+        }
+        assert!(
+            (f64::from(*got) - want).abs() < 1e-4,
+            "{:?}: {got} vs {want}",
+            row.ids
+        );
+    }
+    // A batch without a single answer token sums to zero and still differentiates.
+    let prompt_only = [tokens(&[257, 5, 6], 3)];
+    let loss = sft_loss(&model, &[&prompt_only[0]], 1.0).unwrap();
+    assert_eq!(scalar(&loss).unwrap(), 0.0);
+    model.gradients(&loss.backward()).unwrap();
+}
+
+#[test]
 fn gradients_match_finite_differences() {
     let root = tempfile::tempdir().unwrap();
     charter_model::write_tiny(root.path(), 9).unwrap();
