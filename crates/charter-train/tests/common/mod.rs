@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use charter_model::Dtype;
+use charter_model::{Dtype, Tensors};
 use charter_table::{LABELS, Label, Output, Provenance, REVISIONS, Record, Revision, TableWriter};
 use charter_train::{DeviceChoice, Job, Schedule, TrainSettings};
 
@@ -135,5 +135,32 @@ pub fn job<'a>(model: &'a Path, out: &'a Path, settings: TrainSettings) -> Job<'
         dtype: Dtype::F32,
         resume: false,
         interrupt: &NEVER,
+    }
+}
+
+/// Checks autodiff gradients `grads` of tensors `names` against central
+/// finite differences of `loss_with(name, index, delta)` (the loss with
+/// one value moved by `delta`), at each tensor's three largest components:
+/// their finite differences stand well above f32 rounding.
+pub fn check_gradients(
+    grads: &Tensors,
+    names: &[&str],
+    loss_with: impl Fn(&str, usize, f32) -> f64,
+) {
+    for name in names {
+        let (_, g) = &grads[*name];
+        let mut order: Vec<usize> = (0..g.len()).collect();
+        order.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
+        for &i in &order[..3] {
+            let eps = 1e-2;
+            let numeric =
+                (loss_with(name, i, eps) - loss_with(name, i, -eps)) / (2.0 * f64::from(eps));
+            let analytic = f64::from(g[i]);
+            let err = (numeric - analytic).abs() / analytic.abs().max(1e-3);
+            assert!(
+                err < 0.05,
+                "{name}[{i}]: autodiff {analytic}, finite difference {numeric}"
+            );
+        }
     }
 }
