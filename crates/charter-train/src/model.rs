@@ -121,8 +121,9 @@ fn linear(
         y = y + bias.val().unsqueeze::<2>();
     }
     if let Some((adapter, scale)) = lora {
-        let low = x.matmul(adapter.a.val().transpose());
-        y = y + low.matmul(adapter.b.val().transpose()) * scale;
+        // Scaled at rank width, where it is cheapest.
+        let low = x.matmul(adapter.a.val().transpose()) * scale;
+        y = y + low.matmul(adapter.b.val().transpose());
     }
     y.reshape([b, t, out])
 }

@@ -283,3 +283,41 @@ fn lora_dpo_starts_at_ln_2() {
     );
     assert!(out.join("adapter/adapter_model.safetensors").is_file());
 }
+
+#[test]
+fn lora_pm_trains_the_head_and_the_adapters() {
+    let root = tempfile::tempdir().unwrap();
+    let base = root.path().join("tiny");
+    charter_model::write_tiny(&base, 6).unwrap();
+    let rows: Vec<(String, String, String, f64)> = (0..12)
+        .map(|i| {
+            let (good, bad) = (format!("Sure, item {i}."), format!("No. Go away {i}!!"));
+            match i % 2 {
+                0 => (format!("Help with {i}?"), good, bad, 0.9),
+                _ => (format!("Help with {i}?"), bad, good, 0.1),
+            }
+        })
+        .collect();
+    let table = labels(&root.path().join("labels.parquet"), &rows);
+    let out = root.path().join("pm");
+    let mut settings = quick(3, 1e-2);
+    settings.lora = Some(LORA);
+    let outcome =
+        charter_train::train_pm(&job(&base, &out, settings), &table, 0.0, &mut |_, _| {}).unwrap();
+    assert!(matches!(outcome, Outcome::Written { .. }));
+    let device = select_device(DeviceChoice::Cpu, false).unwrap();
+    let pm = charter_train::open_preference_model(&out, &device).unwrap();
+    assert!(pm.score_values().unwrap().iter().any(|&v| v != 0.0));
+    let adapter =
+        charter_model::SafetensorsFile::open(out.join("adapter/adapter_model.safetensors"))
+            .unwrap();
+    assert!(adapter.names().iter().all(|n| n.contains(".lora_")));
+    // The backbone moved only in the adapted projections.
+    let before = Decoder::open(&base, &device).unwrap().to_tensors().unwrap();
+    let after = pm.backbone.to_tensors().unwrap();
+    assert_eq!(before["model.norm.weight"], after["model.norm.weight"]);
+    assert_ne!(
+        before["model.layers.0.mlp.up_proj.weight"],
+        after["model.layers.0.mlp.up_proj.weight"]
+    );
+}
