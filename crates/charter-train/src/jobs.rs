@@ -2,7 +2,7 @@
 //! write a complete model directory with a record of what built it.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::tensor::Device;
 use charter_model::{Dtype, ModelDir, SafetensorsFile, SafetensorsWriter, Tensors, write_trained};
@@ -636,9 +636,30 @@ pub fn train_pm(
 
 // ---------------------------------------------------------------- DPO
 
-/// Answer log-probabilities `[A, B]` of every pair under `model` (no
+/// Reference log-probabilities by pair id, as the cache stores them.
+type LogpMap = std::collections::BTreeMap<String, [f64; 2]>;
+
+fn read_logp_map(path: &Path) -> Option<LogpMap> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn write_logp_map(path: &Path, map: &LogpMap) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    let text = serde_json::to_string(map).map_err(|e| Error::Data(e.to_string()))?;
+    std::fs::write(tmp.path(), text).map_err(|e| Error::io(tmp.path(), e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+/// Answer log-probabilities `[A, B]` of every pair under `base` (no
 /// gradients), cached in `cache_dir` by content hash of (model, labels
 /// table, `max_len`).
+///
+/// Pairs done so far are kept in `<key>.partial.json` after every batch, so
+/// a killed or interrupted pass resumes with the pairs it lacks. `None`:
+/// `interrupt` was set, and what was done is saved.
 fn reference_logps(
     base: &ModelDir,
     rows: &[PairRow],
@@ -646,7 +667,8 @@ fn reference_logps(
     max_len: usize,
     batch_size: usize,
     cache_dir: &Path,
-) -> Result<Vec<[f64; 2]>> {
+    interrupt: &AtomicBool,
+) -> Result<Option<Vec<[f64; 2]>>> {
     let key = blake3::hash(
         serde_json::json!({
             "reference": base.provenance.content_hash,
@@ -660,35 +682,38 @@ fn reference_logps(
     .to_hex()
     .to_string();
     let path = cache_dir.join(format!("{key}.json"));
-    if let Ok(text) = std::fs::read_to_string(&path)
-        && let Ok(map) = serde_json::from_str::<std::collections::BTreeMap<String, [f64; 2]>>(&text)
-        && let Some(found) = rows
-            .iter()
-            .map(|r| map.get(&r.id).copied())
-            .collect::<Option<Vec<_>>>()
-    {
-        return Ok(found);
+    let partial = cache_dir.join(format!("{key}.partial.json"));
+    let lookup = |map: &LogpMap| -> Option<Vec<[f64; 2]>> {
+        rows.iter().map(|r| map.get(&r.id).copied()).collect()
+    };
+    if let Some(found) = read_logp_map(&path).as_ref().and_then(lookup) {
+        return Ok(Some(found));
     }
-    let device = select_device(DeviceChoice::Cpu, false)?;
-    let model = Decoder::open(&base.path, &device)?;
-    let mut out = Vec::with_capacity(rows.len());
-    let indices: Vec<usize> = (0..rows.len()).collect();
-    for batch in indices.chunks(batch_size.max(1)) {
-        let n = batch.len();
-        let logps = values(answer_logps(&model, &both_sides(rows, batch))?.into_data())?;
-        out.extend((0..n).map(|k| [f64::from(logps[k]), f64::from(logps[n + k])]));
-    }
-    let map: std::collections::BTreeMap<&str, [f64; 2]> = rows
-        .iter()
-        .map(|r| r.id.as_str())
-        .zip(out.iter().copied())
+    let mut map = read_logp_map(&partial).unwrap_or_default();
+    let missing: Vec<usize> = (0..rows.len())
+        .filter(|&i| !map.contains_key(&rows[i].id))
         .collect();
-    std::fs::create_dir_all(cache_dir).map_err(|e| Error::io(cache_dir, e))?;
-    let tmp = tempfile::NamedTempFile::new_in(cache_dir).map_err(|e| Error::io(cache_dir, e))?;
-    let text = serde_json::to_string(&map).map_err(|e| Error::Data(e.to_string()))?;
-    std::fs::write(tmp.path(), text).map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
-    Ok(out)
+    if !missing.is_empty() {
+        std::fs::create_dir_all(cache_dir).map_err(|e| Error::io(cache_dir, e))?;
+        let device = select_device(DeviceChoice::Cpu, false)?;
+        let model = Decoder::open(&base.path, &device)?;
+        for batch in missing.chunks(batch_size.max(1)) {
+            if interrupt.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            let n = batch.len();
+            let logps = values(answer_logps(&model, &both_sides(rows, batch))?.into_data())?;
+            for (k, &i) in batch.iter().enumerate() {
+                let pair = [f64::from(logps[k]), f64::from(logps[n + k])];
+                map.insert(rows[i].id.clone(), pair);
+            }
+            write_logp_map(&partial, &map)?;
+        }
+    }
+    let found = lookup(&map).ok_or_else(|| Error::Data("reference log-probs incomplete".into()))?;
+    write_logp_map(&path, &map)?;
+    let _ = std::fs::remove_file(&partial);
+    Ok(Some(found))
 }
 
 /// DPO on a `labels` table with soft targets: each pair's loss weighs both
@@ -718,14 +743,21 @@ pub fn train_dpo(
     if let Some(done) = up_to_date(job.out, &fp) {
         return Ok(done);
     }
-    let reference = reference_logps(
+    let Some(reference) = reference_logps(
         &p.base,
         &rows,
         &input,
         job.settings.max_len,
         job.settings.batch_size,
         cache_dir,
-    )?;
+        job.interrupt,
+    )?
+    else {
+        return Ok(Outcome::Interrupted {
+            step: 0,
+            checkpoint: cache_dir.to_path_buf(),
+        });
+    };
     let refs = vec![input];
     let run = run_of(job, &fp);
     let objective = Pairwise {

@@ -386,3 +386,77 @@ fn a_gradient_step_uses_every_parameter() {
     let params = GradientsParams::from_grads(grads, &model);
     assert_eq!(params.len(), named.len());
 }
+
+#[test]
+fn the_reference_pass_stops_on_interrupt_and_resumes_from_its_partial_cache() {
+    let root = tempfile::tempdir().unwrap();
+    let base = root.path().join("tiny");
+    charter_model::write_tiny(&base, 2).unwrap();
+    let table = labels(&root.path().join("labels.parquet"), &preference_rows(6));
+    let cache = root.path().join("ref-cache");
+    let mut settings = quick(1, 1e-3);
+    settings.batch_size = 2;
+
+    // Interrupted before the first batch: nothing trained, nothing written.
+    let stop = AtomicBool::new(true);
+    let out = root.path().join("a");
+    let mut first = job(&base, &out, settings.clone());
+    first.interrupt = &stop;
+    match train_dpo(&first, &table, 0.1, &cache, &mut no_progress()).unwrap() {
+        Outcome::Interrupted { step, .. } => assert_eq!(step, 0),
+        Outcome::Written { .. } | Outcome::UpToDate { .. } => panic!("not interrupted"),
+    }
+    assert!(!out.exists());
+
+    written(
+        train_dpo(
+            &job(&base, &out, settings.clone()),
+            &table,
+            0.1,
+            &cache,
+            &mut no_progress(),
+        )
+        .unwrap(),
+    );
+    let files: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let complete = files[0].clone();
+    let full: std::collections::BTreeMap<String, [f64; 2]> =
+        serde_json::from_slice(&std::fs::read(&complete).unwrap()).unwrap();
+    assert_eq!(full.len(), 6);
+
+    // A pass killed after some pairs left a partial cache: the next run
+    // computes only the pairs it lacks.
+    let mut partial = full.clone();
+    let dropped = partial.keys().next().unwrap().clone();
+    partial.remove(&dropped);
+    // A marker on a kept pair shows it is reused, not computed again.
+    let kept = partial.keys().last().unwrap().clone();
+    partial.insert(kept.clone(), [-1.0, -2.0]);
+    let partial_path = complete.with_extension("partial.json");
+    std::fs::write(&partial_path, serde_json::to_string(&partial).unwrap()).unwrap();
+    std::fs::remove_file(&complete).unwrap();
+    written(
+        train_dpo(
+            &job(&base, &root.path().join("b"), settings),
+            &table,
+            0.1,
+            &cache,
+            &mut no_progress(),
+        )
+        .unwrap(),
+    );
+    assert!(!partial_path.exists());
+    let again: std::collections::BTreeMap<String, [f64; 2]> =
+        serde_json::from_slice(&std::fs::read(&complete).unwrap()).unwrap();
+    assert_eq!(
+        again.keys().collect::<Vec<_>>(),
+        full.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(again[&kept], [-1.0, -2.0]);
+    let ([a, b], [x, y]) = (full[&dropped], again[&dropped]);
+    assert!((a - x).abs() < 1e-4 && (b - y).abs() < 1e-4, "{dropped}");
+}
