@@ -80,24 +80,16 @@ impl Adapter {
         device: &Device,
     ) -> Self {
         let bound = 1.0 / (inp as f64).sqrt();
-        let a = uniform(seed, name, rank * inp, bound);
-        Self::from_values(index, [out, inp], rank, a, vec![0.0; out * rank], device)
+        let a = TensorData::new(uniform(seed, name, rank * inp, bound), [rank, inp]);
+        let b = TensorData::new(vec![0f32; out * rank], [out, rank]);
+        Self::from_data(index, a, b, device)
     }
 
-    /// An adapter with the given `A` and `B` values (row-major).
-    pub(crate) fn from_values(
-        index: u64,
-        [out, inp]: [usize; 2],
-        rank: usize,
-        a: Vec<f32>,
-        b: Vec<f32>,
-        device: &Device,
-    ) -> Self {
-        let a = Tensor::<2>::from_data(TensorData::new(a, [rank, inp]), device);
-        let b = Tensor::<2>::from_data(TensorData::new(b, [out, rank]), device);
+    /// An adapter with the given `A` `[rank, in]` and `B` `[out, rank]`.
+    pub(crate) fn from_data(index: u64, a: TensorData, b: TensorData, device: &Device) -> Self {
         Self {
-            a: param_with_id(FIRST_ID + 2 * index, a),
-            b: param_with_id(FIRST_ID + 2 * index + 1, b),
+            a: param_with_id(FIRST_ID + 2 * index, Tensor::from_data(a, device)),
+            b: param_with_id(FIRST_ID + 2 * index + 1, Tensor::from_data(b, device)),
         }
     }
 

@@ -432,14 +432,6 @@ impl Decoder {
     /// into their weights.
     pub fn to_tensors(&self) -> Result<Tensors> {
         let mut out = Tensors::new();
-        for (name, param) in self.named() {
-            let data = match param {
-                Named::Matrix(p) => p.val().into_data(),
-                Named::Vector(p) => p.val().into_data(),
-            };
-            let shape = data.shape().iter().copied().collect();
-            out.insert(name, (shape, values(data)?));
-        }
         if let Some(settings) = self.lora {
             for (l, layer) in self.layers.iter().enumerate() {
                 let Some(adapters) = &layer.lora else {
@@ -458,6 +450,17 @@ impl Decoder {
                 }
             }
         }
+        for (name, param) in self.named() {
+            if out.contains_key(&name) {
+                continue;
+            }
+            let data = match param {
+                Named::Matrix(p) => p.val().into_data(),
+                Named::Vector(p) => p.val().into_data(),
+            };
+            let shape = data.shape().iter().copied().collect();
+            out.insert(name, (shape, values(data)?));
+        }
         Ok(out)
     }
 
@@ -468,11 +471,8 @@ impl Decoder {
     pub fn with_lora(self, settings: LoraSettings, seed: u64) -> Result<Self> {
         settings.validate()?;
         let device = self.device();
-        let mut model = self.no_grad();
-        for (l, layer) in model.layers.iter_mut().enumerate() {
-            let shapes = layer.projections().map(|w| w.val().dims());
-            layer.lora = Some(LayerAdapters::build(|i, target| {
-                let [out, inp] = shapes[i];
+        self.no_grad()
+            .attach(settings, |l, target, index, [out, inp]| {
                 if settings.rank > out.min(inp) {
                     return Err(Error::Input(format!(
                         "--lora-rank {} exceeds the {out}×{inp} weight {target}",
@@ -481,16 +481,31 @@ impl Decoder {
                 }
                 Ok(Adapter::new(
                     &format!("model.layers.{l}.{target}"),
-                    (l * TARGETS.len() + i) as u64,
+                    index,
                     [out, inp],
                     settings.rank,
                     seed,
                     &device,
                 ))
+            })
+    }
+
+    /// Sets every block's adapters to `make(layer, target, index, [out,
+    /// in])`, where `index` numbers the adapters in a fixed order (their
+    /// parameter ids derive from it).
+    fn attach(
+        mut self,
+        settings: LoraSettings,
+        mut make: impl FnMut(usize, &'static str, u64, [usize; 2]) -> Result<Adapter>,
+    ) -> Result<Self> {
+        for (l, layer) in self.layers.iter_mut().enumerate() {
+            let shapes = layer.projections().map(|w| w.val().dims());
+            layer.lora = Some(LayerAdapters::build(|i, target| {
+                make(l, target, (l * TARGETS.len() + i) as u64, shapes[i])
             })?);
         }
-        model.lora = Some(settings);
-        Ok(model)
+        self.lora = Some(settings);
+        Ok(self)
     }
 
     /// The adapter settings, when the model carries adapters.
@@ -503,19 +518,27 @@ impl Decoder {
     /// empty without adapters.
     pub fn adapter_tensors(&self) -> Result<Tensors> {
         let mut out = Tensors::new();
+        for (name, p) in self.named_adapters() {
+            let data = p.val().into_data();
+            let shape = data.shape().iter().copied().collect();
+            out.insert(name, (shape, values(data)?));
+        }
+        Ok(out)
+    }
+
+    /// Every adapter matrix under its PEFT name.
+    fn named_adapters(&self) -> Vec<(String, &Param<Tensor<2>>)> {
+        let mut out = Vec::new();
         for (l, layer) in self.layers.iter().enumerate() {
             let Some(adapters) = &layer.lora else {
                 continue;
             };
             for (target, adapter) in adapters.each() {
-                for (which, p) in [('A', &adapter.a), ('B', &adapter.b)] {
-                    let data = p.val().into_data();
-                    let shape = data.shape().iter().copied().collect();
-                    out.insert(peft_name(l, target, which), (shape, values(data)?));
-                }
+                out.push((peft_name(l, target, 'A'), &adapter.a));
+                out.push((peft_name(l, target, 'B'), &adapter.b));
             }
         }
-        Ok(out)
+        out
     }
 
     /// What training changes: the adapters with LoRA, else every weight.
@@ -530,41 +553,21 @@ impl Decoder {
     /// back: the adapters with LoRA (the frozen weights stay), else every
     /// weight.
     pub fn restore(self, tensors: &Tensors) -> Result<Self> {
-        let Some(settings) = self.lora else {
-            return Decoder::from_tensors(self.config.clone(), tensors, &self.device());
-        };
         let device = self.device();
-        let mut model = self;
+        let Some(settings) = self.lora else {
+            return Decoder::from_tensors(self.config.clone(), tensors, &device);
+        };
+        let loader = Loader {
+            tensors,
+            device: &device,
+            next_id: Cell::new(0),
+        };
         let rank = settings.rank;
-        for (l, layer) in model.layers.iter_mut().enumerate() {
-            let shapes = layer.projections().map(|w| w.val().dims());
-            layer.lora = Some(LayerAdapters::build(|i, target| {
-                let [out, inp] = shapes[i];
-                let take = |which: char, want: [usize; 2]| -> Result<Vec<f32>> {
-                    let name = peft_name(l, target, which);
-                    let (shape, values) = tensors
-                        .get(&name)
-                        .ok_or_else(|| Error::MissingWeight(name.clone()))?;
-                    if shape != &want {
-                        return Err(Error::Shape {
-                            name,
-                            got: shape.clone(),
-                            want: want.to_vec(),
-                        });
-                    }
-                    Ok(values.clone())
-                };
-                Ok(Adapter::from_values(
-                    (l * TARGETS.len() + i) as u64,
-                    [out, inp],
-                    rank,
-                    take('A', [rank, inp])?,
-                    take('B', [out, rank])?,
-                    &device,
-                ))
-            })?);
-        }
-        Ok(model)
+        self.attach(settings, |l, target, index, [out, inp]| {
+            let a = loader.get(&peft_name(l, target, 'A'), &[rank, inp])?;
+            let b = loader.get(&peft_name(l, target, 'B'), &[out, rank])?;
+            Ok(Adapter::from_data(index, a, b, &device))
+        })
     }
 
     /// The gradient of every weight in `grads` (from `loss.backward()` on
@@ -583,17 +586,10 @@ impl Decoder {
                 out.insert(name, (shape, values(data)?));
             }
         }
-        for (l, layer) in self.layers.iter().enumerate() {
-            let Some(adapters) = &layer.lora else {
-                continue;
-            };
-            for (target, adapter) in adapters.each() {
-                for (which, p) in [('A', &adapter.a), ('B', &adapter.b)] {
-                    if let Some(data) = p.val().grad(grads).map(Tensor::into_data) {
-                        let shape = data.shape().iter().copied().collect();
-                        out.insert(peft_name(l, target, which), (shape, values(data)?));
-                    }
-                }
+        for (name, p) in self.named_adapters() {
+            if let Some(data) = p.val().grad(grads).map(Tensor::into_data) {
+                let shape = data.shape().iter().copied().collect();
+                out.insert(name, (shape, values(data)?));
             }
         }
         Ok(out)
