@@ -33,7 +33,7 @@ pub(crate) fn run(command: TrainCommand, quiet: bool) -> Result<()> {
     if !quiet {
         eprintln!(
             "training on {}; {} → {}",
-            charter_train::describe(job.device),
+            charter_train::describe(job.device)?,
             flags.model.display(),
             flags.output.display()
         );

@@ -258,17 +258,20 @@ fn run_of<'a>(job: &'a Job<'_>, fingerprint: &str) -> Run<'a> {
 struct Prepared {
     base: ModelDir,
     device: Device,
+    /// The device in words, for the report.
+    device_name: String,
     formatter: Formatter,
 }
 
 fn prepare(job: &Job<'_>) -> Result<Prepared> {
     job.settings.validate()?;
     let base = ModelDir::open(job.model)?;
-    let device = select_device(job.device, true)?;
+    let selected = crate::device::select(job.device, true)?;
     let formatter = Formatter::new(&base, job.settings.max_len)?;
     Ok(Prepared {
         base,
-        device,
+        device: selected.device,
+        device_name: selected.description,
         formatter,
     })
 }
@@ -297,7 +300,7 @@ fn finish(
         inputs,
         settings: job.settings.clone(),
         objective_settings,
-        device: crate::device::describe(job.device),
+        device: prepared.device_name.clone(),
         examples,
         skipped,
         steps: metrics.len(),
@@ -657,18 +660,18 @@ fn write_logp_map(path: &Path, map: &LogpMap) -> Result<()> {
 /// gradients), cached in `cache_dir` by content hash of (model, labels
 /// table, `max_len`).
 ///
-/// Pairs done so far are kept in `<key>.partial.json` after every batch, so
-/// a killed or interrupted pass resumes with the pairs it lacks. `None`:
-/// `interrupt` was set, and what was done is saved.
+/// Runs on the job's device in its batch size. Pairs done so far are kept
+/// in `<key>.partial.json` after every batch, so a killed or interrupted
+/// pass resumes with the pairs it lacks. `None`: the job's interrupt flag
+/// was set, and what was done is saved.
 fn reference_logps(
     base: &ModelDir,
     rows: &[PairRow],
     input: &InputRef,
-    max_len: usize,
-    batch_size: usize,
+    job: &Job<'_>,
     cache_dir: &Path,
-    interrupt: &AtomicBool,
 ) -> Result<Option<Vec<[f64; 2]>>> {
+    let (max_len, batch_size) = (job.settings.max_len, job.settings.batch_size);
     let key = blake3::hash(
         serde_json::json!({
             "reference": base.provenance.content_hash,
@@ -695,10 +698,10 @@ fn reference_logps(
         .collect();
     if !missing.is_empty() {
         std::fs::create_dir_all(cache_dir).map_err(|e| Error::io(cache_dir, e))?;
-        let device = select_device(DeviceChoice::Cpu, false)?;
+        let device = select_device(job.device, false)?;
         let model = Decoder::open(&base.path, &device)?;
         for batch in missing.chunks(batch_size.max(1)) {
-            if interrupt.load(Ordering::SeqCst) {
+            if job.interrupt.load(Ordering::SeqCst) {
                 return Ok(None);
             }
             let n = batch.len();
@@ -743,16 +746,7 @@ pub fn train_dpo(
     if let Some(done) = up_to_date(job.out, &fp) {
         return Ok(done);
     }
-    let Some(reference) = reference_logps(
-        &p.base,
-        &rows,
-        &input,
-        job.settings.max_len,
-        job.settings.batch_size,
-        cache_dir,
-        job.interrupt,
-    )?
-    else {
+    let Some(reference) = reference_logps(&p.base, &rows, &input, job, cache_dir)? else {
         return Ok(Outcome::Interrupted {
             step: 0,
             checkpoint: cache_dir.to_path_buf(),

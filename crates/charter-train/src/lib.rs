@@ -23,7 +23,7 @@ mod score;
 mod train;
 
 pub use data::{Formatter, PreferenceExample, SftExample, Tokens, read_labels, read_sft};
-pub use device::{DeviceChoice, describe, select_device};
+pub use device::{DeviceChoice, Selected, describe, select, select_device};
 pub use error::{Error, Result};
 pub use jobs::{
     HeldOut, Job, Outcome, TrainReport, calibration, open_preference_model, read_score_head,
