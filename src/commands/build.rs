@@ -2,14 +2,20 @@
 //! rebuilt only when its build key changed; `--dry-run` says what would run and why.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use charter_stages::{BuildCache, BuildPlan, OutcomeStatus, StageOutcome};
+use charter_stages::{BuildCache, BuildPlan, OutcomeStatus, StageOp, StageOutcome};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::cli::BuildArgs;
+
+/// Set by Ctrl-C: the running training stage checkpoints and stops.
+static INTERRUPT: AtomicBool = AtomicBool::new(false);
+/// Whether a training stage is running (Ctrl-C elsewhere exits at once).
+static TRAINING: AtomicBool = AtomicBool::new(false);
 
 pub(crate) fn run(args: BuildArgs, quiet: bool) -> Result<()> {
     let plan = BuildPlan::load(&args.file)?;
@@ -22,12 +28,23 @@ pub(crate) fn run(args: BuildArgs, quiet: bool) -> Result<()> {
         }
     }
     let total = plan.stages.len();
-    let mut cache = BuildCache::default();
+    // Ctrl-C during a training stage checkpoints after the current step and
+    // ends the build; during any other stage it ends the process at once
+    // (those resume from their journals).
+    ctrlc::set_handler(|| {
+        if !TRAINING.load(Ordering::SeqCst) || INTERRUPT.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: finishing this training step, then writing a checkpoint");
+    })
+    .context("installing the Ctrl-C handler")?;
+    let mut cache = BuildCache::with_interrupt(&INTERRUPT);
     let mut done: Vec<(StageOutcome, f64)> = Vec::with_capacity(total);
     let build_started = Instant::now();
     for (i, stage) in plan.stages.iter().enumerate() {
         let bar = progress_bar(quiet, &stage.name);
         let started = Instant::now();
+        TRAINING.store(matches!(stage.op, StageOp::Train(_)), Ordering::SeqCst);
         let result = plan.run_stage(stage, &mut cache, &mut |p| {
             bar.set_length(p.rows_total);
             bar.set_position(p.rows_done);
@@ -35,6 +52,7 @@ pub(crate) fn run(args: BuildArgs, quiet: bool) -> Result<()> {
             bar.set_message(format!("{:.0} tok/s", p.tokens as f64 / secs));
         });
         bar.finish_and_clear();
+        TRAINING.store(false, Ordering::SeqCst);
         let seconds = started.elapsed().as_secs_f64();
         let outcome = match result {
             Ok(o) => o,
@@ -75,12 +93,20 @@ pub(crate) fn run(args: BuildArgs, quiet: bool) -> Result<()> {
 
 fn summary_line(o: &StageOutcome, seconds: f64) -> String {
     let hash = &o.content_hash[..o.content_hash.len().min(16)];
+    let (unit, resumed) = match o.kind {
+        "train" => (
+            "examples",
+            format!(" (resumed after step {})", o.resumed_rows),
+        ),
+        "eval" => ("comparisons", String::new()),
+        _ => ("rows", format!(" ({} rows resumed)", o.resumed_rows)),
+    };
     let work = match o.status {
         OutcomeStatus::Ran | OutcomeStatus::Resumed => format!(
             ", {} tokens in {seconds:.1}s{}",
             o.tokens,
             if o.resumed_rows > 0 {
-                format!(" ({} rows resumed)", o.resumed_rows)
+                resumed
             } else {
                 String::new()
             }
@@ -88,7 +114,7 @@ fn summary_line(o: &StageOutcome, seconds: f64) -> String {
         OutcomeStatus::Cached | OutcomeStatus::Source => String::new(),
     };
     format!(
-        "{} ({}): {}: {} rows{work} → {} ({hash})",
+        "{} ({}): {}: {} {unit}{work} → {} ({hash})",
         o.stage,
         o.kind,
         o.status.as_str(),

@@ -1,6 +1,5 @@
 //! `charter train sft|pm|dpo`: a model directory and tables → a trained model directory.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
@@ -65,7 +64,7 @@ pub(crate) fn run(command: TrainCommand, quiet: bool) -> Result<()> {
         TrainCommand::Dpo(a) => {
             let cache = match &a.cache {
                 Some(dir) => dir.clone(),
-                None => default_cache()?,
+                None => charter_train::default_reference_cache()?,
             };
             train_dpo(&job, &a.input, a.beta, &cache, &mut progress)
                 .with_context(|| format!("train dpo from {}", a.flags.model.display()))?
@@ -131,8 +130,9 @@ fn job(flags: &TrainFlags) -> Result<Job<'_>> {
     });
     let settings = TrainSettings {
         epochs: flags.epochs,
-        // Adapters start from zero and need a larger step than full fine-tuning.
-        lr: flags.lr.unwrap_or(if lora.is_some() { 2e-4 } else { 1e-5 }),
+        lr: flags
+            .lr
+            .unwrap_or_else(|| TrainSettings::default_lr(lora.is_some())),
         schedule: match flags.schedule {
             ScheduleArg::Constant => Schedule::Constant,
             ScheduleArg::Cosine => Schedule::Cosine,
@@ -160,16 +160,6 @@ fn job(flags: &TrainFlags) -> Result<Job<'_>> {
         resume: flags.resume,
         interrupt: &INTERRUPT,
     })
-}
-
-/// `$XDG_CACHE_HOME/charter/dpo-reference`, else `~/.cache/charter/dpo-reference`.
-fn default_cache() -> Result<PathBuf> {
-    let base = match (std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME")) {
-        (Some(x), _) if !x.is_empty() => PathBuf::from(x),
-        (_, Some(home)) => PathBuf::from(home).join(".cache"),
-        _ => bail!("neither XDG_CACHE_HOME nor HOME is set: pass --cache DIR"),
-    };
-    Ok(base.join("charter").join("dpo-reference"))
 }
 
 pub(crate) fn score(args: ScoreArgs, quiet: bool) -> Result<()> {

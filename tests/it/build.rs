@@ -491,3 +491,320 @@ input = "revisions"
     let plan = String::from_utf8(status.stdout).unwrap();
     assert!(!plan.contains(" run:"), "{plan}");
 }
+
+/// The graph of `pipeline`, then the training half: SFT on the revisions
+/// (responses mixed in), a preference model and DPO from the SFT model on
+/// the labels, answers from the DPO model, and an evaluation of it against
+/// the base model. `sft_lr` is SFT's learning rate.
+fn training(model: &str, prompts: &str, constitution: &str, sft_lr: &str) -> String {
+    let quick = "max_len = 96\nbatch_size = 2\ndtype = \"f32\"\ndevice = \"cpu\"";
+    format!(
+        r#"{}
+[[stage]]
+name = "sl"
+kind = "train"
+objective = "sft"
+input = "revisions-2"
+mix = ["responses"]
+lr = {sft_lr}
+{quick}
+
+[[stage]]
+name = "pm"
+kind = "train"
+objective = "pm"
+input = "labels"
+held_out = 0.0
+{quick}
+
+[[stage]]
+name = "rl"
+kind = "train"
+objective = "dpo"
+model = "sl"
+input = "labels"
+beta = 0.2
+reference_cache = "dpo-cache"
+{quick}
+
+[[stage]]
+name = "rl-answers"
+kind = "respond"
+model = "rl"
+input = "prompts"
+
+[[stage]]
+name = "vs-base"
+kind = "eval"
+input = "prompts"
+a = "{model}"
+b = "rl"
+limit = 2
+"#,
+        pipeline(model, prompts, constitution, "")
+    )
+}
+
+#[test]
+fn a_build_trains_evaluates_and_retrains_only_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, prompts) = setup(dir.path(), 3);
+    let c = constitution();
+    let build_file = file(
+        dir.path(),
+        "loop.toml",
+        training(&model, &prompts, &c, "1e-4"),
+    );
+    let out = dir.path().join("out");
+
+    let plan = dry_run(&build_file);
+    assert!(plan["sl"].starts_with("run: output"), "{plan:?}");
+    assert!(
+        plan["rl"].contains("model `sl` will be rebuilt"),
+        "{plan:?}"
+    );
+    assert!(
+        plan["vs-base"].contains("model `rl` will be rebuilt"),
+        "{plan:?}"
+    );
+    // The DPO stage runs after the SFT stage whose model it starts from.
+    let listed = String::from_utf8(ok(&["build", &build_file, "--dry-run"])).unwrap();
+    let order: Vec<&str> = listed
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    let at = |s: &str| order.iter().position(|o| *o == s).unwrap();
+    assert!(at("sl") < at("rl") && at("rl") < at("rl-answers") && at("rl") < at("vs-base"));
+
+    let first = build(&build_file, &[]);
+    for stage in ["sl", "pm", "rl", "rl-answers", "vs-base"] {
+        assert_eq!(first[stage].0, "ran", "{stage}");
+    }
+    // Trained directories record their inputs; later stages use them.
+    let sl: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("sl/charter-train.json")).unwrap()).unwrap();
+    assert_eq!(sl["objective"], "sft");
+    assert_eq!(
+        sl["inputs"].as_array().unwrap().len(),
+        2,
+        "revisions and responses"
+    );
+    assert_eq!(sl["settings"]["lr"], 1e-4);
+    assert_eq!(
+        sl["device"].as_str().unwrap().split(' ').next(),
+        Some("cpu")
+    );
+    let rl: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("rl/charter-train.json")).unwrap()).unwrap();
+    assert_eq!(
+        rl["base_model"]["content_hash"].as_str(),
+        Some(first["sl"].2.as_str())
+    );
+    let answers = inspect(out.join("rl-answers.parquet").to_str().unwrap());
+    assert_eq!(answers["rows"], 3);
+    assert_eq!(
+        answers["metadata"]["charter.model_hash"].as_str(),
+        Some(first["rl"].2.as_str()),
+        "{answers}"
+    );
+    assert!(out.join("pm/score.safetensors").is_file());
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("vs-base/report.json")).unwrap()).unwrap();
+    assert_eq!(report["report"]["comparisons"], 2);
+    assert!(out.join("vs-base/eval-key.json").is_file());
+
+    // Unchanged: everything is up to date and nothing trains again.
+    let plan = dry_run(&build_file);
+    for (stage, line) in &plan {
+        if stage != "prompts" {
+            assert!(line.starts_with("up to date"), "{stage}: {line}");
+        }
+    }
+    let second = build(&build_file, &[]);
+    for stage in ["sl", "pm", "rl", "rl-answers", "vs-base"] {
+        assert_eq!(second[stage].0, "cached", "{stage}");
+        assert_eq!(second[stage].2, first[stage].2, "{stage}");
+    }
+
+    // Another SFT learning rate: SFT retrains, and everything built from its
+    // model follows; the preference model does not.
+    std::fs::write(&build_file, training(&model, &prompts, &c, "2e-4")).unwrap();
+    let plan = dry_run(&build_file);
+    assert!(
+        plan["sl"].starts_with("run: settings changed: lr 0.0001 → 0.0002"),
+        "{plan:?}"
+    );
+    assert!(
+        plan["rl"].starts_with("run: model `sl` will be rebuilt"),
+        "{plan:?}"
+    );
+    assert!(
+        plan["rl-answers"].contains("model `rl` will be rebuilt"),
+        "{plan:?}"
+    );
+    assert!(plan["pm"].starts_with("up to date"), "{plan:?}");
+    let third = build(&build_file, &[]);
+    for (stage, want) in [
+        ("sl", "ran"),
+        ("rl", "ran"),
+        ("rl-answers", "ran"),
+        ("vs-base", "ran"),
+        ("pm", "cached"),
+        ("labels", "cached"),
+    ] {
+        assert_eq!(third[stage].0, want, "{stage}");
+    }
+    assert_ne!(third["sl"].2, first["sl"].2);
+    assert_ne!(third["rl"].2, first["rl"].2);
+
+    // --force on a training stage removes its model and retrains it.
+    let forced = build(&build_file, &["--force", "pm"]);
+    assert_eq!(forced["pm"].0, "ran");
+    assert_eq!(forced["sl"].0, "cached");
+}
+
+#[test]
+fn ctrl_c_in_a_training_stage_checkpoints_and_the_next_build_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, prompts) = setup(dir.path(), 3);
+    let text = format!(
+        r#"[build]
+model = "{model}"
+out = "out"
+[[stage]]
+name = "prompts"
+kind = "table"
+path = "{prompts}"
+[[stage]]
+name = "responses"
+kind = "respond"
+input = "prompts"
+max_new_tokens = 8
+[[stage]]
+name = "sl"
+kind = "train"
+objective = "sft"
+input = "responses"
+epochs = {{EPOCHS}}
+checkpoint_every = 0
+batch_size = 1
+max_len = 64
+dtype = "f32"
+device = "cpu"
+"#
+    );
+    let build_file = file(dir.path(), "b.toml", text.replace("{EPOCHS}", "400"));
+    let checkpoint = dir.path().join("out/sl.checkpoint");
+    let child = Command::new(env!("CARGO_BIN_EXE_charter"))
+        .args(["build", &build_file])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until training has begun (the responses table is written first).
+    let start = Instant::now();
+    while !dir.path().join("out/responses.parquet").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "responses never written"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("run the build again"), "{stderr}");
+    assert!(checkpoint.join("state.json").is_file(), "{stderr}");
+    assert!(
+        !dir.path().join("out/sl").exists(),
+        "an interrupted stage must not look finished"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("out/build-report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["failed_stage"], "sl");
+
+    let plan = dry_run(&build_file);
+    assert!(
+        plan["sl"].contains("resumes from the checkpoint after step"),
+        "{plan:?}"
+    );
+    // Other settings: the checkpoint is of another run and is discarded.
+    std::fs::write(&build_file, text.replace("{EPOCHS}", "1")).unwrap();
+    let plan = dry_run(&build_file);
+    assert!(plan["sl"].contains("it is discarded"), "{plan:?}");
+    let done = build(&build_file, &[]);
+    assert_eq!(done["sl"].0, "ran");
+    assert!(!checkpoint.exists());
+}
+
+#[test]
+fn training_stages_refuse_what_does_not_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = "[build]\nmodel = \"m\"\nconstitution = \"c.toml\"\nout = \"out\"\n\
+                [[stage]]\nname = \"labels\"\nkind = \"table\"\npath = \"l.parquet\"\n";
+    let cases = [
+        (
+            "[[stage]]\nname = \"t\"\nkind = \"train\"\ninput = \"labels\"\n",
+            vec![
+                "stage `t`",
+                "field `objective`",
+                "\"sft\", \"pm\" or \"dpo\"",
+            ],
+        ),
+        (
+            "[[stage]]\nname = \"t\"\nkind = \"train\"\nobjective = \"pm\"\ninput = \"labels\"\nbeta = 0.1\n",
+            vec!["stage `t`", "field `beta`", "`objective = \"dpo\"` only"],
+        ),
+        (
+            "[[stage]]\nname = \"t\"\nkind = \"train\"\nobjective = \"dpo\"\ninput = \"labels\"\nmix = [\"labels\"]\n",
+            vec!["stage `t`", "field `mix`", "`objective = \"sft\"` only"],
+        ),
+        (
+            "[[stage]]\nname = \"pm\"\nkind = \"train\"\nobjective = \"pm\"\ninput = \"labels\"\n\
+             [[stage]]\nname = \"t\"\nkind = \"train\"\nobjective = \"dpo\"\ninput = \"labels\"\nmodel = \"pm\"\n",
+            vec!["stage `t`", "field `model`", "preference model"],
+        ),
+        (
+            "[[stage]]\nname = \"t\"\nkind = \"train\"\nobjective = \"sft\"\ninput = \"labels\"\nlr = -1.0\n",
+            vec!["stage `t`", "field `lr`", "must be > 0"],
+        ),
+        (
+            "[[stage]]\nname = \"t\"\nkind = \"train\"\nobjective = \"sft\"\ninput = \"labels\"\ndevice = \"tpu\"\n",
+            vec!["stage `t`", "field `device`", "tpu"],
+        ),
+        (
+            "[[stage]]\nname = \"t\"\nkind = \"train\"\nobjective = \"sft\"\ninput = \"labels\"\ntemperature = 0.5\n",
+            vec!["stage `t`", "field `temperature`", "does not apply"],
+        ),
+        (
+            "[[stage]]\nname = \"e\"\nkind = \"eval\"\ninput = \"labels\"\na = \"m\"\n",
+            vec!["stage `e`", "field `b`", "needs policy `b`"],
+        ),
+        (
+            "[[stage]]\nname = \"t\"\nkind = \"train\"\nobjective = \"sft\"\ninput = \"labels\"\nmodel = \"t2\"\n\
+             [[stage]]\nname = \"t2\"\nkind = \"train\"\nobjective = \"dpo\"\ninput = \"labels\"\nmodel = \"t\"\n",
+            vec!["cycle", "`t`", "`t2`"],
+        ),
+        (
+            "[[stage]]\nname = \"t\"\nkind = \"train\"\nobjective = \"sft\"\ninput = \"labels\"\n\
+             [[stage]]\nname = \"r\"\nkind = \"respond\"\ninput = \"t\"\n",
+            vec!["stage `r`", "field `input`", "(a `train` stage)"],
+        ),
+    ];
+    for (i, (stage, wanted)) in cases.iter().enumerate() {
+        let name = format!("bad{i}.toml");
+        let path = file(dir.path(), &name, format!("{head}{stage}"));
+        let err = fails(&["build", path.as_str(), "--dry-run"], None);
+        assert!(err.contains(&name), "case {i}: {err}");
+        for w in wanted {
+            assert!(err.contains(w), "case {i}: {w:?} not in {err}");
+        }
+    }
+}

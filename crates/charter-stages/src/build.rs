@@ -17,6 +17,6 @@ mod file;
 mod plan;
 mod run;
 
-pub use file::{BuildPlan, PlannedStage, StageKind, StageOp};
+pub use file::{BuildPlan, EvalOp, PlannedStage, StageKind, StageOp, TrainOp};
 pub use plan::{StageStatus, Verdict};
 pub use run::{BuildCache, OutcomeStatus, StageOutcome};

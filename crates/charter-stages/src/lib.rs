@@ -35,8 +35,8 @@ mod seed;
 mod stop;
 
 pub use build::{
-    BuildCache, BuildPlan, OutcomeStatus, PlannedStage, StageKind, StageOp, StageOutcome,
-    StageStatus, Verdict,
+    BuildCache, BuildPlan, EvalOp, OutcomeStatus, PlannedStage, StageKind, StageOp, StageOutcome,
+    StageStatus, TrainOp, Verdict,
 };
 pub use constitution::{
     Constitution, ConstitutionError, CritiqueExample, CritiquePrinciple, LabelExample,

@@ -23,7 +23,7 @@ use crate::respond::{RespondSettings, respond};
 use crate::{Error, Result};
 
 /// What the evaluation does.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PolicyEvalSettings {
     /// Answers per prompt from each policy (sample `k` of A meets sample `k` of B).
     pub samples: u32,

@@ -121,7 +121,7 @@ pub fn read_labels(path: &Path) -> Result<(Vec<PreferenceExample>, InputRef)> {
     Ok((examples, input_ref(path, &table)?))
 }
 
-fn input_ref(path: &Path, table: &TableFile) -> Result<InputRef> {
+pub(crate) fn input_ref(path: &Path, table: &TableFile) -> Result<InputRef> {
     let content_hash = table
         .content_hash()
         .map(str::to_string)

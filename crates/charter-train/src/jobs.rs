@@ -380,7 +380,7 @@ pub fn train_sft(
             None => skipped += 1,
         }
     }
-    let extra = serde_json::json!({});
+    let extra = Task::Sft.settings();
     let fp = fingerprint("sft", job, &p.base, &refs, &extra);
     if let Some(done) = up_to_date(job.out, &fp) {
         return Ok(done);
@@ -593,7 +593,10 @@ pub fn train_pm(
             labels.display()
         )));
     }
-    let extra = serde_json::json!({ "held_out": held_out_share });
+    let extra = Task::Pm {
+        held_out: held_out_share,
+    }
+    .settings();
     let refs = vec![input];
     let fp = fingerprint("pm", job, &p.base, &refs, &extra);
     if let Some(done) = up_to_date(job.out, &fp) {
@@ -741,7 +744,7 @@ pub fn train_dpo(
             job.settings.max_len
         )));
     }
-    let extra = serde_json::json!({ "beta": beta });
+    let extra = Task::Dpo { beta }.settings();
     let fp = fingerprint("dpo", job, &p.base, std::slice::from_ref(&input), &extra);
     if let Some(done) = up_to_date(job.out, &fp) {
         return Ok(done);
@@ -779,4 +782,116 @@ pub fn train_dpo(
             &fp,
         ),
     }
+}
+
+// ---------------------------------------------------------------- planning
+
+/// A training job by objective, with its objective's own setting.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Task {
+    /// Supervised fine-tuning on revisions/responses tables.
+    Sft,
+    /// A preference model on labels, holding out this share for evaluation.
+    Pm {
+        /// Share of pairs held out.
+        held_out: f64,
+    },
+    /// DPO on labels.
+    Dpo {
+        /// The KL weight β.
+        beta: f64,
+    },
+}
+
+impl Task {
+    /// `sft`, `pm` or `dpo`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Sft => "sft",
+            Task::Pm { .. } => "pm",
+            Task::Dpo { .. } => "dpo",
+        }
+    }
+
+    /// The objective's own settings, as recorded in `objective_settings`.
+    pub fn settings(self) -> serde_json::Value {
+        match self {
+            Task::Sft => serde_json::json!({}),
+            Task::Pm { held_out } => serde_json::json!({ "held_out": held_out }),
+            Task::Dpo { beta } => serde_json::json!({ "beta": beta }),
+        }
+    }
+}
+
+/// Runs `task` on `inputs` (SFT reads every table; PM and DPO one labels
+/// table). `cache_dir` holds DPO's reference log-probabilities.
+pub fn run_task(
+    task: Task,
+    job: &Job<'_>,
+    inputs: &[PathBuf],
+    cache_dir: &Path,
+    progress: &mut dyn FnMut(&MetricRow, usize),
+) -> Result<Outcome> {
+    let one = || match inputs {
+        [one] => Ok(one.as_path()),
+        _ => Err(Error::Input(format!(
+            "{} trains on one labels table, got {}",
+            task.name(),
+            inputs.len()
+        ))),
+    };
+    match task {
+        Task::Sft => train_sft(job, inputs, progress),
+        Task::Pm { held_out } => train_pm(job, one()?, held_out, progress),
+        Task::Dpo { beta } => train_dpo(job, one()?, beta, cache_dir, progress),
+    }
+}
+
+/// The fingerprint a run of `task` on `inputs` would record, computed from
+/// the base model's and the tables' recorded hashes without reading any row:
+/// equal to a finished output's [`recorded_fingerprint`] exactly when that
+/// output is up to date.
+pub fn task_fingerprint(task: Task, job: &Job<'_>, inputs: &[PathBuf]) -> Result<String> {
+    let base = ModelDir::open(job.model)?;
+    let refs = inputs
+        .iter()
+        .map(|p| crate::data::input_ref(p, &charter_table::TableFile::open(p)?))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(fingerprint(
+        task.name(),
+        job,
+        &base,
+        &refs,
+        &task.settings(),
+    ))
+}
+
+/// The fingerprint recorded in a finished training output, if `out` is one.
+pub fn recorded_fingerprint(out: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(out.join(REPORT_FILE)).ok()?;
+    let record: serde_json::Value = serde_json::from_str(&text).ok()?;
+    record["fingerprint"].as_str().map(str::to_string)
+}
+
+/// The record (`charter-train.json`) of a finished training output.
+pub fn read_report(out: &Path) -> Result<serde_json::Value> {
+    let path = out.join(REPORT_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Data(format!("{}: {e}", path.display())))
+}
+
+/// Where DPO's reference log-probabilities are cached unless told otherwise:
+/// `$XDG_CACHE_HOME/charter/dpo-reference`, else `~/.cache/charter/dpo-reference`.
+pub fn default_reference_cache() -> Result<PathBuf> {
+    let base = match (std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME")) {
+        (Some(x), _) if !x.is_empty() => PathBuf::from(x),
+        (_, Some(home)) => PathBuf::from(home).join(".cache"),
+        _ => {
+            return Err(Error::Input(
+                "neither XDG_CACHE_HOME nor HOME is set: name a reference cache directory"
+                    .to_string(),
+            ));
+        }
+    };
+    Ok(base.join("charter").join("dpo-reference"))
 }

@@ -26,8 +26,9 @@ pub use data::{Formatter, PreferenceExample, SftExample, Tokens, read_labels, re
 pub use device::{DeviceChoice, Selected, describe, select, select_device};
 pub use error::{Error, Result};
 pub use jobs::{
-    HeldOut, Job, Outcome, TrainReport, calibration, open_preference_model, read_score_head,
-    train_dpo, train_pm, train_sft,
+    HeldOut, Job, Outcome, Task, TrainReport, calibration, default_reference_cache,
+    open_preference_model, read_report, read_score_head, recorded_fingerprint, run_task,
+    task_fingerprint, train_dpo, train_pm, train_sft,
 };
 pub use lora::LoraSettings;
 pub use loss::{
@@ -36,6 +37,9 @@ pub use loss::{
 pub use metrics::MetricRow;
 pub use model::{Decoder, DecoderLayer};
 pub use score::{ScoreSummary, score_table};
-pub use train::{Checkpointed, Finished, Objective, Run, Schedule, TrainSettings, checkpoint_dir};
+pub use train::{
+    Checkpointed, Finished, Objective, Run, Schedule, TrainSettings, checkpoint_dir,
+    checkpoint_progress,
+};
 
 pub use burn::tensor::Device;

@@ -73,6 +73,12 @@ impl Default for TrainSettings {
 }
 
 impl TrainSettings {
+    /// The peak learning rate used unless one is given: LoRA's adapters
+    /// start from zero and need a larger step than full fine-tuning.
+    pub fn default_lr(lora: bool) -> f64 {
+        if lora { 2e-4 } else { 1e-5 }
+    }
+
     /// Checks the values a user can get wrong.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Input(m));
@@ -152,6 +158,12 @@ pub fn checkpoint_dir(out: &Path) -> PathBuf {
     let mut name = out.file_name().unwrap_or_default().to_os_string();
     name.push(".checkpoint");
     out.with_file_name(name)
+}
+
+/// The fingerprint and steps done of the checkpoint beside `out`, if there is one.
+pub fn checkpoint_progress(out: &Path) -> Option<(String, usize)> {
+    let state: State = read_json(&checkpoint_dir(out).join(STATE_FILE)).ok()?;
+    Some((state.fingerprint, state.step))
 }
 
 /// A checkpoint's bookkeeping.

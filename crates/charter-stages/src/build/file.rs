@@ -25,17 +25,44 @@
 //!
 //! Paths are relative to the build file's directory. Every `[defaults]`
 //! field can be overridden in a stage.
+//!
+//! Two kinds of stage make something other than a table: `train` writes a
+//! model directory (SFT, a preference model or DPO through charter-train),
+//! and `eval` a policy evaluation (`report.json` and its tables). A stage's
+//! `model` (and an `eval` stage's `a`/`b`) may name a `train` stage instead
+//! of a directory: it then uses that stage's output, runs after it, and is
+//! rebuilt when it is.
+//!
+//! ```toml
+//! [[stage]]
+//! name = "sl-cai"
+//! kind = "train"
+//! objective = "sft"                       # sft | pm | dpo
+//! input = "revisions-4"
+//! mix = ["responses"]                     # more SFT tables (helpfulness rows)
+//! max_len = 256
+//!
+//! [[stage]]
+//! name = "rl-cai-vs-base"
+//! kind = "eval"
+//! input = "held-out"                      # a prompts table
+//! a = "../out/smollm2"
+//! b = "rl-cai"                            # a train stage
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use charter_gen::Sampling;
+use charter_model::Dtype;
+use charter_train::{DeviceChoice, LoraSettings, Schedule, Task, TrainSettings};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::export::ExportFormat;
 use crate::generate::GenSettings;
 use crate::label::LabelSettings;
+use crate::policy_eval::PolicyEvalSettings;
 use crate::respond::RespondSettings;
 
 /// What a stage does.
@@ -56,6 +83,10 @@ pub enum StageKind {
     Label,
     /// Labels or revisions → JSON lines.
     Export,
+    /// Revisions/responses or labels → a trained model directory.
+    Train,
+    /// Prompts and two models → a policy evaluation.
+    Eval,
 }
 
 impl StageKind {
@@ -69,7 +100,14 @@ impl StageKind {
             StageKind::Pair => "pair",
             StageKind::Label => "label",
             StageKind::Export => "export",
+            StageKind::Train => "train",
+            StageKind::Eval => "eval",
         }
+    }
+
+    /// Whether the stage writes a table (its output can be another stage's `input`).
+    pub fn makes_table(self) -> bool {
+        !matches!(self, StageKind::Train | StageKind::Eval | StageKind::Export)
     }
 
     /// The fields a stage of this kind may set, besides `name` and `kind`.
@@ -97,9 +135,49 @@ impl StageKind {
             StageKind::Label => (MODEL, &["constitution", "swap", "cot", "clamp"]),
             StageKind::Pair => (&["input", "against", "output"], &[]),
             StageKind::Export => (&["input", "output", "format", "chat"], &[]),
+            StageKind::Train => (
+                &[
+                    "input",
+                    "mix",
+                    "output",
+                    "model",
+                    "seed",
+                    "objective",
+                    "epochs",
+                    "lr",
+                    "schedule",
+                    "warmup_steps",
+                    "batch_size",
+                    "grad_accum",
+                    "max_len",
+                    "weight_decay",
+                    "checkpoint_every",
+                    "lora_rank",
+                    "lora_alpha",
+                    "beta",
+                    "reference_cache",
+                    "held_out",
+                    "device",
+                    "dtype",
+                ],
+                &[],
+            ),
+            StageKind::Eval => (
+                MODEL,
+                &["a", "b", "constitution", "samples", "limit", "swap"],
+            ),
         };
         base.iter().chain(extra).copied().collect()
     }
+}
+
+/// Training objectives as written in build files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ObjectiveWire {
+    Sft,
+    Pm,
+    Dpo,
 }
 
 /// Export layouts as written in build files.
@@ -211,6 +289,25 @@ struct StageWire {
     clamp: Option<[f64; 2]>,
     format: Option<FormatWire>,
     chat: Option<bool>,
+    objective: Option<ObjectiveWire>,
+    mix: Option<Vec<String>>,
+    epochs: Option<usize>,
+    lr: Option<f64>,
+    schedule: Option<Schedule>,
+    warmup_steps: Option<usize>,
+    grad_accum: Option<usize>,
+    max_len: Option<usize>,
+    weight_decay: Option<f64>,
+    checkpoint_every: Option<usize>,
+    lora_rank: Option<usize>,
+    lora_alpha: Option<f64>,
+    beta: Option<f64>,
+    reference_cache: Option<String>,
+    held_out: Option<f64>,
+    device: Option<String>,
+    dtype: Option<String>,
+    a: Option<String>,
+    b: Option<String>,
 }
 
 impl StageWire {
@@ -255,6 +352,25 @@ impl StageWire {
             ("clamp", self.clamp.is_some()),
             ("format", self.format.is_some()),
             ("chat", self.chat.is_some()),
+            ("objective", self.objective.is_some()),
+            ("mix", self.mix.is_some()),
+            ("epochs", self.epochs.is_some()),
+            ("lr", self.lr.is_some()),
+            ("schedule", self.schedule.is_some()),
+            ("warmup_steps", self.warmup_steps.is_some()),
+            ("grad_accum", self.grad_accum.is_some()),
+            ("max_len", self.max_len.is_some()),
+            ("weight_decay", self.weight_decay.is_some()),
+            ("checkpoint_every", self.checkpoint_every.is_some()),
+            ("lora_rank", self.lora_rank.is_some()),
+            ("lora_alpha", self.lora_alpha.is_some()),
+            ("beta", self.beta.is_some()),
+            ("reference_cache", self.reference_cache.is_some()),
+            ("held_out", self.held_out.is_some()),
+            ("device", self.device.is_some()),
+            ("dtype", self.dtype.is_some()),
+            ("a", self.a.is_some()),
+            ("b", self.b.is_some()),
         ];
         set.into_iter()
             .filter(|(_, s)| *s)
@@ -290,6 +406,38 @@ pub enum StageOp {
         /// Preference rows as chat message lists.
         chat: bool,
     },
+    /// `train`.
+    Train(TrainOp),
+    /// `eval`.
+    Eval(EvalOp),
+}
+
+/// What a `train` stage runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOp {
+    /// The objective and its setting.
+    pub task: Task,
+    /// The loop's settings.
+    pub settings: TrainSettings,
+    /// Where to train.
+    pub device: DeviceChoice,
+    /// Weight type of the output's generation graph.
+    pub dtype: Dtype,
+    /// DPO: where reference log-probabilities are cached (else charter's
+    /// default cache directory).
+    pub reference_cache: Option<PathBuf>,
+}
+
+/// What an `eval` stage runs: policy B against policy A, judged by the
+/// stage's model (the labeller).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalOp {
+    /// Policy A, the baseline.
+    pub a: PathBuf,
+    /// Policy B, the one evaluated.
+    pub b: PathBuf,
+    /// Sampling and labelling.
+    pub settings: PolicyEvalSettings,
 }
 
 /// One stage of a plan.
@@ -303,6 +451,11 @@ pub struct PlannedStage {
     pub input: Option<String>,
     /// The second input of a `pair` stage (`against`).
     pub against: Option<String>,
+    /// More input tables of an SFT `train` stage (`mix`).
+    pub mix: Vec<String>,
+    /// The `train` stages whose output models this stage uses (`model`,
+    /// and an `eval` stage's `a`/`b`).
+    pub model_stages: Vec<String>,
     /// Its output: the table itself for a `table` stage.
     pub output: PathBuf,
     /// The model directory of a model stage.
@@ -314,13 +467,21 @@ pub struct PlannedStage {
 }
 
 impl PlannedStage {
-    /// The names of the stages it reads, in the order it reads them.
+    /// The names of the stages whose tables it reads, in the order it reads them.
     pub fn inputs(&self) -> Vec<&str> {
         self.input
             .iter()
             .chain(&self.against)
+            .chain(&self.mix)
             .map(String::as_str)
             .collect()
+    }
+
+    /// Every stage it needs built first: its input tables, then its models.
+    pub fn dependencies(&self) -> Vec<&str> {
+        let mut all = self.inputs();
+        all.extend(self.model_stages.iter().map(String::as_str));
+        all
     }
 }
 
@@ -437,7 +598,11 @@ fn plan(wire: Wire, file: &str, base: &Path, path: &Path, text: &str) -> Result<
         .map_err(|m| Error::Settings(format!("{file}: [defaults]: {m}")))?;
 
     let mut kinds: BTreeMap<&str, StageKind> = BTreeMap::new();
+    let mut objectives: BTreeMap<&str, ObjectiveWire> = BTreeMap::new();
     for s in &wire.stages {
+        if let (StageKind::Train, Some(o)) = (s.kind, s.objective) {
+            objectives.insert(s.name.as_str(), o);
+        }
         if s.name.trim().is_empty() || s.name.contains(['/', '\\']) {
             return Err(at(
                 &s.name,
@@ -455,10 +620,54 @@ fn plan(wire: Wire, file: &str, base: &Path, path: &Path, text: &str) -> Result<
         )));
     }
 
+    // Every stage's output, so that a stage can use a model trained by a
+    // stage declared after it.
+    let output_of = |s: &StageWire| -> Result<PathBuf> {
+        Ok(match (s.kind, &s.path, &s.output) {
+            (StageKind::Table, Some(p), _) => resolve(p),
+            (StageKind::Table, None, _) => {
+                return Err(at(
+                    &s.name,
+                    "path",
+                    "a `table` stage needs the table's path".into(),
+                ));
+            }
+            (_, _, Some(o)) => resolve(o),
+            (StageKind::Export, _, None) => out.join(format!("{}.jsonl", s.name)),
+            (StageKind::Train | StageKind::Eval, _, None) => out.join(&s.name),
+            (_, _, None) => out.join(format!("{}.parquet", s.name)),
+        })
+    };
+    let mut trained: BTreeMap<&str, PathBuf> = BTreeMap::new();
+    for s in wire.stages.iter().filter(|s| s.kind == StageKind::Train) {
+        trained.insert(s.name.as_str(), output_of(s)?);
+    }
+
     let mut stages = Vec::with_capacity(wire.stages.len());
     let mut outputs: BTreeMap<PathBuf, String> = BTreeMap::new();
     for s in &wire.stages {
         let name = s.name.as_str();
+        // A model: a `train` stage's output, else a directory.
+        let mut model_stages: Vec<String> = Vec::new();
+        let mut model_ref = |field: &str, value: &str| -> Result<PathBuf> {
+            let Some(dir) = trained.get(value) else {
+                return Ok(resolve(value));
+            };
+            if objectives.get(value) == Some(&ObjectiveWire::Pm) {
+                return Err(at(
+                    name,
+                    field,
+                    format!(
+                        "`{value}` trains a preference model, which scores answers; \
+                         name a policy (an `sft` or `dpo` stage, or a model directory)"
+                    ),
+                ));
+            }
+            if !model_stages.iter().any(|m| m == value) {
+                model_stages.push(value.to_string());
+            }
+            Ok(dir.clone())
+        };
         let allowed = s.kind.fields();
         if let Some(f) = s.set_fields().into_iter().find(|f| !allowed.contains(f)) {
             return Err(at(
@@ -478,7 +687,13 @@ fn plan(wire: Wire, file: &str, base: &Path, path: &Path, text: &str) -> Result<
                 return Err(at(name, field, format!("no stage is named `{input}`")));
             };
             let reads: &[StageKind] = match (s.kind, field) {
-                (StageKind::Respond, _) => &[StageKind::Table],
+                (StageKind::Respond | StageKind::Eval, _) => &[StageKind::Table],
+                (StageKind::Train, _) => match s.objective {
+                    Some(ObjectiveWire::Pm | ObjectiveWire::Dpo) => {
+                        &[StageKind::Table, StageKind::Label]
+                    }
+                    _ => &[StageKind::Table, StageKind::Respond, StageKind::Revise],
+                },
                 (StageKind::Critique, _) | (StageKind::Pair, _) => {
                     &[StageKind::Table, StageKind::Respond, StageKind::Revise]
                 }
@@ -504,6 +719,9 @@ fn plan(wire: Wire, file: &str, base: &Path, path: &Path, text: &str) -> Result<
         };
         check_input("input", &s.input)?;
         check_input("against", &s.against)?;
+        for m in s.mix.iter().flatten() {
+            check_input("mix", &Some(m.clone()))?;
+        }
         if s.kind != StageKind::Table && s.input.is_none() {
             return Err(at(
                 name,
@@ -512,19 +730,7 @@ fn plan(wire: Wire, file: &str, base: &Path, path: &Path, text: &str) -> Result<
             ));
         }
 
-        let output = match (s.kind, &s.path, &s.output) {
-            (StageKind::Table, Some(p), _) => resolve(p),
-            (StageKind::Table, None, _) => {
-                return Err(at(
-                    name,
-                    "path",
-                    "a `table` stage needs the table's path".into(),
-                ));
-            }
-            (_, _, Some(o)) => resolve(o),
-            (StageKind::Export, _, None) => out.join(format!("{name}.jsonl")),
-            (_, _, None) => out.join(format!("{name}.parquet")),
-        };
+        let output = output_of(s)?;
         if s.kind != StageKind::Table {
             if let Some(other) = outputs.get(&output) {
                 return Err(at(
@@ -541,14 +747,19 @@ fn plan(wire: Wire, file: &str, base: &Path, path: &Path, text: &str) -> Result<
 
         let uses_model = matches!(
             s.kind,
-            StageKind::Respond | StageKind::Critique | StageKind::Revise | StageKind::Label
+            StageKind::Respond
+                | StageKind::Critique
+                | StageKind::Revise
+                | StageKind::Label
+                | StageKind::Train
+                | StageKind::Eval
         );
         let uses_constitution = matches!(
             s.kind,
-            StageKind::Critique | StageKind::Revise | StageKind::Label
+            StageKind::Critique | StageKind::Revise | StageKind::Label | StageKind::Eval
         );
         let model = match s.model.as_ref().or(wire.build.model.as_ref()) {
-            Some(m) if uses_model => Some(resolve(m)),
+            Some(m) if uses_model => Some(model_ref("model", m)?),
             None if uses_model => {
                 return Err(at(
                     name,
@@ -661,12 +872,51 @@ fn plan(wire: Wire, file: &str, base: &Path, path: &Path, text: &str) -> Result<
                     chat: s.chat.unwrap_or(false),
                 }
             }
+            StageKind::Train => StageOp::Train(TrainOp {
+                reference_cache: s.reference_cache.as_deref().map(resolve),
+                ..train_op(s, seed, &at)?
+            }),
+            StageKind::Eval => {
+                let mut policy = |field: &str, value: &Option<String>| match value {
+                    Some(v) => model_ref(field, v),
+                    None => Err(at(
+                        name,
+                        field,
+                        format!(
+                            "an `eval` stage needs policy `{field}`: a model directory or a `train` stage"
+                        ),
+                    )),
+                };
+                let (a, b) = (policy("a", &s.a)?, policy("b", &s.b)?);
+                let generation = generation()?;
+                let samples = s.samples.unwrap_or(1);
+                if samples == 0 {
+                    return Err(at(name, "samples", "must be at least 1".into()));
+                }
+                StageOp::Eval(EvalOp {
+                    a,
+                    b,
+                    settings: PolicyEvalSettings {
+                        samples,
+                        limit: s.limit,
+                        label: LabelSettings {
+                            swap: s.swap.unwrap_or(true),
+                            cot: false,
+                            clamp: (0.0, 1.0),
+                            generation: generation.clone(),
+                        },
+                        generation,
+                    },
+                })
+            }
         };
         stages.push(PlannedStage {
             name: s.name.clone(),
             kind: s.kind,
             input: s.input.clone(),
             against: s.against.clone(),
+            mix: s.mix.clone().unwrap_or_default(),
+            model_stages,
             output,
             model,
             constitution,
@@ -678,6 +928,148 @@ fn plan(wire: Wire, file: &str, base: &Path, path: &Path, text: &str) -> Result<
         file: path.to_path_buf(),
         out,
         stages,
+    })
+}
+
+/// A `train` stage's objective and loop settings, checked; errors name the field.
+fn train_op(s: &StageWire, seed: u64, at: &dyn Fn(&str, &str, String) -> Error) -> Result<TrainOp> {
+    let name = s.name.as_str();
+    let Some(objective) = s.objective else {
+        return Err(at(
+            name,
+            "objective",
+            "a `train` stage needs `objective`: \"sft\", \"pm\" or \"dpo\"".into(),
+        ));
+    };
+    let only = |field: &str, set: bool, which: &str| -> Result<()> {
+        if set {
+            return Err(at(
+                name,
+                field,
+                format!("applies to `objective = \"{which}\"` only"),
+            ));
+        }
+        Ok(())
+    };
+    only(
+        "mix",
+        s.mix.is_some() && objective != ObjectiveWire::Sft,
+        "sft",
+    )?;
+    only(
+        "beta",
+        s.beta.is_some() && objective != ObjectiveWire::Dpo,
+        "dpo",
+    )?;
+    only(
+        "reference_cache",
+        s.reference_cache.is_some() && objective != ObjectiveWire::Dpo,
+        "dpo",
+    )?;
+    only(
+        "held_out",
+        s.held_out.is_some() && objective != ObjectiveWire::Pm,
+        "pm",
+    )?;
+    let task = match objective {
+        ObjectiveWire::Sft => Task::Sft,
+        ObjectiveWire::Pm => {
+            let held_out = s.held_out.unwrap_or(0.1);
+            if !(0.0..1.0).contains(&held_out) {
+                return Err(at(
+                    name,
+                    "held_out",
+                    format!("must be in [0, 1), got {held_out}"),
+                ));
+            }
+            Task::Pm { held_out }
+        }
+        ObjectiveWire::Dpo => {
+            let beta = s.beta.unwrap_or(0.1);
+            if !(beta > 0.0 && beta.is_finite()) {
+                return Err(at(name, "beta", format!("must be > 0, got {beta}")));
+            }
+            Task::Dpo { beta }
+        }
+    };
+    let lora = match (s.lora_rank, s.lora_alpha) {
+        (Some(0), _) => return Err(at(name, "lora_rank", "must be at least 1".into())),
+        (Some(rank), alpha) => {
+            let alpha = alpha.unwrap_or(rank as f64);
+            if !(alpha > 0.0 && alpha.is_finite()) {
+                return Err(at(name, "lora_alpha", format!("must be > 0, got {alpha}")));
+            }
+            Some(LoraSettings { rank, alpha })
+        }
+        (None, Some(_)) => {
+            return Err(at(
+                name,
+                "lora_alpha",
+                "scales LoRA adapters: set `lora_rank` too".into(),
+            ));
+        }
+        (None, None) => None,
+    };
+    let defaults = TrainSettings::default();
+    let settings = TrainSettings {
+        epochs: s.epochs.unwrap_or(defaults.epochs),
+        lr: s
+            .lr
+            .unwrap_or_else(|| TrainSettings::default_lr(lora.is_some())),
+        schedule: s.schedule.unwrap_or(defaults.schedule),
+        warmup_steps: s.warmup_steps.unwrap_or(defaults.warmup_steps),
+        batch_size: s.batch_size.unwrap_or(defaults.batch_size),
+        grad_accum: s.grad_accum.unwrap_or(defaults.grad_accum),
+        max_len: s.max_len.unwrap_or(defaults.max_len),
+        weight_decay: s.weight_decay.unwrap_or(defaults.weight_decay),
+        seed,
+        checkpoint_every: s.checkpoint_every.unwrap_or(defaults.checkpoint_every),
+        lora,
+    };
+    for (field, v) in [
+        ("epochs", settings.epochs),
+        ("batch_size", settings.batch_size),
+        ("grad_accum", settings.grad_accum),
+        ("max_len", settings.max_len),
+    ] {
+        if v == 0 {
+            return Err(at(name, field, "must be at least 1".into()));
+        }
+    }
+    if !(settings.lr > 0.0 && settings.lr.is_finite()) {
+        return Err(at(name, "lr", format!("must be > 0, got {}", settings.lr)));
+    }
+    if !(settings.weight_decay >= 0.0 && settings.weight_decay.is_finite()) {
+        return Err(at(
+            name,
+            "weight_decay",
+            format!("must be >= 0, got {}", settings.weight_decay),
+        ));
+    }
+    let device = match s.device.as_deref() {
+        None => DeviceChoice::Auto,
+        Some(d) => d
+            .parse()
+            .map_err(|e: charter_train::Error| at(name, "device", e.to_string()))?,
+    };
+    let dtype = match s.dtype.as_deref() {
+        None | Some("int8") => Dtype::Int8,
+        Some("f32") => Dtype::F32,
+        Some("int4") => Dtype::Int4,
+        Some(other) => {
+            return Err(at(
+                name,
+                "dtype",
+                format!("unknown {other:?}; expected \"f32\", \"int8\" or \"int4\""),
+            ));
+        }
+    };
+    Ok(TrainOp {
+        task,
+        settings,
+        device,
+        dtype,
+        reference_cache: None,
     })
 }
 
@@ -750,7 +1142,7 @@ fn order(stages: Vec<PlannedStage>, file: &str) -> Result<Vec<PlannedStage>> {
     loop {
         let next = left.iter().position(|s| {
             s.as_ref()
-                .is_some_and(|s| s.inputs().iter().all(|i| done.contains(*i)))
+                .is_some_and(|s| s.dependencies().iter().all(|i| done.contains(*i)))
         });
         match next.and_then(|i| left[i].take()) {
             Some(s) => {
@@ -767,7 +1159,8 @@ fn order(stages: Vec<PlannedStage>, file: &str) -> Result<Vec<PlannedStage>> {
         .collect();
     if !stuck.is_empty() {
         return Err(Error::Settings(format!(
-            "{file}: stages {} depend on each other in a cycle (through `input`/`against`)",
+            "{file}: stages {} depend on each other in a cycle (through `input`, `against`, \
+             `mix` or a model)",
             stuck.join(", ")
         )));
     }

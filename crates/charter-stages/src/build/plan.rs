@@ -18,7 +18,7 @@ use charter_table::{
 };
 use serde_json::{Value as Json, json};
 
-use super::file::{BuildPlan, PlannedStage, StageKind, StageOp};
+use super::file::{BuildPlan, EvalOp, PlannedStage, StageKind, StageOp, TrainOp};
 use crate::constitution::Constitution;
 use crate::critique::{CRITIQUE_VERSION, REVISE_VERSION};
 use crate::error::Result;
@@ -118,22 +118,34 @@ fn explain_stage(
             )
         });
     }
-    let inputs = stage.inputs();
-    let absent: Vec<String> = inputs
+    let what = |dep: &str| {
+        if stage.model_stages.iter().any(|m| m == dep) {
+            "model"
+        } else {
+            "input"
+        }
+    };
+    let dependencies = stage.dependencies();
+    let absent: Vec<String> = dependencies
         .iter()
         .filter(|i| missing.contains(**i))
-        .map(|i| format!("input `{i}` is missing"))
+        .map(|i| format!("{} `{i}` is missing", what(i)))
         .collect();
     if !absent.is_empty() {
         return Ok((Verdict::Missing, absent));
     }
     let mut reasons: Vec<String> = Vec::new();
     reasons.extend(
-        inputs
+        dependencies
             .iter()
             .filter(|i| rebuilt.contains(**i))
-            .map(|i| format!("input `{i}` will be rebuilt")),
+            .map(|i| format!("{} `{i}` will be rebuilt", what(i))),
     );
+    match &stage.op {
+        StageOp::Train(op) => return explain_train(plan, stage, op, reasons),
+        StageOp::Eval(op) => return explain_eval(plan, stage, op, reasons),
+        _ => {}
+    }
     if !out.exists() {
         reasons.insert(0, format!("output {} is missing", out.display()));
         let partial = partial_dir(out);
@@ -273,25 +285,8 @@ fn differences(expected: &Provenance, spec: &TableSpec, existing: &TableFile) ->
     let recorded_inputs: Vec<InputRef> = get(KEY_INPUTS)
         .and_then(|s| serde_json::from_str(s).ok())
         .unwrap_or_default();
-    if recorded_inputs != expected.inputs {
-        let mut parts = Vec::new();
-        for (i, want) in expected.inputs.iter().enumerate() {
-            match recorded_inputs.get(i) {
-                Some(had) if had == want => {}
-                Some(had) => parts.push(format!(
-                    "`{}` {} → {}",
-                    want.name,
-                    short(&had.content_hash),
-                    short(&want.content_hash)
-                )),
-                None => parts.push(format!("`{}` is new", want.name)),
-            }
-        }
-        if recorded_inputs.len() > expected.inputs.len() {
-            parts.push("an input was removed".into());
-        }
-        reasons.push(format!("input content hash changed: {}", parts.join(", ")));
-    }
+    let names: Vec<&str> = expected.inputs.iter().map(|r| r.name.as_str()).collect();
+    reasons.extend(input_changes(&recorded_inputs, &expected.inputs, &names));
     let pair = |key: &str, want: &Option<String>, what: &str, reasons: &mut Vec<String>| {
         if get(key) != want.as_deref() {
             reasons.push(format!(
@@ -312,6 +307,172 @@ fn differences(expected: &Provenance, spec: &TableSpec, existing: &TableFile) ->
         reasons.push("recorded build key differs (table or schema version changed)".into());
     }
     reasons
+}
+
+/// A `train` stage: up to date when its output records the fingerprint a
+/// run would have now.
+fn explain_train(
+    plan: &BuildPlan,
+    stage: &PlannedStage,
+    op: &TrainOp,
+    mut reasons: Vec<String>,
+) -> Result<(Verdict, Vec<String>)> {
+    let out = &stage.output;
+    let recorded = charter_train::recorded_fingerprint(out);
+    if recorded.is_none() {
+        reasons.insert(
+            0,
+            if out.exists() {
+                format!("{} holds no finished training run", out.display())
+            } else {
+                format!("output {} is missing", out.display())
+            },
+        );
+    }
+    let inputs_final = reasons.len() == 1 && recorded.is_none();
+    if let Some((checkpoint, step)) = charter_train::checkpoint_progress(out) {
+        let dir = charter_train::checkpoint_dir(out);
+        reasons.push(if !inputs_final {
+            format!(
+                "an interrupted run left {}: it resumes if its run matches",
+                dir.display()
+            )
+        } else if checkpoint == plan.train_fingerprint(stage, op)? {
+            format!(
+                "resumes from the checkpoint after step {step} in {}",
+                dir.display()
+            )
+        } else {
+            format!(
+                "an interrupted run of other settings or inputs left {}: it is discarded",
+                dir.display()
+            )
+        });
+    }
+    if !reasons.is_empty() {
+        return Ok((Verdict::Run, reasons));
+    }
+    let expected = plan.train_fingerprint(stage, op)?;
+    if recorded.as_deref() == Some(expected.as_str()) {
+        return Ok((
+            Verdict::UpToDate,
+            vec![format!("training fingerprint {} matches", short(&expected))],
+        ));
+    }
+    Ok((Verdict::Run, train_differences(plan, stage, op)?))
+}
+
+/// Why a finished training output's record differs from the run the plan asks for.
+fn train_differences(plan: &BuildPlan, stage: &PlannedStage, op: &TrainOp) -> Result<Vec<String>> {
+    let record = charter_train::read_report(&stage.output)?;
+    let mut reasons = Vec::new();
+    if record["objective"] != op.task.name() {
+        reasons.push(format!(
+            "objective changed: {} → {}",
+            record["objective"].as_str().unwrap_or("?"),
+            op.task.name()
+        ));
+    }
+    if let Some(model) = &stage.model {
+        let now = ModelDir::open(model)?.provenance.content_hash;
+        let had = record["base_model"]["content_hash"]
+            .as_str()
+            .unwrap_or("none");
+        if had != now {
+            reasons.push(format!(
+                "base model hash changed: {} → {}",
+                short(had),
+                short(&now)
+            ));
+        }
+    }
+    let expected = plan
+        .input_tables(stage)?
+        .iter()
+        .map(|t| input_ref(t.table_name().unwrap_or_default(), t))
+        .collect::<Result<Vec<_>>>()?;
+    let had: Vec<InputRef> = serde_json::from_value(record["inputs"].clone()).unwrap_or_default();
+    reasons.extend(input_changes(&had, &expected, &stage.inputs()));
+    let settings = serde_json::to_value(&op.settings)
+        .map_err(|e| crate::error::Error::Settings(e.to_string()))?;
+    if canonical_json(&record["settings"]) != canonical_json(&settings) {
+        reasons.push(format!(
+            "settings changed: {}",
+            settings_diff(&record["settings"], &settings)
+        ));
+    }
+    let objective_settings = op.task.settings();
+    if canonical_json(&record["objective_settings"]) != canonical_json(&objective_settings) {
+        reasons.push(format!(
+            "settings changed: {}",
+            settings_diff(&record["objective_settings"], &objective_settings)
+        ));
+    }
+    if reasons.is_empty() {
+        reasons.push(
+            "recorded training fingerprint differs (output dtype or trainer format changed)".into(),
+        );
+    }
+    Ok(reasons)
+}
+
+/// An `eval` stage: up to date when its directory holds a report made from
+/// the same models, prompts, constitution and settings.
+fn explain_eval(
+    plan: &BuildPlan,
+    stage: &PlannedStage,
+    op: &EvalOp,
+    mut reasons: Vec<String>,
+) -> Result<(Verdict, Vec<String>)> {
+    let Some((had_key, had_pieces)) = super::run::read_eval_key(&stage.output) else {
+        reasons.insert(
+            0,
+            format!("no finished evaluation in {}", stage.output.display()),
+        );
+        return Ok((Verdict::Run, reasons));
+    };
+    if !reasons.is_empty() {
+        return Ok((Verdict::Run, reasons));
+    }
+    let (key, pieces) = super::run::eval_key(plan, stage, op)?;
+    if had_key == key {
+        return Ok((
+            Verdict::UpToDate,
+            vec![format!("evaluation key {} matches", short(&key))],
+        ));
+    }
+    Ok((
+        Verdict::Run,
+        vec![format!(
+            "evaluation inputs changed: {}",
+            settings_diff(&had_pieces, &pieces)
+        )],
+    ))
+}
+
+/// Which inputs' content hashes differ between the `had` and `want` lists,
+/// each named by its entry of `names`; `None` when the lists are equal.
+fn input_changes(had: &[InputRef], want: &[InputRef], names: &[&str]) -> Option<String> {
+    if had == want {
+        return None;
+    }
+    let mut parts = Vec::new();
+    for (i, w) in want.iter().enumerate() {
+        let name = names.get(i).copied().unwrap_or(w.name.as_str());
+        match had.get(i) {
+            Some(h) if h == w => {}
+            Some(h) => parts.push(format!(
+                "`{name}` {} → {}",
+                short(&h.content_hash),
+                short(&w.content_hash)
+            )),
+            None => parts.push(format!("`{name}` is new")),
+        }
+    }
+    if had.len() > want.len() {
+        parts.push("an input was removed".into());
+    }
+    Some(format!("input content hash changed: {}", parts.join(", ")))
 }
 
 fn short(hash: &str) -> String {
@@ -414,7 +575,7 @@ pub(super) fn expected_provenance(
                 vec![input_ref("pairs", first)?],
                 &LABELS,
             ),
-            StageOp::Table | StageOp::Export { .. } => {
+            StageOp::Table | StageOp::Export { .. } | StageOp::Train(_) | StageOp::Eval(_) => {
                 return Err(crate::error::Error::Settings(format!(
                     "internal: stage `{}` records no provenance",
                     stage.name

@@ -5,13 +5,23 @@
 //! is and an interrupted one resumes from its journal. Exports, which
 //! record no build key, are written to a temporary file and kept only when
 //! their bytes differ from the existing output's.
+//!
+//! A `train` stage is up to date when its output records the fingerprint
+//! of the run asked for; an interrupted one (Ctrl-C, through the cache's
+//! interrupt flag) leaves a checkpoint the next build resumes from, and a
+//! checkpoint of another run is discarded. An `eval` stage's tables cache
+//! themselves; `eval-key.json` records what its report was made from.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
-use charter_table::{TableFile, partial_dir};
+use charter_model::ModelDir;
+use charter_table::{TableFile, canonical_json, partial_dir};
+use charter_train::{Job, Outcome};
+use serde_json::{Value as Json, json};
 
-use super::file::{BuildPlan, PlannedStage, StageOp};
+use super::file::{BuildPlan, EvalOp, PlannedStage, StageOp, TrainOp};
 use crate::constitution::Constitution;
 use crate::critique::{critique, revise};
 use crate::error::{Error, Result};
@@ -21,6 +31,7 @@ use crate::generate::StageSummary;
 use crate::label::label;
 use crate::model::Model;
 use crate::pair::pair;
+use crate::policy_eval::{Contestants, eval_policy};
 use crate::respond::respond;
 
 /// How a stage's output came to be.
@@ -69,14 +80,35 @@ pub struct StageOutcome {
     pub content_hash: String,
 }
 
-/// Models and constitutions loaded by earlier stages of a build.
-#[derive(Default)]
+/// Models and constitutions loaded by earlier stages of a build, and the
+/// flag that asks a training stage to checkpoint and stop.
 pub struct BuildCache {
     models: BTreeMap<(PathBuf, usize), Model>,
     constitutions: BTreeMap<PathBuf, Constitution>,
+    interrupt: &'static AtomicBool,
+}
+
+static NEVER: AtomicBool = AtomicBool::new(false);
+
+impl Default for BuildCache {
+    fn default() -> Self {
+        BuildCache {
+            models: BTreeMap::new(),
+            constitutions: BTreeMap::new(),
+            interrupt: &NEVER,
+        }
+    }
 }
 
 impl BuildCache {
+    /// A cache whose training stages stop (with a checkpoint) once `flag` is set.
+    pub fn with_interrupt(flag: &'static AtomicBool) -> Self {
+        BuildCache {
+            interrupt: flag,
+            ..BuildCache::default()
+        }
+    }
+
     /// Models loaded so far.
     pub fn models_loaded(&self) -> usize {
         self.models.len()
@@ -143,14 +175,18 @@ impl BuildPlan {
             Error::Settings(format!("--force {name}: removing {}: {e}", p.display()))
         };
         let mut removed = false;
-        if stage.output.exists() {
-            std::fs::remove_file(&stage.output).map_err(|e| io(&stage.output, e))?;
-            removed = true;
-        }
-        let partial = partial_dir(&stage.output);
-        if partial.exists() {
-            std::fs::remove_dir_all(&partial).map_err(|e| io(&partial, e))?;
-            removed = true;
+        let partial = match stage.op {
+            StageOp::Train(_) => charter_train::checkpoint_dir(&stage.output),
+            _ => partial_dir(&stage.output),
+        };
+        for path in [&stage.output, &partial] {
+            if path.is_dir() {
+                std::fs::remove_dir_all(path).map_err(|e| io(path, e))?;
+                removed = true;
+            } else if path.exists() {
+                std::fs::remove_file(path).map_err(|e| io(path, e))?;
+                removed = true;
+            }
         }
         Ok(removed)
     }
@@ -184,6 +220,11 @@ impl BuildPlan {
             std::fs::create_dir_all(parent)
                 .map_err(|e| Error::Settings(format!("creating {}: {e}", parent.display())))?;
         }
+        match &stage.op {
+            StageOp::Train(op) => return self.run_train(stage, op, cache.interrupt, progress),
+            StageOp::Eval(op) => return self.run_eval(stage, op, cache, progress),
+            _ => {}
+        }
         let inputs = self.input_tables(stage)?;
         let input = inputs
             .first()
@@ -199,7 +240,7 @@ impl BuildPlan {
                 .ok_or_else(|| Error::Settings(format!("stage `{}`: no constitution", stage.name)))
         };
         Ok(match &stage.op {
-            StageOp::Table => unreachable_table(stage)?,
+            StageOp::Table | StageOp::Train(_) | StageOp::Eval(_) => unreachable_table(stage)?,
             StageOp::Respond(s) => {
                 let r = respond(input, model_of(cache, stage, s.threads)?, s, out, progress)?;
                 generated(stage, r)
@@ -289,7 +330,263 @@ fn model_of<'c>(
 
 fn unreachable_table(stage: &PlannedStage) -> Result<StageOutcome> {
     Err(Error::Settings(format!(
-        "internal: table stage `{}` reached the runner",
+        "internal: stage `{}` reached the table runner",
         stage.name
     )))
+}
+
+/// The training job of a `train` stage.
+fn train_job<'a>(
+    stage: &'a PlannedStage,
+    op: &TrainOp,
+    resume: bool,
+    interrupt: &'a AtomicBool,
+) -> Result<Job<'a>> {
+    let model = stage
+        .model
+        .as_deref()
+        .ok_or_else(|| Error::Settings(format!("stage `{}`: no model", stage.name)))?;
+    Ok(Job {
+        model,
+        out: &stage.output,
+        settings: op.settings.clone(),
+        device: op.device,
+        dtype: op.dtype,
+        resume,
+        interrupt,
+    })
+}
+
+const EVAL_KEY_FILE: &str = "eval-key.json";
+const EVAL_REPORT_FILE: &str = "report.json";
+
+/// The key of an `eval` stage's report and the pieces it hashes: the
+/// three models' and the constitution's hashes, the prompts' content hash
+/// and the settings.
+pub(super) fn eval_key(
+    plan: &BuildPlan,
+    stage: &PlannedStage,
+    op: &EvalOp,
+) -> Result<(String, Json)> {
+    let model_hash =
+        |p: &Path| -> Result<String> { Ok(ModelDir::open(p)?.provenance.content_hash) };
+    let labeller = stage
+        .model
+        .as_deref()
+        .ok_or_else(|| Error::Settings(format!("stage `{}`: no labeller model", stage.name)))?;
+    let constitution = stage
+        .constitution
+        .as_deref()
+        .ok_or_else(|| Error::Settings(format!("stage `{}`: no constitution", stage.name)))?;
+    let prompts = plan
+        .input_tables(stage)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Settings(format!("stage `{}` has no input", stage.name)))?;
+    let s = &op.settings;
+    let pieces = json!({
+        "a": model_hash(&op.a)?,
+        "b": model_hash(&op.b)?,
+        "labeller": model_hash(labeller)?,
+        "constitution": Constitution::load(constitution)?.hash(),
+        "prompts": match prompts.content_hash() {
+            Some(h) => h.to_string(),
+            None => prompts.compute_content_hash()?,
+        },
+        "samples": s.samples,
+        "limit": s.limit,
+        "generation": s.generation.canonical(),
+        "label": s.label.canonical(),
+    });
+    let key = blake3::hash(canonical_json(&pieces).as_bytes())
+        .to_hex()
+        .to_string();
+    Ok((key, pieces))
+}
+
+/// The key and pieces a finished evaluation in `dir` recorded.
+pub(super) fn read_eval_key(dir: &Path) -> Option<(String, Json)> {
+    if !dir.join(EVAL_REPORT_FILE).is_file() {
+        return None;
+    }
+    let record: Json =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(EVAL_KEY_FILE)).ok()?).ok()?;
+    Some((
+        record["key"].as_str()?.to_string(),
+        record["pieces"].clone(),
+    ))
+}
+
+impl BuildPlan {
+    /// The fingerprint a run of the `train` stage would record now.
+    pub(super) fn train_fingerprint(&self, stage: &PlannedStage, op: &TrainOp) -> Result<String> {
+        let inputs: Vec<PathBuf> = self.input_paths(stage)?;
+        let job = train_job(stage, op, false, &NEVER)?;
+        Ok(charter_train::task_fingerprint(op.task, &job, &inputs)?)
+    }
+
+    fn input_paths(&self, stage: &PlannedStage) -> Result<Vec<PathBuf>> {
+        stage
+            .inputs()
+            .into_iter()
+            .map(|name| {
+                self.stage(name)
+                    .map(|s| s.output.clone())
+                    .ok_or_else(|| Error::Settings(format!("internal: no stage `{name}`")))
+            })
+            .collect()
+    }
+
+    fn run_train(
+        &self,
+        stage: &PlannedStage,
+        op: &TrainOp,
+        interrupt: &AtomicBool,
+        progress: &mut dyn FnMut(StageProgress),
+    ) -> Result<StageOutcome> {
+        let inputs = self.input_paths(stage)?;
+        let fingerprint = self.train_fingerprint(stage, op)?;
+        // A checkpoint of this very run resumes; one of another is discarded.
+        let resumed_steps = match charter_train::checkpoint_progress(&stage.output) {
+            Some((fp, step)) if fp == fingerprint => step,
+            Some(_) => {
+                let dir = charter_train::checkpoint_dir(&stage.output);
+                std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+                0
+            }
+            None => {
+                let dir = charter_train::checkpoint_dir(&stage.output);
+                if dir.exists() {
+                    // Unreadable bookkeeping: nothing to resume from.
+                    std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+                }
+                0
+            }
+        };
+        let job = train_job(stage, op, resumed_steps > 0, interrupt)?;
+        let cache = match &op.reference_cache {
+            Some(dir) => dir.clone(),
+            None => charter_train::default_reference_cache()?,
+        };
+        let mut tokens = 0u64;
+        let outcome = charter_train::run_task(op.task, &job, &inputs, &cache, &mut |m, total| {
+            tokens += m.tokens;
+            progress(StageProgress {
+                rows_done: m.step,
+                rows_total: total as u64,
+                tokens,
+            });
+        })?;
+        let (status, rows, dir) = match outcome {
+            Outcome::Interrupted { step, checkpoint } => {
+                return Err(Error::Interrupted(format!(
+                    "stage `{}` interrupted after step {step}; its checkpoint is {}: run the \
+                     build again to continue",
+                    stage.name,
+                    checkpoint.display()
+                )));
+            }
+            Outcome::UpToDate { dir, record } => (
+                OutcomeStatus::Cached,
+                record["examples"].as_u64().unwrap_or(0),
+                dir,
+            ),
+            Outcome::Written { dir, report } => (
+                if resumed_steps > 0 {
+                    OutcomeStatus::Resumed
+                } else {
+                    OutcomeStatus::Ran
+                },
+                report.examples as u64,
+                dir,
+            ),
+        };
+        Ok(StageOutcome {
+            stage: stage.name.clone(),
+            kind: stage.kind.as_str(),
+            status,
+            rows,
+            resumed_rows: resumed_steps as u64,
+            tokens,
+            output: stage.output.clone(),
+            content_hash: dir.provenance.content_hash,
+        })
+    }
+
+    fn run_eval(
+        &self,
+        stage: &PlannedStage,
+        op: &EvalOp,
+        cache: &mut BuildCache,
+        progress: &mut dyn FnMut(StageProgress),
+    ) -> Result<StageOutcome> {
+        let out = &stage.output;
+        let (key, pieces) = eval_key(self, stage, op)?;
+        let report_path = out.join(EVAL_REPORT_FILE);
+        let cached = read_eval_key(out).is_some_and(|(k, _)| k == key);
+        if !cached {
+            let constitution = match stage.constitution.as_deref() {
+                Some(c) => cache.constitution(c)?,
+                None => {
+                    return Err(Error::Settings(format!(
+                        "stage `{}`: no constitution",
+                        stage.name
+                    )));
+                }
+            };
+            let labeller = stage.model.as_deref().ok_or_else(|| {
+                Error::Settings(format!("stage `{}`: no labeller model", stage.name))
+            })?;
+            let prompts = self
+                .input_tables(stage)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::Settings(format!("stage `{}` has no input", stage.name)))?;
+            // A report from other inputs must not survive a failed run.
+            let key_path = out.join(EVAL_KEY_FILE);
+            if key_path.exists() {
+                std::fs::remove_file(&key_path).map_err(|e| Error::io(&key_path, e))?;
+            }
+            eval_policy(
+                &prompts,
+                Contestants {
+                    a: &op.a,
+                    b: &op.b,
+                    labeller,
+                },
+                &constitution,
+                &op.settings,
+                out,
+                &mut |_, p| progress(p),
+            )?;
+            let record = serde_json::to_string_pretty(&json!({ "key": key, "pieces": pieces }))
+                .map_err(|e| Error::Settings(e.to_string()))?;
+            write_atomic(&key_path, (record + "\n").as_bytes())?;
+        }
+        let bytes = std::fs::read(&report_path).map_err(|e| Error::io(&report_path, e))?;
+        let report: Json = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Settings(format!("{}: {e}", report_path.display())))?;
+        Ok(StageOutcome {
+            stage: stage.name.clone(),
+            kind: stage.kind.as_str(),
+            status: if cached {
+                OutcomeStatus::Cached
+            } else {
+                OutcomeStatus::Ran
+            },
+            rows: report["report"]["comparisons"].as_u64().unwrap_or(0),
+            resumed_rows: 0,
+            tokens: 0,
+            output: out.clone(),
+            content_hash: blake3::hash(&bytes).to_hex().to_string(),
+        })
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    std::fs::write(tmp.path(), bytes).map_err(|e| Error::io(tmp.path(), e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
 }

@@ -119,3 +119,142 @@ input = "a"
         "{e}"
     );
 }
+
+#[test]
+fn train_and_eval_stages_use_trained_models_and_their_own_settings() {
+    let plan = BuildPlan::from_toml(
+        r#"
+[build]
+model = "m"
+constitution = "c.toml"
+out = "o"
+seed = 3
+[defaults]
+batch_size = 32
+[[stage]]
+name = "prompts"
+kind = "table"
+path = "p.parquet"
+[[stage]]
+name = "eval"
+kind = "eval"
+input = "prompts"
+a = "m"
+b = "rl"
+limit = 4
+[[stage]]
+name = "rl-answers"
+kind = "respond"
+input = "prompts"
+model = "rl"
+[[stage]]
+name = "rl"
+kind = "train"
+objective = "dpo"
+model = "sl"
+input = "labels"
+lora_rank = 8
+[[stage]]
+name = "sl"
+kind = "train"
+objective = "sft"
+input = "resp"
+mix = ["prompts"]
+lr = 3e-5
+device = "cpu"
+dtype = "f32"
+[[stage]]
+name = "resp"
+kind = "respond"
+input = "prompts"
+[[stage]]
+name = "labels"
+kind = "table"
+path = "l.parquet"
+"#,
+        Path::new("dir/b.toml"),
+    )
+    .unwrap();
+    let names: Vec<&str> = plan.stages.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "prompts",
+            "resp",
+            "sl",
+            "labels",
+            "rl",
+            "eval",
+            "rl-answers"
+        ]
+    );
+
+    let sl = plan.stage("sl").unwrap();
+    assert_eq!(sl.output, Path::new("dir/o/sl"));
+    assert_eq!(sl.inputs(), ["resp", "prompts"]);
+    assert!(sl.model_stages.is_empty());
+    let StageOp::Train(op) = &sl.op else {
+        panic!("train op")
+    };
+    assert_eq!(op.task, Task::Sft);
+    assert_eq!(op.settings.lr, 3e-5);
+    assert_eq!(op.settings.seed, 3, "the build seed");
+    assert_eq!(
+        op.settings.batch_size,
+        TrainSettings::default().batch_size,
+        "[defaults] are generation settings and do not apply"
+    );
+    assert_eq!((op.device, op.dtype), (DeviceChoice::Cpu, Dtype::F32));
+
+    let rl = plan.stage("rl").unwrap();
+    assert_eq!(rl.model.as_deref(), Some(Path::new("dir/o/sl")));
+    assert_eq!(rl.model_stages, ["sl"]);
+    let StageOp::Train(op) = &rl.op else {
+        panic!("train op")
+    };
+    assert_eq!(op.task, Task::Dpo { beta: 0.1 });
+    assert_eq!(op.settings.lora.map(|l| (l.rank, l.alpha)), Some((8, 8.0)));
+    assert_eq!(op.settings.lr, TrainSettings::default_lr(true));
+    assert_eq!((op.device, op.dtype), (DeviceChoice::Auto, Dtype::Int8));
+
+    let answers = plan.stage("rl-answers").unwrap();
+    assert_eq!(answers.model.as_deref(), Some(Path::new("dir/o/rl")));
+    assert_eq!(answers.dependencies(), ["prompts", "rl"]);
+
+    let eval = plan.stage("eval").unwrap();
+    assert_eq!(eval.output, Path::new("dir/o/eval"));
+    assert_eq!(
+        eval.model.as_deref(),
+        Some(Path::new("dir/m")),
+        "the labeller"
+    );
+    assert_eq!(eval.constitution.as_deref(), Some(Path::new("dir/c.toml")));
+    let StageOp::Eval(op) = &eval.op else {
+        panic!("eval op")
+    };
+    assert_eq!(op.a, Path::new("dir/m"));
+    assert_eq!(op.b, Path::new("dir/o/rl"));
+    assert_eq!(op.settings.limit, Some(4));
+    assert_eq!(op.settings.generation.batch_size, 32, "[defaults] apply");
+    assert!(op.settings.label.swap);
+}
+
+#[test]
+fn a_model_used_to_build_its_own_training_data_is_a_cycle() {
+    let e = err(r#"
+[[stage]]
+name = "resp"
+kind = "respond"
+input = "prompts"
+model = "sl"
+[[stage]]
+name = "sl"
+kind = "train"
+objective = "sft"
+input = "resp"
+"#);
+    assert!(
+        e.contains("cycle") && e.contains("`resp`") && e.contains("`sl`"),
+        "{e}"
+    );
+}
