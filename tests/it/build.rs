@@ -579,6 +579,7 @@ fn a_build_trains_evaluates_and_retrains_only_what_changed() {
     let first = build(&build_file, &[]);
     for stage in ["sl", "pm", "rl", "rl-answers", "vs-base"] {
         assert_eq!(first[stage].0, "ran", "{stage}");
+        assert!(first[stage].1 > 0, "{stage}: tokens trained or generated");
     }
     // Trained directories record their inputs; later stages use them.
     let sl: serde_json::Value =
