@@ -1,7 +1,6 @@
 //! `charter build`: run a build file's stages in dependency order, each
 //! rebuilt only when its build key changed; `--dry-run` says what would run and why.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -152,25 +151,16 @@ fn write_report(
         "stages": stages,
     });
     let path = plan.report_path();
-    write_atomic(
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    charter_table::write_atomic(
         &path,
         (serde_json::to_string_pretty(&report)? + "\n").as_bytes(),
-    )?;
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
     Ok(report)
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("writing {}", path.display()))?;
-    std::fs::write(tmp.path(), bytes).with_context(|| format!("writing {}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }
 
 fn dry_run(plan: &BuildPlan, force: &[String], json: bool) -> Result<()> {

@@ -109,7 +109,9 @@ fn import(args: ConstitutionImportArgs, quiet: bool) -> Result<()> {
     if to_stdout {
         std::io::stdout().write_all(text.as_bytes())?;
     } else {
-        write_atomically(Path::new(&args.output), text.as_bytes())?;
+        let out = Path::new(&args.output);
+        charter_table::write_atomic(out, text.as_bytes())
+            .with_context(|| format!("{}: cannot write", out.display()))?;
     }
     if !quiet {
         eprintln!(
@@ -136,22 +138,4 @@ fn stem(path: &Path) -> String {
         || "imported".to_owned(),
         |s| s.to_string_lossy().into_owned(),
     )
-}
-
-/// Writes `bytes` to `path` through a temporary file beside it, so a
-/// failure leaves either the old file or none, never half of the new one.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .with_context(|| format!("{}: cannot write", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("{}: cannot write", path.display()))?;
-    Ok(())
 }

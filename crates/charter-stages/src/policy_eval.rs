@@ -201,7 +201,8 @@ pub fn eval_policy(
         "report": report,
     }))
     .map_err(|e| Error::Settings(e.to_string()))?;
-    std::fs::write(&path, json + "\n").map_err(|e| Error::io(&path, e))?;
+    charter_table::write_atomic(&path, (json + "\n").as_bytes())
+        .map_err(|e| Error::io(&path, e))?;
     Ok(report)
 }
 

@@ -22,6 +22,20 @@ use crate::schema::{ColumnType, TableSpec};
 /// the caller batched them, or on where a resumed run stopped.
 pub const ROW_GROUP_ROWS: usize = 16_384;
 
+/// Writes `bytes` to `path` through a synced temporary file beside it, so a
+/// failure or a kill leaves the old file or none, never part of the new one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 /// What a finished write produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableSummary {

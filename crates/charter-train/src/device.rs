@@ -56,11 +56,15 @@ pub fn select_device(choice: DeviceChoice, autodiff: bool) -> Result<Device> {
 pub fn select(choice: DeviceChoice, autodiff: bool) -> Result<Selected> {
     let (device, description) = match choice {
         DeviceChoice::Cpu => cpu(),
-        DeviceChoice::Auto => match gpu::hardware_adapter() {
-            Some(adapter) => gpu::device(&adapter),
-            None => cpu(),
-        },
-        DeviceChoice::Wgpu => gpu::device(&gpu::preferred_adapter()?),
+        DeviceChoice::Auto => gpu::device(true)?.unwrap_or_else(cpu),
+        DeviceChoice::Wgpu => gpu::device(false)?.ok_or_else(|| {
+            Error::Device(
+                "wgpu found no adapter: install a GPU driver with Vulkan support \
+                 (on a machine without a GPU, Mesa's software driver: Debian's \
+                 `mesa-vulkan-drivers libvulkan1`), or use `--device cpu`"
+                    .to_string(),
+            )
+        })?,
     };
     Ok(Selected {
         device: if autodiff { device.autodiff() } else { device },
@@ -94,7 +98,7 @@ mod gpu {
     };
     use burn::tensor::{Device, DeviceKind};
 
-    use crate::{Error, Result};
+    use crate::Result;
 
     /// wgpu's native futures are ready when first polled; this waits for
     /// one without an async runtime.
@@ -109,70 +113,50 @@ mod gpu {
         }
     }
 
-    fn adapters() -> Vec<Adapter> {
-        let instance = Instance::new(InstanceDescriptor::new_without_display_handle_from_env());
-        block_on(instance.enumerate_adapters(Backends::PRIMARY))
+    /// Preference among adapter types: GPUs first; `None` for the rest.
+    fn gpu_rank(t: DeviceType) -> Option<u8> {
+        match t {
+            DeviceType::DiscreteGpu => Some(0),
+            DeviceType::IntegratedGpu => Some(1),
+            DeviceType::VirtualGpu => Some(2),
+            DeviceType::Cpu | DeviceType::Other => None,
+        }
     }
 
-    fn kind_index(info: &AdapterInfo, all: &[AdapterInfo]) -> Option<DeviceKind> {
+    /// The wgpu device on the best GPU, or, unless `gpu_only`, on the first
+    /// adapter of any type (a software Vulkan driver on a machine without a
+    /// GPU); `None` when there is no such adapter.
+    pub(super) fn device(gpu_only: bool) -> Result<Option<(Device, String)>> {
+        let instance = Instance::new(InstanceDescriptor::new_without_display_handle_from_env());
+        let all: Vec<AdapterInfo> = block_on(instance.enumerate_adapters(Backends::PRIMARY))
+            .iter()
+            .map(Adapter::get_info)
+            .collect();
+        let best_gpu = all
+            .iter()
+            .filter_map(|a| gpu_rank(a.device_type).map(|r| (r, a)))
+            .min_by_key(|(r, _)| *r)
+            .map(|(_, a)| a);
+        let Some(info) = best_gpu.or(if gpu_only { None } else { all.first() }) else {
+            return Ok(None);
+        };
         // burn numbers adapters within their type, in wgpu's enumeration order.
         let index = all
             .iter()
             .filter(|a| a.device_type == info.device_type)
-            .position(|a| a == info)?;
-        Some(match info.device_type {
-            DeviceType::DiscreteGpu => DeviceKind::DiscreteGpu(index),
-            DeviceType::IntegratedGpu => DeviceKind::IntegratedGpu(index),
-            DeviceType::VirtualGpu => DeviceKind::VirtualGpu(index),
-            DeviceType::Cpu | DeviceType::Other => return None,
-        })
-    }
-
-    /// The adapter `auto` trains on: a discrete, integrated or virtual GPU.
-    pub(super) fn hardware_adapter() -> Option<AdapterInfo> {
-        let all: Vec<AdapterInfo> = adapters().iter().map(Adapter::get_info).collect();
-        let rank = |t: DeviceType| match t {
-            DeviceType::DiscreteGpu => 0,
-            DeviceType::IntegratedGpu => 1,
-            DeviceType::VirtualGpu => 2,
-            DeviceType::Cpu | DeviceType::Other => 3,
+            .position(|a| a == info)
+            .unwrap_or(0);
+        let (kind, what) = match info.device_type {
+            DeviceType::DiscreteGpu => (DeviceKind::DiscreteGpu(index), "discrete GPU"),
+            DeviceType::IntegratedGpu => (DeviceKind::IntegratedGpu(index), "integrated GPU"),
+            DeviceType::VirtualGpu => (DeviceKind::VirtualGpu(index), "virtual GPU"),
+            DeviceType::Cpu => (DeviceKind::Cpu, "software adapter on the CPU"),
+            DeviceType::Other => (DeviceKind::Cpu, "adapter"),
         };
-        all.iter()
-            .filter(|a| rank(a.device_type) < 3)
-            .min_by_key(|a| rank(a.device_type))
-            .cloned()
-    }
-
-    /// The adapter `--device wgpu` uses: the best GPU, else any adapter
-    /// (a software Vulkan driver on a machine without a GPU).
-    pub(super) fn preferred_adapter() -> Result<AdapterInfo> {
-        if let Some(gpu) = hardware_adapter() {
-            return Ok(gpu);
-        }
-        adapters().first().map(Adapter::get_info).ok_or_else(|| {
-            Error::Device(
-                "wgpu found no adapter: install a GPU driver with Vulkan support \
-                     (on a machine without a GPU, Mesa's software driver: Debian's \
-                     `mesa-vulkan-drivers libvulkan1`), or use `--device cpu`"
-                    .to_string(),
-            )
-        })
-    }
-
-    pub(super) fn device(info: &AdapterInfo) -> (Device, String) {
-        let all: Vec<AdapterInfo> = adapters().iter().map(Adapter::get_info).collect();
-        let kind = kind_index(info, &all).unwrap_or(DeviceKind::Cpu);
-        let what = match info.device_type {
-            DeviceType::DiscreteGpu => "discrete GPU",
-            DeviceType::IntegratedGpu => "integrated GPU",
-            DeviceType::VirtualGpu => "virtual GPU",
-            DeviceType::Cpu => "software adapter on the CPU",
-            DeviceType::Other => "adapter",
-        };
-        (
+        Ok(Some((
             Device::wgpu(kind),
             format!("wgpu ({}, {:?}, {what})", info.name, info.backend),
-        )
+        )))
     }
 }
 
@@ -182,23 +166,17 @@ mod gpu {
 
     use crate::{Error, Result};
 
-    /// No adapter can be used without wgpu compiled in.
-    pub(super) enum AdapterInfo {}
-
-    pub(super) fn hardware_adapter() -> Option<AdapterInfo> {
-        None
-    }
-
-    pub(super) fn preferred_adapter() -> Result<AdapterInfo> {
+    /// No GPU can be used without wgpu compiled in: `auto` falls back to the
+    /// CPU, and asking for wgpu says how to get it.
+    pub(super) fn device(gpu_only: bool) -> Result<Option<(Device, String)>> {
+        if gpu_only {
+            return Ok(None);
+        }
         Err(Error::Device(
             "wgpu is not compiled into this build of charter (only the `cpu` backend, \
              burn's flex, is): rebuild with `--features wgpu`, or use `--device cpu`"
                 .to_string(),
         ))
-    }
-
-    pub(super) fn device(info: &AdapterInfo) -> (Device, String) {
-        match *info {}
     }
 }
 

@@ -651,12 +651,8 @@ fn read_logp_map(path: &Path) -> Option<LogpMap> {
 }
 
 fn write_logp_map(path: &Path, map: &LogpMap) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
     let text = serde_json::to_string(map).map_err(|e| Error::Data(e.to_string()))?;
-    std::fs::write(tmp.path(), text).map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+    charter_table::write_atomic(path, text.as_bytes()).map_err(|e| Error::io(path, e))
 }
 
 /// Answer log-probabilities `[A, B]` of every pair under `base` (no

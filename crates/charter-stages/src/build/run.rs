@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use charter_model::ModelDir;
-use charter_table::{TableFile, canonical_json, partial_dir};
+use charter_table::{TableFile, canonical_json, partial_dir, write_atomic};
 use charter_train::{Job, Outcome};
 use serde_json::{Value as Json, json};
 
@@ -574,7 +574,8 @@ impl BuildPlan {
             )?;
             let record = serde_json::to_string_pretty(&json!({ "key": key, "pieces": pieces }))
                 .map_err(|e| Error::Settings(e.to_string()))?;
-            write_atomic(&key_path, (record + "\n").as_bytes())?;
+            write_atomic(&key_path, (record + "\n").as_bytes())
+                .map_err(|e| Error::io(&key_path, e))?;
         }
         let bytes = std::fs::read(&report_path).map_err(|e| Error::io(&report_path, e))?;
         let report: Json = serde_json::from_slice(&bytes)
@@ -594,12 +595,4 @@ impl BuildPlan {
             content_hash: blake3::hash(&bytes).to_hex().to_string(),
         })
     }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
-    std::fs::write(tmp.path(), bytes).map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
 }
