@@ -20,6 +20,8 @@ model=${1:-out/smollm2}
     echo "$model: no model directory (run scripts/run, or pass one)" >&2
     exit 1
 }
+# `cargo bench` runs in the crate's directory.
+model=$(realpath "$model")
 venv=$CHARTER_HOME/bench-torch
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import torch, transformers' 2>/dev/null; then
     python3 -m venv "$venv"

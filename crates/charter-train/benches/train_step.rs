@@ -14,7 +14,7 @@
 //!
 //! Run: `cargo bench -p charter-train --bench train_step -- --model DIR
 //! [--objective sft,dpo] [--batch 8] [--seq 256] [--steps 3] [--warmup 1]
-//! [--lora-rank R]`
+//! [--lora-rank R] [--device cpu|wgpu]` (wgpu needs `--features wgpu`).
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
@@ -23,8 +23,8 @@ use std::time::Instant;
 
 use burn::optim::{AdamWConfig, GradientsParams};
 use charter_train::{
-    Decoder, DeviceChoice, LoraSettings, Tokens, dpo_margins, scalar, select_device, sft_loss,
-    soft_pair_loss,
+    Decoder, DeviceChoice, LoraSettings, RetainedHeap, Tokens, dpo_margins, scalar, select,
+    sft_loss, soft_pair_loss,
 };
 
 fn arg(name: &str, default: &str) -> String {
@@ -55,7 +55,11 @@ fn main() {
     let warmup: usize = arg("--warmup", "1").parse().unwrap();
     let lora_rank: usize = arg("--lora-rank", "0").parse().unwrap();
     let objectives = arg("--objective", "sft,dpo");
-    let device = select_device(DeviceChoice::Cpu, true).unwrap();
+    let choice: DeviceChoice = arg("--device", "cpu").parse().unwrap();
+    let selected = select(choice, true).unwrap_or_else(|e| panic!("--device: {e}"));
+    let device = selected.device;
+    // As `charter train` does.
+    let _heap = RetainedHeap::enter();
 
     for objective in objectives.split(',') {
         let mut model = Decoder::open(&model_dir, &device)
@@ -122,7 +126,7 @@ fn main() {
         println!(
             "{}",
             serde_json::json!({
-                "peer": "charter (burn flex)",
+                "peer": format!("charter on {}", selected.description),
                 "objective": objective,
                 "lora_rank": lora_rank,
                 "batch": batch,

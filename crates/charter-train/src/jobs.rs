@@ -10,6 +10,7 @@ use charter_table::InputRef;
 use serde::Serialize;
 
 use crate::data::{Formatter, PreferenceExample, Tokens, read_labels, read_sft};
+use crate::heap::RetainedHeap;
 use crate::loss::{
     PreferenceModel, agreement, answer_logps, dpo_margins, sft_loss, soft_pair_loss,
 };
@@ -697,6 +698,7 @@ fn reference_logps(
         .collect();
     if !missing.is_empty() {
         std::fs::create_dir_all(cache_dir).map_err(|e| Error::io(cache_dir, e))?;
+        let _heap = RetainedHeap::enter();
         let device = select_device(job.device, false)?;
         let model = Decoder::open(&base.path, &device)?;
         for batch in missing.chunks(batch_size.max(1)) {

@@ -4,9 +4,13 @@
 //! preference model on AI-feedback labels, and DPO with soft targets
 //! (RL-CAI).
 //!
-//! Only burn's pure-Rust `flex` CPU backend is compiled in; see
-//! [`DeviceChoice`]. The decoder keeps the model directory's HuggingFace
-//! weight layout and applies rotary embeddings in rotate-half form, so
+//! It trains on burn's pure-Rust `flex` CPU backend, or on wgpu when built
+//! with the `wgpu` feature; see [`DeviceChoice`]. On flex, attention's
+//! causal softmax, the answer tokens' log-probabilities, RMSNorm and SwiGLU
+//! run as fused kernels with hand-written backward passes (the `kernels`
+//! module); elsewhere the same functions are composed from burn's tensor
+//! operations. The decoder keeps the model directory's HuggingFace weight
+//! layout and applies rotary embeddings in rotate-half form, so
 //! `model.safetensors` loads without permuting Q/K rows. Outputs are
 //! complete model directories (re-exported through `charter-model`) that
 //! generation uses directly.
@@ -14,7 +18,9 @@
 mod data;
 mod device;
 mod error;
+mod heap;
 mod jobs;
+mod kernels;
 pub mod lora;
 mod loss;
 mod metrics;
@@ -25,6 +31,7 @@ mod train;
 pub use data::{Formatter, PreferenceExample, SftExample, Tokens, read_labels, read_sft};
 pub use device::{DeviceChoice, Selected, describe, select, select_device};
 pub use error::{Error, Result};
+pub use heap::RetainedHeap;
 pub use jobs::{
     HeldOut, Job, Outcome, Task, TrainReport, calibration, default_reference_cache,
     open_preference_model, read_report, read_score_head, recorded_fingerprint, run_task,

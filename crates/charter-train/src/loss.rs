@@ -6,10 +6,11 @@
 //! mean over the whole step (gradient accumulation is then exact).
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{log_sigmoid, log_softmax};
+use burn::tensor::activation::log_sigmoid;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::data::Tokens;
+use crate::kernels;
 use crate::model::{param_with_id, values};
 use crate::{Decoder, Error, Result};
 
@@ -76,9 +77,9 @@ fn answer_token_logps(model: &Decoder, rows: &[&Tokens]) -> Result<(Tensor<1>, T
     let h = model.config().hidden_size;
     let hidden = model.hidden(ids).reshape([b * width, h]);
     let positions = Tensor::<1, Int>::from_data(TensorData::new(positions, [width_n]), &device);
-    let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [width_n, 1]), &device);
+    let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [width_n]), &device);
     let logits = model.lm_head(hidden.select(0, positions));
-    let logp = log_softmax(logits, 1).gather(1, targets).reshape([width_n]);
+    let logp = kernels::token_logp(logits, targets);
     let owner = Tensor::<2>::from_data(TensorData::new(owner, [b, width_n]), &device);
     Ok((logp, owner))
 }

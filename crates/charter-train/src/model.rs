@@ -11,10 +11,10 @@ use std::cell::Cell;
 
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::Gradients;
-use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use charter_model::{ModelConfig, ModelDir, Tensors};
 
+use crate::kernels;
 use crate::lora::{Adapter, LayerAdapters, LoraSettings, TARGETS, peft_name};
 use crate::{Error, Result};
 
@@ -130,8 +130,7 @@ fn linear(
 
 /// RMSNorm over the last dimension.
 fn rms_norm(x: Tensor<3>, weight: &Param<Tensor<1>>, eps: f64) -> Tensor<3> {
-    let ms = x.clone().powi_scalar(2).mean_dim(2);
-    x / (ms + eps).sqrt() * weight.val().unsqueeze::<3>()
+    kernels::rms_norm(x, weight.val(), eps)
 }
 
 /// Rotate-half rotary embedding of `x` `[batch, heads, seq, head_dim]` with
@@ -226,14 +225,14 @@ impl DecoderLayer {
                 .reshape([b, nh, t, hd])
         };
         let (k, v) = (expand(k), expand(v));
-        let scores = q.matmul(k.swap_dims(2, 3)) / (hd as f64).sqrt();
-        let scores = scores.mask_fill(rot.causal.clone(), f32::NEG_INFINITY);
-        let ctx = softmax(scores, 3).matmul(v);
+        let scores = q.matmul(k.swap_dims(2, 3));
+        let probs = kernels::causal_softmax(scores, 1.0 / (hd as f64).sqrt(), &rot.causal);
+        let ctx = probs.matmul(v);
         let ctx = ctx.swap_dims(1, 2).reshape([b, t, nh * hd]);
         let x = x + linear(ctx, &self.o_proj, None, lora(|l| &l.o));
         let n = rms_norm(x.clone(), &self.post_norm, c.rms_norm_eps);
         let gate = linear(n.clone(), &self.gate_proj, None, lora(|l| &l.gate));
-        let act = silu(gate) * linear(n, &self.up_proj, None, lora(|l| &l.up));
+        let act = kernels::swiglu(gate, linear(n, &self.up_proj, None, lora(|l| &l.up)));
         x + linear(act, &self.down_proj, None, lora(|l| &l.down))
     }
 }

@@ -11,6 +11,7 @@ use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOpti
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::heap::RetainedHeap;
 use crate::lora::LoraSettings;
 use crate::metrics::MetricRow;
 use crate::{Error, Result};
@@ -227,6 +228,7 @@ impl Run<'_> {
     {
         let s = self.settings;
         s.validate()?;
+        let _heap = RetainedHeap::enter();
         let n = objective.examples();
         if n == 0 {
             return Err(Error::Input("no examples to train on".to_string()));
