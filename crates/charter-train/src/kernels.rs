@@ -198,7 +198,7 @@ impl Backward<Flex, 2> for SwiGlu {
 
 /// Whether `device` runs on flex (with or without autodiff), where the
 /// fused kernels apply.
-fn on_flex(device: &Device) -> bool {
+pub(crate) fn fused(device: &Device) -> bool {
     matches!(
         device.clone().inner().as_dispatch(),
         DispatchDevice::Flex(_)
@@ -209,7 +209,7 @@ fn on_flex(device: &Device) -> bool {
 /// causal mask (`masked` is true above the diagonal, for the composed
 /// fallback off flex).
 pub(crate) fn causal_softmax(scores: Tensor<4>, scale: f64, masked: &Tensor<4, Bool>) -> Tensor<4> {
-    if on_flex(&scores.device()) && scores.dtype() == DType::F32 {
+    if fused(&scores.device()) && scores.dtype() == DType::F32 {
         let out = <Dispatch as Fused>::causal_softmax(scores.into_dispatch(), scale as f32);
         return Tensor::from_dispatch(out);
     }
@@ -225,7 +225,7 @@ fn composed_causal_softmax(scores: Tensor<4>, scale: f64, masked: &Tensor<4, Boo
 
 /// `log softmax(logits)[r, targets[r]]`, `[rows]`, for `[rows, vocab]` logits.
 pub(crate) fn token_logp(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
-    if on_flex(&logits.device()) && logits.dtype() == DType::F32 {
+    if fused(&logits.device()) && logits.dtype() == DType::F32 {
         let out = <Dispatch as Fused>::token_logp(logits.into_dispatch(), targets.into_dispatch());
         return Tensor::from_dispatch(out);
     }
@@ -242,7 +242,7 @@ fn composed_token_logp(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> 
 /// RMSNorm of `x` `[batch, seq, hidden]` over its last dimension, scaled
 /// by `weight` `[hidden]`.
 pub(crate) fn rms_norm(x: Tensor<3>, weight: Tensor<1>, eps: f64) -> Tensor<3> {
-    if on_flex(&x.device()) && x.dtype() == DType::F32 {
+    if fused(&x.device()) && x.dtype() == DType::F32 {
         let out = <Dispatch as Fused>::rms_norm(x.into_dispatch(), weight.into_dispatch(), eps);
         return Tensor::from_dispatch(out);
     }
@@ -256,7 +256,7 @@ fn composed_rms_norm(x: Tensor<3>, weight: Tensor<1>, eps: f64) -> Tensor<3> {
 
 /// `silu(gate) · up`, element-wise.
 pub(crate) fn swiglu(gate: Tensor<3>, up: Tensor<3>) -> Tensor<3> {
-    if on_flex(&gate.device()) && gate.dtype() == DType::F32 && gate.dims() == up.dims() {
+    if fused(&gate.device()) && gate.dtype() == DType::F32 && gate.dims() == up.dims() {
         let out = <Dispatch as Fused>::swiglu(gate.into_dispatch(), up.into_dispatch());
         return Tensor::from_dispatch(out);
     }

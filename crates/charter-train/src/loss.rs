@@ -78,10 +78,51 @@ fn answer_token_logps(model: &Decoder, rows: &[&Tokens]) -> Result<(Tensor<1>, T
     let hidden = model.hidden(ids).reshape([b * width, h]);
     let positions = Tensor::<1, Int>::from_data(TensorData::new(positions, [width_n]), &device);
     let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [width_n]), &device);
-    let logits = model.lm_head(hidden.select(0, positions));
-    let logp = kernels::token_logp(logits, targets);
+    let picked = hidden.select(0, positions);
+    let vocab = model.config().vocab_size;
+    let logp = match kernels::fused(&device) {
+        true => kernels::token_logp(model.lm_head(picked), targets),
+        false => head_logps(model, picked, targets, head_rows(vocab)),
+    };
     let owner = Tensor::<2>::from_data(TensorData::new(owner, [b, width_n]), &device);
     Ok((logp, owner))
+}
+
+/// Largest logits tensor [`head_logps`] makes at once, in bytes.
+const HEAD_CHUNK_BYTES: usize = 64 << 20;
+
+/// Rows of `[rows, vocab]` f32 logits that fit in [`HEAD_CHUNK_BYTES`].
+fn head_rows(vocab: usize) -> usize {
+    (HEAD_CHUNK_BYTES / (4 * vocab.max(1))).max(1)
+}
+
+/// `log softmax(hidden · headᵀ)[target]` per row, `chunk` rows at a time.
+///
+/// wgpu caps a buffer's size (wgpu's defaults: 256 MiB per buffer, 128 MiB
+/// per storage binding; Mesa's software driver refused the 302 MB logits of
+/// the default model's 1,536 answer positions at batch 8 × 256), so off
+/// flex the logits are never made whole. On flex the fused kernel takes
+/// them whole: chunking there would add a full-size LM-head gradient per
+/// chunk.
+fn head_logps(
+    model: &Decoder,
+    hidden: Tensor<2>,
+    targets: Tensor<1, Int>,
+    chunk: usize,
+) -> Tensor<1> {
+    let n = targets.dims()[0];
+    if n <= chunk {
+        return kernels::token_logp(model.lm_head(hidden), targets);
+    }
+    let parts = (0..n)
+        .step_by(chunk)
+        .map(|start| {
+            let len = chunk.min(n - start);
+            let logits = model.lm_head(hidden.clone().narrow(0, start, len));
+            kernels::token_logp(logits, targets.clone().narrow(0, start, len))
+        })
+        .collect();
+    Tensor::cat(parts, 0)
 }
 
 /// Summed next-token cross-entropy over the answer tokens of `rows`,
@@ -215,4 +256,42 @@ pub fn scalar(t: &Tensor<1>) -> Result<f32> {
         .first()
         .copied()
         .ok_or_else(|| Error::Data("empty loss tensor".to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    /// The chunked LM head (used off flex) gives the same log-probs and
+    /// hidden-state gradients as the whole head.
+    #[test]
+    fn chunked_head_matches_whole_head() {
+        let dir = tempfile::tempdir().unwrap();
+        charter_model::write_tiny(dir.path(), 3).unwrap();
+        let device = Device::flex().autodiff();
+        let model = Decoder::open(dir.path(), &device).unwrap();
+        let (n, h, vocab) = (7, model.config().hidden_size, model.config().vocab_size);
+        let hidden = Tensor::<2>::random([n, h], Distribution::Normal(0.0, 1.0), &device);
+        let ids: Vec<i64> = (0..n as i64).map(|i| (i * 37) % vocab as i64).collect();
+        let targets = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &device);
+        let run = |chunk: usize| {
+            let x = hidden.clone().detach().require_grad();
+            let logp = head_logps(&model, x.clone(), targets.clone(), chunk);
+            let grads = logp.clone().sum().backward();
+            let values: Vec<f32> = logp.inner().into_data().try_to_vec().unwrap();
+            let grad: Vec<f32> = x.grad(&grads).unwrap().into_data().try_to_vec().unwrap();
+            (values, grad)
+        };
+        let (whole, chunked) = (run(n), run(3));
+        for (a, b) in whole
+            .0
+            .iter()
+            .zip(&chunked.0)
+            .chain(whole.1.iter().zip(&chunked.1))
+        {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        assert_eq!(head_rows(49_152), 341);
+    }
 }
