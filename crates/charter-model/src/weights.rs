@@ -7,7 +7,7 @@
 //! The `safetensors` crate parses and validates the header (contiguous
 //! ranges, sizes that match dtype and shape); tensor data is read on demand
 //! with positioned reads, because a checkpoint may be larger than memory and
-//! the workspace forbids the `unsafe` a memory map needs.
+//! the workspace denies the `unsafe` a memory map needs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
