@@ -32,7 +32,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, Dispatch, DispatchDevice, Flex, backend_extension};
 use burn::tensor::activation::{log_softmax, silu, softmax};
-use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 use rayon::prelude::*;
 use std::borrow::Cow;
 
@@ -196,20 +196,17 @@ impl Backward<Flex, 2> for SwiGlu {
     }
 }
 
-/// Whether `device` runs on flex (with or without autodiff), where the
-/// fused kernels apply.
-pub(crate) fn fused(device: &Device) -> bool {
-    matches!(
-        device.clone().inner().as_dispatch(),
-        DispatchDevice::Flex(_)
-    )
+/// Whether the fused kernels apply to `t`: an f32 tensor on flex (with or
+/// without autodiff).
+pub(crate) fn fused<const D: usize>(t: &Tensor<D>) -> bool {
+    t.dtype() == DType::F32 && matches!(t.device().inner().as_dispatch(), DispatchDevice::Flex(_))
 }
 
 /// `softmax(scale · scores)` of `[batch, heads, seq, seq]` scores under a
 /// causal mask (`masked` is true above the diagonal, for the composed
 /// fallback off flex).
 pub(crate) fn causal_softmax(scores: Tensor<4>, scale: f64, masked: &Tensor<4, Bool>) -> Tensor<4> {
-    if fused(&scores.device()) && scores.dtype() == DType::F32 {
+    if fused(&scores) {
         let out = <Dispatch as Fused>::causal_softmax(scores.into_dispatch(), scale as f32);
         return Tensor::from_dispatch(out);
     }
@@ -225,7 +222,7 @@ fn composed_causal_softmax(scores: Tensor<4>, scale: f64, masked: &Tensor<4, Boo
 
 /// `log softmax(logits)[r, targets[r]]`, `[rows]`, for `[rows, vocab]` logits.
 pub(crate) fn token_logp(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
-    if fused(&logits.device()) && logits.dtype() == DType::F32 {
+    if fused(&logits) {
         let out = <Dispatch as Fused>::token_logp(logits.into_dispatch(), targets.into_dispatch());
         return Tensor::from_dispatch(out);
     }
@@ -242,7 +239,7 @@ fn composed_token_logp(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> 
 /// RMSNorm of `x` `[batch, seq, hidden]` over its last dimension, scaled
 /// by `weight` `[hidden]`.
 pub(crate) fn rms_norm(x: Tensor<3>, weight: Tensor<1>, eps: f64) -> Tensor<3> {
-    if fused(&x.device()) && x.dtype() == DType::F32 {
+    if fused(&x) {
         let out = <Dispatch as Fused>::rms_norm(x.into_dispatch(), weight.into_dispatch(), eps);
         return Tensor::from_dispatch(out);
     }
@@ -256,7 +253,7 @@ fn composed_rms_norm(x: Tensor<3>, weight: Tensor<1>, eps: f64) -> Tensor<3> {
 
 /// `silu(gate) · up`, element-wise.
 pub(crate) fn swiglu(gate: Tensor<3>, up: Tensor<3>) -> Tensor<3> {
-    if fused(&gate.device()) && gate.dtype() == DType::F32 && gate.dims() == up.dims() {
+    if fused(&gate) && gate.dims() == up.dims() {
         let out = <Dispatch as Fused>::swiglu(gate.into_dispatch(), up.into_dispatch());
         return Tensor::from_dispatch(out);
     }
@@ -275,7 +272,7 @@ fn f32_values(t: &FlexTensor) -> Cow<'_, [f32]> {
             t.to_contiguous()
                 .into_data()
                 .try_to_vec::<f32>()
-                .unwrap_or_default(),
+                .expect("a contiguous f32 tensor converts to f32 values"),
         ),
     }
 }
@@ -292,7 +289,12 @@ fn indices(t: &FlexTensor) -> Vec<usize> {
             .map(|v| v.iter().map(|&x| x as usize).collect()),
         other => panic!("token_logp: targets of dtype {other:?}"),
     }
-    .unwrap_or_default()
+    .expect("a contiguous tensor has a slice")
+}
+
+/// `t`'s shape.
+fn dims(t: &FlexTensor) -> Vec<usize> {
+    t.layout().shape().iter().copied().collect()
 }
 
 fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
@@ -303,7 +305,7 @@ fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
 const ROWS_PER_TASK: usize = 32;
 
 fn causal_softmax_forward(scores: &FlexTensor, scale: f32) -> FlexTensor {
-    let shape: Vec<usize> = scores.layout().shape().iter().copied().collect();
+    let shape = dims(scores);
     let t = *shape.last().unwrap_or(&1);
     let input = f32_values(scores);
     let mut out = vec![0f32; input.len()];
@@ -330,7 +332,7 @@ fn causal_softmax_forward(scores: &FlexTensor, scale: f32) -> FlexTensor {
 
 /// `dS = scale · P ⊙ (dP − rowsum(P ⊙ dP))` (zero where masked, since P is).
 fn causal_softmax_backward(probs: &FlexTensor, grad: &FlexTensor, scale: f32) -> FlexTensor {
-    let shape: Vec<usize> = probs.layout().shape().iter().copied().collect();
+    let shape = dims(probs);
     let t = *shape.last().unwrap_or(&1);
     let (p, g) = (f32_values(probs), f32_values(grad));
     let mut out = vec![0f32; p.len()];
@@ -380,7 +382,7 @@ fn token_logp_forward(logits: &FlexTensor, targets: &FlexTensor) -> FlexTensor {
 
 /// `d logits[r, j] = grad[r] · (1[j = target[r]] − softmax(logits[r])[j])`.
 fn token_logp_backward(logits: &FlexTensor, targets: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
-    let shape: Vec<usize> = logits.layout().shape().iter().copied().collect();
+    let shape = dims(logits);
     let v = shape[1];
     let x = f32_values(logits);
     let g = f32_values(grad);
@@ -413,7 +415,7 @@ fn inv_rms(row: &[f32], eps: f64) -> f32 {
 }
 
 fn rms_norm_forward(x: &FlexTensor, weight: &FlexTensor, eps: f64) -> FlexTensor {
-    let shape: Vec<usize> = x.layout().shape().iter().copied().collect();
+    let shape = dims(x);
     let h = *shape.last().unwrap_or(&1);
     let (x, w) = (f32_values(x), f32_values(weight));
     let mut out = vec![0f32; x.len()];
@@ -439,7 +441,7 @@ fn rms_norm_backward(
     grad: &FlexTensor,
     want_dw: bool,
 ) -> (FlexTensor, Option<FlexTensor>) {
-    let shape: Vec<usize> = x.layout().shape().iter().copied().collect();
+    let shape = dims(x);
     let h = *shape.last().unwrap_or(&1);
     let (x, w, g) = (f32_values(x), f32_values(weight), f32_values(grad));
     let mut dx = vec![0f32; x.len()];
@@ -488,7 +490,7 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 fn swiglu_forward(gate: &FlexTensor, up: &FlexTensor) -> FlexTensor {
-    let shape: Vec<usize> = gate.layout().shape().iter().copied().collect();
+    let shape = dims(gate);
     let (g, u) = (f32_values(gate), f32_values(up));
     let mut out = vec![0f32; g.len()];
     out.par_chunks_mut(ELEMENTS_PER_TASK)
@@ -510,7 +512,7 @@ fn swiglu_backward(
     up: &FlexTensor,
     grad: &FlexTensor,
 ) -> (FlexTensor, FlexTensor) {
-    let shape: Vec<usize> = gate.layout().shape().iter().copied().collect();
+    let shape = dims(gate);
     let (g, u, d) = (f32_values(gate), f32_values(up), f32_values(grad));
     let mut d_gate = vec![0f32; g.len()];
     let mut d_up = vec![0f32; g.len()];
@@ -535,7 +537,7 @@ fn swiglu_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::Distribution;
+    use burn::tensor::{Device, Distribution};
 
     fn device(autodiff: bool) -> Device {
         let device = Device::flex();

@@ -80,7 +80,7 @@ fn answer_token_logps(model: &Decoder, rows: &[&Tokens]) -> Result<(Tensor<1>, T
     let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [width_n]), &device);
     let picked = hidden.select(0, positions);
     let vocab = model.config().vocab_size;
-    let logp = match kernels::fused(&device) {
+    let logp = match kernels::fused(&picked) {
         true => kernels::token_logp(model.lm_head(picked), targets),
         false => head_logps(model, picked, targets, head_rows(vocab)),
     };
