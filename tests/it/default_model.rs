@@ -15,9 +15,9 @@ fn imported_default_model_reproduces_the_reference_answers() {
     let reference: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../shared/reference/smollm2/greedy_f32.json"
+            "/tests/reference/smollm2/greedy_f32.json"
         ))
-        .expect("shared/reference beside the repository"),
+        .expect("tests/reference/smollm2 in the repository"),
     )
     .unwrap();
     let cases = reference.as_array().unwrap();

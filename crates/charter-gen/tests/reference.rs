@@ -1,5 +1,5 @@
 //! The f32 ONNX export of the default model, run through ONNX Runtime,
-//! reproduces the independent f32 reference in `shared/reference/smollm2`:
+//! reproduces the independent f32 reference in `tests/reference/smollm2`:
 //! first-step logits within 1e-3 and greedy continuations token for token,
 //! alone and batched (right-padded prompts, per-row cache lengths).
 
@@ -20,13 +20,13 @@ struct Case {
 }
 
 fn reference_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/smollm2")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/reference/smollm2")
 }
 
 fn cases() -> Vec<Case> {
     let dir = reference_dir();
     let text = std::fs::read_to_string(dir.join("greedy_f32.json"))
-        .expect("shared/reference beside the repository");
+        .expect("tests/reference/smollm2 in the repository");
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     let ids = |v: &serde_json::Value| {
         v.as_array()

@@ -1,5 +1,5 @@
 //! The tokenizer and chat template built from the default model's GGUF,
-//! against the reference ids in `shared/reference/smollm2/`, and injection
+//! against the reference ids in `tests/reference/smollm2/`, and injection
 //! of control-token text through message content.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -29,7 +29,7 @@ fn default_model() -> PathBuf {
 
 fn reference(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/reference/smollm2")
+        .join("../../tests/reference/smollm2")
         .join(name)
 }
 
