@@ -14,6 +14,7 @@ pub(crate) fn run(args: DedupArgs, quiet: bool) -> Result<()> {
     let output = Output::parse(&args.output);
     super::check_json_output(args.json, &output)?;
     let options = super::dedup_options(&args.dedup, !args.no_exact)?;
+    let _claim = super::claim(&output, &[args.input.as_path()])?;
     let table = TableFile::open(&args.input)?;
     let spec = table.core_spec()?;
     let path = table.path().display().to_string();

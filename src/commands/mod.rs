@@ -89,6 +89,15 @@ fn read_input(path: &Path) -> Result<Vec<u8>> {
     }
 }
 
+/// Claims a table output before any work: refused while another process
+/// writes it, or when it is one of `inputs` or a directory.
+fn claim(output: &Output, inputs: &[&Path]) -> Result<Option<charter_table::OutputLock>> {
+    Ok(match output {
+        Output::Path(path) => Some(charter_table::claim_output(path, inputs)?),
+        Output::Stdout => None,
+    })
+}
+
 /// Refuses `--json` when the table itself goes to stdout: the two would mix.
 fn check_json_output(json: bool, output: &Output) -> Result<()> {
     anyhow::ensure!(

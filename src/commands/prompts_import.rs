@@ -20,6 +20,8 @@ pub(crate) fn run(args: ImportArgs, quiet: bool) -> Result<()> {
         args.inputs.iter().filter(|p| p.as_os_str() == "-").count() <= 1,
         "standard input (`-`) can be read only once"
     );
+    let inputs: Vec<&std::path::Path> = args.inputs.iter().map(|p| p.as_path()).collect();
+    let _claim = super::claim(&output, &inputs)?;
     let options = ImportOptions {
         field: args.field.clone(),
         source: args.source.clone(),

@@ -809,3 +809,51 @@ fn training_stages_refuse_what_does_not_apply() {
         }
     }
 }
+
+#[test]
+fn every_path_a_build_names_is_checked_before_any_stage_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, prompts) = setup(dir.path(), 2);
+    let c = constitution();
+    let good = pipeline(&model, &prompts, &c, "");
+    let missing = dir.path().join("no-such-model");
+    let cases = [
+        // A later stage's model: the earlier stages would otherwise run first.
+        (
+            good.replacen(
+                "kind = \"critique\"",
+                &format!("kind = \"critique\"\nmodel = \"{}\"", missing.display()),
+                1,
+            ),
+            vec!["field `model`", "not a complete charter model directory"],
+        ),
+        (
+            good.replacen(
+                "kind = \"label\"",
+                "kind = \"label\"\nconstitution = \"missing.toml\"",
+                1,
+            ),
+            vec!["field `constitution`", "missing.toml"],
+        ),
+        (
+            good.replacen(&prompts, "gone.parquet", 1),
+            vec!["stage `prompts`", "field `path`", "no such table file"],
+        ),
+    ];
+    for (i, (text, wanted)) in cases.iter().enumerate() {
+        let name = format!("paths{i}.toml");
+        let path = file(dir.path(), &name, text);
+        for args in [
+            vec!["build", path.as_str(), "--dry-run"],
+            vec!["build", path.as_str()],
+        ] {
+            let err = fails(&args, None);
+            // file:line of the field.
+            assert!(err.contains(&format!("{name}:")), "case {i}: {err}");
+            for w in wanted {
+                assert!(err.contains(w), "case {i}: {w:?} not in {err}");
+            }
+        }
+        assert!(!dir.path().join("out").exists(), "case {i}: nothing ran");
+    }
+}

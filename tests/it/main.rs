@@ -11,6 +11,7 @@ mod default_prompts;
 mod import;
 mod inspect;
 mod model_import;
+mod outputs;
 mod respond;
 mod stages;
 mod train;

@@ -267,6 +267,13 @@ impl ModelConfig {
         if self.num_attention_heads == 0 || self.num_key_value_heads == 0 {
             return bad("zero attention heads".into());
         }
+        if self.max_position_embeddings < 2 {
+            return bad(format!(
+                "a context window of {} tokens (GGUF `context_length`, HuggingFace \
+                 `max_position_embeddings`) cannot hold a prompt and an answer",
+                self.max_position_embeddings
+            ));
+        }
         if !self
             .num_attention_heads
             .is_multiple_of(self.num_key_value_heads)

@@ -410,6 +410,8 @@ pub struct TextTokenizer {
     special_ids: Vec<u32>,
     /// Tokens in the vocabulary, added tokens included.
     vocab_size: usize,
+    /// The longest token's spelling in UTF-8 bytes.
+    max_token_bytes: usize,
 }
 
 impl TextTokenizer {
@@ -440,11 +442,20 @@ impl TextTokenizer {
             .collect();
         special_ids.sort_unstable();
         let vocab_size = with_special.get_vocab_size(true);
+        // Control tokens never come from text (it is encoded with them off).
+        let max_token_bytes = with_special
+            .get_vocab(true)
+            .iter()
+            .filter(|(_, id)| special_ids.binary_search(id).is_err())
+            .map(|(token, _)| token.len())
+            .max()
+            .unwrap_or(1);
         Ok(Self {
             with_special,
             plain,
             special_ids,
             vocab_size,
+            max_token_bytes,
         })
     }
 
@@ -536,6 +547,15 @@ impl TextTokenizer {
     /// Tokens in the vocabulary, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
+    }
+
+    /// The most bytes of text one token can stand for, bounded above by the
+    /// longest token's spelling (byte-level and SentencePiece spellings take
+    /// at least as many bytes as the text they encode). Text longer than
+    /// `n` times this holds more than `n` tokens, which lets a caller refuse
+    /// text without tokenising it.
+    pub fn max_token_bytes(&self) -> usize {
+        self.max_token_bytes.max(1)
     }
 }
 

@@ -185,26 +185,30 @@ pub fn critique(
         model_hash: Some(model.dir.provenance.content_hash.clone()),
         constitution_hash: Some(constitution.hash()),
     };
-    let (mut writer, state) =
-        match ShardedWriter::open(out, &CRITIQUES, &provenance.build_key(&CRITIQUES))? {
-            Opened::Finished(table) => return Ok(StageSummary::cached(table)),
-            Opened::Writer(w, s) => (w, s),
-        };
+    let (mut writer, state) = match ShardedWriter::open(
+        out,
+        &CRITIQUES,
+        &provenance.build_key(&CRITIQUES),
+        &[input.path()],
+    )? {
+        Opened::Finished(table) => return Ok(StageSummary::cached(table)),
+        Opened::Writer(w, s) => (w, s),
+    };
     let total = answers.len();
     let start = (state.rows as usize).min(total);
-    let mut requests = Vec::with_capacity(total - start);
-    for a in &answers[start..] {
+    let mut request = |model: &Model, item: usize| -> Result<Request> {
+        let a = &answers[item];
         let p = draw(constitution, settings.seed, &a.parent_id, round);
         let messages = critique_messages(constitution, settings, &a.prompt, &a.text, &p.critique)?;
-        requests.push(Request {
+        Ok(Request {
             prompt: model.encode_conversation(&messages)?,
             seed: row_seed(
                 "critique",
                 settings.seed,
                 &[&a.parent_id, &round.to_string()],
             ),
-        });
-    }
+        })
+    };
     let options = settings.options(model);
     let stop = StopStrings::new(&settings.stop);
     let (name, hash) = (
@@ -215,7 +219,7 @@ pub fn critique(
     let counts = run_windows(
         model,
         &mut writer,
-        &requests,
+        &mut request,
         start,
         total,
         settings.shard_rows,
@@ -308,15 +312,19 @@ pub fn revise(
         model_hash: Some(model.dir.provenance.content_hash.clone()),
         constitution_hash: Some(constitution_hash.clone()),
     };
-    let (mut writer, state) =
-        match ShardedWriter::open(out, &REVISIONS, &provenance.build_key(&REVISIONS))? {
-            Opened::Finished(table) => return Ok(StageSummary::cached(table)),
-            Opened::Writer(w, s) => (w, s),
-        };
+    let (mut writer, state) = match ShardedWriter::open(
+        out,
+        &REVISIONS,
+        &provenance.build_key(&REVISIONS),
+        &[input.path()],
+    )? {
+        Opened::Finished(table) => return Ok(StageSummary::cached(table)),
+        Opened::Writer(w, s) => (w, s),
+    };
     let total = critiques.len();
     let start = (state.rows as usize).min(total);
-    let mut requests = Vec::with_capacity(total - start);
-    for (c, p) in critiques[start..].iter().zip(&principles[start..]) {
+    let mut request = |model: &Model, item: usize| -> Result<Request> {
+        let (c, p) = (&critiques[item], &principles[item]);
         let mut messages = critique_messages(
             constitution,
             settings,
@@ -332,11 +340,11 @@ pub fn revise(
                 &json!({"revision_request": p.revision, "critique": c.text}),
             )?,
         ));
-        requests.push(Request {
+        Ok(Request {
             prompt: model.encode_conversation(&messages)?,
             seed: row_seed("revise", settings.seed, &[&c.id]),
-        });
-    }
+        })
+    };
     let options = settings.options(model);
     let stop = StopStrings::new(&settings.stop);
     let (name, hash) = (
@@ -346,7 +354,7 @@ pub fn revise(
     let counts = run_windows(
         model,
         &mut writer,
-        &requests,
+        &mut request,
         start,
         total,
         settings.shard_rows,

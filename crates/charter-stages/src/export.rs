@@ -40,6 +40,7 @@ pub fn export(input: &TableFile, format: ExportFormat, chat: bool, out: &Path) -
             out.display()
         )));
     }
+    let _claim = charter_table::claim_output(out, &[input.path()])?;
     let lines: Vec<serde_json::Value> = match format {
         ExportFormat::Preference => {
             input.expect(&LABELS)?;

@@ -92,14 +92,17 @@ pub(crate) struct Generation {
     pub(crate) context_overflows: u64,
 }
 
-/// Generates rows `start..start + requests.len()` of a table whose rows are
-/// `total` in all, in windows of `window` rows, committing each window to
-/// `writer` as the rows `build` makes from (row index, generation).
+/// Generates rows `start..total` of a table whose rows are `total` in all,
+/// in windows of `window` rows, committing each window to `writer` as the
+/// rows `build` makes from (row index, generation).
+///
+/// `request` makes the engine request of a row index. It is called a window
+/// at a time, so memory holds one window's prompts whatever the table's size.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_windows<R: Record>(
     model: &mut Model,
     writer: &mut ShardedWriter,
-    requests: &[Request],
+    request: &mut dyn FnMut(&Model, usize) -> Result<Request>,
     start: usize,
     total: usize,
     window: usize,
@@ -110,17 +113,19 @@ pub(crate) fn run_windows<R: Record>(
 ) -> Result<Generation> {
     let window = window.max(1);
     let mut counts = Generation::default();
-    let Model {
-        engine, tokenizer, ..
-    } = model;
     let mut item = start;
     while item < total {
         let end = ((item / window + 1) * window).min(total);
-        let reqs = &requests[item - start..end - start];
+        let reqs = (item..end)
+            .map(|i| request(model, i))
+            .collect::<Result<Vec<_>>>()?;
+        let Model {
+            engine, tokenizer, ..
+        } = &mut *model;
         let mut done: Vec<Option<Completion>> = vec![None; reqs.len()];
         let base = item;
         engine.generate(
-            reqs,
+            &reqs,
             options,
             &mut |_, tokens| stop.hit(tokenizer, tokens),
             &mut |c: Completion| -> Result<()> {
@@ -218,6 +223,12 @@ impl GenSettings {
         }
         if self.max_new_tokens == 0 {
             return bad("--max-new-tokens must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return bad("--batch-size must be at least 1".into());
+        }
+        if self.shard_rows == 0 {
+            return bad("--shard-rows must be at least 1".into());
         }
         Ok(())
     }

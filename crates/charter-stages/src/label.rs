@@ -324,13 +324,17 @@ pub fn label(
         model_hash: Some(model.dir.provenance.content_hash.clone()),
         constitution_hash: Some(constitution_hash.clone()),
     };
-    let (mut writer, state) =
-        match ShardedWriter::open(out, &LABELS, &provenance.build_key(&LABELS))? {
-            Opened::Finished(table) => {
-                return Ok(StageSummary::cached(table));
-            }
-            Opened::Writer(w, s) => (w, s),
-        };
+    let (mut writer, state) = match ShardedWriter::open(
+        out,
+        &LABELS,
+        &provenance.build_key(&LABELS),
+        &[input.path()],
+    )? {
+        Opened::Finished(table) => {
+            return Ok(StageSummary::cached(table));
+        }
+        Opened::Writer(w, s) => (w, s),
+    };
     let total = pairs.len();
     let start = (state.rows as usize).min(total);
     let window = settings.generation.shard_rows.max(1);

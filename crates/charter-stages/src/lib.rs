@@ -54,7 +54,8 @@ pub use policy_eval::{
     Contestants, PolicyEvalReport, PolicyEvalSettings, PolicyEvalStep, eval_policy,
 };
 pub use respond::{
-    RespondProgress, RespondSettings, RespondSummary, STAGE_VERSION as RESPOND_VERSION, respond,
+    MAX_SAMPLES, RespondProgress, RespondSettings, RespondSummary,
+    STAGE_VERSION as RESPOND_VERSION, respond,
 };
 pub use seed::row_seed;
 pub use stop::StopStrings;

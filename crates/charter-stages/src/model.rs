@@ -56,7 +56,21 @@ impl Model {
     /// The token ids of a conversation rendered for generation: the
     /// template's own text with control tokens, the messages' text without,
     /// so text inside a message can never forge a turn.
+    ///
+    /// Text that cannot fit the context window whatever its tokens (more
+    /// bytes than twice the window times the most bytes a token stands for)
+    /// is not tokenised: that would cost memory in proportion to the text
+    /// (gigabytes for a prompt of tens of megabytes). It gets a placeholder
+    /// of the window's length, which the engine finishes as `context` like
+    /// any other prompt that does not fit.
     pub fn encode_conversation(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        let bytes: usize = messages.iter().map(|m| m.content.len()).sum();
+        let limit = self
+            .max_context()
+            .saturating_mul(2 * self.tokenizer.max_token_bytes());
+        if bytes > limit {
+            return Ok(vec![0; self.max_context()]);
+        }
         Ok(encode_chat(
             &self.tokenizer,
             &self.template,

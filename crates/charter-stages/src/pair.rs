@@ -138,7 +138,9 @@ pub fn pair(input: &TableFile, against: Option<&TableFile>, out: &Path) -> Resul
         model_hash: None,
         constitution_hash: None,
     };
-    let mut writer = match ShardedWriter::open(out, &PAIRS, &provenance.build_key(&PAIRS))? {
+    let mut read = vec![input.path()];
+    read.extend(against.map(TableFile::path));
+    let mut writer = match ShardedWriter::open(out, &PAIRS, &provenance.build_key(&PAIRS), &read)? {
         Opened::Finished(table) => {
             return Ok(PairSummary {
                 table,

@@ -18,6 +18,11 @@ use crate::stop::StopStrings;
 /// Version of the respond stage: bump when the same inputs would give different rows.
 pub const STAGE_VERSION: u32 = 1;
 
+/// The most answers per prompt a run takes: far beyond what any recipe
+/// samples (two for pairs, tens for best-of-n), low enough that a typo
+/// cannot request billions of rows.
+pub const MAX_SAMPLES: u32 = 4096;
+
 /// Settings of a respond run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RespondSettings {
@@ -68,8 +73,17 @@ impl RespondSettings {
     fn validate(&self) -> Result<()> {
         let s = &self.sampling;
         let bad = |m: String| Err(Error::Settings(m));
-        if self.samples == 0 {
-            return bad("--samples must be at least 1".into());
+        if self.samples == 0 || self.samples > MAX_SAMPLES {
+            return bad(format!(
+                "--samples must be from 1 to {MAX_SAMPLES}, got {}",
+                self.samples
+            ));
+        }
+        if self.batch_size == 0 {
+            return bad("--batch-size must be at least 1".into());
+        }
+        if self.shard_rows == 0 {
+            return bad("--shard-rows must be at least 1".into());
         }
         if !(s.temperature >= 0.0 && s.temperature.is_finite()) {
             return bad(format!("--temperature must be >= 0, got {}", s.temperature));
@@ -123,19 +137,19 @@ pub fn respond(
         constitution_hash: None,
     };
     let build_key = provenance.build_key(&RESPONSES);
-    let (mut writer, state) = match ShardedWriter::open(out, &RESPONSES, &build_key)? {
-        Opened::Finished(table) => {
-            return Ok(StageSummary::cached(table));
-        }
-        Opened::Writer(w, s) => (w, s),
-    };
+    let (mut writer, state) =
+        match ShardedWriter::open(out, &RESPONSES, &build_key, &[input.path()])? {
+            Opened::Finished(table) => {
+                return Ok(StageSummary::cached(table));
+            }
+            Opened::Writer(w, s) => (w, s),
+        };
 
     // Work items in table order: prompt-major, then sample.
     let samples = settings.samples as usize;
     let total = prompts.len() * samples;
     let start = (state.rows as usize).min(total);
-    let mut requests = Vec::with_capacity(total - start);
-    for item in start..total {
+    let mut request = |model: &Model, item: usize| -> Result<Request> {
         let prompt = &prompts[item / samples];
         let sample = (item % samples).to_string();
         let mut messages = Vec::with_capacity(2);
@@ -149,11 +163,11 @@ pub fn respond(
             role: "user".into(),
             content: prompt.text.clone(),
         });
-        requests.push(Request {
+        Ok(Request {
             prompt: model.encode_conversation(&messages)?,
             seed: row_seed("respond", settings.seed, &[&prompt.id, &sample]),
-        });
-    }
+        })
+    };
 
     let options = GenerateOptions {
         sampling: settings.sampling,
@@ -168,7 +182,7 @@ pub fn respond(
     let counts = run_windows(
         model,
         &mut writer,
-        &requests,
+        &mut request,
         start,
         total,
         settings.shard_rows,

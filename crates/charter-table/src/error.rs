@@ -136,6 +136,36 @@ pub enum Error {
         problem: String,
     },
 
+    /// Another process is writing the same output.
+    #[error(
+        "{output}: being written by {owner}; refusing to write it too (lock file {lock}: if that \
+         process is gone, remove the file)"
+    )]
+    Locked {
+        /// The output both want to write.
+        output: PathBuf,
+        /// The lock file that claims it.
+        lock: PathBuf,
+        /// Who holds the claim.
+        owner: String,
+    },
+
+    /// The output path is one of the inputs (or the same file under another name).
+    #[error("{output}: is the input {input}; writing it would destroy the input")]
+    OutputIsInput {
+        /// The input.
+        input: PathBuf,
+        /// The output that resolves to it.
+        output: PathBuf,
+    },
+
+    /// The output path is an existing directory, where a table file should go.
+    #[error("{path}: is a directory; a table is written to a file path")]
+    OutputIsDirectory {
+        /// The directory.
+        path: PathBuf,
+    },
+
     /// An invalid option value.
     #[error("{0}")]
     Invalid(String),

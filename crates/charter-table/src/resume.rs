@@ -26,6 +26,7 @@ use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::lock::{OutputLock, claim_output};
 use crate::provenance::Provenance;
 use crate::read::TableFile;
 use crate::schema::TableSpec;
@@ -79,11 +80,20 @@ pub struct ShardedWriter {
     build_key: String,
     journal: File,
     entries: Vec<Entry>,
+    lock: OutputLock,
 }
 
 impl ShardedWriter {
-    /// Opens the output `out` of a build with `build_key` (see [`Provenance::build_key`]).
-    pub fn open(out: &Path, spec: &'static TableSpec, build_key: &str) -> Result<Opened> {
+    /// Opens the output `out` of a build with `build_key` (see [`Provenance::build_key`]),
+    /// claiming it for this process (see [`claim_output`]: `inputs` are the
+    /// files the build reads, which `out` must not be).
+    pub fn open(
+        out: &Path,
+        spec: &'static TableSpec,
+        build_key: &str,
+        inputs: &[&Path],
+    ) -> Result<Opened> {
+        let lock = claim_output(out, inputs)?;
         if let Some(summary) = finished(out, spec, build_key) {
             let dir = partial_dir(out);
             if dir.exists() {
@@ -136,6 +146,7 @@ impl ShardedWriter {
                 build_key: build_key.to_string(),
                 journal,
                 entries,
+                lock,
             },
             state,
         ))
@@ -214,6 +225,8 @@ impl ShardedWriter {
                 self.out.display()
             )));
         }
+        // Still claimed: the writer's own claim of the same output joins this one.
+        let _claim = &self.lock;
         let mut writer =
             TableWriter::create(&Output::Path(self.out.clone()), self.spec, provenance)?;
         for e in &self.entries {

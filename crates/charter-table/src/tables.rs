@@ -56,7 +56,7 @@ table! {
         seed: u64 => Key,
         /// The generated answer.
         text: String => Data,
-        /// Tokens in the rendered prompt.
+        /// Tokens in the rendered prompt; the context window for a prompt too long in bytes to tokenise.
         prompt_tokens: u32 => Data,
         /// Tokens generated.
         completion_tokens: u32 => Data,
@@ -106,7 +106,7 @@ table! {
         max_new_tokens: u32 => Key,
         /// The row's seed.
         seed: u64 => Key,
-        /// Tokens in the rendered prompt.
+        /// Tokens in the rendered prompt; the context window for a prompt too long in bytes to tokenise.
         prompt_tokens: u32 => Data,
         /// Tokens generated.
         completion_tokens: u32 => Data,
@@ -158,7 +158,7 @@ table! {
         max_new_tokens: u32 => Key,
         /// The row's seed.
         seed: u64 => Key,
-        /// Tokens in the rendered prompt.
+        /// Tokens in the rendered prompt; the context window for a prompt too long in bytes to tokenise.
         prompt_tokens: u32 => Data,
         /// Tokens generated.
         completion_tokens: u32 => Data,

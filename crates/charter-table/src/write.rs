@@ -13,6 +13,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use crate::error::{Error, Result};
 use crate::hash::ContentHasher;
+use crate::lock::{OutputLock, claim_output};
 use crate::provenance::{KEY_CONTENT_HASH, KEY_ROWS, Provenance};
 use crate::record::Record;
 use crate::schema::{ColumnType, TableSpec};
@@ -100,6 +101,8 @@ pub struct TableWriter {
     pending_rows: usize,
     build_key: String,
     schema: SchemaRef,
+    // Held until the file is in place; `None` for standard output.
+    _claim: Option<OutputLock>,
 }
 
 impl TableWriter {
@@ -138,6 +141,10 @@ impl TableWriter {
             .collect::<Result<Vec<_>>>()?;
         let hasher = ContentHasher::new(spec.name, columns);
 
+        let claim = match output {
+            Output::Path(path) => Some(claim_output(path, &[])?),
+            Output::Stdout => None,
+        };
         let tmp = match output {
             Output::Path(path) => {
                 let dir = parent_dir(path);
@@ -177,6 +184,7 @@ impl TableWriter {
             pending_rows: 0,
             build_key,
             schema,
+            _claim: claim,
         })
     }
 
@@ -267,6 +275,7 @@ impl TableWriter {
             writer,
             hasher,
             build_key,
+            _claim: claim,
             ..
         } = self;
         let path = PathBuf::from(output.display());
@@ -297,6 +306,7 @@ impl TableWriter {
                 stdout.flush().map_err(|e| Error::io("<stdout>", e))?;
             }
         }
+        drop(claim);
         Ok(TableSummary {
             rows,
             content_hash,

@@ -280,7 +280,7 @@ fn sharded(
         ..provenance("respond")
     };
     let key = prov.build_key(&RESPONSES);
-    let (mut w, state) = match ShardedWriter::open(out, &RESPONSES, &key).unwrap() {
+    let (mut w, state) = match ShardedWriter::open(out, &RESPONSES, &key, &[]).unwrap() {
         Opened::Finished(s) => return Some(s.content_hash),
         Opened::Writer(w, s) => (w, s),
     };
@@ -369,7 +369,7 @@ fn a_corrupt_shard_is_redone() {
     std::fs::write(partial_dir(&out).join("shard-000002.parquet"), b"garbage").unwrap();
     let prov = provenance("respond");
     let Opened::Writer(_, state) =
-        ShardedWriter::open(&out, &RESPONSES, &prov.build_key(&RESPONSES)).unwrap()
+        ShardedWriter::open(&out, &RESPONSES, &prov.build_key(&RESPONSES), &[]).unwrap()
     else {
         panic!("expected a writer")
     };
@@ -382,7 +382,8 @@ fn a_partial_build_of_other_settings_is_discarded() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.parquet");
     assert_eq!(sharded(&out, &responses(300), 100, Some(2)), None);
-    let Opened::Writer(_, state) = ShardedWriter::open(&out, &RESPONSES, "another-key").unwrap()
+    let Opened::Writer(_, state) =
+        ShardedWriter::open(&out, &RESPONSES, "another-key", &[]).unwrap()
     else {
         panic!("expected a writer")
     };

@@ -55,6 +55,10 @@ pub fn score_table(
     max_len: usize,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<ScoreSummary> {
+    let _claim = match output {
+        Output::Path(out) => Some(charter_table::claim_output(out, &[input])?),
+        Output::Stdout => None,
+    };
     let table = TableFile::open(input)?;
     let spec = table.core_spec()?;
     let columns = answer_columns(spec.name).ok_or_else(|| {

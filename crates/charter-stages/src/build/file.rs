@@ -497,11 +497,58 @@ pub struct BuildPlan {
 }
 
 impl BuildPlan {
-    /// Reads and checks the build file at `path`.
+    /// Reads and checks the build file at `path`, and the files it names:
+    /// every model directory, constitution and table a stage reads (other
+    /// than models the build itself trains), so a wrong path fails before
+    /// any stage runs, with the file and line that names it.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Settings(format!("{}: cannot read: {e}", path.display())))?;
-        Self::from_toml(&text, path)
+        let plan = Self::from_toml(&text, path)?;
+        plan.check_paths(&text)?;
+        Ok(plan)
+    }
+
+    /// Checks the files the stages name exist and open as what they should be.
+    fn check_paths(&self, text: &str) -> Result<()> {
+        let file = self.file.display().to_string();
+        let at = |stage: &str, field: &str, msg: String| {
+            let line = field_line(text, stage, field).map_or(String::new(), |l| format!(":{l}"));
+            Error::Settings(format!(
+                "{file}{line}: stage `{stage}`, field `{field}`: {msg}"
+            ))
+        };
+        let trained: BTreeSet<&Path> = self
+            .stages
+            .iter()
+            .filter(|s| s.kind == StageKind::Train)
+            .map(|s| s.output.as_path())
+            .collect();
+        for stage in &self.stages {
+            let mut models: Vec<(&str, &Path)> =
+                stage.model.iter().map(|m| ("model", m.as_path())).collect();
+            if let StageOp::Eval(e) = &stage.op {
+                models.extend([("a", e.a.as_path()), ("b", e.b.as_path())]);
+            }
+            for (field, dir) in models {
+                if !trained.contains(dir) {
+                    charter_model::ModelDir::open(dir)
+                        .map_err(|e| at(&stage.name, field, e.to_string()))?;
+                }
+            }
+            if let Some(c) = &stage.constitution {
+                crate::Constitution::load(c)
+                    .map_err(|e| at(&stage.name, "constitution", e.to_string()))?;
+            }
+            if stage.kind == StageKind::Table && !stage.output.is_file() {
+                return Err(at(
+                    &stage.name,
+                    "path",
+                    format!("{}: no such table file", stage.output.display()),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Parses and checks a build file's text; `path` names it in errors and
