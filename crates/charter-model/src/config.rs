@@ -445,6 +445,18 @@ mod tests {
     }
 
     #[test]
+    fn a_context_window_that_holds_nothing_is_refused() {
+        for n in ["0", "1"] {
+            let err = error(&with(LLAMA, "max_position_embeddings", n));
+            assert!(
+                err.contains(&format!("a context window of {n} tokens")),
+                "{err}"
+            );
+        }
+        assert!(parse(&with(LLAMA, "max_position_embeddings", "2")).is_ok());
+    }
+
+    #[test]
     fn reads_llama_and_qwen2_configs() {
         let c = parse(LLAMA).unwrap();
         assert_eq!(
