@@ -8,6 +8,7 @@ mod constitution;
 mod dedup;
 mod default_model;
 mod default_prompts;
+mod foreign_parquet;
 mod import;
 mod inspect;
 mod model_import;
