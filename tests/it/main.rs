@@ -12,6 +12,7 @@ mod foreign_parquet;
 mod import;
 mod inspect;
 mod model_import;
+mod modes;
 mod respond;
 mod stages;
 mod train;
