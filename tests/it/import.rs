@@ -258,3 +258,43 @@ fn an_existing_output_survives_a_failed_import() {
     );
     assert_eq!(std::fs::read(&out).unwrap(), before);
 }
+
+#[test]
+fn a_leading_byte_order_mark_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let bom = "\u{feff}";
+    let jsonl = file(
+        dir.path(),
+        "a.jsonl",
+        format!("{bom}{{\"prompt\": \"First\"}}\n{{\"prompt\": \"Second\"}}\n"),
+    );
+    let csv = file(dir.path(), "b.csv", format!("{bom}prompt\r\nThird\r\n"));
+    let txt = file(dir.path(), "c.txt", format!("{bom}Fourth\n"));
+    let out = dir.path().join("p.parquet");
+    let out = out.to_str().unwrap();
+    ok(&["prompts", "import", &jsonl, &csv, &txt, "-o", out]);
+    let t = inspect(out);
+    let texts: Vec<&str> = t["head"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["First", "Second", "Third", "Fourth"]);
+
+    // Sniffed from standard input, it is still JSON lines.
+    let piped = charter(
+        &["prompts", "import", "-", "-o", "-", "-q"],
+        Some(format!("{bom}{{\"prompt\": \"Fifth\", \"id\": 5}}\n").as_bytes()),
+    );
+    assert!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    let stdin_table = dir.path().join("stdin.parquet");
+    std::fs::write(&stdin_table, &piped.stdout).unwrap();
+    let t = inspect(stdin_table.to_str().unwrap());
+    assert_eq!(t["head"][0]["text"], "Fifth");
+    assert_eq!(t["head"][0]["tags"], serde_json::json!(["id:5"]));
+}

@@ -75,6 +75,8 @@ pub struct LabelerReport {
 pub fn read_comparisons(path: &Path) -> Result<Vec<HumanComparison>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::Settings(format!("{}: cannot read: {e}", path.display())))?;
+    // A byte-order mark (Windows editors write one) is not part of the first line's JSON.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -226,4 +228,23 @@ pub fn eval_labeler(
         position_bias: settings.swap.then(|| bias as f64 / n),
         mean_p_first: judgements.iter().map(|j| j.p_a_ab).sum::<f64>() / n,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn comparisons_may_start_with_a_byte_order_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.jsonl");
+        let line = r#"{"conversation": "User: hi", "response_a": "a", "response_b": "b", "preferred": "B"}"#;
+        std::fs::write(&path, format!("\u{feff}{line}\n")).unwrap();
+        let read = read_comparisons(&path).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].conversation, "User: hi");
+        assert!(!read[0].prefers_a);
+    }
 }

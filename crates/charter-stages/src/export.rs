@@ -91,12 +91,8 @@ pub fn export(input: &TableFile, format: ExportFormat, chat: bool, out: &Path) -
                 .collect()
         }
     };
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
     let io = |e: std::io::Error| Error::Settings(format!("writing {}: {e}", out.display()));
-    let mut tmp = tempfile::NamedTempFile::new_in(parent).map_err(io)?;
+    let mut tmp = charter_table::output_tempfile(out).map_err(io)?;
     {
         let mut w = std::io::BufWriter::new(tmp.as_file_mut());
         for line in &lines {

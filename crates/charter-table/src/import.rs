@@ -1,8 +1,11 @@
 //! Reading prompt sets: JSONL, CSV, Parquet and plain text.
 //!
 //! The text is stored exactly as found; normalisation happens only when
-//! hashing for dedup. Problems are reported by file and line, or counted and
-//! skipped with [`ImportOptions::skip_invalid`].
+//! hashing for dedup. A UTF-8 byte-order mark at the start of a text file is
+//! not part of the text: Windows editors and Excel's "CSV UTF-8" put one there,
+//! and it would otherwise break the first JSON line or start the first prompt.
+//! Problems are reported by file and line, or counted and skipped with
+//! [`ImportOptions::skip_invalid`].
 
 use std::path::{Path, PathBuf};
 
@@ -41,6 +44,7 @@ impl Format {
     /// Guesses the format from the first bytes: Parquet's magic, a JSON
     /// object, or else plain text.
     pub fn sniff(bytes: &[u8]) -> Format {
+        let bytes = strip_bom(bytes);
         if bytes.starts_with(b"PAR1") {
             Format::Parquet
         } else if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
@@ -120,11 +124,16 @@ pub fn read_prompts(
         counts,
     };
     match format {
-        Format::Jsonl => reader.jsonl(bytes),
-        Format::Csv => reader.csv(bytes),
-        Format::Text => reader.text(bytes),
+        Format::Jsonl => reader.jsonl(strip_bom(bytes)),
+        Format::Csv => reader.csv(strip_bom(bytes)),
+        Format::Text => reader.text(strip_bom(bytes)),
         Format::Parquet => reader.parquet(bytes),
     }
+}
+
+/// `bytes` without a leading UTF-8 byte-order mark.
+fn strip_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
 }
 
 struct Reader<'a> {
@@ -456,3 +465,45 @@ pub fn input_name(path: &Path) -> PathBuf {
 
 /// How standard input is named in messages.
 const STDIN: &str = "<stdin>";
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const BOM: &str = "\u{feff}";
+
+    fn texts(bytes: &[u8], format: Format) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut counts = ReadCounts::default();
+        let path = Path::new("bom.txt");
+        read_prompts(
+            path,
+            bytes,
+            format,
+            &ImportOptions::default(),
+            &mut out,
+            &mut counts,
+        )
+        .unwrap();
+        out.into_iter().map(|p| p.text).collect()
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_not_text() {
+        let jsonl = format!("{BOM}{{\"prompt\": \"first\"}}\n{{\"prompt\": \"second\"}}\n");
+        assert_eq!(Format::sniff(jsonl.as_bytes()), Format::Jsonl);
+        assert_eq!(texts(jsonl.as_bytes(), Format::Jsonl), ["first", "second"]);
+        let csv = format!("{BOM}prompt,id\nfirst,1\n");
+        assert_eq!(texts(csv.as_bytes(), Format::Csv), ["first"]);
+        let text = format!("{BOM}first\nsecond\n");
+        assert_eq!(texts(text.as_bytes(), Format::Text), ["first", "second"]);
+        // Only a leading mark is dropped; one inside the text is kept as found.
+        let inner = format!("first{BOM}\n");
+        assert_eq!(
+            texts(inner.as_bytes(), Format::Text),
+            [format!("first{BOM}")]
+        );
+    }
+}

@@ -26,15 +26,34 @@ pub const ROW_GROUP_ROWS: usize = 16_384;
 /// Writes `bytes` to `path` through a synced temporary file beside it, so a
 /// failure or a kill leaves the old file or none, never part of the new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let mut tmp = output_tempfile(path)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+/// A temporary file beside `path`, to be renamed onto it once complete:
+/// `.NAME.XXXXXX.partial` in the same directory, so the rename is atomic.
+///
+/// Its mode is the one `File::create` gives, 0666 less the process umask,
+/// not tempfile's private 0600: the rename keeps the mode, and a table or
+/// report must be as readable as any other file its user writes.
+pub fn output_tempfile(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let prefix = format!(".{name}.");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".partial");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The kernel applies the umask to the mode asked for at creation.
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    builder.tempfile_in(parent_dir(path))
 }
 
 /// What a finished write produced.
@@ -146,18 +165,8 @@ impl TableWriter {
             Output::Stdout => None,
         };
         let tmp = match output {
-            Output::Path(path) => {
-                let dir = parent_dir(path);
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                tempfile::Builder::new()
-                    .prefix(&format!(".{name}."))
-                    .suffix(".partial")
-                    .tempfile_in(dir)
-                    .map_err(|e| Error::io(path, e))?
-            }
+            Output::Path(path) => output_tempfile(path).map_err(|e| Error::io(path, e))?,
+            // Only copied to stdout, so it may stay private.
             Output::Stdout => {
                 tempfile::NamedTempFile::new().map_err(|e| Error::io(std::env::temp_dir(), e))?
             }

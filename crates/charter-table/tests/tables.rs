@@ -464,3 +464,34 @@ fn schema_files_match_the_code() {
         "every schema file describes a table in the code"
     );
 }
+
+/// The process umask, from `/proc/self/status` (Linux 4.7 and later).
+fn umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
+}
+
+#[test]
+fn written_files_get_the_mode_the_umask_gives() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let Some(umask) = umask() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("p.parquet");
+    write(&table, &prompts(3), 3);
+    let report = dir.path().join("report.json");
+    charter_table::write_atomic(&report, b"{}\n").unwrap();
+    for path in [table, report] {
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        let expected = 0o666 & !umask;
+        assert_eq!(
+            mode,
+            expected,
+            "{}: {mode:o}, expected {expected:o}",
+            path.display()
+        );
+    }
+}

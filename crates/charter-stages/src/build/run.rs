@@ -286,6 +286,8 @@ impl BuildPlan {
                     _ => Path::new("."),
                 };
                 let io = |e: std::io::Error| Error::Settings(format!("{}: {e}", out.display()));
+                // `export` renames its own file, whose mode follows the umask, onto this
+                // placeholder: it only lends a `*.jsonl` name beside the output.
                 let tmp = tempfile::Builder::new()
                     .prefix(".export-")
                     .suffix(".jsonl")
