@@ -392,10 +392,10 @@ pub(crate) struct ModelStageFlags {
 
 #[derive(Debug, Args)]
 pub(crate) struct CritiqueArgs {
-    /// Input `responses` table (round 1) or `revisions` table (later rounds).
+    /// Input `responses` table (round 1) or `revisions` table (later rounds); `-` for standard input.
     #[arg(short, long, value_name = "IN")]
     pub(crate) input: PathBuf,
-    /// Output `critiques` table.
+    /// Output `critiques` table (`-` for standard output: not resumable).
     #[arg(short, long, value_name = "OUT")]
     pub(crate) output: PathBuf,
     /// The round [default: 1 for responses, the input's last round + 1 for revisions].
@@ -409,10 +409,10 @@ pub(crate) struct CritiqueArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ReviseArgs {
-    /// Input `critiques` table.
+    /// Input `critiques` table (`-` for standard input).
     #[arg(short, long, value_name = "IN")]
     pub(crate) input: PathBuf,
-    /// Output `revisions` table.
+    /// Output `revisions` table (`-` for standard output: not resumable).
     #[arg(short, long, value_name = "OUT")]
     pub(crate) output: PathBuf,
     #[command(flatten)]
@@ -423,13 +423,13 @@ pub(crate) struct ReviseArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct PairArgs {
-    /// Input `responses` (or `revisions`, with `--against`) table.
+    /// Input `responses` (or `revisions`, with `--against`) table (`-` for standard input).
     #[arg(short, long, value_name = "IN")]
     pub(crate) input: PathBuf,
     /// Pair each answer of the input with its counterpart in this table instead.
     #[arg(long, value_name = "TABLE")]
     pub(crate) against: Option<PathBuf>,
-    /// Output `pairs` table.
+    /// Output `pairs` table (`-` for standard output).
     #[arg(short, long, value_name = "OUT")]
     pub(crate) output: PathBuf,
     /// Print the summary as one JSON object on stdout.
@@ -439,10 +439,10 @@ pub(crate) struct PairArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct LabelArgs {
-    /// Input `pairs` table.
+    /// Input `pairs` table (`-` for standard input).
     #[arg(short, long, value_name = "IN")]
     pub(crate) input: PathBuf,
-    /// Output `labels` table.
+    /// Output `labels` table (`-` for standard output: not resumable).
     #[arg(short, long, value_name = "OUT")]
     pub(crate) output: PathBuf,
     /// Score only the order shown (A first); by default both orders are scored and averaged.
@@ -471,10 +471,10 @@ pub(crate) enum ExportFormatArg {
 
 #[derive(Debug, Args)]
 pub(crate) struct ExportArgs {
-    /// Input `labels` (preference) or `revisions` (sft) table.
+    /// Input `labels` (preference) or `revisions` (sft) table (`-` for standard input).
     #[arg(short, long, value_name = "IN")]
     pub(crate) input: PathBuf,
-    /// Output JSON-lines file.
+    /// Output JSON-lines file (`-` for standard output).
     #[arg(short, long, value_name = "OUT")]
     pub(crate) output: PathBuf,
     /// The layout.

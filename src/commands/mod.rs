@@ -11,8 +11,8 @@ mod respond;
 mod stages;
 mod train;
 
-use std::io::Read;
-use std::path::Path;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use charter_table::dedup::{DedupOptions, NearDupOptions};
@@ -105,6 +105,61 @@ fn check_json_output(json: bool, output: &Output) -> Result<()> {
         "--json prints to stdout, which `-o -` already uses for the table"
     );
     Ok(())
+}
+
+/// Where a command writes: the path given, or for `-` a scratch file that
+/// is copied to standard output once complete. Stages write through a
+/// resumable journal beside their output, which standard output cannot
+/// hold; the scratch directory goes away with this value.
+pub(crate) struct OutputFile {
+    output: Output,
+    path: PathBuf,
+    _scratch: Option<tempfile::TempDir>,
+}
+
+impl OutputFile {
+    /// `arg` as given on the command line; `file_name` names the scratch file
+    /// (its extension matters to stages that check it).
+    pub(crate) fn new(arg: &Path, file_name: &str) -> Result<Self> {
+        let output = Output::parse(&arg.to_string_lossy());
+        Ok(match &output {
+            Output::Path(path) => OutputFile {
+                path: path.clone(),
+                output,
+                _scratch: None,
+            },
+            Output::Stdout => {
+                let dir = tempfile::tempdir().context("creating a temporary directory")?;
+                OutputFile {
+                    path: dir.path().join(file_name),
+                    output,
+                    _scratch: Some(dir),
+                }
+            }
+        })
+    }
+
+    /// The file the library writes.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where the result goes, for messages.
+    pub(crate) fn output(&self) -> &Output {
+        &self.output
+    }
+
+    /// Copies a finished scratch file to standard output.
+    pub(crate) fn finish(&self) -> Result<()> {
+        if self.output == Output::Stdout {
+            let mut file = std::fs::File::open(&self.path)
+                .with_context(|| format!("reading {}", self.path.display()))?;
+            let mut stdout = std::io::stdout().lock();
+            std::io::copy(&mut file, &mut stdout).context("writing standard output")?;
+            stdout.flush().context("writing standard output")?;
+        }
+        Ok(())
+    }
 }
 
 /// One line on stderr saying what was written.

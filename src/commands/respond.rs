@@ -1,6 +1,6 @@
 //! `charter respond`: a `prompts` table → a `responses` table.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use charter_stages::{Model, RespondSettings, respond};
@@ -27,20 +27,12 @@ pub(crate) fn run(args: RespondArgs, quiet: bool) -> Result<()> {
     let input = TableFile::open(&args.input)?;
     let mut model = Model::open(&args.model, g.threads)?;
 
-    // Standard output cannot resume: build in a temporary directory, then stream.
-    let scratch = match &output {
-        Output::Stdout => Some(tempfile::tempdir().context("creating a temporary directory")?),
-        Output::Path(_) => None,
-    };
-    let path: PathBuf = match (&output, &scratch) {
-        (Output::Path(p), _) => p.clone(),
-        (Output::Stdout, Some(dir)) => dir.path().join("responses.parquet"),
-        (Output::Stdout, None) => unreachable!("scratch exists for stdout"),
-    };
+    let out = super::OutputFile::new(Path::new(&args.output), "responses.parquet")?;
+    let path = out.path();
 
     let bar = crate::progress::rows_bar(quiet);
     let started = std::time::Instant::now();
-    let summary = respond(&input, &mut model, &settings, &path, &mut |p| {
+    let summary = respond(&input, &mut model, &settings, path, &mut |p| {
         bar.set_length(p.rows_total);
         bar.set_position(p.rows_done);
         let secs = started.elapsed().as_secs_f64().max(1e-9);
@@ -50,11 +42,7 @@ pub(crate) fn run(args: RespondArgs, quiet: bool) -> Result<()> {
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
 
-    if let Output::Stdout = output {
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        std::io::Write::write_all(&mut std::io::stdout().lock(), &bytes)
-            .context("writing standard output")?;
-    }
+    out.finish()?;
     let report = serde_json::json!({
         "rows": summary.table.rows,
         "cached": summary.cached,

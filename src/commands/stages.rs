@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use charter_stages::{
     Constitution, ExportFormat, GenSettings, LabelSettings, Model, StageProgress, StageSummary,
 };
-use charter_table::{Output, TableFile};
+use charter_table::TableFile;
 
 use crate::cli::{
     CritiqueArgs, EvalLabelerArgs, ExportArgs, ExportFormatArg, GenFlags, LabelArgs,
@@ -36,23 +36,29 @@ fn open(stage: &ModelStageFlags, threads: usize) -> Result<(Model, Constitution)
 }
 
 /// Runs a generating stage with a progress bar and prints its summary.
+///
+/// `out` is the command line's output (`-` for standard output); `body`
+/// gets the file to write.
 fn run_stage(
     name: &str,
     out: &Path,
     quiet: bool,
     json: bool,
-    body: impl FnOnce(&mut dyn FnMut(StageProgress)) -> charter_stages::Result<StageSummary>,
+    body: impl FnOnce(&Path, &mut dyn FnMut(StageProgress)) -> charter_stages::Result<StageSummary>,
 ) -> Result<()> {
+    let file = super::OutputFile::new(out, &format!("{name}.parquet"))?;
+    super::check_json_output(json, file.output())?;
     let bar = crate::progress::rows_bar(quiet);
     let started = Instant::now();
-    let summary = body(&mut |p| {
+    let summary = body(file.path(), &mut |p| {
         bar.set_length(p.rows_total);
         bar.set_position(p.rows_done);
         let secs = started.elapsed().as_secs_f64().max(1e-9);
         bar.set_message(format!("{:.0} tok/s", p.tokens as f64 / secs));
     })
-    .with_context(|| format!("{name} → {}", out.display()))?;
+    .with_context(|| format!("{name} → {}", file.output().display()))?;
     bar.finish_and_clear();
+    file.finish()?;
     let elapsed = started.elapsed().as_secs_f64();
     if json {
         println!(
@@ -66,7 +72,7 @@ fn run_stage(
                 "generated_tokens": summary.generated_tokens,
                 "context_overflows": summary.context_overflows,
                 "seconds": elapsed,
-                "output": out.display().to_string(),
+                "output": file.output().display(),
                 "content_hash": summary.table.content_hash,
                 "build_key": summary.table.build_key,
             })
@@ -75,7 +81,7 @@ fn run_stage(
         if summary.cached {
             eprintln!(
                 "{} is up to date (same build key): nothing to do",
-                out.display()
+                file.output().display()
             );
         } else {
             eprintln!(
@@ -88,10 +94,7 @@ fn run_stage(
                 summary.context_overflows
             );
         }
-        eprintln!(
-            "{}",
-            super::written(&Output::Path(out.to_path_buf()), &summary.table)
-        );
+        eprintln!("{}", super::written(file.output(), &summary.table));
     }
     Ok(())
 }
@@ -100,32 +103,31 @@ pub(crate) fn critique(args: CritiqueArgs, quiet: bool) -> Result<()> {
     let settings = gen_settings(&args.gen_flags, &args.stage);
     let input = TableFile::open(&args.input)?;
     let (mut model, constitution) = open(&args.stage, settings.threads)?;
-    run_stage("critique", &args.output, quiet, args.stage.json, |p| {
-        charter_stages::critique(
-            &input,
-            args.round,
-            &mut model,
-            &constitution,
-            &settings,
-            &args.output,
-            p,
-        )
-    })
+    run_stage(
+        "critique",
+        &args.output,
+        quiet,
+        args.stage.json,
+        |out, p| {
+            charter_stages::critique(
+                &input,
+                args.round,
+                &mut model,
+                &constitution,
+                &settings,
+                out,
+                p,
+            )
+        },
+    )
 }
 
 pub(crate) fn revise(args: ReviseArgs, quiet: bool) -> Result<()> {
     let settings = gen_settings(&args.gen_flags, &args.stage);
     let input = TableFile::open(&args.input)?;
     let (mut model, constitution) = open(&args.stage, settings.threads)?;
-    run_stage("revise", &args.output, quiet, args.stage.json, |p| {
-        charter_stages::revise(
-            &input,
-            &mut model,
-            &constitution,
-            &settings,
-            &args.output,
-            p,
-        )
+    run_stage("revise", &args.output, quiet, args.stage.json, |out, p| {
+        charter_stages::revise(&input, &mut model, &constitution, &settings, out, p)
     })
 }
 
@@ -139,15 +141,8 @@ pub(crate) fn label(args: LabelArgs, quiet: bool) -> Result<()> {
     };
     let input = TableFile::open(&args.input)?;
     let (mut model, constitution) = open(&args.stage, settings.generation.threads)?;
-    run_stage("label", &args.output, quiet, args.stage.json, |p| {
-        charter_stages::label(
-            &input,
-            &mut model,
-            &constitution,
-            &settings,
-            &args.output,
-            p,
-        )
+    run_stage("label", &args.output, quiet, args.stage.json, |out, p| {
+        charter_stages::label(&input, &mut model, &constitution, &settings, out, p)
     })
 }
 
@@ -160,10 +155,13 @@ fn parse_clamp(text: &str) -> Result<(f64, f64)> {
 }
 
 pub(crate) fn pair(args: PairArgs, quiet: bool) -> Result<()> {
+    let file = super::OutputFile::new(&args.output, "pairs.parquet")?;
+    super::check_json_output(args.json, file.output())?;
     let input = TableFile::open(&args.input)?;
     let against = args.against.as_deref().map(TableFile::open).transpose()?;
-    let summary = charter_stages::pair(&input, against.as_ref(), &args.output)
-        .with_context(|| format!("pair → {}", args.output.display()))?;
+    let summary = charter_stages::pair(&input, against.as_ref(), file.path())
+        .with_context(|| format!("pair → {}", file.output().display()))?;
+    file.finish()?;
     if args.json {
         println!(
             "{}",
@@ -172,7 +170,7 @@ pub(crate) fn pair(args: PairArgs, quiet: bool) -> Result<()> {
                 "rows": summary.table.rows,
                 "cached": summary.cached,
                 "unpaired": summary.unpaired,
-                "output": args.output.display().to_string(),
+                "output": file.output().display(),
                 "content_hash": summary.table.content_hash,
             })
         );
@@ -181,10 +179,7 @@ pub(crate) fn pair(args: PairArgs, quiet: bool) -> Result<()> {
             "pair: {} pairs, {} answers without a partner",
             summary.table.rows, summary.unpaired
         );
-        eprintln!(
-            "{}",
-            super::written(&Output::Path(args.output.clone()), &summary.table)
-        );
+        eprintln!("{}", super::written(file.output(), &summary.table));
     }
     Ok(())
 }
@@ -195,10 +190,12 @@ pub(crate) fn export(args: ExportArgs, quiet: bool) -> Result<()> {
         ExportFormatArg::Preference => ExportFormat::Preference,
         ExportFormatArg::Sft => ExportFormat::Sft,
     };
-    let rows = charter_stages::export(&input, format, args.chat, &args.output)
-        .with_context(|| format!("export → {}", args.output.display()))?;
+    let file = super::OutputFile::new(&args.output, "export.jsonl")?;
+    let rows = charter_stages::export(&input, format, args.chat, file.path())
+        .with_context(|| format!("export → {}", file.output().display()))?;
+    file.finish()?;
     if !quiet {
-        eprintln!("wrote {rows} rows to {}", args.output.display());
+        eprintln!("wrote {rows} rows to {}", file.output().display());
     }
     Ok(())
 }
@@ -216,7 +213,7 @@ pub(crate) fn eval_labeler(args: EvalLabelerArgs) -> Result<()> {
         .with_context(|| format!("evaluating on {}", args.comparisons.display()))?;
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(out) = &args.output {
-        std::fs::write(out, format!("{json}\n"))
+        charter_table::write_atomic(out, format!("{json}\n").as_bytes())
             .with_context(|| format!("writing {}", out.display()))?;
     }
     if args.stage.json {

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::{fails, file, inspect, ok};
+use crate::{charter, fails, file, inspect, ok};
 
 fn constitution() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -414,4 +414,71 @@ fn eval_labeler_reports_alignment_calibration_and_position_bias() {
         None,
     );
     assert!(err.contains("bad.jsonl:2: `preferred`"), "{err}");
+}
+
+#[test]
+fn every_stage_reads_and_writes_standard_streams_in_a_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, responses) = setup(dir.path());
+    let c = constitution();
+    let (c1, r1, pairs, labels, prefs) = (
+        path(dir.path(), "c1.parquet"),
+        path(dir.path(), "r1.parquet"),
+        path(dir.path(), "pairs.parquet"),
+        path(dir.path(), "labels.parquet"),
+        path(dir.path(), "prefs.jsonl"),
+    );
+    stage("critique", &model, &responses, &c1, &[]);
+    stage("revise", &model, &c1, &r1, &[]);
+    ok(&["pair", "-i", &responses, "-o", &pairs]);
+    stage("label", &model, &pairs, &labels, &[]);
+    ok(&["export", "-i", &labels, "-o", &prefs]);
+
+    // The same chain through pipes: each stage reads `-` and writes `-`.
+    let piped = |args: &[&str], stdin: &[u8]| -> Vec<u8> {
+        let out = charter(args, Some(stdin));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let model_flags = [
+        "-m",
+        model.as_str(),
+        "-c",
+        c.as_str(),
+        "--max-new-tokens",
+        "8",
+    ];
+    let with = |kind: &'static str| -> Vec<&str> {
+        let mut a = vec![kind, "-i", "-", "-o", "-"];
+        a.extend(model_flags);
+        a
+    };
+    let crit = piped(&with("critique"), &std::fs::read(&responses).unwrap());
+    let rev = piped(&with("revise"), &crit);
+    let pair = piped(
+        &["pair", "-i", "-", "-o", "-"],
+        &std::fs::read(&responses).unwrap(),
+    );
+    let label = piped(&with("label"), &pair);
+    let export = piped(&["export", "-i", "-", "-o", "-"], &label);
+
+    for (bytes, file) in [
+        (&crit, &c1),
+        (&rev, &r1),
+        (&pair, &pairs),
+        (&label, &labels),
+    ] {
+        let copy = dir.path().join("copy.parquet");
+        std::fs::write(&copy, bytes).unwrap();
+        assert_eq!(
+            inspect(copy.to_str().unwrap())["content_hash"],
+            inspect(file)["content_hash"],
+            "{file}: the piped table has the same rows"
+        );
+    }
+    assert_eq!(export, std::fs::read(&prefs).unwrap());
 }
