@@ -131,6 +131,9 @@ fn a_killed_writer_leaves_a_claim_the_next_run_takes_over() {
     assert!(lock.exists(), "a killed writer leaves its lock file");
     let dead = std::fs::read_to_string(&lock).unwrap();
     assert!(dead.contains(&format!("\"pid\":{}", child.id())), "{dead}");
+    // What a writer killed while merging leaves beside its output.
+    let torn = dir.path().join(".r.parquet.Xy12Ab.partial");
+    std::fs::write(&torn, b"PAR1 half a table").unwrap();
     let summary: serde_json::Value = serde_json::from_slice(&ok(&{
         let mut a = respond_args(&model, &table, out_str, "3");
         a.push("--json");
@@ -139,6 +142,10 @@ fn a_killed_writer_leaves_a_claim_the_next_run_takes_over() {
     .unwrap();
     assert!(summary["resumed_rows"].as_u64().unwrap() > 0, "{summary}");
     assert!(!lock.exists());
+    assert!(
+        !torn.exists(),
+        "the next claimant removes a dead writer's temporary file"
+    );
 }
 
 #[test]

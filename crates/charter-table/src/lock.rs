@@ -10,6 +10,10 @@
 //! another host (refused, with its owner named) and filesystems whose locks
 //! are local to one client (a live local owner is refused by its pid).
 //!
+//! Taking a claim also removes the temporary files a killed writer of the
+//! same output left beside it: whoever holds the claim knows no live
+//! process is writing them.
+//!
 //! Claims are re-entrant within a process: a stage claims its output, and
 //! the table writer that later merges its shards into place claims the same
 //! output again without conflict.
@@ -189,12 +193,38 @@ pub fn claim_output(out: &Path, inputs: &[&Path]) -> Result<OutputLock> {
             _file: file,
         });
         registry.insert(path, Arc::downgrade(&inner));
+        remove_stale_temporaries(out)?;
         return Ok(OutputLock { inner });
     }
     Err(Error::io(
         &path,
         std::io::Error::other("the lock file kept changing while it was being claimed"),
     ))
+}
+
+/// Removes the temporary files a killed writer of `out` left beside it
+/// (`.NAME.XXXXXX.partial`, see [`crate::output_tempfile`]). Only the
+/// holder of the claim calls this, so no live writer owns them. The
+/// resumable journal directory `NAME.partial/` is not one of them: it is
+/// what a resumed run continues from.
+fn remove_stale_temporaries(out: &Path) -> Result<()> {
+    let Some(name) = out.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Ok(());
+    };
+    let prefix = format!(".{name}.");
+    let dir = crate::write::parent_dir(out);
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_file && file_name.starts_with(&prefix) && file_name.ends_with(".partial") {
+            let path = entry.path();
+            fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
 }
 
 fn locked(out: &Path, lock: &Path, owner: Option<Owner>) -> Error {
@@ -334,6 +364,22 @@ mod tests {
             text.contains(&format!("\"pid\":{}", std::process::id())),
             "{text}"
         );
+        drop(claim);
+    }
+
+    #[test]
+    fn claiming_removes_what_a_killed_writer_left_but_not_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("t.parquet");
+        let stale = dir.path().join(".t.parquet.a1B2c3.partial");
+        let other = dir.path().join(".u.parquet.a1B2c3.partial");
+        let journal = dir.path().join("t.parquet.partial");
+        fs::write(&stale, b"half a table").unwrap();
+        fs::write(&other, b"another output's").unwrap();
+        fs::create_dir(&journal).unwrap();
+        let claim = claim_output(&out, &[]).unwrap();
+        assert!(!stale.exists());
+        assert!(other.exists() && journal.is_dir());
         drop(claim);
     }
 
