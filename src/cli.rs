@@ -488,7 +488,8 @@ pub(crate) struct ExportArgs {
 #[derive(Debug, Subcommand)]
 pub(crate) enum EvalCommand {
     /// Agreement of an AI labeller with human comparisons: alignment, calibration, position bias.
-    Labeler(EvalLabelerArgs),
+    #[command(alias = "labeler")]
+    Labeller(EvalLabellerArgs),
     /// Policy B against policy A on held-out prompts, judged by the AI labeller: win rate with a 95% interval, and Elo.
     Policy(EvalPolicyArgs),
 }
@@ -511,8 +512,8 @@ pub(crate) struct EvalPolicyArgs {
     #[arg(short, long, value_name = "DIR")]
     pub(crate) output: PathBuf,
     /// The AI feedback model [default: policy A].
-    #[arg(long, value_name = "DIR")]
-    pub(crate) labeler: Option<PathBuf>,
+    #[arg(long, value_name = "DIR", alias = "labeler")]
+    pub(crate) labeller: Option<PathBuf>,
     /// Answers per prompt from each policy.
     #[arg(long, value_name = "K", default_value_t = 1)]
     pub(crate) samples: u32,
@@ -536,7 +537,7 @@ pub(crate) struct EvalPolicyArgs {
 }
 
 #[derive(Debug, Args)]
-pub(crate) struct EvalLabelerArgs {
+pub(crate) struct EvalLabellerArgs {
     /// JSON lines: `conversation`, `response_a`, `response_b`, `preferred` ("A" or "B"), optional `principle`.
     #[arg(long, value_name = "JSONL")]
     pub(crate) comparisons: PathBuf,

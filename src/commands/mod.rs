@@ -38,7 +38,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Label(args) => stages::label(args, cli.quiet),
         Command::Export(args) => stages::export(args, cli.quiet),
         Command::Build(args) => build::run(args, cli.quiet),
-        Command::Eval(crate::cli::EvalCommand::Labeler(args)) => stages::eval_labeler(args),
+        Command::Eval(crate::cli::EvalCommand::Labeller(args)) => stages::eval_labeller(args),
         Command::Eval(crate::cli::EvalCommand::Policy(args)) => {
             stages::eval_policy(args, cli.quiet)
         }

@@ -11,7 +11,7 @@ use charter_stages::{
 use charter_table::TableFile;
 
 use crate::cli::{
-    CritiqueArgs, EvalLabelerArgs, ExportArgs, ExportFormatArg, GenFlags, LabelArgs,
+    CritiqueArgs, EvalLabellerArgs, ExportArgs, ExportFormatArg, GenFlags, LabelArgs,
     ModelStageFlags, PairArgs, ReviseArgs,
 };
 
@@ -200,7 +200,7 @@ pub(crate) fn export(args: ExportArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn eval_labeler(args: EvalLabelerArgs) -> Result<()> {
+pub(crate) fn eval_labeller(args: EvalLabellerArgs) -> Result<()> {
     let settings = LabelSettings {
         swap: !args.no_swap,
         cot: args.cot,
@@ -209,7 +209,7 @@ pub(crate) fn eval_labeler(args: EvalLabelerArgs) -> Result<()> {
     };
     let comparisons = charter_stages::read_comparisons(&args.comparisons)?;
     let (mut model, constitution) = open(&args.stage, settings.generation.threads)?;
-    let report = charter_stages::eval_labeler(&comparisons, &mut model, &constitution, &settings)
+    let report = charter_stages::eval_labeller(&comparisons, &mut model, &constitution, &settings)
         .with_context(|| format!("evaluating on {}", args.comparisons.display()))?;
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(out) = &args.output {
@@ -278,7 +278,7 @@ pub(crate) fn eval_policy(args: crate::cli::EvalPolicyArgs, quiet: bool) -> Resu
     };
     let constitution = Constitution::load(&args.constitution)?;
     let prompts = TableFile::open(&args.input)?;
-    let labeller = args.labeler.clone().unwrap_or_else(|| args.a.clone());
+    let labeller = args.labeller.clone().unwrap_or_else(|| args.a.clone());
     let bar = crate::progress::rows_bar(quiet);
     let report = charter_stages::eval_policy(
         &prompts,

@@ -342,7 +342,7 @@ fn a_malformed_constitution_stops_a_stage_before_it_writes() {
 }
 
 #[test]
-fn eval_labeler_reports_alignment_calibration_and_position_bias() {
+fn eval_labeller_reports_alignment_calibration_and_position_bias() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("tiny");
     let model = model.to_str().unwrap();
@@ -355,7 +355,7 @@ fn eval_labeler_reports_alignment_calibration_and_position_bias() {
     let c = constitution();
     let report: serde_json::Value = serde_json::from_slice(&ok(&[
         "eval",
-        "labeler",
+        "labeller",
         "-m",
         model,
         "-c",
@@ -380,7 +380,7 @@ fn eval_labeler_reports_alignment_calibration_and_position_bias() {
     assert!((0.0..=1.0).contains(&report["position_bias"].as_f64().unwrap()));
     let one: serde_json::Value = serde_json::from_slice(&ok(&[
         "eval",
-        "labeler",
+        "labeller",
         "-m",
         model,
         "-c",
@@ -403,7 +403,7 @@ fn eval_labeler_reports_alignment_calibration_and_position_bias() {
     let err = fails(
         &[
             "eval",
-            "labeler",
+            "labeller",
             "-m",
             model,
             "-c",

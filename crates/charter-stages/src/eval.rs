@@ -1,4 +1,4 @@
-//! `eval labeler`: how well an AI labeller agrees with human preferences
+//! `eval labeller`: how well an AI labeller agrees with human preferences
 //! (AI-labeller alignment, Lee et al. 2023 §2.3), how calibrated its
 //! confidence is, and how often it picks a slot rather than an answer.
 //!
@@ -56,7 +56,7 @@ pub struct CalibrationBucket {
 
 /// The evaluation's result.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LabelerReport {
+pub struct LabellerReport {
     /// Comparisons scored.
     pub comparisons: u64,
     /// Share where the labeller's more probable answer is the one people preferred.
@@ -148,12 +148,12 @@ pub fn read_comparisons(path: &Path) -> Result<Vec<HumanComparison>> {
 }
 
 /// Scores `comparisons` with the labeller and compares it with people.
-pub fn eval_labeler(
+pub fn eval_labeller(
     comparisons: &[HumanComparison],
     model: &mut Model,
     constitution: &Constitution,
     settings: &LabelSettings,
-) -> Result<LabelerReport> {
+) -> Result<LabellerReport> {
     let choices = choices(model, &constitution.templates.label_answer_prefix)?;
     let keys: Vec<String> = comparisons
         .iter()
@@ -211,7 +211,7 @@ pub fn eval_labeler(
         buckets[b].1 += u64::from(agrees);
         buckets[b].2 += confidence;
     }
-    Ok(LabelerReport {
+    Ok(LabellerReport {
         comparisons: comparisons.len() as u64,
         alignment: agree as f64 / n,
         calibration: edges

@@ -9,7 +9,7 @@
 //! - [`label`]: pairs → AI-feedback labels (soft, both orders, optional
 //!   chain of thought).
 //! - [`export`]: labels or revisions → the JSON-lines layouts trainers read.
-//! - [`eval_labeler`]: a labeller's agreement with human comparisons.
+//! - [`eval_labeller`]: a labeller's agreement with human comparisons.
 //!
 //! [`BuildPlan`] runs a declared graph of these stages (`charter build`).
 //!
@@ -44,7 +44,9 @@ pub use constitution::{
 };
 pub use critique::{CRITIQUE_VERSION, REVISE_VERSION, critique, revise};
 pub use error::{Error, Result};
-pub use eval::{CalibrationBucket, HumanComparison, LabelerReport, eval_labeler, read_comparisons};
+pub use eval::{
+    CalibrationBucket, HumanComparison, LabellerReport, eval_labeller, read_comparisons,
+};
 pub use export::{ExportFormat, export};
 pub use generate::{GenSettings, StageProgress, StageSummary};
 pub use label::{LABEL_VERSION, LabelSettings, label};
