@@ -71,10 +71,7 @@ pub(crate) fn run(args: DedupArgs, quiet: bool) -> Result<()> {
         settings: serde_json::json!({ "column": args.column, "dedup": super::dedup_settings(&options) }),
         inputs: vec![InputRef {
             name: spec.name.to_string(),
-            content_hash: match table.content_hash() {
-                Some(h) => h.to_string(),
-                None => table.compute_content_hash()?,
-            },
+            content_hash: table.content_hash_or_compute()?,
         }],
         model_hash: table.metadata().get(charter_table::KEY_MODEL_HASH).cloned(),
         constitution_hash: table

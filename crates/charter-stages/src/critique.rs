@@ -155,10 +155,7 @@ fn critique_messages(
 fn input_ref(name: &str, input: &TableFile) -> Result<InputRef> {
     Ok(InputRef {
         name: name.into(),
-        content_hash: match input.content_hash() {
-            Some(h) => h.to_string(),
-            None => input.compute_content_hash()?,
-        },
+        content_hash: input.content_hash_or_compute()?,
     })
 }
 

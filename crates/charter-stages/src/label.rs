@@ -316,10 +316,7 @@ pub fn label(
         settings: settings.canonical(),
         inputs: vec![InputRef {
             name: "pairs".into(),
-            content_hash: match input.content_hash() {
-                Some(h) => h.to_string(),
-                None => input.compute_content_hash()?,
-            },
+            content_hash: input.content_hash_or_compute()?,
         }],
         model_hash: Some(model.dir.provenance.content_hash.clone()),
         constitution_hash: Some(constitution_hash.clone()),

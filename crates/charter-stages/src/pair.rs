@@ -116,10 +116,7 @@ fn answers(t: &TableFile, other: Option<&Kind>) -> Result<Vec<Answer>> {
 fn input_ref(t: &TableFile) -> Result<InputRef> {
     Ok(InputRef {
         name: t.table_name().unwrap_or("input").to_string(),
-        content_hash: match t.content_hash() {
-            Some(h) => h.to_string(),
-            None => t.compute_content_hash()?,
-        },
+        content_hash: t.content_hash_or_compute()?,
     })
 }
 

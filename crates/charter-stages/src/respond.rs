@@ -128,10 +128,7 @@ pub fn respond(
         settings: settings.canonical(),
         inputs: vec![InputRef {
             name: "prompts".into(),
-            content_hash: match input.content_hash() {
-                Some(h) => h.to_string(),
-                None => input.compute_content_hash()?,
-            },
+            content_hash: input.content_hash_or_compute()?,
         }],
         model_hash: Some(model.dir.provenance.content_hash.clone()),
         constitution_hash: None,

@@ -109,6 +109,15 @@ impl TableFile {
         self.metadata.get(KEY_CONTENT_HASH).map(String::as_str)
     }
 
+    /// The recorded content hash, or for a file that records none (a table
+    /// written by another tool) the hash of its rows, computed.
+    pub fn content_hash_or_compute(&self) -> Result<String> {
+        match self.content_hash() {
+            Some(h) => Ok(h.to_string()),
+            None => self.compute_content_hash(),
+        }
+    }
+
     /// The recorded build key.
     pub fn build_key(&self) -> Option<&str> {
         self.metadata.get(KEY_BUILD_KEY).map(String::as_str)

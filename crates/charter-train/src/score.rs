@@ -100,10 +100,7 @@ pub fn score_table(
         settings: serde_json::json!({ "max_len": max_len }),
         inputs: vec![InputRef {
             name: spec.name.to_string(),
-            content_hash: match table.content_hash() {
-                Some(h) => h.to_string(),
-                None => table.compute_content_hash()?,
-            },
+            content_hash: table.content_hash_or_compute()?,
         }],
         model_hash: Some(dir.provenance.content_hash.clone()),
         constitution_hash: None,

@@ -501,10 +501,7 @@ fn settings_diff(old: &Json, new: &Json) -> String {
 fn input_ref(name: &str, table: &TableFile) -> Result<InputRef> {
     Ok(InputRef {
         name: name.to_string(),
-        content_hash: match table.content_hash() {
-            Some(h) => h.to_string(),
-            None => table.compute_content_hash()?,
-        },
+        content_hash: table.content_hash_or_compute()?,
     })
 }
 

@@ -210,10 +210,7 @@ impl BuildPlan {
                 resumed_rows: 0,
                 tokens: 0,
                 output: out.clone(),
-                content_hash: match table.content_hash() {
-                    Some(h) => h.to_string(),
-                    None => table.compute_content_hash()?,
-                },
+                content_hash: table.content_hash_or_compute()?,
             });
         }
         if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -391,10 +388,7 @@ pub(super) fn eval_key(
         "b": model_hash(&op.b)?,
         "labeller": model_hash(labeller)?,
         "constitution": Constitution::load(constitution)?.hash(),
-        "prompts": match prompts.content_hash() {
-            Some(h) => h.to_string(),
-            None => prompts.compute_content_hash()?,
-        },
+        "prompts": prompts.content_hash_or_compute()?,
         "samples": s.samples,
         "limit": s.limit,
         "generation": s.generation.canonical(),
