@@ -107,6 +107,9 @@ pub(crate) struct ModelImportArgs {
     /// Weight type of the generation graph.
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
     pub(crate) dtype: DtypeArg,
+    /// Replace a model directory of other content at the output (never anything that is not a charter model directory).
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +129,9 @@ pub(crate) struct ModelTinyArgs {
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
+    /// Replace a model directory of other content at the output (never anything that is not a charter model directory).
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 #[derive(Debug, Subcommand)]

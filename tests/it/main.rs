@@ -10,6 +10,7 @@ mod default_model;
 mod default_prompts;
 mod import;
 mod inspect;
+mod model_dirs;
 mod model_import;
 mod respond;
 mod stages;

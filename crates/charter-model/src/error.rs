@@ -133,6 +133,47 @@ pub enum Error {
         problem: String,
     },
 
+    /// Another process holds the output's lock: it is writing the output now.
+    #[error("{path}: another process is writing it (it holds {lock})")]
+    Busy {
+        /// The output.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
+
+    /// The output path is a file (or a link), where a directory would be written.
+    #[error(
+        "{path}: exists and is not a directory; a model directory is written only to a new \
+         path, an empty directory or a charter model directory"
+    )]
+    NotADirectory {
+        /// The output.
+        path: PathBuf,
+    },
+
+    /// The output is a non-empty directory that charter did not write.
+    #[error(
+        "{path}: a non-empty directory that is not a charter model directory (it has no \
+         charter-model.json); charter writes a model directory only to a new path, an empty \
+         directory or a charter model directory, and left it as it is"
+    )]
+    NotModelDir {
+        /// The output.
+        path: PathBuf,
+    },
+
+    /// The output holds another model, and replacing it was not asked for.
+    #[error(
+        "{path}: holds another model ({found}); left as it is, since replacing it was not asked for"
+    )]
+    ModelExists {
+        /// The output.
+        path: PathBuf,
+        /// What is there: its model hash, or why it does not open.
+        found: String,
+    },
+
     /// Something charter does not support (an architecture, a configuration).
     #[error("{0}")]
     Unsupported(String),
