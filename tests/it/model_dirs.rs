@@ -1,9 +1,11 @@
 //! Commands that write model directories never delete what they did not
-//! write, replace another model only with `--force`, and clear what a
-//! killed run left but not what a live one is writing.
+//! write, replace another model only with `--force`, clear what a killed
+//! run left but not what a live one is writing, and notice a weight file
+//! changed in place.
 
 use std::fs;
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use charter_model::OutputLock;
 
@@ -125,6 +127,18 @@ fn another_model_is_replaced_only_with_force() {
     ok(&["model", "import", s(&source), "-o", s(&out), "--force"]);
     assert_ne!(model_hash(&out), second);
     assert_eq!(names(root.path()), ["m", "tiny", "tiny-hf"]);
+
+    // A file of someone's inside a model directory stops even a forced replacement.
+    fs::write(out.join("notes.txt"), "precious").unwrap();
+    let err = fails(&["model", "tiny", "-o", s(&out), "--force"], None);
+    assert!(
+        err.contains("holds files charter did not write (notes.txt)"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("notes.txt")).unwrap(),
+        "precious"
+    );
 }
 
 #[test]
@@ -153,6 +167,33 @@ fn a_killed_runs_partial_is_cleared_and_a_live_ones_is_not() {
     drop(lock);
     ok(&["model", "tiny", "-o", s(&busy)]);
     assert_eq!(names(root.path()), ["busy", "m"]);
+}
+
+#[test]
+fn a_weight_file_changed_in_place_is_an_error_not_the_old_hash() {
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("m");
+    ok(&["model", "tiny", "-o", s(&out)]);
+    let data = out.join("model.onnx.data");
+    let mut bytes = fs::read(&data).unwrap();
+    bytes[0] ^= 0xff;
+    fs::write(&data, &bytes).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .set_modified(SystemTime::now() + Duration::from_secs(120))
+        .unwrap();
+    let err = fails(&["model", "info", s(&out)], None);
+    assert!(
+        err.contains("model.onnx.data changed after charter wrote the directory"),
+        "{err}"
+    );
+    // Writing the same model again over it is a replacement to ask for.
+    let err = fails(&["model", "tiny", "-o", s(&out)], None);
+    assert!(err.contains("pass --force to replace it"), "{err}");
+    ok(&["model", "tiny", "-o", s(&out), "--force"]);
+    model_hash(&out);
 }
 
 #[test]

@@ -174,6 +174,32 @@ pub enum Error {
         found: String,
     },
 
+    /// A model directory to be replaced holds files charter did not write there.
+    #[error(
+        "{path}: holds files charter did not write ({files}); move them out before replacing it"
+    )]
+    ForeignFiles {
+        /// The model directory.
+        path: PathBuf,
+        /// The files, comma-separated.
+        files: String,
+    },
+
+    /// A file of a model directory changed after charter wrote it, so the
+    /// recorded model hash no longer describes the directory.
+    #[error(
+        "{dir}: {file} changed after charter wrote the directory ({change}); the model hash \
+         in charter-model.json no longer describes it: write the directory again"
+    )]
+    Modified {
+        /// The model directory.
+        dir: PathBuf,
+        /// The file, relative to the directory.
+        file: String,
+        /// What differs.
+        change: String,
+    },
+
     /// Something charter does not support (an architecture, a configuration).
     #[error("{0}")]
     Unsupported(String),

@@ -26,7 +26,8 @@
 //!   an ONNX graph, and `model.safetensors` (f32, HuggingFace names and
 //!   layout) read back with [`ModelDir::load_weights`]. A directory is
 //!   written beside its output and swapped in under a lock ([`OutputLock`]),
-//!   never over anything charter did not write ([`check_output`]).
+//!   never over anything charter did not write ([`check_output`]), and
+//!   records its files so that one changed in place is noticed.
 //!   [`SafetensorsFile`] and [`SafetensorsWriter`] read F32/F16/BF16 and
 //!   write f32 safetensors files tensor by tensor.
 //!
@@ -92,9 +93,9 @@ pub use half::f16;
 pub use hf::{HfCheckpoint, HfTensors};
 pub use metadata::{Array, Metadata, Value, ValueType};
 pub use model_dir::{
-    Dtype, GRAPH_VERSION, ModelDir, ModelProvenance, PROVENANCE_FILE, REQUIRED_FILES, Replace,
-    TokenizerConfig, WEIGHTS_FILE, check_output, hash_file, hash_hf_dir, import_gguf, import_hf,
-    write_dir, write_trained,
+    Dtype, FileRecord, GRAPH_VERSION, ModelDir, ModelProvenance, PROVENANCE_FILE, REQUIRED_FILES,
+    Replace, TokenizerConfig, WEIGHTS_FILE, check_output, hash_file, hash_hf_dir, import_gguf,
+    import_hf, write_dir, write_trained,
 };
 pub use output::{LOCK_MARKER, OutputLock, lock_is_held, lock_path, partial_path};
 pub use quant::{BLOCK_LEN, Block, BlockQ4_0, BlockQ4_1, BlockQ8_0, dequantize};

@@ -9,21 +9,29 @@
 //! | `tokenizer_config.json` | chat template and special tokens |
 //! | `model.safetensors` | the weights in HuggingFace's names and layout, f32, for the trainer ([`ModelDir::load_weights`]) |
 //! | `model.onnx`, `model.onnx.data` | the decoder graph charter generates with |
-//! | `charter-model.json` | provenance: source file and its hash, weight dtype, exporter version, content hash |
+//! | `charter-model.json` | provenance: source file and its hash, weight dtype, exporter version, content hash, and the size, time and blake3 of every other file |
 //!
 //! A directory is built in `<out>.partial/` while its writer holds
 //! `<out>.lock`, then swapped into place (see [`OutputLock`] for the order of
 //! the renames), so a half-written model never looks complete and a killed
 //! writer leaves the old directory or the new one. A writer never deletes
 //! what it did not write: it writes only to a new path, an empty directory,
-//! or a charter model directory, and replaces a model of other content only
-//! when asked to ([`Replace`]).
+//! or a charter model directory holding only its own files, and replaces a
+//! model of other content only when asked to ([`Replace`]).
+//!
+//! The model hash recorded in `charter-model.json` describes the files as
+//! charter wrote them. [`ModelDir::open`] checks every file's size and
+//! modification time against the record, and hashes a file again where the
+//! time differs (a copy that did not keep times), so a file changed in place
+//! is an error ([`Error::Modified`]) rather than a model passing under
+//! another model's hash. A change that keeps both size and time (within the
+//! file system's time resolution) goes unnoticed.
 //!
 //! Sources: a GGUF file ([`import_gguf`]) or a HuggingFace checkpoint
 //! directory ([`import_hf`]).
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -77,11 +85,29 @@ pub struct ModelProvenance {
     /// The model's content hash: blake3 over source hash, dtype and graph
     /// version. Tables record it as `model_hash`.
     pub content_hash: String,
+    /// Every other file of the directory as charter wrote it, sorted by
+    /// path; [`ModelDir::open`] checks them. Empty in directories written
+    /// before charter recorded them, which are not checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileRecord>,
+}
+
+/// A file charter wrote into a model directory, as it was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// The path inside the directory, `/`-separated.
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: u64,
+    /// blake3 of its bytes, lowercase hex.
+    pub blake3: String,
 }
 
 /// What writing a model directory may replace at its output path. A file,
 /// or a non-empty directory that is not a charter model directory, is never
-/// replaced.
+/// replaced; nor is a model directory holding files charter did not write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replace {
     /// Only a model directory of the same content, which is kept as it is.
@@ -122,7 +148,8 @@ pub struct ModelDir {
 }
 
 impl ModelDir {
-    /// Opens a model directory, naming every missing file.
+    /// Opens a model directory, naming every missing file, and checks its
+    /// files against the record in `charter-model.json` ([`Error::Modified`]).
     pub fn open(path: &Path) -> Result<Self> {
         let missing: Vec<&str> = REQUIRED_FILES
             .iter()
@@ -136,11 +163,13 @@ impl ModelDir {
                 missing.join(", ")
             )));
         }
+        let provenance: ModelProvenance = read_json(&path.join(PROVENANCE_FILE))?;
+        verify_files(path, &provenance.files)?;
         Ok(ModelDir {
             path: path.to_path_buf(),
             config: read_json(&path.join("config.json"))?,
             tokenizer_config: read_json(&path.join("tokenizer_config.json"))?,
-            provenance: read_json(&path.join(PROVENANCE_FILE))?,
+            provenance,
         })
     }
 
@@ -444,9 +473,10 @@ pub fn write_dir(
 }
 
 /// Checks that a model directory may be written at `out`: nothing is there,
-/// an empty directory, or (as `replace` allows) a charter model directory.
-/// Anything else is an error naming it: [`Error::NotADirectory`],
-/// [`Error::NotModelDir`], [`Error::ModelExists`].
+/// an empty directory, or (as `replace` allows) a charter model directory
+/// holding only files charter wrote. Anything else is an error naming it:
+/// [`Error::NotADirectory`], [`Error::NotModelDir`], [`Error::ModelExists`],
+/// [`Error::ForeignFiles`].
 pub fn check_output(out: &Path, replace: Replace) -> Result<()> {
     let meta = match fs::symlink_metadata(out) {
         Ok(m) => m,
@@ -480,10 +510,26 @@ pub fn check_output(out: &Path, replace: Replace) -> Result<()> {
             found,
         });
     }
+    let foreign = foreign_files(out)?;
+    if !foreign.is_empty() {
+        let mut files = foreign
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if foreign.len() > 5 {
+            files += &format!(" and {} more", foreign.len() - 5);
+        }
+        return Err(Error::ForeignFiles {
+            path: out.to_path_buf(),
+            files,
+        });
+    }
     Ok(())
 }
 
-/// The output, if it is a model directory of this content hash.
+/// The output, if it is a model directory of this content hash whose files are as written.
 fn up_to_date(out: &Path, content_hash: &str) -> Option<ModelDir> {
     ModelDir::open(out)
         .ok()
@@ -536,8 +582,8 @@ fn write_claimed(lock: OutputLock, replace: Replace, parts: Parts<'_>) -> Result
     ModelDir::open(&out)
 }
 
-/// Writes the directory in the staging directory, its files synced to disk
-/// so that the swap publishes complete files. `charter-model.json` is written last: a directory without it was never
+/// Writes the directory in the staging directory and records its files.
+/// `charter-model.json` is written last: a directory without it was never
 /// finished.
 fn stage(lock: &OutputLock, replace: Replace, parts: Parts<'_>) -> Result<()> {
     let Parts {
@@ -575,26 +621,128 @@ fn stage(lock: &OutputLock, replace: Replace, parts: Parts<'_>) -> Result<()> {
         graph_version: GRAPH_VERSION,
         created_by: concat!("charter ", env!("CARGO_PKG_VERSION")).to_string(),
         content_hash,
+        files: record_files(&dir)?,
     };
-    sync_files(&dir)?;
     write_json(&dir.join(PROVENANCE_FILE), &provenance)?;
     // Once more, now that the new directory is ready: something may have
     // appeared at the output while it was written.
     check_output(lock.out(), replace)
 }
 
-/// Syncs every file under `dir` to disk.
-fn sync_files(dir: &Path) -> Result<()> {
-    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let path = entry.map_err(|e| Error::io(dir, e))?.path();
-        if path.is_dir() {
-            sync_files(&path)?;
-        } else {
-            let file = fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-            file.sync_all().map_err(|e| Error::io(&path, e))?;
+/// Every file under `dir` (but the provenance file) with its size, time and
+/// hash, each synced to disk so the swap that follows publishes complete files.
+fn record_files(dir: &Path) -> Result<Vec<FileRecord>> {
+    let mut records = Vec::new();
+    for rel in files_under(dir)? {
+        if rel == PROVENANCE_FILE {
+            continue;
+        }
+        let path = dir.join(&rel);
+        let file = fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        file.sync_all().map_err(|e| Error::io(&path, e))?;
+        let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
+        let mut hasher = blake3::Hasher::new();
+        hasher
+            .update_reader(&file)
+            .map_err(|e| Error::io(&path, e))?;
+        records.push(FileRecord {
+            path: rel,
+            size: meta.len(),
+            mtime_ns: mtime_ns(&meta),
+            blake3: hasher.finalize().to_hex().to_string(),
+        });
+    }
+    Ok(records)
+}
+
+/// Checks a directory's files against their records (see the module docs).
+fn verify_files(dir: &Path, records: &[FileRecord]) -> Result<()> {
+    let modified = |file: &str, change: String| Error::Modified {
+        dir: dir.to_path_buf(),
+        file: file.to_string(),
+        change,
+    };
+    for r in records {
+        let inside = Path::new(&r.path)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)));
+        if r.path.is_empty() || !inside {
+            return Err(Error::Unsupported(format!(
+                "{}: `files` names `{}`, which is not a path inside the directory",
+                dir.join(PROVENANCE_FILE).display(),
+                r.path
+            )));
+        }
+        let path = dir.join(&r.path);
+        let meta = match fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(modified(&r.path, "it is gone".to_string()));
+            }
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        if meta.len() != r.size {
+            return Err(modified(
+                &r.path,
+                format!("{} bytes, written as {}", meta.len(), r.size),
+            ));
+        }
+        if mtime_ns(&meta) != r.mtime_ns && hash_file(&path)? != r.blake3 {
+            return Err(modified(
+                &r.path,
+                "its contents differ from those written".to_string(),
+            ));
         }
     }
     Ok(())
+}
+
+/// Files charter did not write in a model directory, by path inside it; none
+/// for a directory written before charter recorded its files.
+fn foreign_files(dir: &Path) -> Result<Vec<String>> {
+    let provenance: ModelProvenance = read_json(&dir.join(PROVENANCE_FILE))?;
+    if provenance.files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ours: std::collections::BTreeSet<&str> = provenance
+        .files
+        .iter()
+        .map(|r| r.path.as_str())
+        .chain([PROVENANCE_FILE])
+        .collect();
+    Ok(files_under(dir)?
+        .into_iter()
+        .filter(|f| !ours.contains(f.as_str()))
+        .collect())
+}
+
+/// Every file (and link) under `dir`, as sorted `/`-separated paths inside it.
+fn files_under(dir: &Path) -> Result<Vec<String>> {
+    fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
+        for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rel = format!("{prefix}{name}");
+            let kind = entry.file_type().map_err(|e| Error::io(entry.path(), e))?;
+            if kind.is_dir() {
+                walk(&entry.path(), &format!("{rel}/"), out)?;
+            } else {
+                out.push(rel);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(dir, "", &mut files)?;
+    files.sort();
+    Ok(files)
+}
+
+fn mtime_ns(meta: &fs::Metadata) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 fn parent_dir(path: &Path) -> PathBuf {

@@ -1,10 +1,12 @@
 //! Writing a model directory: never over what charter did not write, another
-//! model only when asked, one writer at a time.
+//! model only when asked, one writer at a time, and a file changed in place
+//! noticed when the directory is opened.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use charter_model::{
     Error, ModelDir, OutputLock, Replace, lock_path, partial_path, write_tiny, write_tiny_with,
@@ -62,7 +64,7 @@ fn a_directory_or_file_charter_did_not_write_is_left_alone() {
 }
 
 #[test]
-fn another_model_is_replaced_only_when_asked() {
+fn another_model_is_replaced_only_when_asked_and_only_its_own_files() {
     let root = tempfile::tempdir().unwrap();
     let out = root.path().join("tiny");
     let first = write_tiny(&out, 1).unwrap();
@@ -96,6 +98,20 @@ fn another_model_is_replaced_only_when_asked() {
         second.provenance.content_hash
     );
     nothing_beside(&out);
+
+    // A file someone put in the directory is not charter's to delete.
+    fs::write(out.join("notes.txt"), "precious").unwrap();
+    let err = write_tiny_with(&out, 3, Replace::ModelDir).unwrap_err();
+    assert!(matches!(err, Error::ForeignFiles { .. }), "{err}");
+    assert!(err.to_string().contains("notes.txt"), "{err}");
+    assert_eq!(
+        fs::read_to_string(out.join("notes.txt")).unwrap(),
+        "precious"
+    );
+    assert_eq!(
+        ModelDir::open(&out).unwrap().provenance.content_hash,
+        second.provenance.content_hash
+    );
 }
 
 #[test]
@@ -118,4 +134,56 @@ fn a_stale_partial_is_cleared_and_a_held_lock_stops_a_second_writer() {
     drop(held);
     write_tiny(&other, 1).unwrap();
     nothing_beside(&other);
+}
+
+#[test]
+fn a_file_changed_in_place_is_noticed_and_a_copy_is_not_a_change() {
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("tiny");
+    write_tiny(&out, 1).unwrap();
+    let data = out.join("model.onnx.data");
+
+    // A copy without the original times: the contents are checked instead.
+    let copy = root.path().join("copy");
+    fs::create_dir(&copy).unwrap();
+    for entry in fs::read_dir(&out).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+        let later = SystemTime::now() + Duration::from_secs(60);
+        fs::File::options()
+            .write(true)
+            .open(copy.join(entry.file_name()))
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+    }
+    ModelDir::open(&copy).unwrap();
+
+    // The same size, other bytes, another time.
+    let mut bytes = fs::read(&data).unwrap();
+    bytes[100] ^= 0xff;
+    fs::write(&data, &bytes).unwrap();
+    // Well past the recorded time, whatever the file system's time resolution.
+    fs::File::options()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .set_modified(SystemTime::now() + Duration::from_secs(120))
+        .unwrap();
+    let err = ModelDir::open(&out).unwrap_err();
+    assert!(matches!(err, Error::Modified { .. }), "{err}");
+    assert!(err.to_string().contains("model.onnx.data"), "{err}");
+    assert!(err.to_string().contains("contents differ"), "{err}");
+
+    // Another size.
+    bytes.push(0);
+    fs::write(&data, &bytes).unwrap();
+    let err = ModelDir::open(&out).unwrap_err();
+    assert!(err.to_string().contains("bytes, written as"), "{err}");
+
+    // Writing the same model again is a replacement to ask for.
+    let err = write_tiny(&out, 1).unwrap_err();
+    assert!(matches!(err, Error::ModelExists { .. }), "{err}");
+    write_tiny_with(&out, 1, Replace::ModelDir).unwrap();
+    ModelDir::open(&out).unwrap();
 }
