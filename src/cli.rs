@@ -63,6 +63,17 @@ pub(crate) enum Command {
     Train(TrainCommand),
     /// Add preference-model scores to a responses, revisions, pairs or labels table.
     Score(ScoreArgs),
+    /// Remove what interrupted charter runs left under a directory: `*.partial` work, stale lock files, temporary files.
+    Gc(GcArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GcArgs {
+    /// The directory to clean, searched recursively (links are not followed).
+    pub(crate) dir: PathBuf,
+    /// List what would be removed, and remove nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]

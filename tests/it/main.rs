@@ -8,6 +8,7 @@ mod constitution;
 mod dedup;
 mod default_model;
 mod default_prompts;
+mod gc;
 mod import;
 mod inspect;
 mod model_dirs;

@@ -10,7 +10,8 @@
 //!   released.
 //! - `<out>.partial/`: the writer's work. The new directory is built in
 //!   `<out>.partial/new/`. A `.partial` whose lock nobody holds is what a
-//!   killed writer left: the next writer of the same output removes it.
+//!   killed writer left: the next writer of the same output (or `charter gc`)
+//!   removes it.
 //!
 //! [`OutputLock::commit`] swaps the new directory in. Where the file system
 //! can (Linux's `renameat2` with `RENAME_EXCHANGE`), `<out>.partial/new` and
@@ -117,7 +118,7 @@ impl OutputLock {
                 break file;
             }
         };
-        // Say whose file it is.
+        // Say whose file it is, for people and for `charter gc`.
         let mut marked = &file;
         marked
             .set_len(0)
