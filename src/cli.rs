@@ -63,6 +63,17 @@ pub(crate) enum Command {
     Train(TrainCommand),
     /// Add preference-model scores to a responses, revisions, pairs or labels table.
     Score(ScoreArgs),
+    /// Remove what interrupted charter runs left under a directory: `*.partial` work, stale lock files, temporary files.
+    Gc(GcArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GcArgs {
+    /// The directory to clean, searched recursively (links are not followed).
+    pub(crate) dir: PathBuf,
+    /// List what would be removed, and remove nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,6 +118,9 @@ pub(crate) struct ModelImportArgs {
     /// Weight type of the generation graph.
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
     pub(crate) dtype: DtypeArg,
+    /// Replace a model directory of other content at the output (never anything that is not a charter model directory).
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +140,9 @@ pub(crate) struct ModelTinyArgs {
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
+    /// Replace a model directory of other content at the output (never anything that is not a charter model directory).
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 #[derive(Debug, Subcommand)]

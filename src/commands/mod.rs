@@ -4,6 +4,7 @@ mod build;
 mod chat;
 mod constitution;
 mod dedup;
+mod gc;
 mod inspect;
 mod model;
 mod prompts_import;
@@ -44,6 +45,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         }
         Command::Train(command) => train::run(command, cli.quiet),
         Command::Score(args) => train::score(args, cli.quiet),
+        Command::Gc(args) => gc::run(args),
     }
 }
 

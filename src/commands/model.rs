@@ -1,25 +1,27 @@
 //! `charter model import|info|tiny`: model directories.
 
 use anyhow::{Context, Result, bail};
-use charter_model::{ModelDir, import_gguf, import_hf, write_tiny};
+use charter_model::{ModelDir, Replace, import_gguf, import_hf, write_tiny_with};
 
 use crate::cli::{ModelImportArgs, ModelInfoArgs, ModelTinyArgs};
 
 pub(crate) fn import(args: ModelImportArgs, quiet: bool) -> Result<()> {
     let dtype = args.dtype.dtype();
+    let replace = replace(args.force);
     let progress = crate::progress::spinner(quiet);
     progress.set_message(format!("importing {}", args.source.display()));
     // A directory is a HuggingFace checkpoint, a file a GGUF.
     let dir = if args.source.is_dir() {
-        import_hf(&args.source, &args.output, dtype)
+        import_hf(&args.source, &args.output, dtype, replace)
     } else if args.source.is_file() {
-        import_gguf(&args.source, &args.output, dtype)
+        import_gguf(&args.source, &args.output, dtype, replace)
     } else {
         bail!(
             "{}: no such file or directory: give a GGUF file or a HuggingFace checkpoint directory",
             args.source.display()
         );
     }
+    .map_err(hint_force)
     .with_context(|| format!("cannot import {}", args.source.display()))?;
     progress.finish_and_clear();
     if !quiet {
@@ -81,7 +83,8 @@ pub(crate) fn info(args: ModelInfoArgs) -> Result<()> {
 }
 
 pub(crate) fn tiny(args: ModelTinyArgs, quiet: bool) -> Result<()> {
-    let dir = write_tiny(&args.output, args.seed)
+    let dir = write_tiny_with(&args.output, args.seed, replace(args.force))
+        .map_err(hint_force)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     if !quiet {
         eprintln!(
@@ -91,4 +94,22 @@ pub(crate) fn tiny(args: ModelTinyArgs, quiet: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn replace(force: bool) -> Replace {
+    if force {
+        Replace::ModelDir
+    } else {
+        Replace::Nothing
+    }
+}
+
+/// Says how to replace a model directory when that is what stopped a write.
+fn hint_force(err: charter_model::Error) -> anyhow::Error {
+    match err {
+        charter_model::Error::ModelExists { .. } => {
+            anyhow::anyhow!("{err}; pass --force to replace it")
+        }
+        err => err.into(),
+    }
 }

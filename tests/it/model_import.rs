@@ -2,18 +2,14 @@
 //! a GGUF file: a model directory's own `model.safetensors`, config and
 //! tokenizer files, laid out as a checkpoint, import back to the same model.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::{fails, ok};
 
-#[test]
-fn a_checkpoint_directory_imports_to_the_same_model() {
-    let dir = tempfile::tempdir().unwrap();
-    let tiny = dir.path().join("tiny");
-    ok(&["model", "tiny", "-o", tiny.to_str().unwrap(), "--seed", "4"]);
-
-    // The checkpoint: model.safetensors as it is, an HF config.json, the tokenizer files.
-    let source = dir.path().join("tiny-hf");
+/// A HuggingFace checkpoint directory `<dir>/<name>` of the tiny model in `tiny`:
+/// its model.safetensors as it is, an HF config.json, the tokenizer files.
+pub(crate) fn checkpoint(tiny: &Path, dir: &Path, name: &str) -> PathBuf {
+    let source = dir.join(name);
     std::fs::create_dir(&source).unwrap();
     for f in [
         "model.safetensors",
@@ -27,6 +23,15 @@ fn a_checkpoint_directory_imports_to_the_same_model() {
     config["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
     config["hidden_act"] = serde_json::json!("silu");
     std::fs::write(source.join("config.json"), config.to_string()).unwrap();
+    source
+}
+
+#[test]
+fn a_checkpoint_directory_imports_to_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = dir.path().join("tiny");
+    ok(&["model", "tiny", "-o", tiny.to_str().unwrap(), "--seed", "4"]);
+    let source = checkpoint(&tiny, dir.path(), "tiny-hf");
 
     let out = dir.path().join("imported");
     let out_s = out.to_str().unwrap();

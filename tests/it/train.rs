@@ -21,7 +21,7 @@ fn constitution() -> String {
 }
 
 /// Tiny model; responses, revisions and labels tables of 3 prompts × 2 samples.
-fn tables(dir: &Path) -> [String; 4] {
+pub(crate) fn tables(dir: &Path) -> [String; 4] {
     let model = path(dir, "tiny");
     ok(&["model", "tiny", "-o", &model, "--seed", "5"]);
     let input = file(

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use charter_gen::{Decoder, DecoderDims, Engine, GenerateOptions, KvCache, Request, Sampling};
 use charter_model::onnx::WeightSource;
 use charter_model::{
-    Dtype, ModelConfig, ModelDir, SafetensorsWriter, TINY_CHAT_TEMPLATE, TinyWeights, import_hf,
-    write_tiny,
+    Dtype, ModelConfig, ModelDir, Replace, SafetensorsWriter, TINY_CHAT_TEMPLATE, TinyWeights,
+    import_hf, write_tiny,
 };
 
 type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
@@ -187,7 +187,13 @@ fn the_tiny_model_as_a_llama_checkpoint_imports_to_the_same_model() {
             w.finish(&[("format", "pt")]).unwrap();
         },
     );
-    let imported = import_hf(&source, &root.path().join("imported"), Dtype::F32).unwrap();
+    let imported = import_hf(
+        &source,
+        &root.path().join("imported"),
+        Dtype::F32,
+        Replace::Nothing,
+    )
+    .unwrap();
     assert_eq!(imported.config, c);
 
     let (want, width) = open(&tiny).logits_all(&[&PROMPT]).unwrap();
@@ -420,7 +426,13 @@ fn a_qwen2_checkpoint_matches_a_plain_rotate_half_forward_pass() {
         hf_config_json(&c, "qwen2", "Qwen2ForCausalLM"),
         |dir| write_bf16(&dir.join("model.safetensors"), &w),
     );
-    let imported = import_hf(&source, &root.path().join("imported"), Dtype::F32).unwrap();
+    let imported = import_hf(
+        &source,
+        &root.path().join("imported"),
+        Dtype::F32,
+        Replace::Nothing,
+    )
+    .unwrap();
     assert_eq!(imported.config, c);
     // model.safetensors holds the checkpoint's own tensors, widened to f32.
     assert!(imported.load_weights().unwrap() == w);

@@ -133,6 +133,73 @@ pub enum Error {
         problem: String,
     },
 
+    /// Another process holds the output's lock: it is writing the output now.
+    #[error("{path}: another process is writing it (it holds {lock})")]
+    Busy {
+        /// The output.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
+
+    /// The output path is a file (or a link), where a directory would be written.
+    #[error(
+        "{path}: exists and is not a directory; a model directory is written only to a new \
+         path, an empty directory or a charter model directory"
+    )]
+    NotADirectory {
+        /// The output.
+        path: PathBuf,
+    },
+
+    /// The output is a non-empty directory that charter did not write.
+    #[error(
+        "{path}: a non-empty directory that is not a charter model directory (it has no \
+         charter-model.json); charter writes a model directory only to a new path, an empty \
+         directory or a charter model directory, and left it as it is"
+    )]
+    NotModelDir {
+        /// The output.
+        path: PathBuf,
+    },
+
+    /// The output holds another model, and replacing it was not asked for.
+    #[error(
+        "{path}: holds another model ({found}); left as it is, since replacing it was not asked for"
+    )]
+    ModelExists {
+        /// The output.
+        path: PathBuf,
+        /// What is there: its model hash, or why it does not open.
+        found: String,
+    },
+
+    /// A model directory to be replaced holds files charter did not write there.
+    #[error(
+        "{path}: holds files charter did not write ({files}); move them out before replacing it"
+    )]
+    ForeignFiles {
+        /// The model directory.
+        path: PathBuf,
+        /// The files, comma-separated.
+        files: String,
+    },
+
+    /// A file of a model directory changed after charter wrote it, so the
+    /// recorded model hash no longer describes the directory.
+    #[error(
+        "{dir}: {file} changed after charter wrote the directory ({change}); the model hash \
+         in charter-model.json no longer describes it: write the directory again"
+    )]
+    Modified {
+        /// The model directory.
+        dir: PathBuf,
+        /// The file, relative to the directory.
+        file: String,
+        /// What differs.
+        change: String,
+    },
+
     /// Something charter does not support (an architecture, a configuration).
     #[error("{0}")]
     Unsupported(String),

@@ -24,7 +24,10 @@
 //!   safetensors checkpoint (llama, mistral, qwen2: [`ModelConfig::from_hf_config`],
 //!   [`HfCheckpoint`]) into a [`ModelDir`]: config, tokenizer, chat template,
 //!   an ONNX graph, and `model.safetensors` (f32, HuggingFace names and
-//!   layout) read back with [`ModelDir::load_weights`].
+//!   layout) read back with [`ModelDir::load_weights`]. A directory is
+//!   written beside its output and swapped in under a lock ([`OutputLock`]),
+//!   never over anything charter did not write ([`check_output`]), and
+//!   records its files so that one changed in place is noticed.
 //!   [`SafetensorsFile`] and [`SafetensorsWriter`] read F32/F16/BF16 and
 //!   write f32 safetensors files tensor by tensor.
 //!
@@ -74,6 +77,7 @@ mod hf;
 mod metadata;
 mod model_dir;
 pub mod onnx;
+mod output;
 mod quant;
 mod reader;
 mod tiny;
@@ -89,14 +93,15 @@ pub use half::f16;
 pub use hf::{HfCheckpoint, HfTensors};
 pub use metadata::{Array, Metadata, Value, ValueType};
 pub use model_dir::{
-    Dtype, GRAPH_VERSION, ModelDir, ModelProvenance, PROVENANCE_FILE, REQUIRED_FILES,
-    TokenizerConfig, WEIGHTS_FILE, hash_file, hash_hf_dir, import_gguf, import_hf, write_dir,
-    write_trained,
+    Dtype, FileRecord, GRAPH_VERSION, ModelDir, ModelProvenance, PROVENANCE_FILE, REQUIRED_FILES,
+    Replace, TokenizerConfig, WEIGHTS_FILE, check_output, hash_file, hash_hf_dir, import_gguf,
+    import_hf, write_dir, write_trained,
 };
+pub use output::{LOCK_MARKER, OutputLock, lock_is_held, lock_path, partial_path};
 pub use quant::{BLOCK_LEN, Block, BlockQ4_0, BlockQ4_1, BlockQ8_0, dequantize};
 pub use tiny::{
     TINY_CHAT_TEMPLATE, TINY_SPECIAL_TOKENS, TinyWeights, tiny_config, tiny_tokenizer_json,
-    write_tiny,
+    write_tiny, write_tiny_with,
 };
 pub use tokenizer::{TextTokenizer, tokenizer_json_from_gguf};
 pub use weights::{SafetensorsFile, SafetensorsWriter, Tensors};

@@ -9,15 +9,29 @@
 //! | `tokenizer_config.json` | chat template and special tokens |
 //! | `model.safetensors` | the weights in HuggingFace's names and layout, f32, for the trainer ([`ModelDir::load_weights`]) |
 //! | `model.onnx`, `model.onnx.data` | the decoder graph charter generates with |
-//! | `charter-model.json` | provenance: source file and its hash, weight dtype, exporter version, content hash |
+//! | `charter-model.json` | provenance: source file and its hash, weight dtype, exporter version, content hash, and the size, time and blake3 of every other file |
 //!
-//! A directory is written under a temporary name and renamed into place, so
-//! a half-imported model never looks complete.
+//! A directory is built in `<out>.partial/` while its writer holds
+//! `<out>.lock`, then swapped into place (see [`OutputLock`] for the order of
+//! the renames), so a half-written model never looks complete and a killed
+//! writer leaves the old directory or the new one. A writer never deletes
+//! what it did not write: it writes only to a new path, an empty directory,
+//! or a charter model directory holding only its own files, and replaces a
+//! model of other content only when asked to ([`Replace`]).
+//!
+//! The model hash recorded in `charter-model.json` describes the files as
+//! charter wrote them. [`ModelDir::open`] checks every file's size and
+//! modification time against the record, and hashes a file again where the
+//! time differs (a copy that did not keep times), so a file changed in place
+//! is an error ([`Error::Modified`]) rather than a model passing under
+//! another model's hash. A change that keeps both size and time (within the
+//! file system's time resolution) goes unnoticed.
 //!
 //! Sources: a GGUF file ([`import_gguf`]) or a HuggingFace checkpoint
 //! directory ([`import_hf`]).
 
-use std::path::{Path, PathBuf};
+use std::fs;
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +42,7 @@ use crate::hf::{
     HfCheckpoint, HfTensors, safetensors_files, tokenizer_config, write_hf_safetensors,
 };
 use crate::onnx::{Activations, BlockOffsets, WeightFormat, WeightSource, export};
+use crate::output::OutputLock;
 use crate::tokenizer::TextTokenizer;
 use crate::weights::{SafetensorsFile, Tensors};
 
@@ -70,6 +85,35 @@ pub struct ModelProvenance {
     /// The model's content hash: blake3 over source hash, dtype and graph
     /// version. Tables record it as `model_hash`.
     pub content_hash: String,
+    /// Every other file of the directory as charter wrote it, sorted by
+    /// path; [`ModelDir::open`] checks them. Empty in directories written
+    /// before charter recorded them, which are not checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileRecord>,
+}
+
+/// A file charter wrote into a model directory, as it was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// The path inside the directory, `/`-separated.
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: u64,
+    /// blake3 of its bytes, lowercase hex.
+    pub blake3: String,
+}
+
+/// What writing a model directory may replace at its output path. A file,
+/// or a non-empty directory that is not a charter model directory, is never
+/// replaced; nor is a model directory holding files charter did not write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replace {
+    /// Only a model directory of the same content, which is kept as it is.
+    Nothing,
+    /// Any charter model directory.
+    ModelDir,
 }
 
 /// `tokenizer_config.json`: the chat template and special tokens.
@@ -104,7 +148,8 @@ pub struct ModelDir {
 }
 
 impl ModelDir {
-    /// Opens a model directory, naming every missing file.
+    /// Opens a model directory, naming every missing file, and checks its
+    /// files against the record in `charter-model.json` ([`Error::Modified`]).
     pub fn open(path: &Path) -> Result<Self> {
         let missing: Vec<&str> = REQUIRED_FILES
             .iter()
@@ -118,11 +163,13 @@ impl ModelDir {
                 missing.join(", ")
             )));
         }
+        let provenance: ModelProvenance = read_json(&path.join(PROVENANCE_FILE))?;
+        verify_files(path, &provenance.files)?;
         Ok(ModelDir {
             path: path.to_path_buf(),
             config: read_json(&path.join("config.json"))?,
             tokenizer_config: read_json(&path.join("tokenizer_config.json"))?,
-            provenance: read_json(&path.join(PROVENANCE_FILE))?,
+            provenance,
         })
     }
 
@@ -190,12 +237,12 @@ impl Dtype {
 /// Imports a GGUF file (llama architecture) as a model directory at `out`.
 ///
 /// If `out` already holds an import of the same file with the same dtype and
-/// graph version, it is returned as it is.
-pub fn import_gguf(source: &Path, out: &Path, dtype: Dtype) -> Result<ModelDir> {
+/// graph version, it is returned as it is; a model of other content there is
+/// replaced only as `replace` allows.
+pub fn import_gguf(source: &Path, out: &Path, dtype: Dtype, replace: Replace) -> Result<ModelDir> {
     let source_hash = hash_file(source)?;
-    if let Ok(existing) = ModelDir::open(out)
-        && existing.provenance.content_hash == content_hash(&source_hash, dtype)
-    {
+    let hash = content_hash(&source_hash, dtype);
+    if let Some(existing) = up_to_date(out, &hash) {
         return Ok(existing);
     }
     let gguf = Gguf::open(source)?;
@@ -223,16 +270,24 @@ pub fn import_gguf(source: &Path, out: &Path, dtype: Dtype) -> Result<ModelDir> 
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    write_dir(
-        out,
-        &config,
-        &tokenizer,
-        &tokenizer_config,
-        &gguf,
-        dtype,
-        name,
-        file_name,
-        source_hash,
+    let lock = match claim(out, Some(&hash), replace)? {
+        Claim::Done(existing) => return Ok(*existing),
+        Claim::Write(lock) => lock,
+    };
+    write_claimed(
+        lock,
+        replace,
+        Parts {
+            config: &config,
+            tokenizer_json: &tokenizer,
+            tokenizer_config: &tokenizer_config,
+            weights: &gguf,
+            dtype,
+            name,
+            source: file_name,
+            source_hash,
+            extra: &[],
+        },
     )
 }
 
@@ -245,19 +300,19 @@ pub fn import_gguf(source: &Path, out: &Path, dtype: Dtype) -> Result<ModelDir> 
 /// (see [`ModelConfig::from_hf_config`] for what the architecture may be).
 /// The directory's name names the model. If `out` already holds an import
 /// of the same files with the same dtype and graph version, it is returned
-/// as it is.
-pub fn import_hf(source: &Path, out: &Path, dtype: Dtype) -> Result<ModelDir> {
+/// as it is; a model of other content there is replaced only as `replace`
+/// allows.
+pub fn import_hf(source: &Path, out: &Path, dtype: Dtype, replace: Replace) -> Result<ModelDir> {
     let source_hash = hash_hf_dir(source)?;
-    if let Ok(existing) = ModelDir::open(out)
-        && existing.provenance.content_hash == content_hash(&source_hash, dtype)
-    {
+    let hash = content_hash(&source_hash, dtype);
+    if let Some(existing) = up_to_date(out, &hash) {
         return Ok(existing);
     }
     let config = ModelConfig::from_hf_config(&source.join("config.json"))?;
     let weights = HfCheckpoint::open(source, &config)?;
     let tokenizer_path = source.join("tokenizer.json");
     let tokenizer_json =
-        std::fs::read_to_string(&tokenizer_path).map_err(|e| Error::io(&tokenizer_path, e))?;
+        fs::read_to_string(&tokenizer_path).map_err(|e| Error::io(&tokenizer_path, e))?;
     let tokenizer = TextTokenizer::from_file(&tokenizer_path)?;
     let mut tokenizer_config = tokenizer_config(source, &config)?;
     // Fill an unnamed EOS from config.json's id: the engine stops on either.
@@ -270,16 +325,24 @@ pub fn import_hf(source: &Path, out: &Path, dtype: Dtype) -> Result<ModelDir> {
         .and_then(Path::file_name)
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    write_dir(
-        out,
-        &config,
-        &tokenizer_json,
-        &tokenizer_config,
-        &weights,
-        dtype,
-        name.clone(),
-        name,
-        source_hash,
+    let lock = match claim(out, Some(&hash), replace)? {
+        Claim::Done(existing) => return Ok(*existing),
+        Claim::Write(lock) => lock,
+    };
+    write_claimed(
+        lock,
+        replace,
+        Parts {
+            config: &config,
+            tokenizer_json: &tokenizer_json,
+            tokenizer_config: &tokenizer_config,
+            weights: &weights,
+            dtype,
+            name: name.clone(),
+            source: name,
+            source_hash,
+            extra: &[],
+        },
     )
 }
 
@@ -301,7 +364,7 @@ pub fn hash_hf_dir(dir: &Path) -> Result<String> {
     files.sort();
     let mut hasher = blake3::Hasher::new();
     for path in &files {
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         hasher.update(name.as_bytes());
@@ -316,7 +379,8 @@ pub fn hash_hf_dir(dir: &Path) -> Result<String> {
 /// config and tokenizer files, `tensors` (HuggingFace names and layout, as
 /// [`ModelDir::load_weights`] gives them) as weights and graph, and the
 /// `extra` files (relative path, bytes) beside them, all in one atomic
-/// rename.
+/// swap. A model directory already at `out` (an earlier run's) is replaced;
+/// anything else there is an error (see [`check_output`]).
 ///
 /// The source hash is blake3 over the tensors (names, shapes, f32 values),
 /// so equal weights give an equal model hash whatever trained them.
@@ -329,7 +393,7 @@ pub fn write_trained(
     extra: &[(&str, &[u8])],
 ) -> Result<ModelDir> {
     let weights = HfTensors::new(&base.config, tensors)?;
-    let tokenizer_json = std::fs::read_to_string(base.tokenizer_path())
+    let tokenizer_json = fs::read_to_string(base.tokenizer_path())
         .map_err(|e| Error::io(base.tokenizer_path(), e))?;
     let mut hasher = blake3::Hasher::new();
     for (tensor, (shape, values)) in tensors {
@@ -344,21 +408,32 @@ pub fn write_trained(
     }
     let source = format!("trained from {}", base.provenance.name);
     let source_hash = hasher.finalize().to_hex().to_string();
-    write_dir_with(
-        out,
-        &base.config,
-        &tokenizer_json,
-        &base.tokenizer_config,
-        &weights,
-        dtype,
-        name,
-        source,
-        source_hash,
-        extra,
+    // No content hash to match: the record of the run is among the extra
+    // files, so even equal weights are written again.
+    let lock = match claim(out, None, Replace::ModelDir)? {
+        Claim::Done(existing) => return Ok(*existing),
+        Claim::Write(lock) => lock,
+    };
+    write_claimed(
+        lock,
+        Replace::ModelDir,
+        Parts {
+            config: &base.config,
+            tokenizer_json: &tokenizer_json,
+            tokenizer_config: &base.tokenizer_config,
+            weights: &weights,
+            dtype,
+            name,
+            source,
+            source_hash,
+            extra,
+        },
     )
 }
 
-/// Writes a model directory from its parts, atomically (temporary directory, then rename).
+/// Writes a model directory from its parts (see the module docs for how).
+/// If `out` already holds a model of the same content, it is returned as it
+/// is; a model of other content there is replaced only as `replace` allows.
 ///
 /// `weights` are in GGUF names and layout (Q/K rows interleaved, as the
 /// graph wants); `model.safetensors` gets them in HuggingFace's.
@@ -373,9 +448,145 @@ pub fn write_dir(
     name: String,
     source: String,
     source_hash: String,
+    replace: Replace,
 ) -> Result<ModelDir> {
-    write_dir_with(
-        out,
+    let hash = content_hash(&source_hash, dtype);
+    let lock = match claim(out, Some(&hash), replace)? {
+        Claim::Done(existing) => return Ok(*existing),
+        Claim::Write(lock) => lock,
+    };
+    write_claimed(
+        lock,
+        replace,
+        Parts {
+            config,
+            tokenizer_json,
+            tokenizer_config,
+            weights,
+            dtype,
+            name,
+            source,
+            source_hash,
+            extra: &[],
+        },
+    )
+}
+
+/// Checks that a model directory may be written at `out`: nothing is there,
+/// an empty directory, or (as `replace` allows) a charter model directory
+/// holding only files charter wrote. Anything else is an error naming it:
+/// [`Error::NotADirectory`], [`Error::NotModelDir`], [`Error::ModelExists`],
+/// [`Error::ForeignFiles`].
+pub fn check_output(out: &Path, replace: Replace) -> Result<()> {
+    let meta = match fs::symlink_metadata(out) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(out, e)),
+    };
+    if !meta.is_dir() {
+        return Err(Error::NotADirectory {
+            path: out.to_path_buf(),
+        });
+    }
+    if !out.join(PROVENANCE_FILE).is_file() {
+        let mut entries = fs::read_dir(out).map_err(|e| Error::io(out, e))?;
+        return match entries.next() {
+            None => Ok(()),
+            Some(_) => Err(Error::NotModelDir {
+                path: out.to_path_buf(),
+            }),
+        };
+    }
+    if replace == Replace::Nothing {
+        let found = match ModelDir::open(out) {
+            Ok(dir) => {
+                let hash = &dir.provenance.content_hash;
+                format!("model hash {}", hash.get(..16).unwrap_or(hash))
+            }
+            Err(e) => format!("a model directory that does not open: {e}"),
+        };
+        return Err(Error::ModelExists {
+            path: out.to_path_buf(),
+            found,
+        });
+    }
+    let foreign = foreign_files(out)?;
+    if !foreign.is_empty() {
+        let mut files = foreign
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if foreign.len() > 5 {
+            files += &format!(" and {} more", foreign.len() - 5);
+        }
+        return Err(Error::ForeignFiles {
+            path: out.to_path_buf(),
+            files,
+        });
+    }
+    Ok(())
+}
+
+/// The output, if it is a model directory of this content hash whose files are as written.
+fn up_to_date(out: &Path, content_hash: &str) -> Option<ModelDir> {
+    ModelDir::open(out)
+        .ok()
+        .filter(|dir| dir.provenance.content_hash == content_hash)
+}
+
+/// What claiming an output found.
+enum Claim {
+    /// The output already is the model to write.
+    Done(Box<ModelDir>),
+    /// The output is ours to write.
+    Write(OutputLock),
+}
+
+/// Takes the output's lock and checks what is there: the model itself (when
+/// `content_hash` is given), or something `replace` lets a writer replace.
+fn claim(out: &Path, content_hash: Option<&str>, replace: Replace) -> Result<Claim> {
+    let parent = parent_dir(out);
+    fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    let lock = OutputLock::acquire(out)?;
+    if let Some(existing) = content_hash.and_then(|h| up_to_date(out, h)) {
+        return Ok(Claim::Done(Box::new(existing)));
+    }
+    check_output(out, replace)?;
+    Ok(Claim::Write(lock))
+}
+
+/// Everything a model directory is written from.
+struct Parts<'a> {
+    config: &'a ModelConfig,
+    tokenizer_json: &'a str,
+    tokenizer_config: &'a TokenizerConfig,
+    weights: &'a dyn WeightSource,
+    dtype: Dtype,
+    name: String,
+    source: String,
+    source_hash: String,
+    extra: &'a [(&'a str, &'a [u8])],
+}
+
+/// Writes the directory in the claimed output's staging directory and swaps
+/// it in; on an error, removes what it wrote.
+fn write_claimed(lock: OutputLock, replace: Replace, parts: Parts<'_>) -> Result<ModelDir> {
+    if let Err(e) = stage(&lock, replace, parts) {
+        let _ = lock.discard_partial();
+        return Err(e);
+    }
+    let out = lock.out().to_path_buf();
+    lock.commit()?;
+    ModelDir::open(&out)
+}
+
+/// Writes the directory in the staging directory and records its files.
+/// `charter-model.json` is written last: a directory without it was never
+/// finished.
+fn stage(lock: &OutputLock, replace: Replace, parts: Parts<'_>) -> Result<()> {
+    let Parts {
         config,
         tokenizer_json,
         tokenizer_config,
@@ -384,45 +595,23 @@ pub fn write_dir(
         name,
         source,
         source_hash,
-        &[],
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-fn write_dir_with(
-    out: &Path,
-    config: &ModelConfig,
-    tokenizer_json: &str,
-    tokenizer_config: &TokenizerConfig,
-    weights: &dyn WeightSource,
-    dtype: Dtype,
-    name: String,
-    source: String,
-    source_hash: String,
-    extra: &[(&str, &[u8])],
-) -> Result<ModelDir> {
+        extra,
+    } = parts;
     config.validate()?;
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let stem = out
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{stem}."))
-        .suffix(".partial")
-        .tempdir_in(&parent)
-        .map_err(|e| Error::io(&parent, e))?;
-    let dir = tmp.path();
+    let dir = lock.staging()?;
     write_json(&dir.join("config.json"), config)?;
-    std::fs::write(dir.join("tokenizer.json"), tokenizer_json)
+    fs::write(dir.join("tokenizer.json"), tokenizer_json)
         .map_err(|e| Error::io(dir.join("tokenizer.json"), e))?;
     write_json(&dir.join("tokenizer_config.json"), tokenizer_config)?;
     write_hf_safetensors(&dir.join(WEIGHTS_FILE), config, weights)?;
-    export(config, weights, dir, dtype.weight_format())?;
+    export(config, weights, &dir, dtype.weight_format())?;
+    for (file, bytes) in extra {
+        let path = dir.join(file);
+        if let Some(sub) = path.parent() {
+            fs::create_dir_all(sub).map_err(|e| Error::io(sub, e))?;
+        }
+        fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+    }
     let content_hash = content_hash(&source_hash, dtype);
     let provenance = ModelProvenance {
         name,
@@ -432,28 +621,135 @@ fn write_dir_with(
         graph_version: GRAPH_VERSION,
         created_by: concat!("charter ", env!("CARGO_PKG_VERSION")).to_string(),
         content_hash,
+        files: record_files(&dir)?,
     };
     write_json(&dir.join(PROVENANCE_FILE), &provenance)?;
-    for (file, bytes) in extra {
-        let path = dir.join(file);
-        if let Some(sub) = path.parent() {
-            std::fs::create_dir_all(sub).map_err(|e| Error::io(sub, e))?;
+    // Once more, now that the new directory is ready: something may have
+    // appeared at the output while it was written.
+    check_output(lock.out(), replace)
+}
+
+/// Every file under `dir` (but the provenance file) with its size, time and
+/// hash, each synced to disk so the swap that follows publishes complete files.
+fn record_files(dir: &Path) -> Result<Vec<FileRecord>> {
+    let mut records = Vec::new();
+    for rel in files_under(dir)? {
+        if rel == PROVENANCE_FILE {
+            continue;
         }
-        std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+        let path = dir.join(&rel);
+        let file = fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        file.sync_all().map_err(|e| Error::io(&path, e))?;
+        let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
+        let mut hasher = blake3::Hasher::new();
+        hasher
+            .update_reader(&file)
+            .map_err(|e| Error::io(&path, e))?;
+        records.push(FileRecord {
+            path: rel,
+            size: meta.len(),
+            mtime_ns: mtime_ns(&meta),
+            blake3: hasher.finalize().to_hex().to_string(),
+        });
     }
-    if out.exists() {
-        // Replace an older import: move it aside first so the rename cannot fail half-way.
-        let old = parent.join(format!(".{stem}.old"));
-        let _ = std::fs::remove_dir_all(&old);
-        std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
-        std::fs::rename(dir, out).map_err(|e| Error::io(out, e))?;
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(dir, out).map_err(|e| Error::io(out, e))?;
+    Ok(records)
+}
+
+/// Checks a directory's files against their records (see the module docs).
+fn verify_files(dir: &Path, records: &[FileRecord]) -> Result<()> {
+    let modified = |file: &str, change: String| Error::Modified {
+        dir: dir.to_path_buf(),
+        file: file.to_string(),
+        change,
+    };
+    for r in records {
+        let inside = Path::new(&r.path)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)));
+        if r.path.is_empty() || !inside {
+            return Err(Error::Unsupported(format!(
+                "{}: `files` names `{}`, which is not a path inside the directory",
+                dir.join(PROVENANCE_FILE).display(),
+                r.path
+            )));
+        }
+        let path = dir.join(&r.path);
+        let meta = match fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(modified(&r.path, "it is gone".to_string()));
+            }
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        if meta.len() != r.size {
+            return Err(modified(
+                &r.path,
+                format!("{} bytes, written as {}", meta.len(), r.size),
+            ));
+        }
+        if mtime_ns(&meta) != r.mtime_ns && hash_file(&path)? != r.blake3 {
+            return Err(modified(
+                &r.path,
+                "its contents differ from those written".to_string(),
+            ));
+        }
     }
-    // The directory now lives at `out`; nothing is left for the TempDir to remove.
-    let _ = tmp.keep();
-    ModelDir::open(out)
+    Ok(())
+}
+
+/// Files charter did not write in a model directory, by path inside it; none
+/// for a directory written before charter recorded its files.
+fn foreign_files(dir: &Path) -> Result<Vec<String>> {
+    let provenance: ModelProvenance = read_json(&dir.join(PROVENANCE_FILE))?;
+    if provenance.files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ours: std::collections::BTreeSet<&str> = provenance
+        .files
+        .iter()
+        .map(|r| r.path.as_str())
+        .chain([PROVENANCE_FILE])
+        .collect();
+    Ok(files_under(dir)?
+        .into_iter()
+        .filter(|f| !ours.contains(f.as_str()))
+        .collect())
+}
+
+/// Every file (and link) under `dir`, as sorted `/`-separated paths inside it.
+fn files_under(dir: &Path) -> Result<Vec<String>> {
+    fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
+        for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rel = format!("{prefix}{name}");
+            let kind = entry.file_type().map_err(|e| Error::io(entry.path(), e))?;
+            if kind.is_dir() {
+                walk(&entry.path(), &format!("{rel}/"), out)?;
+            } else {
+                out.push(rel);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(dir, "", &mut files)?;
+    files.sort();
+    Ok(files)
+}
+
+fn mtime_ns(meta: &fs::Metadata) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// A model's content hash: blake3 over its source's hash, dtype and graph version.
@@ -470,20 +766,20 @@ fn content_hash(source_hash: &str, dtype: Dtype) -> String {
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::Unsupported(format!("{}: {e}", path.display())))
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text =
         serde_json::to_string_pretty(value).map_err(|e| Error::Export(e.to_string()))? + "\n";
-    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+    fs::write(path, text).map_err(|e| Error::io(path, e))
 }
 
 /// blake3 of a file's bytes, lowercase hex.
 pub fn hash_file(path: &Path) -> Result<String> {
     let mut hasher = blake3::Hasher::new();
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
     hasher.update_reader(file).map_err(|e| Error::io(path, e))?;
     Ok(hasher.finalize().to_hex().to_string())
 }

@@ -164,8 +164,19 @@ pub fn tiny_tokenizer_json() -> String {
     serde_json::to_string_pretty(&json).unwrap_or_default()
 }
 
-/// Writes the tiny random-weight model directory at `out`.
+/// Writes the tiny random-weight model directory at `out`, which may hold
+/// nothing but the same model (see [`write_tiny_with`]).
 pub fn write_tiny(out: &std::path::Path, seed: u64) -> Result<crate::model_dir::ModelDir> {
+    write_tiny_with(out, seed, crate::model_dir::Replace::Nothing)
+}
+
+/// Writes the tiny random-weight model directory at `out`; the same model
+/// already there is kept, another replaced only as `replace` allows.
+pub fn write_tiny_with(
+    out: &std::path::Path,
+    seed: u64,
+    replace: crate::model_dir::Replace,
+) -> Result<crate::model_dir::ModelDir> {
     let mut config = tiny_config(256 + TINY_SPECIAL_TOKENS.len());
     config.eos_token_id = Some(258);
     let tokenizer_config = crate::model_dir::TokenizerConfig {
@@ -188,5 +199,6 @@ pub fn write_tiny(out: &std::path::Path, seed: u64) -> Result<crate::model_dir::
         blake3::hash(format!("charter-tiny\0{seed}").as_bytes())
             .to_hex()
             .to_string(),
+        replace,
     )
 }

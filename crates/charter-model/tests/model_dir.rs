@@ -8,8 +8,8 @@ use std::path::Path;
 
 use charter_model::onnx::WeightSource;
 use charter_model::{
-    Dtype, ModelDir, SafetensorsFile, SafetensorsWriter, TINY_CHAT_TEMPLATE, Tensors, TinyWeights,
-    import_hf, write_tiny,
+    Dtype, ModelDir, Replace, SafetensorsFile, SafetensorsWriter, TINY_CHAT_TEMPLATE, Tensors,
+    TinyWeights, import_hf, write_tiny,
 };
 
 /// GGUF's interleaved Q/K rows back to HF's rotate-half order, written out
@@ -157,7 +157,7 @@ fn a_sharded_hf_checkpoint_imports_and_round_trips_its_weights() {
     let root = tempfile::tempdir().unwrap();
     let (source, tensors) = tiny_checkpoint(root.path());
     let out = root.path().join("imported");
-    let dir = import_hf(&source, &out, Dtype::F32).unwrap();
+    let dir = import_hf(&source, &out, Dtype::F32, Replace::Nothing).unwrap();
     let tiny = ModelDir::open(&root.path().join("tiny")).unwrap();
     assert_eq!(dir.config, tiny.config);
     assert_eq!(dir.provenance.name, "tiny-hf");
@@ -177,7 +177,7 @@ fn a_sharded_hf_checkpoint_imports_and_round_trips_its_weights() {
         .unwrap()
         .modified()
         .unwrap();
-    let again = import_hf(&source, &out, Dtype::F32).unwrap();
+    let again = import_hf(&source, &out, Dtype::F32, Replace::Nothing).unwrap();
     assert_eq!(again.provenance, dir.provenance);
     let stamp2 = std::fs::metadata(out.join("model.onnx"))
         .unwrap()
@@ -185,7 +185,13 @@ fn a_sharded_hf_checkpoint_imports_and_round_trips_its_weights() {
         .unwrap();
     assert_eq!(stamp, stamp2);
     // Another dtype is another model.
-    let int8 = import_hf(&source, &root.path().join("int8"), Dtype::Int8).unwrap();
+    let int8 = import_hf(
+        &source,
+        &root.path().join("int8"),
+        Dtype::Int8,
+        Replace::Nothing,
+    )
+    .unwrap();
     assert_eq!(int8.provenance.source_hash, dir.provenance.source_hash);
     assert_ne!(int8.provenance.content_hash, dir.provenance.content_hash);
 }
@@ -212,7 +218,11 @@ fn bad_checkpoints_are_clear_errors() {
     let root = tempfile::tempdir().unwrap();
     let (source, tensors) = tiny_checkpoint(root.path());
     let out = root.path().join("out");
-    let err = |source: &Path| import_hf(source, &out, Dtype::F32).unwrap_err().to_string();
+    let err = |source: &Path| {
+        import_hf(source, &out, Dtype::F32, Replace::Nothing)
+            .unwrap_err()
+            .to_string()
+    };
 
     let q0 = "model.layers.0.self_attn.q_proj.weight";
     edit_shard(&source, |t| {
@@ -258,7 +268,7 @@ fn bad_checkpoints_are_clear_errors() {
     edit_shard(&source, |t| {
         t.remove("model.layers.1.self_attn.o_proj.bias");
     });
-    import_hf(&source, &out, Dtype::F32).unwrap();
+    import_hf(&source, &out, Dtype::F32, Replace::Nothing).unwrap();
 
     std::fs::write(
         source.join("tokenizer_config.json"),

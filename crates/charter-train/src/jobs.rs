@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::tensor::Device;
-use charter_model::{Dtype, ModelDir, SafetensorsFile, SafetensorsWriter, Tensors, write_trained};
+use charter_model::{
+    Dtype, ModelDir, Replace, SafetensorsFile, SafetensorsWriter, Tensors, check_output,
+    write_trained,
+};
 use charter_table::InputRef;
 use serde::Serialize;
 
@@ -266,6 +269,9 @@ struct Prepared {
 
 fn prepare(job: &Job<'_>) -> Result<Prepared> {
     job.settings.validate()?;
+    // Before any training: the result may replace an earlier run's model
+    // directory, never a file or a directory charter did not write.
+    check_output(job.out, Replace::ModelDir)?;
     let base = ModelDir::open(job.model)?;
     let selected = crate::device::select(job.device, true)?;
     let formatter = Formatter::new(&base, job.settings.max_len)?;

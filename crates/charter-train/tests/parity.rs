@@ -88,7 +88,13 @@ fn default_model_logits_match_onnx_runtime() {
     let gguf = Path::new(&home).join(".cache/charter/models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("smol");
-    charter_model::import_gguf(&gguf, &dir, charter_model::Dtype::F32).unwrap();
+    charter_model::import_gguf(
+        &gguf,
+        &dir,
+        charter_model::Dtype::F32,
+        charter_model::Replace::Nothing,
+    )
+    .unwrap();
     let delta = max_delta(&dir, &PROMPTS);
     println!("default model: max |Δlogit| {delta}");
     assert!(delta < 1e-2, "max |Δlogit| {delta}");

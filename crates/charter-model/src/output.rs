@@ -1,0 +1,327 @@
+//! Writing a directory output: one writer at a time, the work kept in a
+//! `.partial` sibling, the result swapped in by renames.
+//!
+//! Beside an output directory `<out>` a writer uses two names, the same
+//! convention as a table's `<out>.partial/`:
+//!
+//! - `<out>.lock`: a lock file the writer holds (an exclusive `flock`) from
+//!   claiming the output until the new directory is in place. It contains
+//!   the line `charter lock`, and is removed by its holder before the lock is
+//!   released.
+//! - `<out>.partial/`: the writer's work. The new directory is built in
+//!   `<out>.partial/new/`. A `.partial` whose lock nobody holds is what a
+//!   killed writer left: the next writer of the same output (or `charter gc`)
+//!   removes it.
+//!
+//! [`OutputLock::commit`] swaps the new directory in. Where the file system
+//! can (Linux's `renameat2` with `RENAME_EXCHANGE`), `<out>.partial/new` and
+//! `<out>` trade places in one step, so `<out>` is the old directory or the
+//! new one at every instant; then `<out>.partial`, now holding the old one,
+//! is removed. Elsewhere it takes two renames: `<out>` to
+//! `<out>.partial/old`, then `<out>.partial/new` to `<out>`. A kill between
+//! them leaves no `<out>` but the old directory intact in
+//! `<out>.partial/old`, and whoever next takes the lock
+//! ([`OutputLock::acquire`]) renames it back before discarding the rest. A
+//! kill at any point thus leaves the old directory or the new one, never a
+//! mix.
+//!
+//! Taking a lock file that another process may remove needs care: after
+//! locking, the holder checks that the path still names the file it locked;
+//! if the previous holder removed it in between, it opens the path again.
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// What a lock file of charter's starts with.
+pub const LOCK_MARKER: &str = "charter lock";
+
+/// The lock file of an output: `<out>.lock`.
+pub fn lock_path(out: &Path) -> PathBuf {
+    with_suffix(out, ".lock")
+}
+
+/// The work directory of an output: `<out>.partial`.
+pub fn partial_path(out: &Path) -> PathBuf {
+    with_suffix(out, ".partial")
+}
+
+fn with_suffix(out: &Path, suffix: &str) -> PathBuf {
+    let mut name = out
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(suffix);
+    out.with_file_name(name)
+}
+
+/// Whether a live process holds the lock file at `path` (a missing file is not held).
+pub fn lock_is_held(path: &Path) -> Result<bool> {
+    let file = match OpenOptions::new().read(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(false),
+        Err(TryLockError::WouldBlock) => Ok(true),
+        Err(TryLockError::Error(e)) => Err(Error::io(path, e)),
+    }
+}
+
+/// The exclusive right to write the output `<out>`: `<out>.lock`, held.
+///
+/// Dropping it removes the lock file and releases the lock.
+#[derive(Debug)]
+pub struct OutputLock {
+    out: PathBuf,
+    path: PathBuf,
+    // Held open: closing it releases the lock.
+    _file: File,
+}
+
+impl OutputLock {
+    /// Takes the lock of `out` to write it, or fails with [`Error::Busy`]
+    /// if another process holds it; then clears what a killed writer left
+    /// ([`OutputLock::discard_partial`]).
+    pub fn acquire(out: &Path) -> Result<Self> {
+        let lock = Self::lock(out)?;
+        lock.discard_partial()?;
+        Ok(lock)
+    }
+
+    /// Takes the lock of `out` and nothing more, or fails with
+    /// [`Error::Busy`] if another process holds it.
+    pub fn lock(out: &Path) -> Result<Self> {
+        let path = lock_path(out);
+        let file = loop {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| Error::io(&path, e))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => {
+                    return Err(Error::Busy {
+                        path: out.to_path_buf(),
+                        lock: path,
+                    });
+                }
+                Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+            }
+            if still_at(&file, &path) {
+                break file;
+            }
+        };
+        // Say whose file it is, for people and for `charter gc`.
+        let mut marked = &file;
+        marked
+            .set_len(0)
+            .and_then(|()| writeln!(marked, "{LOCK_MARKER}: pid {}", std::process::id()))
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(OutputLock {
+            out: out.to_path_buf(),
+            path,
+            _file: file,
+        })
+    }
+
+    /// The output this lock is for.
+    pub fn out(&self) -> &Path {
+        &self.out
+    }
+
+    /// A fresh, empty `<out>.partial/new/` to build the new directory in.
+    pub fn staging(&self) -> Result<PathBuf> {
+        self.discard_partial()?;
+        let new = partial_path(&self.out).join("new");
+        fs::create_dir_all(&new).map_err(|e| Error::io(&new, e))?;
+        Ok(new)
+    }
+
+    /// Moves the directory built in [`OutputLock::staging`] to the output,
+    /// replacing what is there (see the module docs for the order), and
+    /// removes `<out>.partial`. The caller has checked that whatever is at
+    /// the output may be replaced.
+    pub fn commit(self) -> Result<()> {
+        let partial = partial_path(&self.out);
+        let new = partial.join("new");
+        let out = &self.out;
+        match fs::symlink_metadata(out) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::rename(&new, out).map_err(|e| Error::io(out, e))?;
+            }
+            Err(e) => return Err(Error::io(out, e)),
+            Ok(_) => {
+                if !exchange(&new, out)? {
+                    let old = partial.join("old");
+                    fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
+                    fs::rename(&new, out).map_err(|e| Error::io(out, e))?;
+                }
+            }
+        }
+        sync_parent(out);
+        fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+        Ok(())
+    }
+
+    /// Removes `<out>.partial`, a killed writer's work, after putting an
+    /// interrupted swap's old directory back at the output. Returns whether
+    /// it did that.
+    pub fn discard_partial(&self) -> Result<bool> {
+        let partial = partial_path(&self.out);
+        let meta = match fs::symlink_metadata(&partial) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io(&partial, e)),
+        };
+        if !meta.is_dir() {
+            fs::remove_file(&partial).map_err(|e| Error::io(&partial, e))?;
+            return Ok(false);
+        }
+        let old = partial.join("old");
+        let restore = old.is_dir() && fs::symlink_metadata(&self.out).is_err();
+        if restore {
+            fs::rename(&old, &self.out).map_err(|e| Error::io(&self.out, e))?;
+        }
+        fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+        Ok(restore)
+    }
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        // Removed while still held, so no one can lock this file and then
+        // find it gone; a process that opened it earlier sees it removed and
+        // opens the path again.
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Whether `path` still names the open `file` (not removed or replaced).
+#[cfg(unix)]
+fn still_at(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn still_at(_file: &File, path: &Path) -> bool {
+    // Elsewhere an open file cannot be removed.
+    path.exists()
+}
+
+/// Swaps two directories in one step where the file system can; `false` where it cannot.
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> Result<bool> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    use rustix::io::Errno;
+    match renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE) {
+        Ok(()) => Ok(true),
+        // Kernels and file systems without RENAME_EXCHANGE (NFS, older FUSE).
+        Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => Ok(false),
+        Err(e) => Err(Error::io(b, e.into())),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_a: &Path, _b: &Path) -> Result<bool> {
+    Ok(false)
+}
+
+/// Makes a rename in `path`'s directory durable; best effort.
+fn sync_parent(path: &Path) {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if let Ok(dir) = File::open(parent) {
+        let _ = dir.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn write(path: &Path, text: &str) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn a_held_lock_refuses_a_second_writer_and_is_gone_after() {
+        let root = tempfile::tempdir().unwrap();
+        let out = root.path().join("m");
+        let lock = OutputLock::acquire(&out).unwrap();
+        let text = fs::read_to_string(lock_path(&out)).unwrap();
+        assert!(text.starts_with(LOCK_MARKER), "{text}");
+        assert!(lock_is_held(&lock_path(&out)).unwrap());
+        let err = OutputLock::acquire(&out).unwrap_err();
+        assert!(matches!(err, Error::Busy { .. }), "{err}");
+        assert!(err.to_string().contains("m.lock"), "{err}");
+        drop(lock);
+        assert!(!lock_path(&out).exists());
+        assert!(!lock_is_held(&lock_path(&out)).unwrap());
+        OutputLock::acquire(&out).unwrap();
+    }
+
+    #[test]
+    fn a_stale_partial_is_removed_and_a_commit_replaces_the_output() {
+        let root = tempfile::tempdir().unwrap();
+        let out = root.path().join("m");
+        write(&out.join("a"), "old");
+        write(&partial_path(&out).join("new/junk"), "left by a killed run");
+        let lock = OutputLock::acquire(&out).unwrap();
+        assert!(!partial_path(&out).exists());
+        let staging = lock.staging().unwrap();
+        write(&staging.join("b"), "new");
+        lock.commit().unwrap();
+        assert!(!out.join("a").exists());
+        assert_eq!(fs::read_to_string(out.join("b")).unwrap(), "new");
+        assert!(!partial_path(&out).exists());
+        assert!(!lock_path(&out).exists());
+    }
+
+    #[test]
+    fn an_interrupted_two_rename_swap_puts_the_old_directory_back() {
+        let root = tempfile::tempdir().unwrap();
+        let out = root.path().join("m");
+        // Killed between the two renames: no output, the old one aside.
+        write(&partial_path(&out).join("old/a"), "old");
+        write(&partial_path(&out).join("new/b"), "new");
+        drop(OutputLock::acquire(&out).unwrap());
+        assert_eq!(fs::read_to_string(out.join("a")).unwrap(), "old");
+        assert!(!out.join("b").exists());
+        assert!(!partial_path(&out).exists());
+    }
+
+    #[test]
+    fn a_lock_file_removed_between_open_and_lock_is_opened_again() {
+        let root = tempfile::tempdir().unwrap();
+        let out = root.path().join("m");
+        let path = lock_path(&out);
+        // An earlier holder's file, opened but already removed: locking it means nothing.
+        let stale = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap();
+        fs::remove_file(&path).unwrap();
+        stale.try_lock().unwrap();
+        assert!(!still_at(&stale, &path));
+        let _lock = OutputLock::acquire(&out).unwrap();
+        assert!(still_at(&File::open(&path).unwrap(), &path));
+    }
+}
