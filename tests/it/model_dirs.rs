@@ -158,8 +158,9 @@ fn a_killed_runs_partial_is_cleared_and_a_live_ones_is_not() {
     let err = fails(&["model", "tiny", "-o", s(&busy)], None);
     assert!(
         err.contains(&format!(
-            "{}: another process is writing it",
-            busy.display()
+            "{}: being written by process {} on",
+            busy.display(),
+            std::process::id()
         )),
         "{err}"
     );

@@ -134,10 +134,12 @@ pub enum Error {
     },
 
     /// Another process holds the output's lock: it is writing the output now.
-    #[error("{path}: another process is writing it (it holds {lock})")]
+    #[error("{path}: being written by {owner} (it holds {lock})")]
     Busy {
         /// The output.
         path: PathBuf,
+        /// Who holds the lock.
+        owner: String,
         /// The lock file.
         lock: PathBuf,
     },

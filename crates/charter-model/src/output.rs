@@ -4,10 +4,11 @@
 //! Beside an output directory `<out>` a writer uses two names, the same
 //! convention as a table's `<out>.partial/`:
 //!
-//! - `<out>.lock`: a lock file the writer holds (an exclusive `flock`) from
-//!   claiming the output until the new directory is in place. It contains
-//!   the line `charter lock`, and is removed by its holder before the lock is
-//!   released.
+//! - `<out>.lock`: a lock file the writer holds from claiming the output
+//!   until the new directory is in place: the same lock files as tables
+//!   ([`charter_table::lock_file`]: an exclusive `flock` and a
+//!   `charter lock` line naming the owner), removed by its holder before the
+//!   lock is released.
 //! - `<out>.partial/`: the writer's work. The new directory is built in
 //!   `<out>.partial/new/`. A `.partial` whose lock nobody holds is what a
 //!   killed writer left: the next writer of the same output (or `charter gc`)
@@ -24,24 +25,13 @@
 //! ([`OutputLock::acquire`]) renames it back before discarding the rest. A
 //! kill at any point thus leaves the old directory or the new one, never a
 //! mix.
-//!
-//! Taking a lock file that another process may remove needs care: after
-//! locking, the holder checks that the path still names the file it locked;
-//! if the previous holder removed it in between, it opens the path again.
 
-use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::Write;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
+pub use charter_table::{LOCK_MARKER, lock_is_held, lock_path};
+
 use crate::error::{Error, Result};
-
-/// What a lock file of charter's starts with.
-pub const LOCK_MARKER: &str = "charter lock";
-
-/// The lock file of an output: `<out>.lock`.
-pub fn lock_path(out: &Path) -> PathBuf {
-    with_suffix(out, ".lock")
-}
 
 /// The work directory of an output: `<out>.partial`.
 pub fn partial_path(out: &Path) -> PathBuf {
@@ -57,29 +47,14 @@ fn with_suffix(out: &Path, suffix: &str) -> PathBuf {
     out.with_file_name(name)
 }
 
-/// Whether a live process holds the lock file at `path` (a missing file is not held).
-pub fn lock_is_held(path: &Path) -> Result<bool> {
-    let file = match OpenOptions::new().read(true).open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(Error::io(path, e)),
-    };
-    match file.try_lock() {
-        Ok(()) => Ok(false),
-        Err(TryLockError::WouldBlock) => Ok(true),
-        Err(TryLockError::Error(e)) => Err(Error::io(path, e)),
-    }
-}
-
 /// The exclusive right to write the output `<out>`: `<out>.lock`, held.
 ///
 /// Dropping it removes the lock file and releases the lock.
 #[derive(Debug)]
 pub struct OutputLock {
     out: PathBuf,
-    path: PathBuf,
-    // Held open: closing it releases the lock.
-    _file: File,
+    // Dropping it removes the lock file and releases the lock.
+    _lock: charter_table::LockFile,
 }
 
 impl OutputLock {
@@ -95,39 +70,22 @@ impl OutputLock {
     /// Takes the lock of `out` and nothing more, or fails with
     /// [`Error::Busy`] if another process holds it.
     pub fn lock(out: &Path) -> Result<Self> {
-        let path = lock_path(out);
-        let file = loop {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(|e| Error::io(&path, e))?;
-            match file.try_lock() {
-                Ok(()) => {}
-                Err(TryLockError::WouldBlock) => {
-                    return Err(Error::Busy {
-                        path: out.to_path_buf(),
-                        lock: path,
-                    });
-                }
-                Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
-            }
-            if still_at(&file, &path) {
-                break file;
-            }
-        };
-        // Say whose file it is, for people and for `charter gc`.
-        let mut marked = &file;
-        marked
-            .set_len(0)
-            .and_then(|()| writeln!(marked, "{LOCK_MARKER}: pid {}", std::process::id()))
-            .map_err(|e| Error::io(&path, e))?;
+        let lock = charter_table::lock_file(&lock_path(out), out).map_err(|e| match e {
+            charter_table::Error::Locked {
+                output,
+                lock,
+                owner,
+            } => Error::Busy {
+                path: output,
+                owner,
+                lock,
+            },
+            charter_table::Error::Io { path, source } => Error::io(path, source),
+            other => Error::io(lock_path(out), std::io::Error::other(other.to_string())),
+        })?;
         Ok(OutputLock {
             out: out.to_path_buf(),
-            path,
-            _file: file,
+            _lock: lock,
         })
     }
 
@@ -192,31 +150,6 @@ impl OutputLock {
         fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
         Ok(restore)
     }
-}
-
-impl Drop for OutputLock {
-    fn drop(&mut self) {
-        // Removed while still held, so no one can lock this file and then
-        // find it gone; a process that opened it earlier sees it removed and
-        // opens the path again.
-        let _ = fs::remove_file(&self.path);
-    }
-}
-
-/// Whether `path` still names the open `file` (not removed or replaced).
-#[cfg(unix)]
-fn still_at(file: &File, path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (file.metadata(), fs::metadata(path)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
-}
-
-#[cfg(not(unix))]
-fn still_at(_file: &File, path: &Path) -> bool {
-    // Elsewhere an open file cannot be removed.
-    path.exists()
 }
 
 /// Swaps two directories in one step where the file system can; `false` where it cannot.
@@ -304,24 +237,5 @@ mod tests {
         assert_eq!(fs::read_to_string(out.join("a")).unwrap(), "old");
         assert!(!out.join("b").exists());
         assert!(!partial_path(&out).exists());
-    }
-
-    #[test]
-    fn a_lock_file_removed_between_open_and_lock_is_opened_again() {
-        let root = tempfile::tempdir().unwrap();
-        let out = root.path().join("m");
-        let path = lock_path(&out);
-        // An earlier holder's file, opened but already removed: locking it means nothing.
-        let stale = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .unwrap();
-        fs::remove_file(&path).unwrap();
-        stale.try_lock().unwrap();
-        assert!(!still_at(&stale, &path));
-        let _lock = OutputLock::acquire(&out).unwrap();
-        assert!(still_at(&File::open(&path).unwrap(), &path));
     }
 }

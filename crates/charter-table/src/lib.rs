@@ -63,7 +63,9 @@ mod write;
 
 pub use error::{Error, Result};
 pub use hash::{ContentHasher, row_id};
-pub use lock::{OutputLock, claim_output, lock_path};
+pub use lock::{
+    LOCK_MARKER, LockFile, OutputLock, claim_output, lock_file, lock_is_held, lock_path,
+};
 pub use provenance::{
     InputRef, KEY_BUILD_KEY, KEY_CONSTITUTION_HASH, KEY_CONTENT_HASH, KEY_CREATED_BY, KEY_INPUTS,
     KEY_MODEL_HASH, KEY_ROWS, KEY_SCHEMA_VERSION, KEY_SETTINGS, KEY_STAGE, KEY_STAGE_VERSION,

@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 /// A claim on an output path; released (and its lock file removed) on drop.
 #[derive(Clone)]
 pub struct OutputLock {
-    inner: Arc<Held>,
+    inner: Arc<LockFile>,
 }
 
 impl std::fmt::Debug for OutputLock {
@@ -43,14 +43,30 @@ impl std::fmt::Debug for OutputLock {
     }
 }
 
-/// The process's one open lock file for an output.
-struct Held {
+/// A lock file held with an exclusive `flock` (see [`lock_file`]); removed
+/// and released on drop.
+pub struct LockFile {
     path: PathBuf,
     // Holding the open file holds the flock.
     _file: File,
 }
 
-impl Drop for Held {
+impl std::fmt::Debug for LockFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockFile")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl LockFile {
+    /// The lock file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for LockFile {
     fn drop(&mut self) {
         // Unlink while still locked: a waiter that opened the old file finds
         // it unlinked after taking the lock and starts over (see `claim`).
@@ -110,10 +126,14 @@ impl Owner {
     }
 }
 
-fn held() -> &'static Mutex<BTreeMap<PathBuf, Weak<Held>>> {
-    static HELD: Mutex<BTreeMap<PathBuf, Weak<Held>>> = Mutex::new(BTreeMap::new());
+fn held() -> &'static Mutex<BTreeMap<PathBuf, Weak<LockFile>>> {
+    static HELD: Mutex<BTreeMap<PathBuf, Weak<LockFile>>> = Mutex::new(BTreeMap::new());
     &HELD
 }
+
+/// What every lock file of charter's starts with, so tools (`charter gc`)
+/// can tell its lock files from other `*.lock` files.
+pub const LOCK_MARKER: &str = "charter lock";
 
 /// The lock file that claims `out`.
 pub fn lock_path(out: &Path) -> PathBuf {
@@ -155,6 +175,22 @@ pub fn claim_output(out: &Path, inputs: &[&Path]) -> Result<OutputLock> {
     if let Some(inner) = registry.get(&path).and_then(Weak::upgrade) {
         return Ok(OutputLock { inner });
     }
+    let inner = Arc::new(lock_file(&path, out)?);
+    registry.insert(path, Arc::downgrade(&inner));
+    remove_stale_temporaries(out)?;
+    Ok(OutputLock { inner })
+}
+
+/// Takes the lock file `lock` that guards `out`: an exclusive `flock` and
+/// an owner line (`charter lock {"host":…,"pid":…}`) naming this process.
+/// Not re-entrant: a second call for the same file, from this process or
+/// another, fails with [`Error::Locked`] while the first is held.
+///
+/// A lock file whose owner line names a process of this host that has
+/// died is taken over; one naming a live process or another host is
+/// refused even when its `flock` is free (filesystems whose locks are
+/// local to one client).
+pub fn lock_file(lock: &Path, out: &Path) -> Result<LockFile> {
     // A few rounds cover a holder that releases (unlinks) between our open
     // and our lock; each round either succeeds, refuses or starts over.
     for _ in 0..8 {
@@ -163,43 +199,57 @@ pub fn claim_output(out: &Path, inputs: &[&Path]) -> Result<OutputLock> {
             .write(true)
             .create(true)
             .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+            .open(lock)
+            .map_err(|e| Error::io(lock, e))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
-                return Err(locked(out, &path, read_owner(&mut file)));
+                return Err(locked(out, lock, read_owner(&mut file)));
             }
-            Err(fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io(lock, e)),
         }
-        if !same_inode(&file, &path) {
+        if !same_inode(&file, lock) {
             continue;
         }
         if let Some(owner) = read_owner(&mut file) {
             let stale = owner.host == host_name() && !owner.alive_here();
             let mine = owner.host == host_name() && owner.pid == std::process::id();
             if !stale && !mine {
-                return Err(locked(out, &path, Some(owner)));
+                return Err(locked(out, lock, Some(owner)));
             }
         }
-        let line = serde_json::to_string(&Owner::me()).unwrap_or_default() + "\n";
-        file.set_len(0).map_err(|e| Error::io(&path, e))?;
-        file.rewind().map_err(|e| Error::io(&path, e))?;
+        let line = format!(
+            "{LOCK_MARKER} {}\n",
+            serde_json::to_string(&Owner::me()).unwrap_or_default()
+        );
+        file.set_len(0).map_err(|e| Error::io(lock, e))?;
+        file.rewind().map_err(|e| Error::io(lock, e))?;
         file.write_all(line.as_bytes())
-            .map_err(|e| Error::io(&path, e))?;
-        file.sync_data().map_err(|e| Error::io(&path, e))?;
-        let inner = Arc::new(Held {
-            path: path.clone(),
+            .map_err(|e| Error::io(lock, e))?;
+        file.sync_data().map_err(|e| Error::io(lock, e))?;
+        return Ok(LockFile {
+            path: lock.to_path_buf(),
             _file: file,
         });
-        registry.insert(path, Arc::downgrade(&inner));
-        remove_stale_temporaries(out)?;
-        return Ok(OutputLock { inner });
     }
     Err(Error::io(
-        &path,
+        lock,
         std::io::Error::other("the lock file kept changing while it was being claimed"),
     ))
+}
+
+/// Whether a live process holds the lock file at `path` (a missing file is not held).
+pub fn lock_is_held(path: &Path) -> Result<bool> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(false),
+        Err(fs::TryLockError::WouldBlock) => Ok(true),
+        Err(fs::TryLockError::Error(e)) => Err(Error::io(path, e)),
+    }
 }
 
 /// Removes the temporary files a killed writer of `out` left beside it
@@ -241,7 +291,8 @@ fn read_owner(file: &mut File) -> Option<Owner> {
     let mut text = String::new();
     file.rewind().ok()?;
     file.read_to_string(&mut text).ok()?;
-    serde_json::from_str(text.trim()).ok()
+    let json = text.trim().strip_prefix(LOCK_MARKER)?;
+    serde_json::from_str(json.trim()).ok()
 }
 
 /// The lock path with its directory made absolute, so one output named two
@@ -340,9 +391,9 @@ mod tests {
         let lock = lock_path(&out);
         // A holder on another host, or this host's live init process, is refused by name.
         for owner in [
-            r#"{"host":"elsewhere","pid":1,"since":0}"#.to_string(),
+            format!(r#"{LOCK_MARKER} {{"host":"elsewhere","pid":1,"since":0}}"#),
             format!(
-                r#"{{"host":"{}","pid":1,"since":0,"process_start":{}}}"#,
+                r#"{LOCK_MARKER} {{"host":"{}","pid":1,"since":0,"process_start":{}}}"#,
                 host_name(),
                 process_start(1).unwrap_or(0)
             ),
@@ -355,7 +406,10 @@ mod tests {
         // A pid that does not exist here: stale, taken over.
         fs::write(
             &lock,
-            format!(r#"{{"host":"{}","pid":4194999,"since":0}}"#, host_name()),
+            format!(
+                r#"{LOCK_MARKER} {{"host":"{}","pid":4194999,"since":0}}"#,
+                host_name()
+            ),
         )
         .unwrap();
         let claim = claim_output(&out, &[]).unwrap();
@@ -381,6 +435,32 @@ mod tests {
         assert!(!stale.exists());
         assert!(other.exists() && journal.is_dir());
         drop(claim);
+    }
+
+    #[test]
+    fn a_lock_file_is_not_reentrant_and_one_removed_under_a_claimant_is_opened_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("m");
+        let path = lock_path(&out);
+        // An earlier holder's file, opened and locked but already removed:
+        // holding it means nothing, so a claimant must lock the file at the path.
+        let gone = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap();
+        gone.try_lock().unwrap();
+        fs::remove_file(&path).unwrap();
+        let held = lock_file(&path, &out).unwrap();
+        assert!(same_inode(&File::open(&path).unwrap(), &path));
+        assert!(lock_is_held(&path).unwrap());
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(LOCK_MARKER), "{text}");
+        let err = lock_file(&path, &out).unwrap_err();
+        assert!(matches!(err, Error::Locked { .. }), "{err}");
+        drop(held);
+        assert!(!path.exists() && !lock_is_held(&path).unwrap());
     }
 
     #[test]
