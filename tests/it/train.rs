@@ -315,6 +315,17 @@ fn ctrl_c_leaves_a_checkpoint_and_no_model() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(3));
+    // The run holds its output from start to end: a second one is refused.
+    let err = fails(
+        &[
+            "train", "sft", "-m", &model, "-i", &revisions, "-o", &out, "--epochs", "1",
+        ],
+        None,
+    );
+    assert!(
+        err.contains(&format!("being written by process {}", child.id())),
+        "{err}"
+    );
     let sent = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

@@ -375,17 +375,32 @@ pub fn hash_hf_dir(dir: &Path) -> Result<String> {
     Ok(hasher.finalize().to_hex().to_string())
 }
 
-/// Writes a model directory for weights trained from `base`: `base`'s
-/// config and tokenizer files, `tensors` (HuggingFace names and layout, as
+/// Claims `out` for a training run from its start to its end: the lock
+/// that [`write_trained`] takes, refused while another process holds it and
+/// when `out` holds anything but a model directory (an earlier run's, which
+/// the result replaces; see [`check_output`]).
+pub fn claim_trained_output(out: &Path) -> Result<OutputLock> {
+    match claim(out, None, Replace::ModelDir)? {
+        Claim::Write(lock) => Ok(lock),
+        // Only a content hash to match gives `Done`, and none was given.
+        Claim::Done(_) => Err(Error::Unsupported(format!(
+            "{}: claimed as up to date without a content hash",
+            out.display()
+        ))),
+    }
+}
+
+/// Writes a model directory for weights trained from `base` into the output
+/// `lock` claims ([`claim_trained_output`]): `base`'s config and tokenizer
+/// files, `tensors` (HuggingFace names and layout, as
 /// [`ModelDir::load_weights`] gives them) as weights and graph, and the
 /// `extra` files (relative path, bytes) beside them, all in one atomic
-/// swap. A model directory already at `out` (an earlier run's) is replaced;
-/// anything else there is an error (see [`check_output`]).
+/// swap.
 ///
 /// The source hash is blake3 over the tensors (names, shapes, f32 values),
 /// so equal weights give an equal model hash whatever trained them.
 pub fn write_trained(
-    out: &Path,
+    lock: OutputLock,
     base: &ModelDir,
     tensors: &Tensors,
     dtype: Dtype,
@@ -410,10 +425,7 @@ pub fn write_trained(
     let source_hash = hasher.finalize().to_hex().to_string();
     // No content hash to match: the record of the run is among the extra
     // files, so even equal weights are written again.
-    let lock = match claim(out, None, Replace::ModelDir)? {
-        Claim::Done(existing) => return Ok(*existing),
-        Claim::Write(lock) => lock,
-    };
+    check_output(lock.out(), Replace::ModelDir)?;
     write_claimed(
         lock,
         Replace::ModelDir,

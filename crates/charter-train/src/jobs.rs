@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::tensor::Device;
 use charter_model::{
-    Dtype, ModelDir, Replace, SafetensorsFile, SafetensorsWriter, Tensors, check_output,
+    Dtype, ModelDir, OutputLock, SafetensorsFile, SafetensorsWriter, Tensors, claim_trained_output,
     write_trained,
 };
 use charter_table::InputRef;
@@ -265,13 +265,17 @@ struct Prepared {
     /// The device in words, for the report.
     device_name: String,
     formatter: Formatter,
+    /// The output, claimed for the whole run; taken when the result is written.
+    claim: std::cell::Cell<Option<OutputLock>>,
 }
 
 fn prepare(job: &Job<'_>) -> Result<Prepared> {
     job.settings.validate()?;
-    // Before any training: the result may replace an earlier run's model
-    // directory, never a file or a directory charter did not write.
-    check_output(job.out, Replace::ModelDir)?;
+    // Before any training, and held until the result is in place: no other
+    // process writes the output meanwhile, and the result may replace an
+    // earlier run's model directory, never a file or a directory charter
+    // did not write.
+    let claim = claim_trained_output(job.out)?;
     let base = ModelDir::open(job.model)?;
     let selected = crate::device::select(job.device, true)?;
     let formatter = Formatter::new(&base, job.settings.max_len)?;
@@ -280,6 +284,7 @@ fn prepare(job: &Job<'_>) -> Result<Prepared> {
         device: selected.device,
         device_name: selected.description,
         formatter,
+        claim: std::cell::Cell::new(Some(claim)),
     })
 }
 
@@ -329,7 +334,13 @@ fn finish(
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let dir = write_trained(job.out, &prepared.base, &tensors, job.dtype, name, &files)?;
+    let lock = prepared.claim.take().ok_or_else(|| {
+        Error::Data(format!(
+            "{}: the output was already written by this run",
+            job.out.display()
+        ))
+    })?;
+    let dir = write_trained(lock, &prepared.base, &tensors, job.dtype, name, &files)?;
     let checkpoint = crate::train::checkpoint_dir(job.out);
     if checkpoint.exists() {
         std::fs::remove_dir_all(&checkpoint).map_err(|e| Error::io(&checkpoint, e))?;
