@@ -7,37 +7,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::respond::{prompts, tiny};
 use crate::{charter, fails, file, inspect, ok};
-
-fn tiny(dir: &Path) -> String {
-    let model = dir.join("tiny");
-    ok(&[
-        "model",
-        "tiny",
-        "-o",
-        model.to_str().unwrap(),
-        "--seed",
-        "3",
-    ]);
-    model.to_str().unwrap().to_string()
-}
-
-fn prompts(dir: &Path, n: usize) -> String {
-    let lines: String = (0..n)
-        .map(|i| format!("Question number {i}: what should I write here?\n"))
-        .collect();
-    let input = file(dir, "prompts.txt", lines);
-    let table = dir.join("prompts.parquet");
-    ok(&[
-        "prompts",
-        "import",
-        &input,
-        "-o",
-        table.to_str().unwrap(),
-        "--no-near-dup",
-    ]);
-    table.to_str().unwrap().to_string()
-}
 
 fn respond_args<'a>(model: &'a str, input: &'a str, out: &'a str, seed: &'a str) -> Vec<&'a str> {
     vec![
@@ -59,6 +30,28 @@ fn respond_args<'a>(model: &'a str, input: &'a str, out: &'a str, seed: &'a str)
     ]
 }
 
+/// Starts `charter` with `args`, its output discarded.
+fn spawn(args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_charter"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Polls `done` until it holds or a minute has passed; returns whether it held.
+fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    false
+}
+
 #[test]
 fn a_second_writer_of_the_same_output_is_refused_and_never_mixes_rows() {
     let dir = tempfile::tempdir().unwrap();
@@ -72,18 +65,9 @@ fn a_second_writer_of_the_same_output_is_refused_and_never_mixes_rows() {
     let expected = inspect(alone.to_str().unwrap())["content_hash"].clone();
     for round in 0..3 {
         let _ = std::fs::remove_file(&out);
-        let mut first = Command::new(env!("CARGO_BIN_EXE_charter"))
-            .args(respond_args(&model, &table, out_str, "3"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        while !lock.exists() && start.elapsed() < Duration::from_secs(60) {
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        let mut first = spawn(&respond_args(&model, &table, out_str, "3"));
         assert!(
-            lock.exists(),
+            wait_until(|| lock.exists()),
             "round {round}: the first writer claims its output"
         );
         let err = fails(&respond_args(&model, &table, out_str, "4"), None);
@@ -111,20 +95,11 @@ fn a_killed_writer_leaves_a_claim_the_next_run_takes_over() {
     let out_str = out.to_str().unwrap();
     let lock = dir.path().join("r.parquet.lock");
     let journal = dir.path().join("r.parquet.partial/journal.jsonl");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_charter"))
-        .args(respond_args(&model, &table, out_str, "3"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(60) {
+    let mut child = spawn(&respond_args(&model, &table, out_str, "3"));
+    wait_until(|| {
         let shards = std::fs::read_to_string(&journal).map_or(0, |j| j.lines().count());
-        if shards >= 3 || child.try_wait().unwrap().is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+        shards >= 3 || child.try_wait().unwrap().is_some()
+    });
     assert!(child.try_wait().unwrap().is_none(), "killed while running");
     child.kill().unwrap();
     child.wait().unwrap();
@@ -285,22 +260,17 @@ fn a_huge_prompt_is_a_context_row_without_tokenising_it() {
         "--no-near-dup",
     ]);
     let out = dir.path().join("r.parquet");
-    let child = Command::new(env!("CARGO_BIN_EXE_charter"))
-        .args([
-            "respond",
-            "-m",
-            &model,
-            "-i",
-            table.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--max-new-tokens",
-            "4",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = spawn(&[
+        "respond",
+        "-m",
+        &model,
+        "-i",
+        table.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--max-new-tokens",
+        "4",
+    ]);
     let (status, peak_kib) = peak_rss_kib(child);
     assert!(status.success());
     // Tokenising the prompt took gigabytes; reading and writing it takes a few copies.

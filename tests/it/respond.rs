@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::{charter, fails, file, inspect, ok};
 
-fn tiny(dir: &Path) -> String {
+/// The tiny model (seed 3) in `dir`.
+pub(crate) fn tiny(dir: &Path) -> String {
     let model = dir.join("tiny");
     ok(&[
         "model",
@@ -20,7 +21,8 @@ fn tiny(dir: &Path) -> String {
     model.to_str().unwrap().to_string()
 }
 
-fn prompts(dir: &Path, n: usize) -> String {
+/// A prompts table of `n` distinct prompts in `dir`.
+pub(crate) fn prompts(dir: &Path, n: usize) -> String {
     let lines: String = (0..n)
         .map(|i| format!("Question number {i}: how should I answer this?\n"))
         .collect();

@@ -270,12 +270,9 @@ pub fn import_gguf(source: &Path, out: &Path, dtype: Dtype, replace: Replace) ->
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let lock = match claim(out, Some(&hash), replace)? {
-        Claim::Done(existing) => return Ok(*existing),
-        Claim::Write(lock) => lock,
-    };
-    write_claimed(
-        lock,
+    claim_and_write(
+        out,
+        &hash,
         replace,
         Parts {
             config: &config,
@@ -325,12 +322,9 @@ pub fn import_hf(source: &Path, out: &Path, dtype: Dtype, replace: Replace) -> R
         .and_then(Path::file_name)
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let lock = match claim(out, Some(&hash), replace)? {
-        Claim::Done(existing) => return Ok(*existing),
-        Claim::Write(lock) => lock,
-    };
-    write_claimed(
-        lock,
+    claim_and_write(
+        out,
+        &hash,
         replace,
         Parts {
             config: &config,
@@ -463,12 +457,9 @@ pub fn write_dir(
     replace: Replace,
 ) -> Result<ModelDir> {
     let hash = content_hash(&source_hash, dtype);
-    let lock = match claim(out, Some(&hash), replace)? {
-        Claim::Done(existing) => return Ok(*existing),
-        Claim::Write(lock) => lock,
-    };
-    write_claimed(
-        lock,
+    claim_and_write(
+        out,
+        &hash,
         replace,
         Parts {
             config,
@@ -567,6 +558,20 @@ fn claim(out: &Path, content_hash: Option<&str>, replace: Replace) -> Result<Cla
     }
     check_output(out, replace)?;
     Ok(Claim::Write(lock))
+}
+
+/// Writes `parts` to `out` unless it already holds the model of `content_hash`
+/// ([`claim`], then [`write_claimed`]).
+fn claim_and_write(
+    out: &Path,
+    content_hash: &str,
+    replace: Replace,
+    parts: Parts<'_>,
+) -> Result<ModelDir> {
+    match claim(out, Some(content_hash), replace)? {
+        Claim::Done(existing) => Ok(*existing),
+        Claim::Write(lock) => write_claimed(lock, replace, parts),
+    }
 }
 
 /// Everything a model directory is written from.
