@@ -194,19 +194,19 @@ pub(crate) struct ConstitutionShowArgs {
 #[derive(Debug, Clone, Args)]
 pub(crate) struct GenFlags {
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, value_name = "T", default_value_t = 0.7)]
+    #[arg(long, value_name = "T", default_value_t = charter_stages::GenSettings::DEFAULT.sampling.temperature)]
     pub(crate) temperature: f32,
     /// Nucleus sampling mass; 1 disables it.
-    #[arg(long, value_name = "P", default_value_t = 0.95)]
+    #[arg(long, value_name = "P", default_value_t = charter_stages::GenSettings::DEFAULT.sampling.top_p)]
     pub(crate) top_p: f32,
     /// Keep only the K most likely tokens; 0 disables it.
-    #[arg(long, value_name = "K", default_value_t = 0)]
+    #[arg(long, value_name = "K", default_value_t = charter_stages::GenSettings::DEFAULT.sampling.top_k)]
     pub(crate) top_k: usize,
     /// Cap on generated tokens per answer.
-    #[arg(long, value_name = "N", default_value_t = 256)]
+    #[arg(long, value_name = "N", default_value_t = charter_stages::GenSettings::DEFAULT.max_new_tokens)]
     pub(crate) max_new_tokens: u32,
     /// Build seed: every row's seed derives from it and the row's identity.
-    #[arg(long, value_name = "S", default_value_t = 0)]
+    #[arg(long, value_name = "S", default_value_t = charter_stages::GenSettings::DEFAULT.seed)]
     pub(crate) seed: u64,
     /// System prompt [default: the chat template's own].
     #[arg(long, value_name = "TEXT")]
@@ -215,7 +215,7 @@ pub(crate) struct GenFlags {
     #[arg(long = "stop", value_name = "TEXT")]
     pub(crate) stop: Vec<String>,
     /// Intra-op threads for ONNX Runtime.
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = charter_stages::GenSettings::DEFAULT.threads)]
     pub(crate) threads: usize,
 }
 
@@ -259,11 +259,11 @@ pub(crate) struct RespondArgs {
     #[arg(long, value_name = "N")]
     pub(crate) limit: Option<usize>,
     /// Rows decoded together.
-    #[arg(long, value_name = "B", default_value_t = 16)]
+    #[arg(long, value_name = "B", default_value_t = charter_stages::GenSettings::DEFAULT.batch_size)]
     pub(crate) batch_size: usize,
     /// Rows per window, generated together and committed as one shard: the
     /// most work an interrupted run loses.
-    #[arg(long, value_name = "N", default_value_t = 64)]
+    #[arg(long, value_name = "N", default_value_t = charter_stages::GenSettings::DEFAULT.shard_rows)]
     pub(crate) shard_rows: usize,
     #[command(flatten)]
     pub(crate) gen_flags: GenFlags,
@@ -397,10 +397,10 @@ pub(crate) struct ModelStageFlags {
     #[arg(short, long, value_name = "TOML")]
     pub(crate) constitution: PathBuf,
     /// Rows decoded together.
-    #[arg(long, value_name = "B", default_value_t = 16)]
+    #[arg(long, value_name = "B", default_value_t = charter_stages::GenSettings::DEFAULT.batch_size)]
     pub(crate) batch_size: usize,
     /// Rows per window, generated together and committed as one shard.
-    #[arg(long, value_name = "N", default_value_t = 64)]
+    #[arg(long, value_name = "N", default_value_t = charter_stages::GenSettings::DEFAULT.shard_rows)]
     pub(crate) shard_rows: usize,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
@@ -541,10 +541,10 @@ pub(crate) struct EvalPolicyArgs {
     #[arg(long)]
     pub(crate) no_swap: bool,
     /// Rows decoded together.
-    #[arg(long, value_name = "B", default_value_t = 16)]
+    #[arg(long, value_name = "B", default_value_t = charter_stages::GenSettings::DEFAULT.batch_size)]
     pub(crate) batch_size: usize,
     /// Rows per window, generated together and committed as one shard.
-    #[arg(long, value_name = "N", default_value_t = 64)]
+    #[arg(long, value_name = "N", default_value_t = charter_stages::GenSettings::DEFAULT.shard_rows)]
     pub(crate) shard_rows: usize,
     /// Print the report as JSON on stdout.
     #[arg(long)]

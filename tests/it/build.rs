@@ -857,3 +857,64 @@ fn every_path_a_build_names_is_checked_before_any_stage_runs() {
         assert!(!dir.path().join("out").exists(), "case {i}: nothing ran");
     }
 }
+
+#[test]
+fn a_build_file_and_the_command_line_make_the_same_tables_at_default_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (model, prompts) = setup(d, 2);
+    let c = constitution();
+    // Only the generation length is set, on both sides; everything else is a default.
+    let text = pipeline(&model, &prompts, &c, "").replace(
+        "max_new_tokens = 8\nbatch_size = 4\nshard_rows = 4\n",
+        "max_new_tokens = 8\n",
+    );
+    assert!(!text.contains("batch_size"), "{text}");
+    let build_file = file(d, "cai.toml", text);
+    build(&build_file, &[]);
+
+    let cli = d.join("cli");
+    std::fs::create_dir(&cli).unwrap();
+    let at = |name: &str| cli.join(name).to_str().unwrap().to_string();
+    let gen_flags = ["--max-new-tokens", "8", "--seed", "1"];
+    let model_stage = |kind: &str, input: &str, output: &str| {
+        let mut args = vec![kind, "-m", &model, "-c", &c, "-i", input, "-o", output];
+        args.extend(gen_flags);
+        ok(&args);
+    };
+    let mut respond = vec!["respond", "-m", &model, "-i", &prompts, "-o"];
+    let responses = at("responses.parquet");
+    respond.extend([responses.as_str(), "--samples", "2"]);
+    respond.extend(gen_flags);
+    ok(&respond);
+    model_stage("critique", &responses, &at("critiques-1.parquet"));
+    model_stage(
+        "revise",
+        &at("critiques-1.parquet"),
+        &at("revisions-1.parquet"),
+    );
+    ok(&["pair", "-i", &responses, "-o", &at("pairs.parquet")]);
+    model_stage("label", &at("pairs.parquet"), &at("labels.parquet"));
+    ok(&[
+        "export",
+        "-i",
+        &at("labels.parquet"),
+        "-o",
+        &at("prefs.jsonl"),
+    ]);
+
+    let built = d.join("out");
+    for table in ["responses", "critiques-1", "revisions-1", "pairs", "labels"] {
+        let name = format!("{table}.parquet");
+        let (a, b) = (
+            inspect(built.join(&name).to_str().unwrap()),
+            inspect(&at(&name)),
+        );
+        assert_eq!(a["build_key"], b["build_key"], "{table}");
+        assert_eq!(a["content_hash"], b["content_hash"], "{table}");
+    }
+    assert_eq!(
+        std::fs::read(built.join("prefs.jsonl")).unwrap(),
+        std::fs::read(at("prefs.jsonl")).unwrap()
+    );
+}

@@ -193,6 +193,22 @@ pub struct GenSettings {
 }
 
 impl GenSettings {
+    /// The defaults: of the command-line flags and of build files alike.
+    pub const DEFAULT: GenSettings = GenSettings {
+        sampling: charter_gen::Sampling {
+            temperature: 0.7,
+            top_p: 0.95,
+            top_k: 0,
+        },
+        max_new_tokens: 256,
+        seed: 0,
+        system: None,
+        stop: Vec::new(),
+        batch_size: 16,
+        shard_rows: 64,
+        threads: 1,
+    };
+
     /// The settings that determine the output, as recorded in provenance.
     pub fn canonical(&self) -> serde_json::Value {
         serde_json::json!({

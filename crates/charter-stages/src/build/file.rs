@@ -239,21 +239,22 @@ impl GenWire {
         }
     }
 
-    /// Settings with charter's CLI defaults where unset.
+    /// Settings with [`GenSettings::DEFAULT`] where unset.
     fn settings(&self, seed: u64) -> GenSettings {
+        let d = GenSettings::DEFAULT;
         GenSettings {
             sampling: Sampling {
-                temperature: self.temperature.unwrap_or(0.7),
-                top_p: self.top_p.unwrap_or(0.95),
-                top_k: self.top_k.unwrap_or(0),
+                temperature: self.temperature.unwrap_or(d.sampling.temperature),
+                top_p: self.top_p.unwrap_or(d.sampling.top_p),
+                top_k: self.top_k.unwrap_or(d.sampling.top_k),
             },
-            max_new_tokens: self.max_new_tokens.unwrap_or(256),
+            max_new_tokens: self.max_new_tokens.unwrap_or(d.max_new_tokens),
             seed,
             system: self.system.clone(),
             stop: self.stop.clone().unwrap_or_default(),
-            batch_size: self.batch_size.unwrap_or(16),
-            shard_rows: self.shard_rows.unwrap_or(64),
-            threads: self.threads.unwrap_or(1),
+            batch_size: self.batch_size.unwrap_or(d.batch_size),
+            shard_rows: self.shard_rows.unwrap_or(d.shard_rows),
+            threads: self.threads.unwrap_or(d.threads),
         }
     }
 }
