@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use charter_stages::{BuildCache, BuildPlan, OutcomeStatus, StageOp, StageOutcome};
+use charter_build::{BuildCache, BuildPlan, OutcomeStatus, StageOp, StageOutcome};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 

@@ -15,15 +15,9 @@ pub enum Error {
     /// A constitution that cannot be read, is malformed, or fails to render.
     #[error(transparent)]
     Constitution(#[from] crate::constitution::ConstitutionError),
-    /// Training a model.
-    #[error(transparent)]
-    Train(#[from] charter_train::Error),
     /// Invalid settings.
     #[error("{0}")]
     Settings(String),
-    /// Stopped by the user; what was done is kept and the next run continues it.
-    #[error("{0}")]
-    Interrupted(String),
     /// A file or directory could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {

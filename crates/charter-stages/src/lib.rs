@@ -11,7 +11,8 @@
 //! - [`export`]: labels or revisions → the JSON-lines layouts trainers read.
 //! - [`eval_labeller`]: a labeller's agreement with human comparisons.
 //!
-//! [`BuildPlan`] runs a declared graph of these stages (`charter build`).
+//! Build files (`charter build`) that run a graph of these stages are
+//! charter-build's.
 //!
 //! Constitutions ([`Constitution`]) hold the principles, worked examples
 //! and prompt templates the model stages render.
@@ -19,7 +20,6 @@
 //! A stage reads no clock and no global random state: each row's seed is
 //! derived from the build seed and the row's identity ([`row_seed`]).
 
-mod build;
 pub mod constitution;
 mod critique;
 mod error;
@@ -34,10 +34,6 @@ mod respond;
 mod seed;
 mod stop;
 
-pub use build::{
-    BuildCache, BuildPlan, EvalOp, OutcomeStatus, PlannedStage, StageKind, StageOp, StageOutcome,
-    StageStatus, TrainOp, Verdict,
-};
 pub use constitution::{
     Constitution, ConstitutionError, CritiqueExample, CritiquePrinciple, LabelExample,
     PreferencePrinciple, Templates,

@@ -18,13 +18,12 @@ use charter_table::{
 };
 use serde_json::{Value as Json, json};
 
-use super::file::{BuildPlan, EvalOp, PlannedStage, StageKind, StageOp, TrainOp};
-use crate::constitution::Constitution;
-use crate::critique::{CRITIQUE_VERSION, REVISE_VERSION};
+use charter_stages::{
+    CRITIQUE_VERSION, Constitution, LABEL_VERSION, PAIR_VERSION, RESPOND_VERSION, REVISE_VERSION,
+};
+
 use crate::error::Result;
-use crate::label::LABEL_VERSION;
-use crate::pair::PAIR_VERSION;
-use crate::respond::STAGE_VERSION as RESPOND_VERSION;
+use crate::file::{BuildPlan, EvalOp, PlannedStage, StageKind, StageOp, TrainOp};
 
 /// Whether a stage would run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,7 +186,7 @@ fn explain_stage(
             crate::error::Error::Settings(format!("creating a temporary directory: {e}"))
         })?;
         let fresh = dir.path().join("export.jsonl");
-        crate::export::export(input, *format, *chat, &fresh)?;
+        charter_stages::export(input, *format, *chat, &fresh)?;
         let same = std::fs::read(&fresh).ok() == std::fs::read(out).ok();
         return Ok(if same {
             (
@@ -424,7 +423,7 @@ fn explain_eval(
     op: &EvalOp,
     mut reasons: Vec<String>,
 ) -> Result<(Verdict, Vec<String>)> {
-    let Some((had_key, had_pieces)) = super::run::read_eval_key(&stage.output) else {
+    let Some((had_key, had_pieces)) = crate::run::read_eval_key(&stage.output) else {
         reasons.insert(
             0,
             format!("no finished evaluation in {}", stage.output.display()),
@@ -434,7 +433,7 @@ fn explain_eval(
     if !reasons.is_empty() {
         return Ok((Verdict::Run, reasons));
     }
-    let (key, pieces) = super::run::eval_key(plan, stage, op)?;
+    let (key, pieces) = crate::run::eval_key(plan, stage, op)?;
     if had_key == key {
         return Ok((
             Verdict::UpToDate,

@@ -1,6 +1,8 @@
-//! Build files: a graph of stages declared in TOML, run in dependency order
-//! with per-stage caching and resumption from the build keys every stage
-//! already records.
+//! charter's builds: a graph of stages declared in TOML, run in dependency
+//! order with per-stage caching and resumption from the build keys every
+//! stage already records. The stages themselves are charter-stages'; the
+//! `train` and `eval` kinds call charter-train, which is why builds live in
+//! their own crate and the stages do not compile the trainer.
 //!
 //! - [`BuildPlan::load`] parses and checks a build file (`file`): unknown
 //!   fields, unknown `input` names, cycles and fields that do not apply to a
@@ -13,10 +15,12 @@
 //!   interrupted one resumes from its journal. Models are loaded once per
 //!   directory and thread count and kept in a [`BuildCache`].
 
+mod error;
 mod file;
 mod plan;
 mod run;
 
+pub use error::{Error, Result};
 pub use file::{BuildPlan, EvalOp, PlannedStage, StageKind, StageOp, TrainOp};
 pub use plan::{StageStatus, Verdict};
 pub use run::{BuildCache, OutcomeStatus, StageOutcome};

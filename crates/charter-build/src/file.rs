@@ -58,12 +58,11 @@ use charter_model::Dtype;
 use charter_train::{DeviceChoice, LoraSettings, Schedule, Task, TrainSettings};
 use serde::Deserialize;
 
+use charter_stages::{
+    ExportFormat, GenSettings, LabelSettings, PolicyEvalSettings, RespondSettings,
+};
+
 use crate::error::{Error, Result};
-use crate::export::ExportFormat;
-use crate::generate::GenSettings;
-use crate::label::LabelSettings;
-use crate::policy_eval::PolicyEvalSettings;
-use crate::respond::RespondSettings;
 
 /// What a stage does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -538,7 +537,7 @@ impl BuildPlan {
                 }
             }
             if let Some(c) = &stage.constitution {
-                crate::Constitution::load(c)
+                charter_stages::Constitution::load(c)
                     .map_err(|e| at(&stage.name, "constitution", e.to_string()))?;
             }
             if stage.kind == StageKind::Table && !stage.output.is_file() {

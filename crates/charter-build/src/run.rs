@@ -21,18 +21,13 @@ use charter_table::{TableFile, canonical_json, partial_dir, write_atomic};
 use charter_train::{Job, Outcome};
 use serde_json::{Value as Json, json};
 
-use super::file::{BuildPlan, EvalOp, PlannedStage, StageOp, TrainOp};
-use crate::constitution::Constitution;
-use crate::critique::{critique, revise};
+use charter_stages::{
+    Constitution, Contestants, Model, PolicyEvalStep, StageProgress, StageSummary, critique,
+    eval_policy, export, label, pair, respond, revise,
+};
+
 use crate::error::{Error, Result};
-use crate::export::export;
-use crate::generate::StageProgress;
-use crate::generate::StageSummary;
-use crate::label::label;
-use crate::model::Model;
-use crate::pair::pair;
-use crate::policy_eval::{Contestants, PolicyEvalStep, eval_policy};
-use crate::respond::respond;
+use crate::file::{BuildPlan, EvalOp, PlannedStage, StageOp, TrainOp};
 
 /// How a stage's output came to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
