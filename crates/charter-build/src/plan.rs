@@ -14,7 +14,7 @@ use charter_model::ModelDir;
 use charter_table::{
     CRITIQUES, InputRef, KEY_CONSTITUTION_HASH, KEY_INPUTS, KEY_MODEL_HASH, KEY_SETTINGS,
     KEY_STAGE, KEY_STAGE_VERSION, LABELS, PAIRS, Provenance, RESPONSES, REVISIONS, Revision,
-    TableFile, TableSpec, canonical_json, partial_dir,
+    ShardedWriter, TableFile, TableSpec, canonical_json, partial_dir,
 };
 use serde_json::{Value as Json, json};
 
@@ -157,9 +157,10 @@ fn explain_stage(
             } else {
                 None
             };
-            reasons.push(match (key, journal(&partial)) {
-                (Some(key), Some((recorded, rows))) if key == recorded => format!(
-                    "resumes after the {rows} rows an interrupted run committed in {}",
+            reasons.push(match (key, ShardedWriter::peek(out)) {
+                (Some(key), Some(left)) if key == left.build_key => format!(
+                    "resumes after the {} rows an interrupted run committed in {}",
+                    left.rows,
                     partial.display()
                 ),
                 (Some(_), Some(_)) => format!(
@@ -233,20 +234,6 @@ impl BuildPlan {
             })
             .collect()
     }
-}
-
-/// The build key and committed rows of a partial build's journal (see
-/// `charter_table`'s resumable writer: a header line, then one line per shard).
-fn journal(partial: &std::path::Path) -> Option<(String, u64)> {
-    let text = std::fs::read_to_string(partial.join("journal.jsonl")).ok()?;
-    let mut lines = text.lines();
-    let header: Json = serde_json::from_str(lines.next()?).ok()?;
-    let key = header.get("build_key")?.as_str()?.to_string();
-    let rows = lines
-        .map_while(|l| serde_json::from_str::<Json>(l).ok())
-        .filter_map(|e| e.get("rows").and_then(Json::as_u64))
-        .sum();
-    Some((key, rows))
 }
 
 /// Why the build key recorded in `existing` differs from `expected`'s.

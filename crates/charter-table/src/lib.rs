@@ -73,7 +73,7 @@ pub use provenance::{
 };
 pub use read::{Batches, TableFile, column_cells};
 pub use record::Record;
-pub use resume::{Opened, ResumeState, ShardedWriter, partial_dir};
+pub use resume::{Interrupted, Opened, ResumeState, ShardedWriter, partial_dir};
 pub use schema::{ColumnSpec, ColumnType, Role, TableSpec};
 pub use tables::{
     ALL_TABLES, CRITIQUES, Critique, LABELS, Label, PAIRS, PROMPTS, Pair, Prompt, RESPONSES,

@@ -241,6 +241,38 @@ impl ShardedWriter {
     }
 }
 
+/// What an interrupted build of an output left, read without changing it
+/// (see [`ShardedWriter::peek`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interrupted {
+    /// The build key the journal was opened with.
+    pub build_key: String,
+    /// Rows in the shards the journal names, up to a torn line.
+    pub rows: u64,
+    /// Those shards.
+    pub shards: u32,
+}
+
+impl ShardedWriter {
+    /// The journal an interrupted build of `out` left in `<out>.partial/`,
+    /// read only: for saying what a run would resume (`--dry-run`). Shards'
+    /// hashes are not checked here; [`ShardedWriter::open`] checks them
+    /// before resuming. `None` when there is no readable journal.
+    pub fn peek(out: &Path) -> Option<Interrupted> {
+        let file = File::open(partial_dir(out).join(JOURNAL)).ok()?;
+        let mut lines = BufReader::new(file).split(b'\n');
+        let header: Header = serde_json::from_slice(&lines.next()?.ok()?).ok()?;
+        let entries: Vec<Entry> = lines
+            .map_while(|l| serde_json::from_slice::<Entry>(&l.ok()?).ok())
+            .collect();
+        Some(Interrupted {
+            build_key: header.build_key,
+            rows: entries.iter().map(|e| e.rows).sum(),
+            shards: entries.len() as u32,
+        })
+    }
+}
+
 /// The summary of `out` if it is a finished `spec` table of this build.
 fn finished(out: &Path, spec: &TableSpec, build_key: &str) -> Option<TableSummary> {
     let table = TableFile::open(out).ok()?;

@@ -382,6 +382,17 @@ fn a_partial_build_of_other_settings_is_discarded() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.parquet");
     assert_eq!(sharded(&out, &responses(300), 100, Some(2)), None);
+    // Read without changing anything: the key it was built with, the rows it has.
+    let left = ShardedWriter::peek(&out).unwrap();
+    assert_eq!(
+        (left.build_key, left.rows, left.shards),
+        (provenance("respond").build_key(&RESPONSES), 200, 2)
+    );
+    assert_eq!(
+        ShardedWriter::peek(&out).unwrap().rows,
+        200,
+        "peek changed nothing"
+    );
     let Opened::Writer(_, state) =
         ShardedWriter::open(&out, &RESPONSES, "another-key", &[]).unwrap()
     else {
