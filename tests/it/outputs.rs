@@ -198,10 +198,18 @@ fn counts_are_checked_before_anything_is_allocated() {
         (
             "--samples",
             "4294967295",
-            "--samples must be from 1 to 4096",
+            "setting `samples`: must be from 1 to 4096",
         ),
-        ("--batch-size", "0", "--batch-size must be at least 1"),
-        ("--shard-rows", "0", "--shard-rows must be at least 1"),
+        (
+            "--batch-size",
+            "0",
+            "setting `batch_size`: must be at least 1",
+        ),
+        (
+            "--shard-rows",
+            "0",
+            "setting `shard_rows`: must be at least 1",
+        ),
     ] {
         let mut args = vec!["respond", "-m", &model, "-i", &table, "-o", out];
         args.extend([flag, value]);

@@ -274,7 +274,7 @@ fn respond_refuses_the_wrong_table_and_bad_settings() {
         ],
         None,
     );
-    assert!(err.contains("--top-p must be in (0, 1]"), "{err}");
+    assert!(err.contains("setting `top_p`: must be in (0, 1]"), "{err}");
     assert!(!again.exists());
     let err = fails(
         &[

@@ -1157,27 +1157,13 @@ fn field_line(text: &str, stage: &str, field: &str) -> Option<usize> {
 /// Generation settings from `wire`, checked; the error names the field.
 fn settings_check(wire: &GenWire, seed: u64) -> std::result::Result<GenSettings, String> {
     let g = wire.settings(seed);
-    let s = &g.sampling;
-    if !(s.temperature >= 0.0 && s.temperature.is_finite()) {
-        return Err(format!(
-            "field `temperature`: must be >= 0, got {}",
-            s.temperature
-        ));
-    }
-    if !(s.top_p > 0.0 && s.top_p <= 1.0) {
-        return Err(format!("field `top_p`: must be in (0, 1], got {}", s.top_p));
-    }
-    for (field, v) in [
-        ("max_new_tokens", g.max_new_tokens as usize),
-        ("batch_size", g.batch_size),
-        ("shard_rows", g.shard_rows),
-        ("threads", g.threads),
-    ] {
-        if v == 0 {
-            return Err(format!("field `{field}`: must be at least 1"));
+    match g.validate() {
+        Ok(()) => Ok(g),
+        Err(charter_stages::Error::InvalidSetting { field, problem }) => {
+            Err(format!("field `{field}`: {problem}"))
         }
+        Err(other) => Err(other.to_string()),
     }
-    Ok(g)
 }
 
 /// The stages in dependency order; among stages ready together, the

@@ -15,6 +15,26 @@ pub enum Error {
     /// A constitution that cannot be read, is malformed, or fails to render.
     #[error(transparent)]
     Constitution(#[from] crate::constitution::ConstitutionError),
+    /// A setting out of its range, named as build files name it (the
+    /// command line's flag is the same name with dashes: `top_p` is
+    /// `--top-p`).
+    #[error("setting `{field}`: {problem}")]
+    InvalidSetting {
+        /// The setting.
+        field: &'static str,
+        /// What is wrong with its value.
+        problem: String,
+    },
+    /// A row's prompt does not fit the model's context window.
+    #[error("row {row}: {tokens} tokens do not fit the model's context of {limit}")]
+    ContextOverflow {
+        /// The row (its id).
+        row: String,
+        /// Tokens the row needs.
+        tokens: usize,
+        /// The model's context window.
+        limit: usize,
+    },
     /// Invalid settings.
     #[error("{0}")]
     Settings(String),
@@ -29,6 +49,13 @@ pub enum Error {
 }
 
 impl Error {
+    pub(crate) fn invalid(field: &'static str, problem: impl Into<String>) -> Self {
+        Error::InvalidSetting {
+            field,
+            problem: problem.into(),
+        }
+    }
+
     pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().to_path_buf(),

@@ -91,13 +91,12 @@ pub fn export(input: &TableFile, format: ExportFormat, chat: bool, out: &Path) -
                 .collect()
         }
     };
-    let io = |e: std::io::Error| Error::Settings(format!("writing {}: {e}", out.display()));
+    let io = |e: std::io::Error| Error::io(out, e);
     let mut tmp = charter_table::output_tempfile(out).map_err(io)?;
     {
         let mut w = std::io::BufWriter::new(tmp.as_file_mut());
         for line in &lines {
-            serde_json::to_writer(&mut w, line)
-                .map_err(|e| Error::Settings(format!("writing {}: {e}", out.display())))?;
+            serde_json::to_writer(&mut w, line).map_err(|e| Error::io(out, e.into()))?;
             w.write_all(b"\n").map_err(io)?;
         }
         w.flush().map_err(io)?;

@@ -227,24 +227,30 @@ impl GenSettings {
         })
     }
 
-    /// Checks the values a user can get wrong.
+    /// Checks the values a user can get wrong; the error names the setting.
     pub fn validate(&self) -> Result<()> {
         let s = &self.sampling;
-        let bad = |m: String| Err(Error::Settings(m));
         if !(s.temperature >= 0.0 && s.temperature.is_finite()) {
-            return bad(format!("--temperature must be >= 0, got {}", s.temperature));
+            return Err(Error::invalid(
+                "temperature",
+                format!("must be >= 0, got {}", s.temperature),
+            ));
         }
         if !(s.top_p > 0.0 && s.top_p <= 1.0) {
-            return bad(format!("--top-p must be in (0, 1], got {}", s.top_p));
+            return Err(Error::invalid(
+                "top_p",
+                format!("must be in (0, 1], got {}", s.top_p),
+            ));
         }
-        if self.max_new_tokens == 0 {
-            return bad("--max-new-tokens must be at least 1".into());
-        }
-        if self.batch_size == 0 {
-            return bad("--batch-size must be at least 1".into());
-        }
-        if self.shard_rows == 0 {
-            return bad("--shard-rows must be at least 1".into());
+        for (field, value) in [
+            ("max_new_tokens", self.max_new_tokens as usize),
+            ("batch_size", self.batch_size),
+            ("shard_rows", self.shard_rows),
+            ("threads", self.threads),
+        ] {
+            if value == 0 {
+                return Err(Error::invalid(field, "must be at least 1"));
+            }
         }
         Ok(())
     }

@@ -58,9 +58,10 @@ impl LabelSettings {
         self.generation.validate()?;
         let (lo, hi) = self.clamp;
         if !(0.0..=0.5).contains(&lo) || !(0.5..=1.0).contains(&hi) {
-            return Err(Error::Settings(format!(
-                "--clamp must be LO,HI with 0 <= LO <= 0.5 <= HI <= 1, got {lo},{hi}"
-            )));
+            return Err(Error::invalid(
+                "clamp",
+                format!("must be LO,HI with 0 <= LO <= 0.5 <= HI <= 1, got {lo},{hi}"),
+            ));
         }
         Ok(())
     }
@@ -261,12 +262,11 @@ pub(crate) fn judge(
     for (i, ctx) in contexts.iter_mut().enumerate() {
         ctx.extend_from_slice(&choices.prefix);
         if ctx.len() + choices.a.len().max(choices.b.len()) > model.max_context() {
-            return Err(Error::Settings(format!(
-                "comparison {}: the labeller's prompt ({} tokens) does not fit the model's context of {}",
-                items[i / orders].key,
-                ctx.len(),
-                model.max_context()
-            )));
+            return Err(Error::ContextOverflow {
+                row: items[i / orders].key.to_string(),
+                tokens: ctx.len() + choices.a.len().max(choices.b.len()),
+                limit: model.max_context(),
+            });
         }
         scoring.push((ctx.clone(), choices.a.clone()));
         scoring.push((ctx.clone(), choices.b.clone()));

@@ -10,7 +10,7 @@ use charter_table::{
 };
 
 use crate::error::{Error, Result};
-use crate::generate::{StageProgress, StageSummary, run_windows};
+use crate::generate::{GenSettings, StageProgress, StageSummary, run_windows};
 use crate::model::Model;
 use crate::seed::row_seed;
 use crate::stop::StopStrings;
@@ -70,31 +70,28 @@ impl RespondSettings {
         })
     }
 
+    /// The generation part of the settings.
+    fn generation(&self) -> GenSettings {
+        GenSettings {
+            sampling: self.sampling,
+            max_new_tokens: self.max_new_tokens,
+            seed: self.seed,
+            system: self.system.clone(),
+            stop: self.stop.clone(),
+            batch_size: self.batch_size,
+            shard_rows: self.shard_rows,
+            threads: self.threads,
+        }
+    }
+
     fn validate(&self) -> Result<()> {
-        let s = &self.sampling;
-        let bad = |m: String| Err(Error::Settings(m));
         if self.samples == 0 || self.samples > MAX_SAMPLES {
-            return bad(format!(
-                "--samples must be from 1 to {MAX_SAMPLES}, got {}",
-                self.samples
+            return Err(Error::invalid(
+                "samples",
+                format!("must be from 1 to {MAX_SAMPLES}, got {}", self.samples),
             ));
         }
-        if self.batch_size == 0 {
-            return bad("--batch-size must be at least 1".into());
-        }
-        if self.shard_rows == 0 {
-            return bad("--shard-rows must be at least 1".into());
-        }
-        if !(s.temperature >= 0.0 && s.temperature.is_finite()) {
-            return bad(format!("--temperature must be >= 0, got {}", s.temperature));
-        }
-        if !(s.top_p > 0.0 && s.top_p <= 1.0) {
-            return bad(format!("--top-p must be in (0, 1], got {}", s.top_p));
-        }
-        if self.max_new_tokens == 0 {
-            return bad("--max-new-tokens must be at least 1".into());
-        }
-        Ok(())
+        self.generation().validate()
     }
 }
 
