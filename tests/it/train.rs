@@ -262,8 +262,11 @@ fn sft_pm_and_dpo_train_models_the_pipeline_uses() {
     let sft = ["train", "sft", "-m", &model, "-i", &revisions, "-o", &x];
     for (flags, named) in [
         (["--device", "wgpu"], "wgpu"),
-        (["--lr", "0"], "--lr"),
-        (["--lora-rank", "0"], "--lora-rank"),
+        (["--lr", "0"], "setting `lr`: must be > 0"),
+        (
+            ["--lora-rank", "0"],
+            "setting `lora_rank`: must be at least 1",
+        ),
         (["--lora-alpha", "4"], "--lora-rank"),
     ] {
         let err = fails(&[&sft[..], &flags[..]].concat(), None);

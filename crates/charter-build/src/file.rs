@@ -1020,34 +1020,27 @@ fn train_op(s: &StageWire, seed: u64, at: &dyn Fn(&str, &str, String) -> Error) 
     )?;
     let task = match objective {
         ObjectiveWire::Sft => Task::Sft,
-        ObjectiveWire::Pm => {
-            let held_out = s.held_out.unwrap_or(0.1);
-            if !(0.0..1.0).contains(&held_out) {
-                return Err(at(
-                    name,
-                    "held_out",
-                    format!("must be in [0, 1), got {held_out}"),
-                ));
-            }
-            Task::Pm { held_out }
-        }
-        ObjectiveWire::Dpo => {
-            let beta = s.beta.unwrap_or(0.1);
-            if !(beta > 0.0 && beta.is_finite()) {
-                return Err(at(name, "beta", format!("must be > 0, got {beta}")));
-            }
-            Task::Dpo { beta }
-        }
+        ObjectiveWire::Pm => Task::Pm {
+            held_out: s.held_out.unwrap_or(0.1),
+        },
+        ObjectiveWire::Dpo => Task::Dpo {
+            beta: s.beta.unwrap_or(0.1),
+        },
     };
-    let lora = match (s.lora_rank, s.lora_alpha) {
-        (Some(0), _) => return Err(at(name, "lora_rank", "must be at least 1".into())),
-        (Some(rank), alpha) => {
-            let alpha = alpha.unwrap_or(rank as f64);
-            if !(alpha > 0.0 && alpha.is_finite()) {
-                return Err(at(name, "lora_alpha", format!("must be > 0, got {alpha}")));
-            }
-            Some(LoraSettings { rank, alpha })
+    // The trainer's own checks, with the field's line.
+    let checked = |r: charter_train::Result<()>| match r {
+        Ok(()) => Ok(()),
+        Err(charter_train::Error::InvalidSetting { field, problem }) => {
+            Err(at(name, field, problem))
         }
+        Err(other) => Err(at(name, "objective", other.to_string())),
+    };
+    checked(task.validate())?;
+    let lora = match (s.lora_rank, s.lora_alpha) {
+        (Some(rank), alpha) => Some(LoraSettings {
+            rank,
+            alpha: alpha.unwrap_or(rank as f64),
+        }),
         (None, Some(_)) => {
             return Err(at(
                 name,
@@ -1073,26 +1066,7 @@ fn train_op(s: &StageWire, seed: u64, at: &dyn Fn(&str, &str, String) -> Error) 
         checkpoint_every: s.checkpoint_every.unwrap_or(defaults.checkpoint_every),
         lora,
     };
-    for (field, v) in [
-        ("epochs", settings.epochs),
-        ("batch_size", settings.batch_size),
-        ("grad_accum", settings.grad_accum),
-        ("max_len", settings.max_len),
-    ] {
-        if v == 0 {
-            return Err(at(name, field, "must be at least 1".into()));
-        }
-    }
-    if !(settings.lr > 0.0 && settings.lr.is_finite()) {
-        return Err(at(name, "lr", format!("must be > 0, got {}", settings.lr)));
-    }
-    if !(settings.weight_decay >= 0.0 && settings.weight_decay.is_finite()) {
-        return Err(at(
-            name,
-            "weight_decay",
-            format!("must be >= 0, got {}", settings.weight_decay),
-        ));
-    }
+    checked(settings.validate())?;
     let device = match s.device.as_deref() {
         None => DeviceChoice::Auto,
         Some(d) => d

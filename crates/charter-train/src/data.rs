@@ -186,9 +186,10 @@ impl Formatter {
                 ))
             })?;
         if max_len < 2 {
-            return Err(Error::Input(format!(
-                "--max-len must be at least 2, got {max_len}"
-            )));
+            return Err(Error::invalid(
+                "max_len",
+                format!("must be at least 2, got {max_len}"),
+            ));
         }
         Ok(Formatter {
             tokenizer,

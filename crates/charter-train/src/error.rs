@@ -35,7 +35,16 @@ pub enum Error {
     /// The requested device is not compiled in or not known.
     #[error("device: {0}")]
     Device(String),
-    /// Bad input (settings, tables, token out of range, ...).
+    /// A setting out of its range, named as build files name it (the
+    /// command line's flag is the same name with dashes).
+    #[error("setting `{field}`: {problem}")]
+    InvalidSetting {
+        /// The setting.
+        field: &'static str,
+        /// What is wrong with its value.
+        problem: String,
+    },
+    /// Bad input (tables, token out of range, ...).
     #[error("{0}")]
     Input(String),
     /// A checkpoint could not be written or read back.
@@ -53,6 +62,13 @@ pub enum Error {
 }
 
 impl Error {
+    pub(crate) fn invalid(field: &'static str, problem: impl Into<String>) -> Self {
+        Error::InvalidSetting {
+            field,
+            problem: problem.into(),
+        }
+    }
+
     pub(crate) fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().to_path_buf(),

@@ -393,6 +393,21 @@ impl Task {
             Task::Dpo { beta } => serde_json::json!({ "beta": beta }),
         }
     }
+
+    /// Checks the objective's own setting; the error names it.
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            Task::Sft => Ok(()),
+            Task::Pm { held_out } if !(0.0..1.0).contains(&held_out) => Err(Error::invalid(
+                "held_out",
+                format!("must be in [0, 1), got {held_out}"),
+            )),
+            Task::Dpo { beta } if !(beta > 0.0 && beta.is_finite()) => {
+                Err(Error::invalid("beta", format!("must be > 0, got {beta}")))
+            }
+            Task::Pm { .. } | Task::Dpo { .. } => Ok(()),
+        }
+    }
 }
 
 /// Runs `task` on `inputs` (SFT reads every table; PM and DPO one labels

@@ -29,13 +29,13 @@ impl LoraSettings {
     /// Checks the values a user can get wrong.
     pub fn validate(&self) -> Result<()> {
         if self.rank == 0 {
-            return Err(Error::Input("--lora-rank must be at least 1".into()));
+            return Err(Error::invalid("lora_rank", "must be at least 1"));
         }
         if !(self.alpha > 0.0 && self.alpha.is_finite()) {
-            return Err(Error::Input(format!(
-                "--lora-alpha must be > 0, got {}",
-                self.alpha
-            )));
+            return Err(Error::invalid(
+                "lora_alpha",
+                format!("must be > 0, got {}", self.alpha),
+            ));
         }
         Ok(())
     }

@@ -473,10 +473,10 @@ impl Decoder {
         self.no_grad()
             .attach(settings, |l, target, index, [out, inp]| {
                 if settings.rank > out.min(inp) {
-                    return Err(Error::Input(format!(
-                        "--lora-rank {} exceeds the {out}×{inp} weight {target}",
-                        settings.rank
-                    )));
+                    return Err(Error::invalid(
+                        "lora_rank",
+                        format!("{} exceeds the {out}×{inp} weight {target}", settings.rank),
+                    ));
                 }
                 Ok(Adapter::new(
                     &format!("model.layers.{l}.{target}"),

@@ -82,20 +82,31 @@ impl TrainSettings {
 
     /// Checks the values a user can get wrong.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Input(m));
-        if self.epochs == 0 {
-            return bad("--epochs must be at least 1".into());
+        for (field, value) in [
+            ("epochs", self.epochs),
+            ("batch_size", self.batch_size),
+            ("grad_accum", self.grad_accum),
+        ] {
+            if value == 0 {
+                return Err(Error::invalid(field, "must be at least 1"));
+            }
+        }
+        if self.max_len < 2 {
+            return Err(Error::invalid(
+                "max_len",
+                format!("must be at least 2, got {}", self.max_len),
+            ));
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return bad(format!("--lr must be > 0, got {}", self.lr));
-        }
-        if self.batch_size == 0 || self.grad_accum == 0 {
-            return bad("--batch-size and --grad-accum must be at least 1".into());
+            return Err(Error::invalid(
+                "lr",
+                format!("must be > 0, got {}", self.lr),
+            ));
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
-            return bad(format!(
-                "--weight-decay must be >= 0, got {}",
-                self.weight_decay
+            return Err(Error::invalid(
+                "weight_decay",
+                format!("must be >= 0, got {}", self.weight_decay),
             ));
         }
         if let Some(lora) = &self.lora {

@@ -84,7 +84,7 @@ fn lora_rank_beyond_a_weight_is_refused() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("--lora-rank 100000 exceeds"), "{err}");
+    assert!(err.contains("setting `lora_rank`: 100000 exceeds"), "{err}");
 }
 
 #[test]

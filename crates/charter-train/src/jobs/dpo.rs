@@ -105,9 +105,7 @@ pub fn train_dpo(
     cache_dir: &Path,
     progress: &mut dyn FnMut(&MetricRow, usize),
 ) -> Result<Outcome> {
-    if !(beta > 0.0 && beta.is_finite()) {
-        return Err(Error::Input(format!("--beta must be > 0, got {beta}")));
-    }
+    (Task::Dpo { beta }).validate()?;
     let p = prepare(job)?;
     let (examples, input) = read_labels(labels)?;
     let (rows, skipped) = pair_rows(&p.formatter, &examples)?;

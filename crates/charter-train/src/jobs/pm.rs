@@ -102,11 +102,10 @@ pub fn train_pm(
     held_out_share: f64,
     progress: &mut dyn FnMut(&MetricRow, usize),
 ) -> Result<Outcome> {
-    if !(0.0..1.0).contains(&held_out_share) {
-        return Err(Error::Input(format!(
-            "--held-out must be in [0, 1), got {held_out_share}"
-        )));
-    }
+    (Task::Pm {
+        held_out: held_out_share,
+    })
+    .validate()?;
     let p = prepare(job)?;
     let (examples, input) = read_labels(labels)?;
     let (rows, skipped) = pair_rows(&p.formatter, &examples)?;
