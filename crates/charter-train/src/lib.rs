@@ -26,6 +26,7 @@ mod loss;
 mod metrics;
 mod model;
 mod score;
+mod tensor;
 mod train;
 
 pub use data::{Formatter, PreferenceExample, SftExample, Tokens, read_labels, read_sft};

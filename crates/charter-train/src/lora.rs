@@ -13,7 +13,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::model::param_with_id;
+use crate::tensor::param_with_id;
 use crate::{Error, Result};
 
 /// Adapter shape and scale.

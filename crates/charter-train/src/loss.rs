@@ -11,7 +11,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::data::Tokens;
 use crate::kernels;
-use crate::model::{param_with_id, values};
+use crate::tensor::{param_with_id, values};
 use crate::{Decoder, Error, Result};
 
 /// Rows right-padded into one `[batch, width]` id tensor.

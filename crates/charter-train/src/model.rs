@@ -9,13 +9,14 @@ use std::path::Path;
 
 use std::cell::Cell;
 
-use burn::module::{Module, Param, ParamId};
+use burn::module::{Module, Param};
 use burn::tensor::Gradients;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use charter_model::{ModelConfig, ModelDir, Tensors};
 
 use crate::kernels;
 use crate::lora::{Adapter, LayerAdapters, LoraSettings, TARGETS, peft_name};
+use crate::tensor::{param_with_id, values};
 use crate::{Error, Result};
 
 /// One transformer block: attention and SwiGLU MLP, each pre-normed.
@@ -600,18 +601,4 @@ impl Decoder {
         let ids = self.ids(rows, &self.device())?;
         values(self.forward(ids).into_data())
     }
-}
-
-/// A trainable parameter (gradients required on an autodiff device) with a
-/// fixed id.
-pub(crate) fn param_with_id<const D: usize>(id: u64, value: Tensor<D>) -> Param<Tensor<D>> {
-    let (_, value, mapper) = Param::from_tensor(value).consume();
-    Param::from_mapped_value(ParamId::from(id), value, mapper)
-}
-
-/// A tensor's values as f32, row-major.
-pub(crate) fn values(data: TensorData) -> Result<Vec<f32>> {
-    data.convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| Error::Data(format!("{e:?}")))
 }

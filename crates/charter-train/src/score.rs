@@ -11,7 +11,7 @@ use charter_table::{InputRef, Output, Provenance, TableFile, TableSummary, Table
 
 use crate::data::{Formatter, Tokens};
 use crate::jobs::open_preference_model;
-use crate::model::values;
+use crate::tensor::values;
 use crate::{DeviceChoice, Error, Result, select_device};
 
 /// Which answer columns a table has, and the score columns they get.

@@ -15,7 +15,7 @@ use crate::data::read_labels;
 use crate::heap::RetainedHeap;
 use crate::loss::{answer_logps, dpo_margins};
 use crate::metrics::MetricRow;
-use crate::model::values;
+use crate::tensor::values;
 use crate::train::Finished;
 use crate::{Decoder, Error, Result, select_device};
 

@@ -4,7 +4,7 @@
 use crate::Result;
 use crate::data::{Formatter, PreferenceExample, Tokens};
 use crate::loss::{agreement, soft_pair_loss};
-use crate::model::values;
+use crate::tensor::values;
 use crate::train::Objective;
 
 /// A tokenised comparison.

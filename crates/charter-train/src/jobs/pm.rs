@@ -13,7 +13,7 @@ use super::{
 use crate::data::read_labels;
 use crate::loss::{PreferenceModel, agreement};
 use crate::metrics::MetricRow;
-use crate::model::values;
+use crate::tensor::values;
 use crate::train::Finished;
 use crate::{Error, Result};
 
