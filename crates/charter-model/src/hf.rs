@@ -33,8 +33,8 @@ use serde_json::Value;
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::model_dir::TokenizerConfig;
 use crate::onnx::WeightSource;
+use crate::tokenizer_config::TokenizerConfig;
 use crate::weights::{SafetensorsFile, SafetensorsWriter, Tensors};
 
 /// HuggingFace's name for the tensor charter names `gguf` (GGUF style).

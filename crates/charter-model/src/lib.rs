@@ -82,6 +82,7 @@ mod quant;
 mod reader;
 mod tiny;
 mod tokenizer;
+mod tokenizer_config;
 mod weights;
 
 pub use chat::{ChatTemplate, Message, encode_chat};
@@ -94,8 +95,8 @@ pub use hf::{HfCheckpoint, HfTensors};
 pub use metadata::{Array, Metadata, Value, ValueType};
 pub use model_dir::{
     Dtype, FileRecord, GRAPH_VERSION, ModelDir, ModelProvenance, PROVENANCE_FILE, REQUIRED_FILES,
-    Replace, TokenizerConfig, WEIGHTS_FILE, check_output, claim_trained_output, hash_file,
-    hash_hf_dir, import_gguf, import_hf, write_dir, write_trained,
+    Replace, WEIGHTS_FILE, check_output, claim_trained_output, hash_file, hash_hf_dir, import_gguf,
+    import_hf, write_dir, write_trained,
 };
 pub use output::{LOCK_MARKER, OutputLock, lock_is_held, lock_path, partial_path};
 pub use quant::{BLOCK_LEN, Block, BlockQ4_0, BlockQ4_1, BlockQ8_0, dequantize};
@@ -104,4 +105,5 @@ pub use tiny::{
     write_tiny, write_tiny_with,
 };
 pub use tokenizer::{TextTokenizer, tokenizer_json_from_gguf};
+pub use tokenizer_config::TokenizerConfig;
 pub use weights::{SafetensorsFile, SafetensorsWriter, Tensors};

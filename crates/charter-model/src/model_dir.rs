@@ -44,6 +44,7 @@ use crate::hf::{
 use crate::onnx::{Activations, BlockOffsets, WeightFormat, WeightSource, export};
 use crate::output::OutputLock;
 use crate::tokenizer::TextTokenizer;
+use crate::tokenizer_config::TokenizerConfig;
 use crate::weights::{SafetensorsFile, Tensors};
 
 /// Files a model directory must have.
@@ -114,24 +115,6 @@ pub enum Replace {
     Nothing,
     /// Any charter model directory.
     ModelDir,
-}
-
-/// `tokenizer_config.json`: the chat template and special tokens.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenizerConfig {
-    /// The Jinja chat template.
-    pub chat_template: String,
-    /// Beginning-of-sequence token text, if any.
-    #[serde(default)]
-    pub bos_token: Option<String>,
-    /// End-of-sequence token text.
-    #[serde(default)]
-    pub eos_token: Option<String>,
-    /// Whether a BOS token is prepended when encoding (charter's chat rendering relies on the template instead).
-    #[serde(default)]
-    pub add_bos_token: bool,
-    /// The context window.
-    pub model_max_length: usize,
 }
 
 /// An opened model directory.

@@ -179,7 +179,7 @@ pub fn write_tiny_with(
 ) -> Result<crate::model_dir::ModelDir> {
     let mut config = tiny_config(256 + TINY_SPECIAL_TOKENS.len());
     config.eos_token_id = Some(258);
-    let tokenizer_config = crate::model_dir::TokenizerConfig {
+    let tokenizer_config = crate::tokenizer_config::TokenizerConfig {
         chat_template: TINY_CHAT_TEMPLATE.to_string(),
         bos_token: None,
         eos_token: Some("<|im_end|>".to_string()),
