@@ -26,25 +26,16 @@
 //! kill at any point thus leaves the old directory or the new one, never a
 //! mix.
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 pub use charter_table::{LOCK_MARKER, lock_is_held, lock_path};
 
 use crate::error::{Error, Result};
 
-/// The work directory of an output: `<out>.partial`.
+/// The work directory of an output: `<out>.partial`, as for tables.
 pub fn partial_path(out: &Path) -> PathBuf {
-    with_suffix(out, ".partial")
-}
-
-fn with_suffix(out: &Path, suffix: &str) -> PathBuf {
-    let mut name = out
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(suffix);
-    out.with_file_name(name)
+    charter_table::partial_dir(out)
 }
 
 /// The exclusive right to write the output `<out>`: `<out>.lock`, held.
@@ -123,7 +114,7 @@ impl OutputLock {
                 }
             }
         }
-        sync_parent(out);
+        charter_table::sync_parent(out);
         fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
         Ok(())
     }
@@ -168,17 +159,6 @@ fn exchange(a: &Path, b: &Path) -> Result<bool> {
 #[cfg(not(target_os = "linux"))]
 fn exchange(_a: &Path, _b: &Path) -> Result<bool> {
     Ok(false)
-}
-
-/// Makes a rename in `path`'s directory durable; best effort.
-fn sync_parent(path: &Path) {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if let Ok(dir) = File::open(parent) {
-        let _ = dir.sync_all();
-    }
 }
 
 #[cfg(test)]

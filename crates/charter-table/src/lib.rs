@@ -80,7 +80,9 @@ pub use tables::{
     REVISIONS, Response, Revision, table_spec,
 };
 pub use value::{ColumnValue, Value};
-pub use write::{Output, ROW_GROUP_ROWS, TableSummary, TableWriter, output_tempfile, write_atomic};
+pub use write::{
+    Output, ROW_GROUP_ROWS, TableSummary, TableWriter, output_tempfile, sync_parent, write_atomic,
+};
 
 /// Re-exported for callers that build or inspect record batches.
 pub use arrow_array::RecordBatch;

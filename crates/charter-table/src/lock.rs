@@ -137,12 +137,7 @@ pub const LOCK_MARKER: &str = "charter lock";
 
 /// The lock file that claims `out`.
 pub fn lock_path(out: &Path) -> PathBuf {
-    let mut name = out
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".lock");
-    out.with_file_name(name)
+    crate::write::sibling(out, ".lock")
 }
 
 /// Claims `out` for writing, after checking that it can be written at all:

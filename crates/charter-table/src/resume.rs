@@ -288,12 +288,7 @@ fn finished(out: &Path, spec: &TableSpec, build_key: &str) -> Option<TableSummar
 
 /// The directory holding an output's shards while it is built.
 pub fn partial_dir(out: &Path) -> PathBuf {
-    let mut name = out
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".partial");
-    out.with_file_name(name)
+    crate::write::sibling(out, ".partial")
 }
 
 /// Loads a journal. `None` if it belongs to another build (or is unreadable);

@@ -306,7 +306,7 @@ impl TableWriter {
         match &output {
             Output::Path(out) => {
                 tmp.persist(out).map_err(|e| Error::io(out, e.error))?;
-                sync_dir(parent_dir(out));
+                sync_parent(out);
             }
             Output::Stdout => {
                 let mut src = File::open(tmp.path()).map_err(|e| Error::io(tmp.path(), e))?;
@@ -330,6 +330,22 @@ pub(crate) fn parent_dir(path: &Path) -> &Path {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     }
+}
+
+/// `out` with `suffix` appended to its file name: the names charter keeps
+/// beside an output (`<out>.partial`, `<out>.lock`).
+pub(crate) fn sibling(out: &Path, suffix: &str) -> PathBuf {
+    let mut name = out
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(suffix);
+    out.with_file_name(name)
+}
+
+/// Makes a rename of or in `path`'s directory durable; best effort.
+pub fn sync_parent(path: &Path) {
+    sync_dir(parent_dir(path));
 }
 
 /// Makes a rename durable. Best effort: not every filesystem allows syncing a directory.
