@@ -86,28 +86,6 @@ pub(crate) enum ModelCommand {
     Tiny(ModelTinyArgs),
 }
 
-/// Weight types for an exported graph.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum DtypeArg {
-    /// Dequantised f32 weights: reproduces an f32 reference exactly.
-    F32,
-    /// 8-bit block weights: close to f32 (KL ~0.005 nats on the default model), faster.
-    Int8,
-    /// 4-bit block weights: smallest; exact for Q4_0/Q4_1 sources (KL ~0.002 nats on the default model).
-    Int4,
-}
-
-impl DtypeArg {
-    /// The model-directory dtype.
-    pub(crate) fn dtype(self) -> charter_model::Dtype {
-        match self {
-            DtypeArg::F32 => charter_model::Dtype::F32,
-            DtypeArg::Int8 => charter_model::Dtype::Int8,
-            DtypeArg::Int4 => charter_model::Dtype::Int4,
-        }
-    }
-}
-
 #[derive(Debug, Args)]
 pub(crate) struct ModelImportArgs {
     /// A GGUF file, or a HuggingFace checkpoint directory (config.json, tokenizer.json, tokenizer_config.json, *.safetensors).
@@ -116,8 +94,8 @@ pub(crate) struct ModelImportArgs {
     #[arg(short, long, value_name = "DIR")]
     pub(crate) output: PathBuf,
     /// Weight type of the generation graph.
-    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
-    pub(crate) dtype: DtypeArg,
+    #[arg(long, value_enum, default_value_t = charter_model::Dtype::F32)]
+    pub(crate) dtype: charter_model::Dtype,
     /// Replace a model directory of other content at the output (never anything that is not a charter model directory).
     #[arg(long)]
     pub(crate) force: bool,
@@ -190,46 +168,6 @@ pub(crate) struct ConstitutionShowArgs {
     pub(crate) file: PathBuf,
 }
 
-/// Generation settings shared by the commands that generate.
-#[derive(Debug, Clone, Args)]
-pub(crate) struct GenFlags {
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, value_name = "T", default_value_t = charter_stages::GenSettings::DEFAULT.sampling.temperature)]
-    pub(crate) temperature: f32,
-    /// Nucleus sampling mass; 1 disables it.
-    #[arg(long, value_name = "P", default_value_t = charter_stages::GenSettings::DEFAULT.sampling.top_p)]
-    pub(crate) top_p: f32,
-    /// Keep only the K most likely tokens; 0 disables it.
-    #[arg(long, value_name = "K", default_value_t = charter_stages::GenSettings::DEFAULT.sampling.top_k)]
-    pub(crate) top_k: usize,
-    /// Cap on generated tokens per answer.
-    #[arg(long, value_name = "N", default_value_t = charter_stages::GenSettings::DEFAULT.max_new_tokens)]
-    pub(crate) max_new_tokens: u32,
-    /// Build seed: every row's seed derives from it and the row's identity.
-    #[arg(long, value_name = "S", default_value_t = charter_stages::GenSettings::DEFAULT.seed)]
-    pub(crate) seed: u64,
-    /// System prompt [default: the chat template's own].
-    #[arg(long, value_name = "TEXT")]
-    pub(crate) system: Option<String>,
-    /// Stop when this text appears, and cut it from the answer (repeatable).
-    #[arg(long = "stop", value_name = "TEXT")]
-    pub(crate) stop: Vec<String>,
-    /// Intra-op threads for ONNX Runtime.
-    #[arg(long, value_name = "N", default_value_t = charter_stages::GenSettings::DEFAULT.threads)]
-    pub(crate) threads: usize,
-}
-
-impl GenFlags {
-    /// The sampling the flags ask for.
-    pub(crate) fn sampling(&self) -> charter_gen::Sampling {
-        charter_gen::Sampling {
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-        }
-    }
-}
-
 #[derive(Debug, Args)]
 pub(crate) struct ChatArgs {
     /// The model directory.
@@ -238,7 +176,7 @@ pub(crate) struct ChatArgs {
     /// The user message.
     pub(crate) message: String,
     #[command(flatten)]
-    pub(crate) gen_flags: GenFlags,
+    pub(crate) generation: charter_stages::GenSettings,
 }
 
 #[derive(Debug, Args)]
@@ -252,21 +190,8 @@ pub(crate) struct RespondArgs {
     /// Output `responses` table (`-` for standard output: not resumable).
     #[arg(short, long, value_name = "OUT")]
     pub(crate) output: String,
-    /// Answers per prompt.
-    #[arg(long, value_name = "K", default_value_t = 1)]
-    pub(crate) samples: u32,
-    /// Answer only the first N prompts.
-    #[arg(long, value_name = "N")]
-    pub(crate) limit: Option<usize>,
-    /// Rows decoded together.
-    #[arg(long, value_name = "B", default_value_t = charter_stages::GenSettings::DEFAULT.batch_size)]
-    pub(crate) batch_size: usize,
-    /// Rows per window, generated together and committed as one shard: the
-    /// most work an interrupted run loses.
-    #[arg(long, value_name = "N", default_value_t = charter_stages::GenSettings::DEFAULT.shard_rows)]
-    pub(crate) shard_rows: usize,
     #[command(flatten)]
-    pub(crate) gen_flags: GenFlags,
+    pub(crate) settings: charter_stages::RespondSettings,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub(crate) json: bool,
@@ -396,12 +321,6 @@ pub(crate) struct ModelStageFlags {
     /// The constitution (TOML).
     #[arg(short, long, value_name = "TOML")]
     pub(crate) constitution: PathBuf,
-    /// Rows decoded together.
-    #[arg(long, value_name = "B", default_value_t = charter_stages::GenSettings::DEFAULT.batch_size)]
-    pub(crate) batch_size: usize,
-    /// Rows per window, generated together and committed as one shard.
-    #[arg(long, value_name = "N", default_value_t = charter_stages::GenSettings::DEFAULT.shard_rows)]
-    pub(crate) shard_rows: usize,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub(crate) json: bool,
@@ -415,13 +334,10 @@ pub(crate) struct CritiqueArgs {
     /// Output `critiques` table (`-` for standard output: not resumable).
     #[arg(short, long, value_name = "OUT")]
     pub(crate) output: PathBuf,
-    /// The round [default: 1 for responses, the input's last round + 1 for revisions].
-    #[arg(long, value_name = "R")]
-    pub(crate) round: Option<u32>,
     #[command(flatten)]
     pub(crate) stage: ModelStageFlags,
     #[command(flatten)]
-    pub(crate) gen_flags: GenFlags,
+    pub(crate) settings: charter_stages::CritiqueSettings,
 }
 
 #[derive(Debug, Args)]
@@ -435,7 +351,7 @@ pub(crate) struct ReviseArgs {
     #[command(flatten)]
     pub(crate) stage: ModelStageFlags,
     #[command(flatten)]
-    pub(crate) gen_flags: GenFlags,
+    pub(crate) generation: charter_stages::GenSettings,
 }
 
 #[derive(Debug, Args)]
@@ -462,28 +378,10 @@ pub(crate) struct LabelArgs {
     /// Output `labels` table (`-` for standard output: not resumable).
     #[arg(short, long, value_name = "OUT")]
     pub(crate) output: PathBuf,
-    /// Score only the order shown (A first); by default both orders are scored and averaged.
-    #[arg(long)]
-    pub(crate) no_swap: bool,
-    /// Let the labeller reason before answering (the reasoning is kept; probabilities are clamped).
-    #[arg(long)]
-    pub(crate) cot: bool,
-    /// Clamp range for chain-of-thought probabilities.
-    #[arg(long, value_name = "LO,HI", default_value = "0.4,0.6")]
-    pub(crate) clamp: String,
     #[command(flatten)]
     pub(crate) stage: ModelStageFlags,
     #[command(flatten)]
-    pub(crate) gen_flags: GenFlags,
-}
-
-/// Export layouts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum ExportFormatArg {
-    /// `prompt` / `chosen` / `rejected` from a `labels` table.
-    Preference,
-    /// `prompt` / `completion` / `messages` from a `revisions` table.
-    Sft,
+    pub(crate) settings: charter_stages::LabelSettings,
 }
 
 #[derive(Debug, Args)]
@@ -494,12 +392,8 @@ pub(crate) struct ExportArgs {
     /// Output JSON-lines file (`-` for standard output).
     #[arg(short, long, value_name = "OUT")]
     pub(crate) output: PathBuf,
-    /// The layout.
-    #[arg(long, value_enum, default_value_t = ExportFormatArg::Preference)]
-    pub(crate) format: ExportFormatArg,
-    /// Preference rows as chat message lists instead of plain text.
-    #[arg(long)]
-    pub(crate) chat: bool,
+    #[command(flatten)]
+    pub(crate) settings: charter_stages::ExportSettings,
 }
 
 #[derive(Debug, Subcommand)]
@@ -531,26 +425,11 @@ pub(crate) struct EvalPolicyArgs {
     /// The AI feedback model [default: policy A].
     #[arg(long, value_name = "DIR", alias = "labeler")]
     pub(crate) labeller: Option<PathBuf>,
-    /// Answers per prompt from each policy.
-    #[arg(long, value_name = "K", default_value_t = 1)]
-    pub(crate) samples: u32,
-    /// Use only the first N prompts.
-    #[arg(long, value_name = "N")]
-    pub(crate) limit: Option<usize>,
-    /// Score only one presentation order; by default both are scored and averaged.
-    #[arg(long)]
-    pub(crate) no_swap: bool,
-    /// Rows decoded together.
-    #[arg(long, value_name = "B", default_value_t = charter_stages::GenSettings::DEFAULT.batch_size)]
-    pub(crate) batch_size: usize,
-    /// Rows per window, generated together and committed as one shard.
-    #[arg(long, value_name = "N", default_value_t = charter_stages::GenSettings::DEFAULT.shard_rows)]
-    pub(crate) shard_rows: usize,
+    #[command(flatten)]
+    pub(crate) settings: charter_stages::PolicyEvalSettings,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub(crate) json: bool,
-    #[command(flatten)]
-    pub(crate) gen_flags: GenFlags,
 }
 
 #[derive(Debug, Args)]
@@ -570,7 +449,7 @@ pub(crate) struct EvalLabellerArgs {
     #[command(flatten)]
     pub(crate) stage: ModelStageFlags,
     #[command(flatten)]
-    pub(crate) gen_flags: GenFlags,
+    pub(crate) generation: charter_stages::GenSettings,
 }
 
 #[derive(Debug, Args)]
@@ -598,26 +477,6 @@ pub(crate) enum TrainCommand {
     Dpo(TrainDpoArgs),
 }
 
-/// Learning-rate schedules after warm-up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum ScheduleArg {
-    /// The peak rate throughout.
-    Constant,
-    /// Half a cosine from the peak rate to zero.
-    Cosine,
-}
-
-/// Where to train.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum DeviceArg {
-    /// A hardware GPU through wgpu when one exists, else the CPU.
-    Auto,
-    /// burn's pure-Rust CPU backend.
-    Cpu,
-    /// burn's wgpu backend.
-    Wgpu,
-}
-
 #[derive(Debug, Args)]
 pub(crate) struct TrainFlags {
     /// The model directory to start from.
@@ -626,52 +485,11 @@ pub(crate) struct TrainFlags {
     /// The model directory to write (a checkpoint is kept beside it, as DIR.checkpoint, until it is done).
     #[arg(short, long, value_name = "DIR")]
     pub(crate) output: PathBuf,
-    /// Passes over the examples.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub(crate) epochs: usize,
-    /// Peak learning rate [default: 1e-5, or 2e-4 with --lora-rank].
-    #[arg(long, value_name = "LR")]
-    pub(crate) lr: Option<f64>,
-    /// Schedule after warm-up.
-    #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
-    pub(crate) schedule: ScheduleArg,
-    /// Steps of linear warm-up.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub(crate) warmup_steps: usize,
-    /// Examples per forward pass (a preference pair counts once).
-    #[arg(long, value_name = "B", default_value_t = 4)]
-    pub(crate) batch_size: usize,
-    /// Forward passes per optimizer step.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub(crate) grad_accum: usize,
-    /// Tokens per conversation (prompt and answer); longer answers are cut.
-    #[arg(long, value_name = "N", default_value_t = 512)]
-    pub(crate) max_len: usize,
-    /// AdamW weight decay.
-    #[arg(long, value_name = "W", default_value_t = 0.0)]
-    pub(crate) weight_decay: f64,
-    /// Seeds the example order (and the preference model's held-out split).
-    #[arg(long, default_value_t = 0)]
-    pub(crate) seed: u64,
-    /// Steps between checkpoints (0: only on Ctrl-C).
-    #[arg(long, value_name = "N", default_value_t = 50)]
-    pub(crate) checkpoint_every: usize,
-    /// Train rank-R LoRA adapters on every block's projections, with every other weight frozen;
-    /// the output has them merged in (and alone in DIR/adapter, PEFT's layout).
-    #[arg(long, value_name = "R")]
-    pub(crate) lora_rank: Option<usize>,
-    /// LoRA scale numerator: updates are scaled by ALPHA / R [default: R].
-    #[arg(long, value_name = "ALPHA", requires = "lora_rank")]
-    pub(crate) lora_alpha: Option<f64>,
+    #[command(flatten)]
+    pub(crate) config: charter_train::TrainConfig,
     /// Continue an interrupted run from its checkpoint (same inputs and settings).
     #[arg(long)]
     pub(crate) resume: bool,
-    /// Where to train.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    pub(crate) device: DeviceArg,
-    /// Weight type of the output's generation graph (training itself is f32).
-    #[arg(long, value_enum, default_value_t = DtypeArg::Int8)]
-    pub(crate) dtype: DtypeArg,
     /// Print the training record as JSON on stdout.
     #[arg(long)]
     pub(crate) json: bool,
@@ -692,7 +510,7 @@ pub(crate) struct TrainPmArgs {
     #[arg(short, long, value_name = "TABLE")]
     pub(crate) input: PathBuf,
     /// Share of pairs held out for the accuracy and calibration report.
-    #[arg(long, value_name = "SHARE", default_value_t = 0.1)]
+    #[arg(long, value_name = "SHARE", default_value_t = charter_train::Task::DEFAULT_HELD_OUT)]
     pub(crate) held_out: f64,
     #[command(flatten)]
     pub(crate) flags: TrainFlags,
@@ -704,7 +522,7 @@ pub(crate) struct TrainDpoArgs {
     #[arg(short, long, value_name = "TABLE")]
     pub(crate) input: PathBuf,
     /// DPO's β: how far the policy may move from the reference.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = charter_train::Task::DEFAULT_BETA)]
     pub(crate) beta: f64,
     /// Where the reference model's log-probabilities are cached
     /// [default: $XDG_CACHE_HOME/charter/dpo-reference or ~/.cache/charter/dpo-reference].

@@ -8,7 +8,7 @@ use charter_stages::{Model, StopStrings};
 use crate::cli::ChatArgs;
 
 pub(crate) fn run(args: ChatArgs) -> Result<()> {
-    let g = &args.gen_flags;
+    let g = &args.generation;
     let mut model = Model::open(&args.model, g.threads)?;
     let mut messages = Vec::new();
     if let Some(system) = &g.system {

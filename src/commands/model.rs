@@ -6,7 +6,7 @@ use charter_model::{ModelDir, Replace, import_gguf, import_hf, write_tiny_with};
 use crate::cli::{ModelImportArgs, ModelInfoArgs, ModelTinyArgs};
 
 pub(crate) fn import(args: ModelImportArgs, quiet: bool) -> Result<()> {
-    let dtype = args.dtype.dtype();
+    let dtype = args.dtype;
     let replace = replace(args.force);
     let progress = crate::progress::spinner(quiet);
     progress.set_message(format!("importing {}", args.source.display()));

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use charter_stages::{Model, RespondSettings, respond};
+use charter_stages::{Model, respond};
 use charter_table::{Output, TableFile};
 
 use crate::cli::RespondArgs;
@@ -11,28 +11,16 @@ use crate::cli::RespondArgs;
 pub(crate) fn run(args: RespondArgs, quiet: bool) -> Result<()> {
     let output = Output::parse(&args.output);
     super::check_json_output(args.json, &output)?;
-    let g = &args.gen_flags;
-    let settings = RespondSettings {
-        samples: args.samples,
-        sampling: g.sampling(),
-        max_new_tokens: g.max_new_tokens,
-        seed: g.seed,
-        system: g.system.clone(),
-        stop: g.stop.clone(),
-        limit: args.limit,
-        batch_size: args.batch_size,
-        shard_rows: args.shard_rows,
-        threads: g.threads,
-    };
+    let settings = &args.settings;
     let input = TableFile::open(&args.input)?;
-    let mut model = Model::open(&args.model, g.threads)?;
+    let mut model = Model::open(&args.model, settings.generation.threads)?;
 
     let out = super::OutputFile::new(Path::new(&args.output), "responses.parquet")?;
     let path = out.path();
 
     let bar = crate::progress::rows_bar(quiet);
     let started = std::time::Instant::now();
-    let summary = respond(&input, &mut model, &settings, path, &mut |p| {
+    let summary = respond(&input, &mut model, settings, path, &mut |p| {
         bar.set_length(p.rows_total);
         bar.set_position(p.rows_done);
         let secs = started.elapsed().as_secs_f64().max(1e-9);

@@ -5,30 +5,13 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use charter_stages::{
-    Constitution, ExportFormat, GenSettings, LabelSettings, Model, StageProgress, StageSummary,
-};
+use charter_stages::{Constitution, LabelSettings, Model, StageProgress, StageSummary};
 use charter_table::TableFile;
 
 use crate::cli::{
-    CritiqueArgs, EvalLabellerArgs, ExportArgs, ExportFormatArg, GenFlags, LabelArgs,
-    ModelStageFlags, PairArgs, ReviseArgs,
+    CritiqueArgs, EvalLabellerArgs, ExportArgs, LabelArgs, ModelStageFlags, PairArgs, ReviseArgs,
 };
 
-fn gen_settings(g: &GenFlags, stage: &ModelStageFlags) -> GenSettings {
-    GenSettings {
-        sampling: g.sampling(),
-        max_new_tokens: g.max_new_tokens,
-        seed: g.seed,
-        system: g.system.clone(),
-        stop: g.stop.clone(),
-        batch_size: stage.batch_size,
-        shard_rows: stage.shard_rows,
-        threads: g.threads,
-    }
-}
-
-/// Opens what every model stage needs.
 fn open(stage: &ModelStageFlags, threads: usize) -> Result<(Model, Constitution)> {
     let constitution = Constitution::load(&stage.constitution)?;
     let model = Model::open(&stage.model, threads)?;
@@ -100,58 +83,34 @@ fn run_stage(
 }
 
 pub(crate) fn critique(args: CritiqueArgs, quiet: bool) -> Result<()> {
-    let settings = gen_settings(&args.gen_flags, &args.stage);
+    let settings = &args.settings;
     let input = TableFile::open(&args.input)?;
-    let (mut model, constitution) = open(&args.stage, settings.threads)?;
+    let (mut model, constitution) = open(&args.stage, settings.generation.threads)?;
     run_stage(
         "critique",
         &args.output,
         quiet,
         args.stage.json,
-        |out, p| {
-            charter_stages::critique(
-                &input,
-                args.round,
-                &mut model,
-                &constitution,
-                &settings,
-                out,
-                p,
-            )
-        },
+        |out, p| charter_stages::critique(&input, &mut model, &constitution, settings, out, p),
     )
 }
 
 pub(crate) fn revise(args: ReviseArgs, quiet: bool) -> Result<()> {
-    let settings = gen_settings(&args.gen_flags, &args.stage);
+    let settings = &args.generation;
     let input = TableFile::open(&args.input)?;
     let (mut model, constitution) = open(&args.stage, settings.threads)?;
     run_stage("revise", &args.output, quiet, args.stage.json, |out, p| {
-        charter_stages::revise(&input, &mut model, &constitution, &settings, out, p)
+        charter_stages::revise(&input, &mut model, &constitution, settings, out, p)
     })
 }
 
 pub(crate) fn label(args: LabelArgs, quiet: bool) -> Result<()> {
-    let clamp = parse_clamp(&args.clamp)?;
-    let settings = LabelSettings {
-        swap: !args.no_swap,
-        cot: args.cot,
-        clamp,
-        generation: gen_settings(&args.gen_flags, &args.stage),
-    };
+    let settings = &args.settings;
     let input = TableFile::open(&args.input)?;
     let (mut model, constitution) = open(&args.stage, settings.generation.threads)?;
     run_stage("label", &args.output, quiet, args.stage.json, |out, p| {
-        charter_stages::label(&input, &mut model, &constitution, &settings, out, p)
+        charter_stages::label(&input, &mut model, &constitution, settings, out, p)
     })
-}
-
-fn parse_clamp(text: &str) -> Result<(f64, f64)> {
-    let parse = |s: &str| s.trim().parse::<f64>().ok();
-    match text.split_once(',').map(|(a, b)| (parse(a), parse(b))) {
-        Some((Some(lo), Some(hi))) => Ok((lo, hi)),
-        _ => anyhow::bail!("--clamp must be LO,HI (e.g. 0.4,0.6), got {text:?}"),
-    }
 }
 
 pub(crate) fn pair(args: PairArgs, quiet: bool) -> Result<()> {
@@ -186,12 +145,8 @@ pub(crate) fn pair(args: PairArgs, quiet: bool) -> Result<()> {
 
 pub(crate) fn export(args: ExportArgs, quiet: bool) -> Result<()> {
     let input = TableFile::open(&args.input)?;
-    let format = match args.format {
-        ExportFormatArg::Preference => ExportFormat::Preference,
-        ExportFormatArg::Sft => ExportFormat::Sft,
-    };
     let file = super::OutputFile::new(&args.output, "export.jsonl")?;
-    let rows = charter_stages::export(&input, format, args.chat, file.path())
+    let rows = charter_stages::export(&input, &args.settings, file.path())
         .with_context(|| format!("export → {}", file.output().display()))?;
     file.finish()?;
     if !quiet {
@@ -205,7 +160,7 @@ pub(crate) fn eval_labeller(args: EvalLabellerArgs) -> Result<()> {
         swap: !args.no_swap,
         cot: args.cot,
         clamp: (0.0, 1.0),
-        generation: gen_settings(&args.gen_flags, &args.stage),
+        generation: args.generation.clone(),
     };
     let comparisons = charter_stages::read_comparisons(&args.comparisons)?;
     let (mut model, constitution) = open(&args.stage, settings.generation.threads)?;
@@ -254,28 +209,7 @@ pub(crate) fn eval_labeller(args: EvalLabellerArgs) -> Result<()> {
 }
 
 pub(crate) fn eval_policy(args: crate::cli::EvalPolicyArgs, quiet: bool) -> Result<()> {
-    let g = &args.gen_flags;
-    let generation = GenSettings {
-        sampling: g.sampling(),
-        max_new_tokens: g.max_new_tokens,
-        seed: g.seed,
-        system: g.system.clone(),
-        stop: g.stop.clone(),
-        batch_size: args.batch_size,
-        shard_rows: args.shard_rows,
-        threads: g.threads,
-    };
-    let settings = charter_stages::PolicyEvalSettings {
-        samples: args.samples,
-        limit: args.limit,
-        label: LabelSettings {
-            swap: !args.no_swap,
-            cot: false,
-            clamp: (0.0, 1.0),
-            generation: generation.clone(),
-        },
-        generation,
-    };
+    let settings = &args.settings;
     let constitution = Constitution::load(&args.constitution)?;
     let prompts = TableFile::open(&args.input)?;
     let labeller = args.labeller.clone().unwrap_or_else(|| args.a.clone());
@@ -288,7 +222,7 @@ pub(crate) fn eval_policy(args: crate::cli::EvalPolicyArgs, quiet: bool) -> Resu
             labeller: &labeller,
         },
         &constitution,
-        &settings,
+        settings,
         &args.output,
         &mut |step, p| {
             bar.set_message(match step {

@@ -3,12 +3,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
-use charter_train::{
-    DeviceChoice, Job, LoraSettings, MetricRow, Outcome, Schedule, TrainSettings, train_dpo,
-    train_pm, train_sft,
-};
+use charter_train::{Job, MetricRow, Outcome, train_dpo, train_pm, train_sft};
 
-use crate::cli::{DeviceArg, ScheduleArg, ScoreArgs, TrainCommand, TrainFlags};
+use crate::cli::{ScoreArgs, TrainCommand, TrainFlags};
 
 /// Set by Ctrl-C (or SIGTERM): finish the step, checkpoint, stop.
 static INTERRUPT: AtomicBool = AtomicBool::new(false);
@@ -124,39 +121,12 @@ pub(crate) fn run(command: TrainCommand, quiet: bool) -> Result<()> {
 }
 
 fn job(flags: &TrainFlags) -> Result<Job<'_>> {
-    let lora = flags.lora_rank.map(|rank| LoraSettings {
-        rank,
-        alpha: flags.lora_alpha.unwrap_or(rank as f64),
-    });
-    let settings = TrainSettings {
-        epochs: flags.epochs,
-        lr: flags
-            .lr
-            .unwrap_or_else(|| TrainSettings::default_lr(lora.is_some())),
-        schedule: match flags.schedule {
-            ScheduleArg::Constant => Schedule::Constant,
-            ScheduleArg::Cosine => Schedule::Cosine,
-        },
-        warmup_steps: flags.warmup_steps,
-        batch_size: flags.batch_size,
-        grad_accum: flags.grad_accum,
-        max_len: flags.max_len,
-        weight_decay: flags.weight_decay,
-        seed: flags.seed,
-        checkpoint_every: flags.checkpoint_every,
-        lora,
-    };
-    settings.validate()?;
     Ok(Job {
         model: &flags.model,
         out: &flags.output,
-        settings,
-        device: match flags.device {
-            DeviceArg::Auto => DeviceChoice::Auto,
-            DeviceArg::Cpu => DeviceChoice::Cpu,
-            DeviceArg::Wgpu => DeviceChoice::Wgpu,
-        },
-        dtype: flags.dtype.dtype(),
+        settings: flags.config.settings()?,
+        device: flags.config.device,
+        dtype: flags.config.dtype,
         resume: flags.resume,
         interrupt: &INTERRUPT,
     })

@@ -297,6 +297,25 @@ fn a_build_runs_caches_and_rebuilds_only_what_changed() {
     );
     assert!(plan["responses"].starts_with("up to date"), "{plan:?}");
 
+    // A stage's own seed, then another build seed: the seed is named.
+    let seeded = pipeline(&model, &prompts, &c, "max_new_tokens = 12\nseed = 5");
+    std::fs::write(&build_file, &seeded).unwrap();
+    let plan = dry_run(&build_file);
+    assert!(
+        plan["critiques-2"].starts_with("run: settings changed: seed 1 → 5"),
+        "{plan:?}"
+    );
+    std::fs::write(&build_file, seeded.replace("seed = 1\n", "seed = 2\n")).unwrap();
+    let plan = dry_run(&build_file);
+    assert!(
+        plan["responses"].starts_with("run: settings changed: seed 1 → 2"),
+        "{plan:?}"
+    );
+    assert!(
+        plan["pairs"].starts_with("run: input `responses` will be rebuilt"),
+        "{plan:?}"
+    );
+
     // Another model, other prompts: dry-run names the model and input hashes.
     let model2 = dir.path().join("tiny2");
     let model2 = model2.to_str().unwrap();

@@ -13,13 +13,14 @@ use std::collections::BTreeSet;
 use charter_model::ModelDir;
 use charter_table::{
     CRITIQUES, InputRef, KEY_CONSTITUTION_HASH, KEY_INPUTS, KEY_MODEL_HASH, KEY_SETTINGS,
-    KEY_STAGE, KEY_STAGE_VERSION, LABELS, PAIRS, Provenance, RESPONSES, REVISIONS, Revision,
-    ShardedWriter, TableFile, TableSpec, canonical_json, partial_dir,
+    KEY_STAGE, KEY_STAGE_VERSION, LABELS, PAIRS, Provenance, RESPONSES, REVISIONS, ShardedWriter,
+    TableFile, TableSpec, canonical_json, partial_dir,
 };
-use serde_json::{Value as Json, json};
+use serde_json::Value as Json;
 
 use charter_stages::{
-    CRITIQUE_VERSION, Constitution, LABEL_VERSION, PAIR_VERSION, RESPOND_VERSION, REVISE_VERSION,
+    Constitution, critique_provenance, label_provenance, pair_provenance, respond_provenance,
+    revise_provenance,
 };
 
 use crate::error::Result;
@@ -151,7 +152,7 @@ fn explain_stage(
         if partial.is_dir() {
             // With its inputs final, the key is known: say whether the
             // interrupted run's rows will be kept.
-            let key = if reasons.len() == 1 && !matches!(stage.op, StageOp::Export { .. }) {
+            let key = if reasons.len() == 1 && !matches!(stage.op, StageOp::Export(_)) {
                 let inputs = plan.input_tables(stage)?;
                 Some(expected_provenance(stage, &inputs).map(|(p, spec)| p.build_key(spec))?)
             } else {
@@ -179,7 +180,7 @@ fn explain_stage(
     }
     // Inputs and output exist and are up to date or sources: compare.
     let input_files = plan.input_tables(stage)?;
-    if let StageOp::Export { format, chat } = &stage.op {
+    if let StageOp::Export(settings) = &stage.op {
         let Some(input) = input_files.first() else {
             return Ok((Verdict::Run, vec!["no input".into()]));
         };
@@ -187,7 +188,7 @@ fn explain_stage(
             crate::error::Error::Settings(format!("creating a temporary directory: {e}"))
         })?;
         let fresh = dir.path().join("export.jsonl");
-        charter_stages::export(input, *format, *chat, &fresh)?;
+        charter_stages::export(input, settings, &fresh)?;
         let same = std::fs::read(&fresh).ok() == std::fs::read(out).ok();
         return Ok(if same {
             (
@@ -491,103 +492,47 @@ fn input_ref(name: &str, table: &TableFile) -> Result<InputRef> {
     })
 }
 
-/// The provenance `stage` would record on `inputs` (the stage's own
-/// recipe, mirrored here), and its table.
+/// The provenance `stage` would record on `inputs`, asked of the stage
+/// itself, and its table.
 pub(super) fn expected_provenance(
     stage: &PlannedStage,
     inputs: &[TableFile],
 ) -> Result<(Provenance, &'static TableSpec)> {
-    let model_hash = stage
-        .model
-        .as_deref()
-        .map(|m| ModelDir::open(m).map(|d| d.provenance.content_hash))
-        .transpose()?;
-    let constitution_hash = stage
-        .constitution
-        .as_deref()
-        .map(|c| Constitution::load(c).map(|c| c.hash()))
-        .transpose()?;
+    let model_hash = || -> Result<String> {
+        let dir = stage.model.as_deref().ok_or_else(|| {
+            crate::error::Error::Settings(format!("stage `{}` has no model", stage.name))
+        })?;
+        Ok(ModelDir::open(dir)?.provenance.content_hash)
+    };
+    let constitution_hash = || -> Result<String> {
+        let file = stage.constitution.as_deref().ok_or_else(|| {
+            crate::error::Error::Settings(format!("stage `{}` has no constitution", stage.name))
+        })?;
+        Ok(Constitution::load(file)?.hash())
+    };
     let first = inputs.first().ok_or_else(|| {
         crate::error::Error::Settings(format!("stage `{}` has no input", stage.name))
     })?;
-    let table_name = |t: &TableFile| t.table_name().unwrap_or("input").to_string();
-    let (name, version, settings, inputs, spec): (&str, u32, Json, Vec<InputRef>, _) =
-        match &stage.op {
-            StageOp::Respond(s) => (
-                "respond",
-                RESPOND_VERSION,
-                s.canonical(),
-                vec![input_ref("prompts", first)?],
-                &RESPONSES,
-            ),
-            StageOp::Critique { round, settings } => {
-                let mut canonical = settings.canonical();
-                canonical["round"] = json!(critique_round(first, *round)?);
-                (
-                    "critique",
-                    CRITIQUE_VERSION,
-                    canonical,
-                    vec![input_ref(&table_name(first), first)?],
-                    &CRITIQUES,
-                )
-            }
-            StageOp::Revise(s) => (
-                "revise",
-                REVISE_VERSION,
-                s.canonical(),
-                vec![input_ref("critiques", first)?],
-                &REVISIONS,
-            ),
-            StageOp::Pair => {
-                let refs = inputs
-                    .iter()
-                    .map(|t| input_ref(&table_name(t), t))
-                    .collect::<Result<Vec<_>>>()?;
-                (
-                    "pair",
-                    PAIR_VERSION,
-                    json!({ "against": inputs.len() > 1 }),
-                    refs,
-                    &PAIRS,
-                )
-            }
-            StageOp::Label(s) => (
-                "label",
-                LABEL_VERSION,
-                s.canonical(),
-                vec![input_ref("pairs", first)?],
-                &LABELS,
-            ),
-            StageOp::Table | StageOp::Export { .. } | StageOp::Train(_) | StageOp::Eval(_) => {
-                return Err(crate::error::Error::Settings(format!(
-                    "internal: stage `{}` records no provenance",
-                    stage.name
-                )));
-            }
-        };
-    Ok((
-        Provenance {
-            stage: name.into(),
-            stage_version: version,
-            settings,
-            inputs,
-            model_hash,
-            constitution_hash,
-        },
-        spec,
-    ))
-}
-
-/// The round a critique of `input` runs, as the critique stage derives it.
-fn critique_round(input: &TableFile, round: Option<u32>) -> Result<u32> {
-    if let Some(r) = round {
-        return Ok(r);
-    }
-    Ok(match input.table_name() {
-        Some("revisions") => {
-            let rows: Vec<Revision> = input.rows()?;
-            rows.iter().map(|r| r.round).max().unwrap_or(0) + 1
+    Ok(match &stage.op {
+        StageOp::Respond(s) => (respond_provenance(s, first, &model_hash()?)?, &RESPONSES),
+        StageOp::Critique(s) => (
+            critique_provenance(first, s, &model_hash()?, &constitution_hash()?)?,
+            &CRITIQUES,
+        ),
+        StageOp::Revise(s) => (
+            revise_provenance(first, s, &model_hash()?, &constitution_hash()?)?,
+            &REVISIONS,
+        ),
+        StageOp::Pair => (pair_provenance(first, inputs.get(1))?, &PAIRS),
+        StageOp::Label(s) => (
+            label_provenance(first, s, &model_hash()?, &constitution_hash()?)?,
+            &LABELS,
+        ),
+        StageOp::Table | StageOp::Export(_) | StageOp::Train(_) | StageOp::Eval(_) => {
+            return Err(crate::error::Error::Settings(format!(
+                "internal: stage `{}` records no provenance",
+                stage.name
+            )));
         }
-        _ => 1,
     })
 }

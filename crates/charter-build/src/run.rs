@@ -234,16 +234,19 @@ impl BuildPlan {
         Ok(match &stage.op {
             StageOp::Table | StageOp::Train(_) | StageOp::Eval(_) => unreachable_table(stage)?,
             StageOp::Respond(s) => {
-                let r = respond(input, model_of(cache, stage, s.threads)?, s, out, progress)?;
+                let r = respond(
+                    input,
+                    model_of(cache, stage, s.generation.threads)?,
+                    s,
+                    out,
+                    progress,
+                )?;
                 generated(stage, r)
             }
-            StageOp::Critique { round, settings } => {
+            StageOp::Critique(settings) => {
                 let c = need_constitution()?;
-                let m = model_of(cache, stage, settings.threads)?;
-                generated(
-                    stage,
-                    critique(input, *round, m, c, settings, out, progress)?,
-                )
+                let m = model_of(cache, stage, settings.generation.threads)?;
+                generated(stage, critique(input, m, c, settings, out, progress)?)
             }
             StageOp::Revise(settings) => {
                 let c = need_constitution()?;
@@ -272,7 +275,7 @@ impl BuildPlan {
                     content_hash: p.table.content_hash,
                 }
             }
-            StageOp::Export { format, chat } => {
+            StageOp::Export(settings) => {
                 let parent = match out.parent() {
                     Some(p) if !p.as_os_str().is_empty() => p,
                     _ => Path::new("."),
@@ -285,7 +288,7 @@ impl BuildPlan {
                     .suffix(".jsonl")
                     .tempfile_in(parent)
                     .map_err(io)?;
-                let rows = export(input, *format, *chat, tmp.path())?;
+                let rows = export(input, settings, tmp.path())?;
                 let fresh = std::fs::read(tmp.path()).map_err(io)?;
                 let same = std::fs::read(out).is_ok_and(|old| old == fresh);
                 if !same {
@@ -387,7 +390,7 @@ pub(super) fn eval_key(
         "samples": s.samples,
         "limit": s.limit,
         "generation": s.generation.canonical(),
-        "label": s.label.canonical(),
+        "label": s.label().canonical(),
     });
     let key = blake3::hash(canonical_json(&pieces).as_bytes())
         .to_hex()

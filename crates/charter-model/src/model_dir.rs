@@ -177,15 +177,17 @@ impl ModelDir {
 }
 
 /// Weight type of a model directory's generation graph.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
 pub enum Dtype {
-    /// Dequantised f32 weights: exact, largest.
+    /// Dequantised f32 weights: exact (reproduces an f32 reference), largest.
     F32,
-    /// 8-bit block weights (`MatMulNBits`), int8 activations in the matmuls.
+    /// 8-bit block weights (`MatMulNBits`), int8 activations in the matmuls:
+    /// close to f32 (KL ~0.005 nats on the default model), faster.
     Int8,
     /// 4-bit block weights (`MatMulNBits`) with f32 residual block offsets,
     /// exact for Q4_1/Q4_0 sources; int8 activations in the matmuls except
-    /// the Q/K/V projection.
+    /// the Q/K/V projection: smallest (KL ~0.002 nats on the default model).
     Int4,
 }
 

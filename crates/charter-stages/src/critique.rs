@@ -30,6 +30,30 @@ pub const CRITIQUE_VERSION: u32 = 1;
 /// Version of the revise stage.
 pub const REVISE_VERSION: u32 = 1;
 
+/// Settings of a critique run: the `critique` command's flags and a build
+/// file's `critique` stage.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct CritiqueSettings {
+    /// The round [default: 1 for responses, the input's last round + 1 for revisions].
+    #[arg(long, value_name = "R")]
+    pub round: Option<u32>,
+    /// How the critiques are generated.
+    #[serde(skip)]
+    #[command(flatten)]
+    pub generation: GenSettings,
+}
+
+impl CritiqueSettings {
+    /// Checks the values a user can get wrong; the error names the setting.
+    pub fn validate(&self) -> Result<()> {
+        if self.round == Some(0) {
+            return Err(Error::invalid("round", "rounds start at 1"));
+        }
+        self.generation.validate()
+    }
+}
+
 /// An answer to critique: a response or an earlier revision.
 struct Answer {
     prompt_id: String,
@@ -159,29 +183,70 @@ fn input_ref(name: &str, input: &TableFile) -> Result<InputRef> {
     })
 }
 
-/// Critiques every answer of `input` (a `responses` table for round 1, a
-/// `revisions` table for later rounds) into the `critiques` table at `out`.
-pub fn critique(
+/// The provenance a critique of `input` records (what its build key is
+/// made of): `round` as given, else the round the input calls for (1 for
+/// responses, the last round + 1 for revisions).
+pub fn critique_provenance(
     input: &TableFile,
-    round: Option<u32>,
-    model: &mut Model,
-    constitution: &Constitution,
-    settings: &GenSettings,
-    out: &Path,
-    progress: &mut dyn FnMut(StageProgress),
-) -> Result<StageSummary> {
-    settings.validate()?;
-    let (answers, round) = answers(input, round)?;
-    let mut canonical = settings.canonical();
+    settings: &CritiqueSettings,
+    model_hash: &str,
+    constitution_hash: &str,
+) -> Result<Provenance> {
+    let round = match settings.round {
+        Some(r) => r,
+        None => answers(input, None)?.1,
+    };
+    let mut canonical = settings.generation.canonical();
     canonical["round"] = json!(round);
-    let provenance = Provenance {
+    Ok(Provenance {
         stage: "critique".into(),
         stage_version: CRITIQUE_VERSION,
         settings: canonical,
         inputs: vec![input_ref(input.table_name().unwrap_or("input"), input)?],
-        model_hash: Some(model.dir.provenance.content_hash.clone()),
-        constitution_hash: Some(constitution.hash()),
-    };
+        model_hash: Some(model_hash.to_string()),
+        constitution_hash: Some(constitution_hash.to_string()),
+    })
+}
+
+/// The provenance a revision of the critiques in `input` records.
+pub fn revise_provenance(
+    input: &TableFile,
+    settings: &GenSettings,
+    model_hash: &str,
+    constitution_hash: &str,
+) -> Result<Provenance> {
+    Ok(Provenance {
+        stage: "revise".into(),
+        stage_version: REVISE_VERSION,
+        settings: settings.canonical(),
+        inputs: vec![input_ref("critiques", input)?],
+        model_hash: Some(model_hash.to_string()),
+        constitution_hash: Some(constitution_hash.to_string()),
+    })
+}
+
+/// Critiques every answer of `input` (a `responses` table for round 1, a
+/// `revisions` table for later rounds) into the `critiques` table at `out`.
+pub fn critique(
+    input: &TableFile,
+    model: &mut Model,
+    constitution: &Constitution,
+    critique_settings: &CritiqueSettings,
+    out: &Path,
+    progress: &mut dyn FnMut(StageProgress),
+) -> Result<StageSummary> {
+    critique_settings.validate()?;
+    let settings = &critique_settings.generation;
+    let (answers, round) = answers(input, critique_settings.round)?;
+    let provenance = critique_provenance(
+        input,
+        &CritiqueSettings {
+            round: Some(round),
+            generation: settings.clone(),
+        },
+        &model.dir.provenance.content_hash,
+        &constitution.hash(),
+    )?;
     let (mut writer, state) = match ShardedWriter::open(
         out,
         &CRITIQUES,
@@ -241,9 +306,9 @@ pub fn critique(
                 model_hash: hash.clone(),
                 constitution: constitution.name.clone(),
                 constitution_hash: constitution_hash.clone(),
-                temperature: settings.sampling.temperature,
-                top_p: settings.sampling.top_p,
-                top_k: settings.sampling.top_k as u32,
+                temperature: settings.temperature,
+                top_p: settings.top_p,
+                top_k: settings.top_k as u32,
                 max_new_tokens: settings.max_new_tokens,
                 seed: g.request.seed,
                 prompt_tokens: g.request.prompt.len() as u32,
@@ -301,14 +366,12 @@ pub fn revise(
             })?;
         principles.push(p);
     }
-    let provenance = Provenance {
-        stage: "revise".into(),
-        stage_version: REVISE_VERSION,
-        settings: settings.canonical(),
-        inputs: vec![input_ref("critiques", input)?],
-        model_hash: Some(model.dir.provenance.content_hash.clone()),
-        constitution_hash: Some(constitution_hash.clone()),
-    };
+    let provenance = revise_provenance(
+        input,
+        settings,
+        &model.dir.provenance.content_hash,
+        &constitution_hash,
+    )?;
     let (mut writer, state) = match ShardedWriter::open(
         out,
         &REVISIONS,
@@ -376,9 +439,9 @@ pub fn revise(
                 model_hash: hash.clone(),
                 constitution: constitution.name.clone(),
                 constitution_hash: constitution_hash.clone(),
-                temperature: settings.sampling.temperature,
-                top_p: settings.sampling.top_p,
-                top_k: settings.sampling.top_k as u32,
+                temperature: settings.temperature,
+                top_p: settings.top_p,
+                top_k: settings.top_k as u32,
                 max_new_tokens: settings.max_new_tokens,
                 seed: g.request.seed,
                 prompt_tokens: g.request.prompt.len() as u32,

@@ -21,16 +21,55 @@ use serde_json::json;
 use crate::error::{Error, Result};
 
 /// Export layouts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
 pub enum ExportFormat {
-    /// `prompt` / `chosen` / `rejected` from labels.
+    /// `prompt` / `chosen` / `rejected` from a `labels` table.
     Preference,
-    /// `prompt` / `completion` / `messages` from revisions.
+    /// `prompt` / `completion` / `messages` from a `revisions` table.
     Sft,
 }
 
-/// Writes `input` to `out` as JSON lines in `format`; returns the rows written.
-pub fn export(input: &TableFile, format: ExportFormat, chat: bool, out: &Path) -> Result<u64> {
+impl ExportFormat {
+    /// The layout a table of this name exports to by default.
+    pub fn of_table(name: Option<&str>) -> Option<ExportFormat> {
+        match name {
+            Some(n) if n == LABELS.name => Some(ExportFormat::Preference),
+            Some(n) if n == REVISIONS.name => Some(ExportFormat::Sft),
+            _ => None,
+        }
+    }
+}
+
+/// Settings of an export: the `export` command's flags and a build file's
+/// `export` stage.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportSettings {
+    /// The layout [default: `preference` for a `labels` table, `sft` for `revisions`].
+    #[arg(long, value_enum)]
+    pub format: Option<ExportFormat>,
+    /// Preference rows as chat message lists instead of plain text.
+    #[arg(long)]
+    pub chat: bool,
+}
+
+/// Writes `input` to `out` as JSON lines; returns the rows written.
+pub fn export(input: &TableFile, settings: &ExportSettings, out: &Path) -> Result<u64> {
+    let chat = settings.chat;
+    let format = match settings.format {
+        Some(f) => f,
+        None => ExportFormat::of_table(input.table_name()).ok_or_else(|| {
+            Error::invalid(
+                "format",
+                format!(
+                    "{} is a `{}` table: say which layout, `preference` (labels) or `sft` (revisions)",
+                    input.path().display(),
+                    input.table_name().unwrap_or("?")
+                ),
+            )
+        })?,
+    };
     let is_jsonl = out
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("jsonl") || e.eq_ignore_ascii_case("json"));

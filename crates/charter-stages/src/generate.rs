@@ -170,36 +170,60 @@ pub(crate) fn run_windows<R: Record>(
     Ok(counts)
 }
 
-/// Generation settings shared by the stages that write text with a model
-/// (critique, revise, and the reasoning of chain-of-thought labels).
-#[derive(Debug, Clone, PartialEq)]
+/// Generation settings of every stage that writes text with a model
+/// (respond, critique, revise, the reasoning of chain-of-thought labels,
+/// policy evaluation): the command-line flags and a build file's
+/// `[defaults]` and stage fields are this one struct.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
 pub struct GenSettings {
-    /// How tokens are chosen.
-    pub sampling: charter_gen::Sampling,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, value_name = "T", default_value_t = GenSettings::DEFAULT.temperature)]
+    pub temperature: f32,
+    /// Nucleus sampling mass; 1 disables it.
+    #[arg(long, value_name = "P", default_value_t = GenSettings::DEFAULT.top_p)]
+    pub top_p: f32,
+    /// Keep only the K most likely tokens; 0 disables it.
+    #[arg(long, value_name = "K", default_value_t = GenSettings::DEFAULT.top_k)]
+    pub top_k: usize,
     /// Cap on generated tokens per row.
+    #[arg(long, value_name = "N", default_value_t = GenSettings::DEFAULT.max_new_tokens)]
     pub max_new_tokens: u32,
-    /// The build seed every row's seed derives from.
+    /// Build seed: every row's seed derives from it and the row's identity.
+    /// (A build file sets it in `[build]` or the stage, never in `[defaults]`.)
+    #[serde(skip)]
+    #[arg(long, value_name = "S", default_value_t = GenSettings::DEFAULT.seed)]
     pub seed: u64,
-    /// System prompt; `None` lets the chat template use its default.
+    /// System prompt [default: the chat template's own].
+    #[arg(long, value_name = "TEXT")]
     pub system: Option<String>,
-    /// Text that ends a generation; cut from the recorded text.
+    /// Stop when this text appears, and cut it from the text (repeatable).
+    #[arg(long = "stop", value_name = "TEXT")]
     pub stop: Vec<String>,
     /// Rows decoded together.
+    #[arg(long, value_name = "B", default_value_t = GenSettings::DEFAULT.batch_size)]
     pub batch_size: usize,
-    /// Rows per window: generated together and committed as one shard.
+    /// Rows per window, generated together and committed as one shard: the
+    /// most work an interrupted run loses.
+    #[arg(long, value_name = "N", default_value_t = GenSettings::DEFAULT.shard_rows)]
     pub shard_rows: usize,
-    /// ONNX Runtime intra-op threads the model runs with.
+    /// Intra-op threads for ONNX Runtime.
+    #[arg(long, value_name = "N", default_value_t = GenSettings::DEFAULT.threads)]
     pub threads: usize,
+}
+
+impl Default for GenSettings {
+    fn default() -> Self {
+        GenSettings::DEFAULT
+    }
 }
 
 impl GenSettings {
     /// The defaults: of the command-line flags and of build files alike.
     pub const DEFAULT: GenSettings = GenSettings {
-        sampling: charter_gen::Sampling {
-            temperature: 0.7,
-            top_p: 0.95,
-            top_k: 0,
-        },
+        temperature: 0.7,
+        top_p: 0.95,
+        top_k: 0,
         max_new_tokens: 256,
         seed: 0,
         system: None,
@@ -209,12 +233,21 @@ impl GenSettings {
         threads: 1,
     };
 
+    /// How tokens are chosen.
+    pub fn sampling(&self) -> charter_gen::Sampling {
+        charter_gen::Sampling {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+        }
+    }
+
     /// The settings that determine the output, as recorded in provenance.
     pub fn canonical(&self) -> serde_json::Value {
         serde_json::json!({
-            "temperature": self.sampling.temperature,
-            "top_p": self.sampling.top_p,
-            "top_k": self.sampling.top_k,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
             "max_new_tokens": self.max_new_tokens,
             "seed": self.seed,
             "system": self.system,
@@ -229,7 +262,7 @@ impl GenSettings {
 
     /// Checks the values a user can get wrong; the error names the setting.
     pub fn validate(&self) -> Result<()> {
-        let s = &self.sampling;
+        let s = self;
         if !(s.temperature >= 0.0 && s.temperature.is_finite()) {
             return Err(Error::invalid(
                 "temperature",
@@ -258,7 +291,7 @@ impl GenSettings {
     /// Engine options for `model`.
     pub(crate) fn options(&self, model: &Model) -> GenerateOptions {
         GenerateOptions {
-            sampling: self.sampling,
+            sampling: self.sampling(),
             max_new_tokens: self.max_new_tokens as usize,
             stop_ids: model.stop_ids.clone(),
             batch_size: self.batch_size,

@@ -31,17 +31,46 @@ use crate::stop::StopStrings;
 /// Version of the label stage.
 pub const LABEL_VERSION: u32 = 1;
 
-/// Settings of a label run.
-#[derive(Debug, Clone, PartialEq)]
+/// Settings of a label run: the `label` command's flags and a build file's
+/// `label` stage.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
 pub struct LabelSettings {
-    /// Score both presentation orders and average them.
+    /// Score both presentation orders and average them (`--no-swap`: only
+    /// the order shown, A first).
+    #[arg(long = "no-swap", action = clap::ArgAction::SetFalse)]
     pub swap: bool,
-    /// Generate reasoning before scoring the answer.
+    /// Let the labeller reason before answering (the reasoning is kept;
+    /// probabilities are clamped).
+    #[arg(long)]
     pub cot: bool,
     /// The range chain-of-thought probabilities are clamped to.
+    #[arg(long, value_name = "LO,HI", default_value = "0.4,0.6", value_parser = parse_clamp)]
     pub clamp: (f64, f64),
     /// Generation of the reasoning (with `cot`), seed, batch and window.
+    #[serde(skip)]
+    #[command(flatten)]
     pub generation: GenSettings,
+}
+
+impl Default for LabelSettings {
+    fn default() -> Self {
+        LabelSettings {
+            swap: true,
+            cot: false,
+            clamp: (0.4, 0.6),
+            generation: GenSettings::DEFAULT,
+        }
+    }
+}
+
+/// `LO,HI` as two numbers.
+fn parse_clamp(text: &str) -> std::result::Result<(f64, f64), String> {
+    let parse = |s: &str| s.trim().parse::<f64>().map_err(|e| format!("{s:?}: {e}"));
+    match text.split_once(',') {
+        Some((lo, hi)) => Ok((parse(lo)?, parse(hi)?)),
+        None => Err(format!("expected LO,HI, got {text:?}")),
+    }
 }
 
 impl LabelSettings {
@@ -54,7 +83,8 @@ impl LabelSettings {
         v
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks the values a user can get wrong; the error names the setting.
+    pub fn validate(&self) -> Result<()> {
         self.generation.validate()?;
         let (lo, hi) = self.clamp;
         if !(0.0..=0.5).contains(&lo) || !(0.5..=1.0).contains(&hi) {
@@ -296,6 +326,26 @@ pub(crate) fn judge(
     Ok((out, tokens))
 }
 
+/// The provenance a label run over the pairs in `input` records.
+pub fn label_provenance(
+    input: &TableFile,
+    settings: &LabelSettings,
+    model_hash: &str,
+    constitution_hash: &str,
+) -> Result<Provenance> {
+    Ok(Provenance {
+        stage: "label".into(),
+        stage_version: LABEL_VERSION,
+        settings: settings.canonical(),
+        inputs: vec![InputRef {
+            name: "pairs".into(),
+            content_hash: input.content_hash_or_compute()?,
+        }],
+        model_hash: Some(model_hash.to_string()),
+        constitution_hash: Some(constitution_hash.to_string()),
+    })
+}
+
 /// Labels every pair of `input` into the `labels` table at `out`.
 pub fn label(
     input: &TableFile,
@@ -310,17 +360,12 @@ pub fn label(
     let choices = choices(model, &constitution.templates.label_answer_prefix)?;
     let pairs: Vec<Pair> = input.rows()?;
     let constitution_hash = constitution.hash();
-    let provenance = Provenance {
-        stage: "label".into(),
-        stage_version: LABEL_VERSION,
-        settings: settings.canonical(),
-        inputs: vec![InputRef {
-            name: "pairs".into(),
-            content_hash: input.content_hash_or_compute()?,
-        }],
-        model_hash: Some(model.dir.provenance.content_hash.clone()),
-        constitution_hash: Some(constitution_hash.clone()),
-    };
+    let provenance = label_provenance(
+        input,
+        settings,
+        &model.dir.provenance.content_hash,
+        &constitution_hash,
+    )?;
     let (mut writer, state) = match ShardedWriter::open(
         out,
         &LABELS,

@@ -38,22 +38,25 @@ pub use constitution::{
     Constitution, ConstitutionError, CritiqueExample, CritiquePrinciple, LabelExample,
     PreferencePrinciple, Templates,
 };
-pub use critique::{CRITIQUE_VERSION, REVISE_VERSION, critique, revise};
+pub use critique::{
+    CRITIQUE_VERSION, CritiqueSettings, REVISE_VERSION, critique, critique_provenance, revise,
+    revise_provenance,
+};
 pub use error::{Error, Result};
 pub use eval::{
     CalibrationBucket, HumanComparison, LabellerReport, eval_labeller, read_comparisons,
 };
-pub use export::{ExportFormat, export};
+pub use export::{ExportFormat, ExportSettings, export};
 pub use generate::{GenSettings, StageProgress, StageSummary};
-pub use label::{LABEL_VERSION, LabelSettings, label};
+pub use label::{LABEL_VERSION, LabelSettings, label, label_provenance};
 pub use model::Model;
-pub use pair::{PAIR_VERSION, PairSummary, pair};
+pub use pair::{PAIR_VERSION, PairSummary, pair, pair_provenance};
 pub use policy_eval::{
     Contestants, PolicyEvalReport, PolicyEvalSettings, PolicyEvalStep, eval_policy,
 };
 pub use respond::{
     MAX_SAMPLES, RespondProgress, RespondSettings, RespondSummary,
-    STAGE_VERSION as RESPOND_VERSION, respond,
+    STAGE_VERSION as RESPOND_VERSION, provenance as respond_provenance, respond,
 };
 pub use seed::row_seed;
 pub use stop::StopStrings;

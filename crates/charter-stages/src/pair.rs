@@ -120,21 +120,26 @@ fn input_ref(t: &TableFile) -> Result<InputRef> {
     })
 }
 
-/// Pairs the answers of `input` (with themselves, or with `against`) into
-/// the `pairs` table at `out`.
-pub fn pair(input: &TableFile, against: Option<&TableFile>, out: &Path) -> Result<PairSummary> {
+/// The provenance a pairing of `input` (with itself, or with `against`) records.
+pub fn pair_provenance(input: &TableFile, against: Option<&TableFile>) -> Result<Provenance> {
     let mut inputs = vec![input_ref(input)?];
     if let Some(b) = against {
         inputs.push(input_ref(b)?);
     }
-    let provenance = Provenance {
+    Ok(Provenance {
         stage: "pair".into(),
         stage_version: PAIR_VERSION,
         settings: serde_json::json!({ "against": against.is_some() }),
         inputs,
         model_hash: None,
         constitution_hash: None,
-    };
+    })
+}
+
+/// Pairs the answers of `input` (with themselves, or with `against`) into
+/// the `pairs` table at `out`.
+pub fn pair(input: &TableFile, against: Option<&TableFile>, out: &Path) -> Result<PairSummary> {
+    let provenance = pair_provenance(input, against)?;
     let mut read = vec![input.path()];
     read.extend(against.map(TableFile::path));
     let mut writer = match ShardedWriter::open(out, &PAIRS, &provenance.build_key(&PAIRS), &read)? {

@@ -22,17 +22,63 @@ use crate::pair::pair;
 use crate::respond::{RespondSettings, respond};
 use crate::{Error, Result};
 
-/// What the evaluation does.
-#[derive(Debug, Clone, PartialEq)]
+/// What the evaluation does: the `eval policy` command's flags and a build
+/// file's `eval` stage.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
 pub struct PolicyEvalSettings {
     /// Answers per prompt from each policy (sample `k` of A meets sample `k` of B).
+    #[arg(long, value_name = "K", default_value_t = 1)]
     pub samples: u32,
-    /// Use only the first this many prompts.
+    /// Use only the first N prompts.
+    #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
-    /// How both policies generate.
+    /// Score both presentation orders and average them (`--no-swap`: only
+    /// the order shown).
+    #[arg(long = "no-swap", action = clap::ArgAction::SetFalse)]
+    pub swap: bool,
+    /// How both policies generate, and the labeller's seed, batch and window.
+    #[serde(skip)]
+    #[command(flatten)]
     pub generation: GenSettings,
-    /// How the labeller judges.
-    pub label: LabelSettings,
+}
+
+impl Default for PolicyEvalSettings {
+    fn default() -> Self {
+        PolicyEvalSettings {
+            samples: 1,
+            limit: None,
+            swap: true,
+            generation: GenSettings::DEFAULT,
+        }
+    }
+}
+
+impl PolicyEvalSettings {
+    /// How the labeller judges: plain probabilities, unclamped.
+    pub fn label(&self) -> LabelSettings {
+        LabelSettings {
+            swap: self.swap,
+            cot: false,
+            clamp: (0.0, 1.0),
+            generation: self.generation.clone(),
+        }
+    }
+
+    /// Both policies' respond settings.
+    pub fn respond(&self) -> RespondSettings {
+        RespondSettings {
+            samples: self.samples,
+            limit: self.limit,
+            generation: self.generation.clone(),
+        }
+    }
+
+    /// Checks the values a user can get wrong; the error names the setting.
+    pub fn validate(&self) -> Result<()> {
+        self.respond().validate()?;
+        self.label().validate()
+    }
 }
 
 /// B's record against A.
@@ -146,18 +192,7 @@ pub fn eval_policy(
     let Contestants { a, b, labeller } = models;
     std::fs::create_dir_all(work).map_err(|e| Error::io(work, e))?;
     let g = &settings.generation;
-    let respond_settings = RespondSettings {
-        samples: settings.samples,
-        sampling: g.sampling,
-        max_new_tokens: g.max_new_tokens,
-        seed: g.seed,
-        system: g.system.clone(),
-        stop: g.stop.clone(),
-        limit: settings.limit,
-        batch_size: g.batch_size,
-        shard_rows: g.shard_rows,
-        threads: g.threads,
-    };
+    let respond_settings = settings.respond();
     let mut tables = Vec::new();
     for (step, dir, name) in [
         (PolicyEvalStep::RespondA, a, "a-responses.parquet"),
@@ -180,12 +215,13 @@ pub fn eval_policy(
     let pairs = work.join("pairs.parquet");
     pair(&tables[0], Some(&tables[1]), &pairs)?;
     let labels = work.join("labels.parquet");
-    let mut judge = Model::open(labeller, settings.label.generation.threads)?;
+    let label_settings = settings.label();
+    let mut judge = Model::open(labeller, g.threads)?;
     label(
         &TableFile::open(&pairs)?,
         &mut judge,
         constitution,
-        &settings.label,
+        &label_settings,
         &labels,
         &mut |p| progress(PolicyEvalStep::Label, p),
     )?;

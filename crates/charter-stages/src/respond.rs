@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use charter_gen::{GenerateOptions, Request, Sampling};
+use charter_gen::{GenerateOptions, Request};
 use charter_model::Message;
 use charter_table::{
     InputRef, Opened, Prompt, Provenance, RESPONSES, Record, Response, ShardedWriter, TableFile,
@@ -23,76 +23,72 @@ pub const STAGE_VERSION: u32 = 1;
 /// cannot request billions of rows.
 pub const MAX_SAMPLES: u32 = 4096;
 
-/// Settings of a respond run.
-#[derive(Debug, Clone, PartialEq)]
+/// Settings of a respond run: the `respond` command's flags and a build
+/// file's `respond` stage.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
 pub struct RespondSettings {
     /// Answers per prompt.
+    #[arg(long, value_name = "K", default_value_t = RespondSettings::default().samples)]
     pub samples: u32,
-    /// How tokens are chosen.
-    pub sampling: Sampling,
-    /// Cap on generated tokens per answer.
-    pub max_new_tokens: u32,
-    /// The build seed every row's seed derives from.
-    pub seed: u64,
-    /// System prompt; `None` lets the chat template use its default.
-    pub system: Option<String>,
-    /// Text that ends an answer; cut from the recorded text.
-    pub stop: Vec<String>,
-    /// Answer only the first this many prompts.
+    /// Answer only the first N prompts.
+    #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
-    /// Rows decoded together.
-    pub batch_size: usize,
-    /// Rows per window: generated together and committed as one shard, so
-    /// the most work a killed run can lose.
-    pub shard_rows: usize,
-    /// ONNX Runtime intra-op threads the model runs with.
-    pub threads: usize,
+    /// How the answers are generated.
+    #[serde(skip)]
+    #[command(flatten)]
+    pub generation: GenSettings,
+}
+
+impl Default for RespondSettings {
+    fn default() -> Self {
+        RespondSettings {
+            samples: 1,
+            limit: None,
+            generation: GenSettings::DEFAULT,
+        }
+    }
 }
 
 impl RespondSettings {
     /// The settings that determine the output, as recorded in provenance.
     pub fn canonical(&self) -> serde_json::Value {
-        serde_json::json!({
-            "samples": self.samples,
-            "temperature": self.sampling.temperature,
-            "top_p": self.sampling.top_p,
-            "top_k": self.sampling.top_k,
-            "max_new_tokens": self.max_new_tokens,
-            "seed": self.seed,
-            "system": self.system,
-            "stop": self.stop,
-            "limit": self.limit,
-            // The schedule: batch composition can change float rounding, so
-            // it is part of what determines the bytes.
-            "batch_size": self.batch_size,
-            "window": self.shard_rows,
-            "threads": self.threads,
-        })
+        let mut v = self.generation.canonical();
+        v["samples"] = serde_json::json!(self.samples);
+        v["limit"] = serde_json::json!(self.limit);
+        v
     }
 
-    /// The generation part of the settings.
-    fn generation(&self) -> GenSettings {
-        GenSettings {
-            sampling: self.sampling,
-            max_new_tokens: self.max_new_tokens,
-            seed: self.seed,
-            system: self.system.clone(),
-            stop: self.stop.clone(),
-            batch_size: self.batch_size,
-            shard_rows: self.shard_rows,
-            threads: self.threads,
-        }
-    }
-
-    fn validate(&self) -> Result<()> {
+    /// Checks the values a user can get wrong; the error names the setting.
+    pub fn validate(&self) -> Result<()> {
         if self.samples == 0 || self.samples > MAX_SAMPLES {
             return Err(Error::invalid(
                 "samples",
                 format!("must be from 1 to {MAX_SAMPLES}, got {}", self.samples),
             ));
         }
-        self.generation().validate()
+        self.generation.validate()
     }
+}
+
+/// The provenance a respond run of `input` with the model whose content
+/// hash is `model_hash` records: what its build key is made of.
+pub fn provenance(
+    settings: &RespondSettings,
+    input: &TableFile,
+    model_hash: &str,
+) -> Result<Provenance> {
+    Ok(Provenance {
+        stage: "respond".into(),
+        stage_version: STAGE_VERSION,
+        settings: settings.canonical(),
+        inputs: vec![InputRef {
+            name: "prompts".into(),
+            content_hash: input.content_hash_or_compute()?,
+        }],
+        model_hash: Some(model_hash.to_string()),
+        constitution_hash: None,
+    })
 }
 
 /// What a respond run did.
@@ -115,21 +111,12 @@ pub fn respond(
     progress: &mut dyn FnMut(RespondProgress),
 ) -> Result<RespondSummary> {
     settings.validate()?;
+    let gs = &settings.generation;
     let mut prompts: Vec<Prompt> = input.rows()?;
     if let Some(limit) = settings.limit {
         prompts.truncate(limit);
     }
-    let provenance = Provenance {
-        stage: "respond".into(),
-        stage_version: STAGE_VERSION,
-        settings: settings.canonical(),
-        inputs: vec![InputRef {
-            name: "prompts".into(),
-            content_hash: input.content_hash_or_compute()?,
-        }],
-        model_hash: Some(model.dir.provenance.content_hash.clone()),
-        constitution_hash: None,
-    };
+    let provenance = provenance(settings, input, &model.dir.provenance.content_hash)?;
     let build_key = provenance.build_key(&RESPONSES);
     let (mut writer, state) =
         match ShardedWriter::open(out, &RESPONSES, &build_key, &[input.path()])? {
@@ -147,7 +134,7 @@ pub fn respond(
         let prompt = &prompts[item / samples];
         let sample = (item % samples).to_string();
         let mut messages = Vec::with_capacity(2);
-        if let Some(system) = &settings.system {
+        if let Some(system) = &gs.system {
             messages.push(Message {
                 role: "system".into(),
                 content: system.clone(),
@@ -159,18 +146,18 @@ pub fn respond(
         });
         Ok(Request {
             prompt: model.encode_conversation(&messages)?,
-            seed: row_seed("respond", settings.seed, &[&prompt.id, &sample]),
+            seed: row_seed("respond", gs.seed, &[&prompt.id, &sample]),
         })
     };
 
     let options = GenerateOptions {
-        sampling: settings.sampling,
-        max_new_tokens: settings.max_new_tokens as usize,
+        sampling: gs.sampling(),
+        max_new_tokens: gs.max_new_tokens as usize,
         stop_ids: model.stop_ids.clone(),
-        batch_size: settings.batch_size,
+        batch_size: gs.batch_size,
         max_context: model.max_context(),
     };
-    let stop = StopStrings::new(&settings.stop);
+    let stop = StopStrings::new(&gs.stop);
     let model_name = model.dir.provenance.name.clone();
     let model_hash = model.dir.provenance.content_hash.clone();
     let counts = run_windows(
@@ -179,7 +166,7 @@ pub fn respond(
         &mut request,
         start,
         total,
-        settings.shard_rows,
+        gs.shard_rows,
         &options,
         &stop,
         progress,
@@ -189,14 +176,14 @@ pub fn respond(
                 id: String::new(),
                 prompt_id: prompt.id.clone(),
                 prompt: prompt.text.clone(),
-                system: settings.system.clone(),
+                system: gs.system.clone(),
                 sample: (item % samples) as u32,
                 model: model_name.clone(),
                 model_hash: model_hash.clone(),
-                temperature: settings.sampling.temperature,
-                top_p: settings.sampling.top_p,
-                top_k: settings.sampling.top_k as u32,
-                max_new_tokens: settings.max_new_tokens,
+                temperature: gs.temperature,
+                top_p: gs.top_p,
+                top_k: gs.top_k as u32,
+                max_new_tokens: gs.max_new_tokens,
                 seed: g.request.seed,
                 text: g.text,
                 prompt_tokens: g.request.prompt.len() as u32,

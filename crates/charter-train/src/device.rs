@@ -11,12 +11,15 @@ use burn::tensor::Device;
 
 use crate::{Error, Result};
 
-/// What `--device` names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where to train: `--device` and a build file's `device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     /// wgpu when a hardware adapter exists, else the CPU.
     Auto,
     /// burn's pure-Rust `flex` CPU backend.
+    #[serde(alias = "flex")]
+    #[value(alias = "flex")]
     Cpu,
     /// burn's wgpu backend on wgpu's preferred adapter, which may be a
     /// software one (Mesa's lavapipe) when the machine has no GPU.

@@ -376,6 +376,11 @@ pub enum Task {
 }
 
 impl Task {
+    /// The preference model's held-out share unless one is given.
+    pub const DEFAULT_HELD_OUT: f64 = 0.1;
+    /// DPO's β unless one is given.
+    pub const DEFAULT_BETA: f64 = 0.1;
+
     /// `sft`, `pm` or `dpo`.
     pub fn name(self) -> &'static str {
         match self {

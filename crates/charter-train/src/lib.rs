@@ -15,6 +15,7 @@
 //! complete model directories (re-exported through `charter-model`) that
 //! generation uses directly.
 
+mod config;
 mod data;
 mod device;
 mod error;
@@ -29,6 +30,7 @@ mod score;
 mod tensor;
 mod train;
 
+pub use config::{TaskConfig, TaskKind, TrainConfig};
 pub use data::{Formatter, PreferenceExample, SftExample, Tokens, read_labels, read_sft};
 pub use device::{DeviceChoice, Selected, describe, select, select_device};
 pub use error::{Error, Result};

@@ -17,7 +17,7 @@ use crate::metrics::MetricRow;
 use crate::{Error, Result};
 
 /// Learning-rate schedule after warm-up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
     /// The peak rate throughout.

@@ -1,6 +1,7 @@
 //! Build-file parsing and planning: order, paths, overrides, located errors.
 
 use super::*;
+use charter_stages::ExportFormat;
 
 const BASE: &str = r#"
 [build]
@@ -54,52 +55,94 @@ input = "crit"
     let crit = plan.stage("crit").unwrap();
     assert_eq!(crit.output, Path::new("dir/o/crit.parquet"));
     assert_eq!(crit.model.as_deref(), Some(Path::new("dir/m")));
-    let StageOp::Critique { settings, .. } = &crit.op else {
+    let StageOp::Critique(settings) = &crit.op else {
         panic!("critique op")
     };
-    assert_eq!(settings.sampling.temperature, 0.0);
-    assert_eq!(settings.max_new_tokens, 8);
+    assert_eq!(settings.generation.temperature, 0.0);
+    assert_eq!(settings.generation.max_new_tokens, 8);
     let sft = plan.stage("sft").unwrap();
     assert_eq!(sft.output, Path::new("dir/o/sft.jsonl"));
     assert!(matches!(
         sft.op,
-        StageOp::Export {
-            format: ExportFormat::Sft,
+        StageOp::Export(ExportSettings {
+            format: Some(ExportFormat::Sft),
             chat: false
-        }
+        })
     ));
 }
 
 #[test]
-fn errors_name_the_file_stage_and_field() {
-    let e =
-        err("[[stage]]\nname = \"r\"\nkind = \"respond\"\ninput = \"prompts\"\ntempurature = 1\n");
+fn errors_name_the_file_line_column_stage_and_field() {
+    // BASE ends on line 11; the extra text starts on line 12.
+    let stage = "[[stage]]\nname = \"r\"\nkind = \"respond\"\ninput = \"prompts\"\n";
+    let e = err(&format!("{stage}tempurature = 1\n"));
     assert!(
-        e.contains("dir/b.toml") && e.contains("stage `r`") && e.contains("tempurature"),
+        e.starts_with("dir/b.toml:16:1: stage `r`, field `tempurature`: is not a field of a `respond` stage (it takes: input, output, model, seed, samples, limit, temperature,"),
         "{e}"
     );
-    let e = err(
-        "[[stage]]\nname = \"r\"\nkind = \"respond\"\ninput = \"prompts\"\nmax_new_tokens = \"x\"\n",
-    );
+    let e = err(&format!("{stage}max_new_tokens = \"x\"\n"));
     assert!(
-        e.contains("stage `r`") && e.contains("field `max_new_tokens`"),
+        e.starts_with("dir/b.toml:16:18: stage `r`, field `max_new_tokens`:"),
         "{e}"
     );
     let e = err("[[stage]]\nname = \"r\"\nkind = \"respond\"\ninput = \"nope\"\n");
+    assert_eq!(
+        e,
+        "dir/b.toml:15:9: stage `r`, field `input`: no stage is named `nope`"
+    );
+    let e = err(&format!("{stage}round = 2\n"));
     assert!(
-        e.starts_with("dir/b.toml:15: stage `r`, field `input`") && e.contains("`nope`"),
+        e.starts_with(
+            "dir/b.toml:16:1: stage `r`, field `round`: does not apply to a `respond` stage"
+        ),
         "{e}"
     );
-    let e = err("[[stage]]\nname = \"r\"\nkind = \"respond\"\ninput = \"prompts\"\nround = 2\n");
-    assert!(e.contains("field `round`") && e.contains("respond"), "{e}");
-    let e = err("[[stage]]\nname = \"r\"\nkind = \"respond\"\ninput = \"prompts\"\ntop_p = 2.0\n");
-    assert!(e.contains("stage `r`, field `top_p`"), "{e}");
+    // A value the stage's own check rejects is reported at the value.
+    let e = err(&format!("{stage}top_p = 2.0\n"));
+    assert!(
+        e.starts_with("dir/b.toml:16:9: stage `r`, field `top_p`: must be"),
+        "{e}"
+    );
+    let e = err(&format!("{stage}samples = 0\n"));
+    assert!(
+        e.starts_with("dir/b.toml:16:11: stage `r`, field `samples`:"),
+        "{e}"
+    );
     let e = err(
         "[[stage]]\nname = \"r\"\nkind = \"critique\"\ninput = \"prompts\"\n[[stage]]\nname = \"r\"\nkind = \"pair\"\ninput = \"prompts\"\n",
     );
-    assert!(e.contains("two stages"), "{e}");
+    assert!(
+        e.starts_with("dir/b.toml:17:8:") && e.contains("two stages"),
+        "{e}"
+    );
     let e = err("[[stage]]\nname = \"x\"\nkind = \"frobnicate\"\n");
-    assert!(e.contains("stage `x`") && e.contains("field `kind`"), "{e}");
+    assert!(
+        e.starts_with("dir/b.toml:14:8: stage `x`, field `kind`:") && e.contains("frobnicate"),
+        "{e}"
+    );
+}
+
+#[test]
+fn defaults_hold_generation_settings_only_and_their_errors_are_located() {
+    let text = BASE.replace("max_new_tokens = 8", "max_new_tokens = 8\nsamples = 2");
+    let e = BuildPlan::from_toml(&text, Path::new("b.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("b.toml:8:1: [defaults], field `samples`: [defaults] holds generation settings: temperature,"),
+        "{e}"
+    );
+    let text = BASE.replace("max_new_tokens = 8", "top_k = -1");
+    let e = BuildPlan::from_toml(
+        &format!("{text}[[stage]]\nname = \"r\"\nkind = \"respond\"\ninput = \"prompts\"\n"),
+        Path::new("b.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("b.toml:7:9: stage `r`, field `top_k`:"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -236,7 +279,7 @@ path = "l.parquet"
     assert_eq!(op.b, Path::new("dir/o/rl"));
     assert_eq!(op.settings.limit, Some(4));
     assert_eq!(op.settings.generation.batch_size, 32, "[defaults] apply");
-    assert!(op.settings.label.swap);
+    assert!(op.settings.label().swap);
 }
 
 #[test]
@@ -257,4 +300,54 @@ input = "resp"
         e.contains("cycle") && e.contains("`resp`") && e.contains("`sl`"),
         "{e}"
     );
+}
+
+/// A stage kind's settings, from the command line's flags: the long names
+/// as build-file fields (`--no-swap` is `swap = false`).
+fn flag_fields<A: clap::Args>() -> Vec<String> {
+    let command = A::augment_args(clap::Command::new("stage"));
+    command
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .map(|l| l.strip_prefix("no-").unwrap_or(l).replace('-', "_"))
+        .collect()
+}
+
+#[test]
+fn the_command_line_and_build_files_take_the_same_settings() {
+    use charter_stages::{
+        CritiqueSettings, ExportSettings, GenSettings, LabelSettings, PolicyEvalSettings,
+        RespondSettings,
+    };
+    let cases = [
+        (StageKind::Respond, flag_fields::<RespondSettings>()),
+        (StageKind::Critique, flag_fields::<CritiqueSettings>()),
+        (StageKind::Revise, flag_fields::<GenSettings>()),
+        (StageKind::Label, flag_fields::<LabelSettings>()),
+        (StageKind::Export, flag_fields::<ExportSettings>()),
+        (StageKind::Eval, flag_fields::<PolicyEvalSettings>()),
+        (
+            StageKind::Train,
+            flag_fields::<charter_train::TrainConfig>(),
+        ),
+    ];
+    for (kind, flags) in cases {
+        let fields = kind.fields();
+        for flag in &flags {
+            assert!(
+                fields.contains(&flag.as_str()),
+                "{kind:?}: flag --{flag} has no build-file field"
+            );
+        }
+        // The other way round; a train stage's objective settings are the
+        // train subcommands' own flags.
+        let description = kind.describe();
+        let objective = ["objective", "held_out", "beta"];
+        for field in description.settings {
+            assert!(
+                flags.iter().any(|f| f == field) || objective.contains(field),
+                "{kind:?}: field `{field}` has no flag"
+            );
+        }
+    }
 }
