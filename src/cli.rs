@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 /// Build Constitutional AI training data as reproducible Parquet tables.
 ///
@@ -203,21 +203,6 @@ pub(crate) enum PromptsCommand {
     Import(ImportArgs),
 }
 
-/// Input formats for `prompts import`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum FormatArg {
-    /// From the file extension, else from the first bytes.
-    Auto,
-    /// One JSON object per line.
-    Jsonl,
-    /// CSV with a header row.
-    Csv,
-    /// Parquet with a string column.
-    Parquet,
-    /// One prompt per line.
-    Text,
-}
-
 #[derive(Debug, Args)]
 pub(crate) struct ImportArgs {
     /// Input files (`-` for standard input).
@@ -228,44 +213,12 @@ pub(crate) struct ImportArgs {
     #[arg(short, long, value_name = "OUT")]
     pub(crate) output: String,
 
-    /// Field (JSONL) or column (CSV, Parquet) holding the prompt [default: `prompt`, else `text`].
-    #[arg(long, value_name = "NAME")]
-    pub(crate) field: Option<String>,
-
-    /// Source name recorded on every row [default: each file's stem].
-    #[arg(long, value_name = "NAME")]
-    pub(crate) source: Option<String>,
-
-    /// Input format.
-    #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
-    pub(crate) format: FormatArg,
-
-    /// Skip and count invalid lines instead of stopping at the first.
-    #[arg(long)]
-    pub(crate) skip_invalid: bool,
-
     #[command(flatten)]
-    pub(crate) dedup: DedupFlags,
+    pub(crate) settings: charter_stages::ImportSettings,
 
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub(crate) json: bool,
-}
-
-/// Dedup settings shared by `prompts import` and `dedup`.
-#[derive(Debug, Clone, Args)]
-pub(crate) struct DedupFlags {
-    /// Jaccard similarity of word 5-gram sets at or above which two texts are near duplicates.
-    #[arg(long, value_name = "F", default_value_t = 0.8)]
-    pub(crate) near_dup_threshold: f64,
-
-    /// Keep near duplicates (exact duplicates are still dropped).
-    #[arg(long)]
-    pub(crate) no_near_dup: bool,
-
-    /// MinHash signature length.
-    #[arg(long, value_name = "N", default_value_t = 128, hide = true)]
-    pub(crate) num_perm: usize,
 }
 
 #[derive(Debug, Args)]
@@ -278,16 +231,8 @@ pub(crate) struct DedupArgs {
     #[arg(short, long, value_name = "OUT")]
     pub(crate) output: String,
 
-    /// Text column to compare.
-    #[arg(long, default_value = "text")]
-    pub(crate) column: String,
-
-    /// Keep exact duplicates (only near duplicates are dropped).
-    #[arg(long)]
-    pub(crate) no_exact: bool,
-
     #[command(flatten)]
-    pub(crate) dedup: DedupFlags,
+    pub(crate) settings: charter_stages::TableDedupSettings,
 
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]

@@ -12,14 +12,13 @@ mod respond;
 mod stages;
 mod train;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use charter_table::dedup::{DedupOptions, NearDupOptions};
 use charter_table::{Output, TableSummary};
 
-use crate::cli::{Cli, Command, DedupFlags, ModelCommand, PromptsCommand};
+use crate::cli::{Cli, Command, ModelCommand, PromptsCommand};
 
 /// Runs the parsed command line.
 pub(crate) fn run(cli: Cli) -> Result<()> {
@@ -47,57 +46,6 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Score(args) => train::score(args, cli.quiet),
         Command::Gc(args) => gc::run(args),
     }
-}
-
-/// The dedup options the flags ask for.
-fn dedup_options(flags: &DedupFlags, exact: bool) -> Result<DedupOptions> {
-    let t = flags.near_dup_threshold;
-    anyhow::ensure!(
-        t > 0.0 && t <= 1.0,
-        "--near-dup-threshold must be in (0, 1], got {t}"
-    );
-    Ok(DedupOptions {
-        exact,
-        near: (!flags.no_near_dup).then_some(NearDupOptions {
-            threshold: t,
-            num_perm: flags.num_perm,
-            ..NearDupOptions::default()
-        }),
-    })
-}
-
-/// The dedup settings as recorded in provenance.
-fn dedup_settings(options: &DedupOptions) -> serde_json::Value {
-    serde_json::json!({
-        "exact": options.exact,
-        "near": options.near.map(|n| serde_json::json!({
-            "threshold": n.threshold,
-            "num_perm": n.num_perm,
-            "ngram": n.ngram,
-        })),
-    })
-}
-
-/// Reads a whole input file, or standard input for `-`.
-fn read_input(path: &Path) -> Result<Vec<u8>> {
-    if path == Path::new("-") {
-        let mut buf = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut buf)
-            .context("reading standard input")?;
-        Ok(buf)
-    } else {
-        std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))
-    }
-}
-
-/// Claims a table output before any work: refused while another process
-/// writes it, or when it is one of `inputs` or a directory.
-fn claim(output: &Output, inputs: &[&Path]) -> Result<Option<charter_table::OutputLock>> {
-    Ok(match output {
-        Output::Path(path) => Some(charter_table::claim_output(path, inputs)?),
-        Output::Stdout => None,
-    })
 }
 
 /// Refuses `--json` when the table itself goes to stdout: the two would mix.

@@ -937,3 +937,111 @@ fn a_build_file_and_the_command_line_make_the_same_tables_at_default_settings() 
         std::fs::read(at("prefs.jsonl")).unwrap()
     );
 }
+
+#[test]
+fn import_and_dedup_stages_make_what_their_commands_make() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (model, _) = setup(d, 1);
+    let raw = file(d, "raw.txt", "What is 2+2?\nWhat is 2+2?\nName a colour.\n");
+    let text = format!(
+        r#"[build]
+model = "{model}"
+out = "out"
+
+[defaults]
+temperature = 0.0
+max_new_tokens = 6
+
+[[stage]]
+name = "prompts"
+kind = "import"
+files = ["raw.txt"]
+
+[[stage]]
+name = "responses"
+kind = "respond"
+input = "prompts"
+samples = 2
+
+[[stage]]
+name = "unique"
+kind = "dedup"
+input = "responses"
+near_dup = false
+"#
+    );
+    let build_file = file(d, "cai.toml", &text);
+    let built = build(&build_file, &[]);
+    assert_eq!(built["prompts"].0, "ran");
+    let out = d.join("out");
+    let at = |name: &str| out.join(name).to_str().unwrap().to_string();
+    assert_eq!(
+        inspect(&at("prompts.parquet"))["rows"],
+        2,
+        "one exact duplicate"
+    );
+    assert_eq!(inspect(&at("responses.parquet"))["rows"], 4);
+    assert_eq!(
+        inspect(&at("unique.parquet"))["rows"],
+        2,
+        "greedy samples of one prompt are the same text"
+    );
+
+    // The commands, on the same files with the same settings.
+    let cli_prompts = d.join("cli-prompts.parquet");
+    let cli_prompts = cli_prompts.to_str().unwrap();
+    ok(&["prompts", "import", &raw, "-o", cli_prompts]);
+    let cli_unique = d.join("cli-unique.parquet");
+    let cli_unique = cli_unique.to_str().unwrap();
+    ok(&[
+        "dedup",
+        "-i",
+        &at("responses.parquet"),
+        "-o",
+        cli_unique,
+        "--no-near-dup",
+    ]);
+    for (built, cli) in [
+        (at("prompts.parquet"), cli_prompts),
+        (at("unique.parquet"), cli_unique),
+    ] {
+        let (a, b) = (inspect(&built), inspect(cli));
+        assert_eq!(a["build_key"], b["build_key"], "{cli}");
+        assert_eq!(a["content_hash"], b["content_hash"], "{cli}");
+    }
+
+    let plan = dry_run(&build_file);
+    for stage in ["prompts", "responses", "unique"] {
+        assert!(plan[stage].starts_with("up to date"), "{plan:?}");
+    }
+    assert_eq!(build(&build_file, &[])["prompts"].0, "cached");
+    std::fs::write(&raw, "What is 3+3?\n").unwrap();
+    let plan = dry_run(&build_file);
+    assert!(
+        plan["prompts"].starts_with("run: input content hash changed: `raw.txt`"),
+        "{plan:?}"
+    );
+    assert!(
+        plan["responses"].starts_with("run: input `prompts` will be rebuilt"),
+        "{plan:?}"
+    );
+
+    for (name, files, problem) in [
+        ("none.toml", "", "needs `files`"),
+        (
+            "gone.toml",
+            "files = [\"gone.txt\"]",
+            "gone.txt: no such file",
+        ),
+    ] {
+        let bad = file(d, name, text.replace("files = [\"raw.txt\"]", files));
+        let err = fails(&["build", &bad, "--dry-run"], None);
+        assert!(
+            err.starts_with(&format!("error: {bad}:"))
+                && err.contains("stage `prompts`, field `files`")
+                && err.contains(problem),
+            "{err}"
+        );
+    }
+}

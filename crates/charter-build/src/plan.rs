@@ -13,14 +13,14 @@ use std::collections::BTreeSet;
 use charter_model::ModelDir;
 use charter_table::{
     CRITIQUES, InputRef, KEY_CONSTITUTION_HASH, KEY_INPUTS, KEY_MODEL_HASH, KEY_SETTINGS,
-    KEY_STAGE, KEY_STAGE_VERSION, LABELS, PAIRS, Provenance, RESPONSES, REVISIONS, ShardedWriter,
-    TableFile, TableSpec, canonical_json, partial_dir,
+    KEY_STAGE, KEY_STAGE_VERSION, LABELS, PAIRS, PROMPTS, Provenance, RESPONSES, REVISIONS,
+    ShardedWriter, TableFile, TableSpec, canonical_json, partial_dir,
 };
 use serde_json::Value as Json;
 
 use charter_stages::{
-    Constitution, critique_provenance, label_provenance, pair_provenance, respond_provenance,
-    revise_provenance,
+    Constitution, critique_provenance, dedup_provenance, import_provenance, label_provenance,
+    pair_provenance, read_input, respond_provenance, revise_provenance,
 };
 
 use crate::error::Result;
@@ -510,22 +510,32 @@ pub(super) fn expected_provenance(
         })?;
         Ok(Constitution::load(file)?.hash())
     };
-    let first = inputs.first().ok_or_else(|| {
-        crate::error::Error::Settings(format!("stage `{}` has no input", stage.name))
-    })?;
+    let first = || {
+        inputs.first().ok_or_else(|| {
+            crate::error::Error::Settings(format!("stage `{}` has no input", stage.name))
+        })
+    };
     Ok(match &stage.op {
-        StageOp::Respond(s) => (respond_provenance(s, first, &model_hash()?)?, &RESPONSES),
+        StageOp::Import { files, settings } => {
+            let read = files
+                .iter()
+                .map(|f| Ok((f.clone(), read_input(f)?)))
+                .collect::<Result<Vec<_>>>()?;
+            (import_provenance(&read, settings)?, &PROMPTS)
+        }
+        StageOp::Dedup(s) => (dedup_provenance(first()?, s)?, first()?.core_spec()?),
+        StageOp::Respond(s) => (respond_provenance(s, first()?, &model_hash()?)?, &RESPONSES),
         StageOp::Critique(s) => (
-            critique_provenance(first, s, &model_hash()?, &constitution_hash()?)?,
+            critique_provenance(first()?, s, &model_hash()?, &constitution_hash()?)?,
             &CRITIQUES,
         ),
         StageOp::Revise(s) => (
-            revise_provenance(first, s, &model_hash()?, &constitution_hash()?)?,
+            revise_provenance(first()?, s, &model_hash()?, &constitution_hash()?)?,
             &REVISIONS,
         ),
-        StageOp::Pair => (pair_provenance(first, inputs.get(1))?, &PAIRS),
+        StageOp::Pair => (pair_provenance(first()?, inputs.get(1))?, &PAIRS),
         StageOp::Label(s) => (
-            label_provenance(first, s, &model_hash()?, &constitution_hash()?)?,
+            label_provenance(first()?, s, &model_hash()?, &constitution_hash()?)?,
             &LABELS,
         ),
         StageOp::Table | StageOp::Export(_) | StageOp::Train(_) | StageOp::Eval(_) => {

@@ -17,13 +17,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use charter_model::ModelDir;
-use charter_table::{TableFile, canonical_json, partial_dir, write_atomic};
+use charter_table::{Output, TableFile, canonical_json, partial_dir, write_atomic};
 use charter_train::{Job, Outcome};
 use serde_json::{Value as Json, json};
 
 use charter_stages::{
-    Constitution, Contestants, Model, PolicyEvalStep, StageProgress, StageSummary, critique,
-    eval_policy, export, label, pair, respond, revise,
+    Constitution, Contestants, DedupSummary, Model, PolicyEvalStep, StageProgress, StageSummary,
+    critique, dedup_table, eval_policy, export, import_prompts, label, pair, respond, revise,
 };
 
 use crate::error::{Error, Result};
@@ -215,6 +215,11 @@ impl BuildPlan {
         match &stage.op {
             StageOp::Train(op) => return self.run_train(stage, op, cache.interrupt, progress),
             StageOp::Eval(op) => return self.run_eval(stage, op, cache, progress),
+            StageOp::Import { files, settings } => {
+                let output = Output::Path(out.clone());
+                let summary = import_prompts(files, settings, &output, &mut |_| {})?;
+                return Ok(deduplicated(stage, summary));
+            }
             _ => {}
         }
         let inputs = self.input_tables(stage)?;
@@ -232,7 +237,13 @@ impl BuildPlan {
                 .ok_or_else(|| Error::Settings(format!("stage `{}`: no constitution", stage.name)))
         };
         Ok(match &stage.op {
-            StageOp::Table | StageOp::Train(_) | StageOp::Eval(_) => unreachable_table(stage)?,
+            StageOp::Table | StageOp::Import { .. } | StageOp::Train(_) | StageOp::Eval(_) => {
+                unreachable_table(stage)?
+            }
+            StageOp::Dedup(settings) => {
+                let output = Output::Path(out.clone());
+                deduplicated(stage, dedup_table(input, settings, &output, &mut |_| {})?)
+            }
             StageOp::Respond(s) => {
                 let r = respond(
                     input,
@@ -323,6 +334,24 @@ fn model_of<'c>(
         .as_deref()
         .ok_or_else(|| Error::Settings(format!("stage `{}`: no model", stage.name)))?;
     cache.model(path, threads)
+}
+
+/// What an `import` or `dedup` stage did.
+fn deduplicated(stage: &PlannedStage, summary: DedupSummary) -> StageOutcome {
+    StageOutcome {
+        stage: stage.name.clone(),
+        kind: stage.kind.as_str(),
+        status: if summary.cached {
+            OutcomeStatus::Cached
+        } else {
+            OutcomeStatus::Ran
+        },
+        rows: summary.table.rows,
+        resumed_rows: 0,
+        tokens: 0,
+        output: stage.output.clone(),
+        content_hash: summary.table.content_hash,
+    }
 }
 
 fn unreachable_table(stage: &PlannedStage) -> Result<StageOutcome> {

@@ -30,6 +30,7 @@ mod label;
 mod model;
 mod pair;
 mod policy_eval;
+mod prompts;
 mod respond;
 mod seed;
 mod stop;
@@ -53,6 +54,11 @@ pub use model::Model;
 pub use pair::{PAIR_VERSION, PairSummary, pair, pair_provenance};
 pub use policy_eval::{
     Contestants, PolicyEvalReport, PolicyEvalSettings, PolicyEvalStep, eval_policy,
+};
+pub use prompts::{
+    DEDUP_VERSION, DedupSettings, DedupSummary, IMPORT_VERSION, ImportFormat, ImportSettings,
+    TableDedupSettings, dedup_provenance, dedup_table, import_prompts, import_provenance,
+    read_input,
 };
 pub use respond::{
     MAX_SAMPLES, RespondProgress, RespondSettings, RespondSummary,

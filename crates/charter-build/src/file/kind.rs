@@ -4,8 +4,8 @@
 //! command line share.
 
 use charter_stages::{
-    CritiqueSettings, ExportSettings, GenSettings, LabelSettings, PolicyEvalSettings,
-    RespondSettings,
+    CritiqueSettings, DedupSettings, ExportSettings, GenSettings, ImportSettings, LabelSettings,
+    PolicyEvalSettings, RespondSettings, TableDedupSettings,
 };
 use charter_train::{TaskConfig, TrainConfig};
 use serde::Deserialize;
@@ -18,6 +18,10 @@ use super::source::fields_of;
 pub enum StageKind {
     /// An existing table, used as an input.
     Table,
+    /// Prompt files → a deduplicated prompts table.
+    Import,
+    /// Any table → the same table without duplicate texts.
+    Dedup,
     /// Prompts → responses.
     Respond,
     /// Responses or revisions → critiques.
@@ -40,6 +44,7 @@ pub enum StageKind {
 /// come from and where its output goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Slot {
+    Files,
     Input,
     Against,
     Mix,
@@ -54,7 +59,8 @@ pub(crate) enum Slot {
 }
 
 impl Slot {
-    pub(crate) const ALL: [Slot; 11] = [
+    pub(crate) const ALL: [Slot; 12] = [
+        Slot::Files,
         Slot::Input,
         Slot::Against,
         Slot::Mix,
@@ -70,6 +76,7 @@ impl Slot {
 
     pub(crate) fn name(self) -> &'static str {
         match self {
+            Slot::Files => "files",
             Slot::Input => "input",
             Slot::Against => "against",
             Slot::Mix => "mix",
@@ -91,17 +98,34 @@ pub(crate) struct Description {
     pub(crate) slots: &'static [Slot],
     /// The kinds of stage its `input` (and `against`, `mix`) may name.
     pub(crate) reads: &'static [StageKind],
-    /// Its own settings (one struct's fields).
-    pub(crate) settings: &'static [&'static str],
+    /// Its own settings: the fields of its settings structs.
+    pub(crate) settings: Vec<&'static str>,
     /// Whether it also takes the generation settings (and `[defaults]`).
     pub(crate) generates: bool,
 }
 
 impl StageKind {
+    /// Every kind.
+    pub const ALL: [StageKind; 11] = [
+        StageKind::Table,
+        StageKind::Import,
+        StageKind::Dedup,
+        StageKind::Respond,
+        StageKind::Critique,
+        StageKind::Revise,
+        StageKind::Pair,
+        StageKind::Label,
+        StageKind::Export,
+        StageKind::Train,
+        StageKind::Eval,
+    ];
+
     /// The name used in build files.
     pub fn as_str(self) -> &'static str {
         match self {
             StageKind::Table => "table",
+            StageKind::Import => "import",
+            StageKind::Dedup => "dedup",
             StageKind::Respond => "respond",
             StageKind::Critique => "critique",
             StageKind::Revise => "revise",
@@ -123,55 +147,78 @@ impl StageKind {
         use Slot::*;
         use StageKind as K;
         const MODEL_STAGE: &[Slot] = &[Input, Output, Model, Constitution, Seed];
-        let d = |slots, reads, settings, generates| Description {
+        // A `table` or `dedup` stage may hold any table: the stage checks
+        // its name when it runs.
+        const PROMPTS: &[StageKind] = &[K::Table, K::Import, K::Dedup];
+        const ANSWERS: &[StageKind] = &[K::Table, K::Dedup, K::Respond, K::Revise];
+        let d = |slots, reads, settings: &[&[&'static str]], generates| Description {
             slots,
             reads,
-            settings,
+            settings: settings.concat(),
             generates,
         };
         match self {
             K::Table => d(&[Path], &[], &[], false),
+            K::Import => d(
+                &[Files, Output],
+                &[],
+                &[fields_of::<ImportSettings>(), fields_of::<DedupSettings>()],
+                false,
+            ),
+            K::Dedup => d(
+                &[Input, Output],
+                &[
+                    K::Table,
+                    K::Import,
+                    K::Dedup,
+                    K::Respond,
+                    K::Critique,
+                    K::Revise,
+                    K::Pair,
+                    K::Label,
+                ],
+                &[
+                    fields_of::<TableDedupSettings>(),
+                    fields_of::<DedupSettings>(),
+                ],
+                false,
+            ),
             K::Respond => d(
                 &[Input, Output, Model, Seed],
-                &[K::Table],
-                fields_of::<RespondSettings>(),
+                PROMPTS,
+                &[fields_of::<RespondSettings>()],
                 true,
             ),
             K::Critique => d(
                 MODEL_STAGE,
-                &[K::Table, K::Respond, K::Revise],
-                fields_of::<CritiqueSettings>(),
+                ANSWERS,
+                &[fields_of::<CritiqueSettings>()],
                 true,
             ),
-            K::Revise => d(MODEL_STAGE, &[K::Table, K::Critique], &[], true),
-            K::Pair => d(
-                &[Input, Against, Output],
-                &[K::Table, K::Respond, K::Revise],
-                &[],
-                false,
-            ),
+            K::Revise => d(MODEL_STAGE, &[K::Table, K::Dedup, K::Critique], &[], true),
+            K::Pair => d(&[Input, Against, Output], ANSWERS, &[], false),
             K::Label => d(
                 MODEL_STAGE,
-                &[K::Table, K::Pair],
-                fields_of::<LabelSettings>(),
+                &[K::Table, K::Dedup, K::Pair],
+                &[fields_of::<LabelSettings>()],
                 true,
             ),
             K::Export => d(
                 &[Input, Output],
-                &[K::Table, K::Label, K::Revise],
-                fields_of::<ExportSettings>(),
+                &[K::Table, K::Dedup, K::Label, K::Revise],
+                &[fields_of::<ExportSettings>()],
                 false,
             ),
             K::Train => d(
                 &[Input, Mix, Output, Model, Seed, ReferenceCache],
-                &[K::Table, K::Respond, K::Revise, K::Label],
-                train_fields(),
+                &[K::Table, K::Dedup, K::Respond, K::Revise, K::Label],
+                &[fields_of::<TaskConfig>(), fields_of::<TrainConfig>()],
                 false,
             ),
             K::Eval => d(
                 &[Input, Output, Model, Constitution, Seed, A, B],
-                &[K::Table],
-                fields_of::<PolicyEvalSettings>(),
+                PROMPTS,
+                &[fields_of::<PolicyEvalSettings>()],
                 true,
             ),
         }
@@ -187,14 +234,4 @@ impl StageKind {
         }
         all
     }
-}
-
-/// A `train` stage's settings: the trainer's and the objective's.
-fn train_fields() -> &'static [&'static str] {
-    static FIELDS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
-    FIELDS.get_or_init(|| {
-        let mut all = fields_of::<TaskConfig>().to_vec();
-        all.extend(fields_of::<TrainConfig>());
-        all
-    })
 }

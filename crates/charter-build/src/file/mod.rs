@@ -66,8 +66,8 @@ use std::path::{Path, PathBuf};
 
 use charter_model::Dtype;
 use charter_stages::{
-    CritiqueSettings, ExportSettings, GenSettings, LabelSettings, PolicyEvalSettings,
-    RespondSettings,
+    CritiqueSettings, ExportSettings, GenSettings, ImportSettings, LabelSettings,
+    PolicyEvalSettings, RespondSettings, TableDedupSettings,
 };
 use charter_train::{DeviceChoice, Task, TrainSettings};
 
@@ -82,6 +82,15 @@ use crate::error::{Error, Result};
 pub enum StageOp {
     /// An existing table.
     Table,
+    /// `import`: prompt files into a prompts table.
+    Import {
+        /// The files, in order.
+        files: Vec<PathBuf>,
+        /// How they are read and deduplicated.
+        settings: ImportSettings,
+    },
+    /// `dedup`.
+    Dedup(TableDedupSettings),
     /// `respond`.
     Respond(RespondSettings),
     /// `critique`; without a `round`, the round the input calls for.
@@ -237,6 +246,15 @@ impl BuildPlan {
             if let Some(c) = &stage.constitution {
                 charter_stages::Constitution::load(c)
                     .map_err(|e| self.at(&stage.name, "constitution", e))?;
+            }
+            if let StageOp::Import { files, .. } = &stage.op
+                && let Some(missing) = files.iter().find(|f| !f.is_file())
+            {
+                return Err(self.at(
+                    &stage.name,
+                    "files",
+                    format!("{}: no such file", missing.display()),
+                ));
             }
             if stage.kind == StageKind::Table && !stage.output.is_file() {
                 return Err(self.at(

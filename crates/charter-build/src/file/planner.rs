@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use charter_stages::{
-    CritiqueSettings, ExportFormat, ExportSettings, GenSettings, LabelSettings, PolicyEvalSettings,
-    RespondSettings,
+    CritiqueSettings, ExportFormat, ExportSettings, GenSettings, ImportSettings, LabelSettings,
+    PolicyEvalSettings, RespondSettings, TableDedupSettings,
 };
 use charter_train::{Task, TaskConfig, TaskKind, TrainConfig};
 use serde::de::DeserializeOwned;
@@ -85,7 +85,7 @@ impl Declared {
             } else {
                 let known = Slot::ALL.iter().any(|s| s.name() == key)
                     || generation_fields.contains(&key)
-                    || ALL_KINDS
+                    || StageKind::ALL
                         .iter()
                         .any(|k| k.describe().settings.contains(&key));
                 let problem = if known {
@@ -110,18 +110,6 @@ impl Declared {
         self.slots.get(slot)
     }
 }
-
-const ALL_KINDS: [StageKind; 9] = [
-    StageKind::Table,
-    StageKind::Respond,
-    StageKind::Critique,
-    StageKind::Revise,
-    StageKind::Pair,
-    StageKind::Label,
-    StageKind::Export,
-    StageKind::Train,
-    StageKind::Eval,
-];
 
 /// A value read as `T`; the error is at the value.
 fn settings_value<T: DeserializeOwned>(
@@ -274,9 +262,15 @@ impl<'s, 't> Planner<'s, 't> {
         Ok(g)
     }
 
+    /// The stage's settings that are fields of `T`, read into a `T`.
     fn own<T: DeserializeOwned>(&self, stage: &Declared) -> Result<T> {
         let place = format!("stage `{}`", stage.name.get_ref());
-        let entries: Vec<&Entry> = stage.settings.iter().collect();
+        let fields = fields_of::<T>();
+        let entries: Vec<&Entry> = stage
+            .settings
+            .iter()
+            .filter(|(k, _)| fields.contains(&k.get_ref().as_str()))
+            .collect();
         settings(self.source, &place, &entries)
     }
 
@@ -297,7 +291,7 @@ impl<'s, 't> Planner<'s, 't> {
         // a stage declared after it; and which of them are preference models.
         let mut trained: BTreeMap<&str, (PathBuf, bool)> = BTreeMap::new();
         for s in self.stages.iter().filter(|s| s.kind == StageKind::Train) {
-            let task: TaskConfig = self.own_task(s)?;
+            let task: TaskConfig = self.own::<TaskConfig>(s)?;
             let pm = task.objective == Some(TaskKind::Pm);
             trained.insert(s.name.get_ref(), (self.output(s)?, pm));
         }
@@ -331,17 +325,6 @@ impl<'s, 't> Planner<'s, 't> {
             stages,
             positions,
         })
-    }
-
-    fn own_task(&self, s: &Declared) -> Result<TaskConfig> {
-        let place = format!("stage `{}`", s.name.get_ref());
-        let task_fields = fields_of::<TaskConfig>();
-        let entries: Vec<&Entry> = s
-            .settings
-            .iter()
-            .filter(|(k, _)| task_fields.contains(&k.get_ref().as_str()))
-            .collect();
-        settings(self.source, &place, &entries)
     }
 
     fn stage(
@@ -387,7 +370,22 @@ impl<'s, 't> Planner<'s, 't> {
         for m in &mix {
             check_input("mix", m)?;
         }
-        if s.kind != StageKind::Table && input.is_none() {
+        let files: Vec<PathBuf> = match s.slot("files") {
+            Some((_, v)) => {
+                let listed: Vec<String> =
+                    settings_value(self.source, &format!("stage `{name}`"), "files", v)?;
+                listed.iter().map(|f| self.resolve(f)).collect()
+            }
+            None => Vec::new(),
+        };
+        if s.kind == StageKind::Import && files.is_empty() {
+            return Err(self.at(
+                s,
+                "files",
+                "an `import` stage needs `files`: the prompt files to read",
+            ));
+        }
+        if !matches!(s.kind, StageKind::Table | StageKind::Import) && input.is_none() {
             return Err(self.at(
                 s,
                 "input",
@@ -464,6 +462,17 @@ impl<'s, 't> Planner<'s, 't> {
 
         let op = match s.kind {
             StageKind::Table => StageOp::Table,
+            StageKind::Import => StageOp::Import {
+                files,
+                settings: ImportSettings {
+                    dedup: self.own(s)?,
+                    ..self.own(s)?
+                },
+            },
+            StageKind::Dedup => StageOp::Dedup(TableDedupSettings {
+                dedup: self.own(s)?,
+                ..self.own(s)?
+            }),
             StageKind::Respond => {
                 let settings = RespondSettings {
                     generation: self.generation(s, seed)?,
@@ -569,7 +578,7 @@ impl<'s, 't> Planner<'s, 't> {
         kinds: &BTreeMap<&str, StageKind>,
         input: Option<&str>,
     ) -> Result<TrainOp> {
-        let task = self.checked(s, self.own_task(s)?.task())?;
+        let task = self.checked(s, self.own::<TaskConfig>(s)?.task())?;
         let only = |field: &str, set: bool, which: &str| -> Result<()> {
             if set {
                 return Err(self.at(
@@ -589,8 +598,15 @@ impl<'s, 't> Planner<'s, 't> {
         )?;
         // SFT reads answers; the preference objectives read labels.
         let reads: &[StageKind] = match task {
-            Task::Sft => &[StageKind::Table, StageKind::Respond, StageKind::Revise],
-            Task::Pm { .. } | Task::Dpo { .. } => &[StageKind::Table, StageKind::Label],
+            Task::Sft => &[
+                StageKind::Table,
+                StageKind::Dedup,
+                StageKind::Respond,
+                StageKind::Revise,
+            ],
+            Task::Pm { .. } | Task::Dpo { .. } => {
+                &[StageKind::Table, StageKind::Dedup, StageKind::Label]
+            }
         };
         for (field, i) in input
             .iter()
@@ -612,16 +628,9 @@ impl<'s, 't> Planner<'s, 't> {
                 ));
             }
         }
-        let train_fields = fields_of::<TrainConfig>();
-        let place = format!("stage `{}`", s.name.get_ref());
-        let entries: Vec<&Entry> = s
-            .settings
-            .iter()
-            .filter(|(k, _)| train_fields.contains(&k.get_ref().as_str()))
-            .collect();
         let config = TrainConfig {
             seed,
-            ..settings(self.source, &place, &entries)?
+            ..self.own(s)?
         };
         let settings = self.checked(s, config.settings())?;
         Ok(TrainOp {

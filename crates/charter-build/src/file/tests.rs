@@ -320,6 +320,8 @@ fn the_command_line_and_build_files_take_the_same_settings() {
         RespondSettings,
     };
     let cases = [
+        (StageKind::Import, flag_fields::<ImportSettings>()),
+        (StageKind::Dedup, flag_fields::<TableDedupSettings>()),
         (StageKind::Respond, flag_fields::<RespondSettings>()),
         (StageKind::Critique, flag_fields::<CritiqueSettings>()),
         (StageKind::Revise, flag_fields::<GenSettings>()),
@@ -343,7 +345,7 @@ fn the_command_line_and_build_files_take_the_same_settings() {
         // train subcommands' own flags.
         let description = kind.describe();
         let objective = ["objective", "held_out", "beta"];
-        for field in description.settings {
+        for field in &description.settings {
             assert!(
                 flags.iter().any(|f| f == field) || objective.contains(field),
                 "{kind:?}: field `{field}` has no flag"
