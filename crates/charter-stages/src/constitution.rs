@@ -87,8 +87,6 @@ pub use error::{ConstitutionError, Problem};
 pub use import::{ImportLayout, ImportOptions, ImportSource, Imported, import, import_files};
 pub use template::TEMPLATE_NAMES;
 
-use crate::error::Result;
-
 /// The largest constitution or import source charter reads, in bytes: far
 /// beyond any real one, and a bound on what a hostile file can make it allocate.
 pub const MAX_FILE_BYTES: u64 = 4 << 20;
@@ -228,7 +226,7 @@ impl Templates {
 
 impl Constitution {
     /// Reads and validates the constitution at `path`; errors name the path.
-    pub fn load(path: &Path) -> Result<Self> {
+    pub fn load(path: &Path) -> Result<Self, ConstitutionError> {
         let text = read_text(path)?;
         Self::from_toml(&text, &path.display().to_string())
     }
@@ -236,7 +234,7 @@ impl Constitution {
     /// Parses and validates a constitution; `origin` names it in error messages.
     ///
     /// Every problem found is reported, each with its line and field.
-    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConstitutionError> {
         let parsed = wire::parse(text);
         let mut problems = parsed.problems;
         if let Some(c) = &parsed.constitution {
@@ -245,17 +243,17 @@ impl Constitution {
         }
         match parsed.constitution {
             Some(c) if problems.is_empty() => Ok(c),
-            _ => Err(ConstitutionError::invalid(origin, problems).into()),
+            _ => Err(ConstitutionError::invalid(origin, problems)),
         }
     }
 
     /// Checks a constitution built in code (or imported) as [`Self::from_toml`] would.
-    pub fn validate(&self, origin: &str) -> Result<()> {
+    pub fn validate(&self, origin: &str) -> Result<(), ConstitutionError> {
         let problems = validate::problems(self, &wire::Locations::default(), true);
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(ConstitutionError::invalid(origin, problems).into())
+            Err(ConstitutionError::invalid(origin, problems))
         }
     }
 
@@ -329,17 +327,18 @@ impl Constitution {
     /// `template` is the name of one of `self.templates` (`"critique"`,
     /// `"revision"`, `"label"`, `"label_cot"`, see [`TEMPLATE_NAMES`]) or a
     /// template's source text, e.g. `&c.templates.critique`.
-    pub fn render(&self, template: &str, vars: &serde_json::Value) -> Result<String> {
+    pub fn render(
+        &self,
+        template: &str,
+        vars: &serde_json::Value,
+    ) -> Result<String, ConstitutionError> {
         let (name, source) = match self.templates.get(template) {
             Some(source) => (template, source),
             None => ("template", template),
         };
-        template::render(name, source, vars).map_err(|e| {
-            ConstitutionError::Render {
-                template: name.to_owned(),
-                message: template::describe(&e),
-            }
-            .into()
+        template::render(name, source, vars).map_err(|e| ConstitutionError::Render {
+            template: name.to_owned(),
+            message: template::describe(&e),
         })
     }
 

@@ -111,11 +111,8 @@ pub(crate) fn run_windows<R: Record>(
     progress: &mut dyn FnMut(StageProgress),
     build: &mut dyn FnMut(usize, Generated<'_>) -> Result<R>,
 ) -> Result<Generation> {
-    let window = window.max(1);
     let mut counts = Generation::default();
-    let mut item = start;
-    while item < total {
-        let end = ((item / window + 1) * window).min(total);
+    for std::ops::Range { start: item, end } in windows(start, total, window) {
         let reqs = (item..end)
             .map(|i| request(model, i))
             .collect::<Result<Vec<_>>>()?;
@@ -165,9 +162,29 @@ pub(crate) fn run_windows<R: Record>(
             )?);
         }
         writer.commit(&R::to_batch(&rows)?)?;
-        item = end;
     }
     Ok(counts)
+}
+
+/// The windows of rows `start..total`: `[k·window, (k+1)·window)` cut to
+/// the range, so that a run resumed at a window's end commits the same
+/// windows as one that never stopped.
+pub(crate) fn windows(
+    start: usize,
+    total: usize,
+    window: usize,
+) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let window = window.max(1);
+    let mut item = start;
+    std::iter::from_fn(move || {
+        if item >= total {
+            return None;
+        }
+        let end = ((item / window + 1) * window).min(total);
+        let range = item..end;
+        item = end;
+        Some(range)
+    })
 }
 
 /// Generation settings of every stage that writes text with a model
@@ -305,5 +322,21 @@ impl GenSettings {
             .iter()
             .map(|s| charter_model::Message::new("system", s.clone()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::windows;
+
+    #[test]
+    fn windows_are_aligned_so_a_resumed_run_commits_the_same_ones() {
+        let all: Vec<_> = windows(0, 10, 4).collect();
+        assert_eq!(all, [0..4, 4..8, 8..10]);
+        let resumed: Vec<_> = windows(4, 10, 4).collect();
+        assert_eq!(resumed, [4..8, 8..10]);
+        assert_eq!(windows(5, 10, 4).collect::<Vec<_>>(), [5..8, 8..10]);
+        assert_eq!(windows(3, 3, 4).count(), 0);
+        assert_eq!(windows(0, 2, 0).collect::<Vec<_>>(), [0..1, 1..2]);
     }
 }

@@ -23,7 +23,7 @@ use serde_json::json;
 
 use crate::constitution::{Constitution, PreferencePrinciple};
 use crate::error::{Error, Result};
-use crate::generate::{GenSettings, StageProgress, StageSummary};
+use crate::generate::{GenSettings, StageProgress, StageSummary, windows};
 use crate::model::Model;
 use crate::seed::row_seed;
 use crate::stop::StopStrings;
@@ -379,16 +379,14 @@ pub fn label(
     };
     let total = pairs.len();
     let start = (state.rows as usize).min(total);
-    let window = settings.generation.shard_rows.max(1);
     let (name, hash) = (
         model.dir.provenance.name.clone(),
         model.dir.provenance.content_hash.clone(),
     );
     let mut tokens = 0u64;
-    let mut item = start;
-    while item < total {
-        let end = ((item / window + 1) * window).min(total);
-        let window_pairs = &pairs[item..end];
+    for range in windows(start, total, settings.generation.shard_rows) {
+        let end = range.end;
+        let window_pairs = &pairs[range];
         let principles: Vec<&PreferencePrinciple> = window_pairs
             .iter()
             .map(|p| draw(constitution, settings.generation.seed, &p.id))
@@ -463,7 +461,6 @@ pub fn label(
             rows_total: total as u64,
             tokens,
         });
-        item = end;
     }
     Ok(StageSummary {
         table: writer.finish(&provenance)?,

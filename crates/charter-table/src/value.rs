@@ -1,4 +1,19 @@
 //! One cell of a table, and the typed views that read cells out of Arrow arrays.
+//!
+//! # Cell encoding (v1)
+//!
+//! | cell | bytes |
+//! |---|---|
+//! | null | `0x00` |
+//! | bool | `0x01`, then `0x00` or `0x01` |
+//! | unsigned integer (any width) | `0x02`, then the value as u64 little-endian |
+//! | signed integer (any width) | `0x03`, then the value as i64 little-endian |
+//! | float (f32 widened to f64) | `0x04`, then the f64 bits little-endian; every NaN as `0x7ff8000000000000` |
+//! | text | `0x05`, the byte length as u64 little-endian, the UTF-8 bytes |
+//! | list of text | `0x06`, the item count as u64 little-endian, then each item encoded as text |
+//!
+//! Row ids and content hashes (`hash.rs`) are blake3 over these bytes: the
+//! encoding is part of charter's file format, pinned by golden-value tests.
 
 use std::sync::Arc;
 
@@ -263,7 +278,6 @@ impl<'a> ColumnView<'a> {
     /// same bytes as encoding [`ColumnView::value`], without building a [`Value`].
     #[inline]
     pub(crate) fn encode(&self, i: usize, out: &mut Vec<u8>) {
-        use crate::hash::{encode_str, encode_value};
         if self.nulls.is_some_and(|n| n.is_null(i)) {
             out.push(0x00);
             return;
@@ -304,10 +318,52 @@ impl<'a> ColumnView<'a> {
 /// Text at least this long is handed to blake3 directly instead of being copied.
 const LONG_STR: usize = 4096;
 
+const CANONICAL_NAN: u64 = 0x7ff8_0000_0000_0000;
+
+/// Appends the canonical encoding of one cell to `out`.
+#[inline]
+pub(crate) fn encode_value(value: &Value<'_>, out: &mut Vec<u8>) {
+    match value {
+        Value::Null => out.push(0x00),
+        Value::Bool(b) => out.extend_from_slice(&[0x01, u8::from(*b)]),
+        Value::UInt(v) => {
+            out.push(0x02);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        Value::Int(v) => {
+            out.push(0x03);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        Value::Float(v) => {
+            out.push(0x04);
+            let bits = if v.is_nan() {
+                CANONICAL_NAN
+            } else {
+                v.to_bits()
+            };
+            out.extend_from_slice(&bits.to_le_bytes());
+        }
+        Value::Str(s) => encode_str(s, out),
+        Value::List(items) => {
+            out.push(0x06);
+            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+            for item in items {
+                encode_str(item, out);
+            }
+        }
+    }
+}
+
+#[inline]
+pub(crate) fn encode_str(s: &str, out: &mut Vec<u8>) {
+    out.push(0x05);
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hash::encode_value;
 
     #[test]
     fn direct_encoding_matches_value_encoding() {

@@ -21,7 +21,7 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
 use super::validate;
-use super::wire::Locations;
+use super::wire::{Locations, MISSING};
 use super::{
     Constitution, ConstitutionError, CritiqueExample, CritiquePrinciple, PreferencePrinciple,
     Problem, Templates, read_text,
@@ -266,7 +266,7 @@ fn paper_principles(entries: Ordered, problems: &mut Vec<Problem>) -> Vec<Critiq
                 None
             }
             None => {
-                problems.push(at(&format!("{key}.prompt"), validate::MISSING));
+                problems.push(at(&format!("{key}.prompt"), MISSING));
                 None
             }
         };
@@ -488,7 +488,7 @@ fn string_field(
             None
         }
         None => {
-            problems.push(at(&field, validate::MISSING));
+            problems.push(at(&field, MISSING));
             None
         }
     }

@@ -29,7 +29,7 @@ fn error(text: &str) -> String {
 
 fn problems(text: &str) -> Vec<Problem> {
     match Constitution::from_toml(text, "x.toml") {
-        Err(crate::Error::Constitution(ConstitutionError::Invalid { problems, .. })) => problems,
+        Err(ConstitutionError::Invalid { problems, .. }) => problems,
         other => panic!("expected problems, got {other:?}"),
     }
 }

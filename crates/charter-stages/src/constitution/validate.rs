@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::template::{self, SPECS};
-use super::wire::Locations;
+use super::wire::{Locations, MISSING};
 use super::{Constitution, Problem};
 
 /// Every rule `c` breaks. `require_both_kinds`: at least one principle of
@@ -169,6 +169,3 @@ pub(crate) fn merge(mut problems: Vec<Problem>, more: Vec<Problem>) -> Vec<Probl
     problems.sort_by_key(|p| p.line.unwrap_or(0));
     problems
 }
-
-/// The message of a required field that is absent.
-pub(crate) const MISSING: &str = "missing";

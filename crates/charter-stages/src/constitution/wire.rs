@@ -15,6 +15,9 @@ use super::{
     Templates,
 };
 
+/// The message of a required field that is absent.
+pub(crate) const MISSING: &str = "missing";
+
 type Text = Spanned<String>;
 type List<T> = Spanned<Vec<Spanned<T>>>;
 
@@ -280,7 +283,7 @@ impl Cx<'_> {
             self.problems.push(Problem {
                 line: Some(parent_line),
                 field: field.to_owned(),
-                message: super::validate::MISSING.to_owned(),
+                message: MISSING.to_owned(),
             });
             String::new()
         })
