@@ -1045,3 +1045,58 @@ near_dup = false
         );
     }
 }
+
+#[test]
+fn dry_run_names_a_stage_whose_version_changed() {
+    use charter_table::{
+        KEY_CONSTITUTION_HASH, KEY_INPUTS, KEY_MODEL_HASH, KEY_SETTINGS, KEY_STAGE, Output,
+        Provenance, TableFile, TableWriter,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (model, prompts) = setup(d, 2);
+    let build_file = file(
+        d,
+        "b.toml",
+        format!(
+            "[build]\nmodel = \"{model}\"\nout = \"out\"\n[defaults]\nmax_new_tokens = 4\n\
+             [[stage]]\nname = \"prompts\"\nkind = \"table\"\npath = \"{prompts}\"\n\
+             [[stage]]\nname = \"responses\"\nkind = \"respond\"\ninput = \"prompts\"\n"
+        ),
+    );
+    build(&build_file, &[]);
+    assert!(dry_run(&build_file)["responses"].starts_with("up to date"));
+
+    // The same rows, recorded as made by version 0 of the stage.
+    let path = d.join("out/responses.parquet");
+    let table = TableFile::open(&path).unwrap();
+    let meta = table.metadata();
+    let older = Provenance {
+        stage: meta[KEY_STAGE].clone(),
+        stage_version: 0,
+        settings: serde_json::from_str(&meta[KEY_SETTINGS]).unwrap(),
+        inputs: serde_json::from_str(&meta[KEY_INPUTS]).unwrap(),
+        model_hash: meta.get(KEY_MODEL_HASH).cloned(),
+        constitution_hash: meta.get(KEY_CONSTITUTION_HASH).cloned(),
+    };
+    let batches: Vec<_> = table.batches().unwrap().map(Result::unwrap).collect();
+    let rewritten = d.join("older.parquet");
+    let mut writer = TableWriter::with_schema(
+        &Output::Path(rewritten.clone()),
+        table.core_spec().unwrap(),
+        table.schema().clone(),
+        &older,
+    )
+    .unwrap();
+    for batch in &batches {
+        writer.write(batch).unwrap();
+    }
+    writer.finish().unwrap();
+    std::fs::rename(&rewritten, &path).unwrap();
+
+    let plan = dry_run(&build_file);
+    assert_eq!(
+        plan["responses"], "run: stage changed: respond v0 → respond v1",
+        "{plan:?}"
+    );
+}
