@@ -488,12 +488,8 @@ pub(crate) struct ScoreArgs {
     /// The same table with `pm_score` (or `pm_score_a`, `pm_score_b`) added (`-` for standard output).
     #[arg(short, long, value_name = "OUT")]
     pub(crate) output: String,
-    /// Conversations scored together.
-    #[arg(long, value_name = "B", default_value_t = 8)]
-    pub(crate) batch_size: usize,
-    /// Tokens per conversation; longer answers are cut.
-    #[arg(long, value_name = "N", default_value_t = 512)]
-    pub(crate) max_len: usize,
+    #[command(flatten)]
+    pub(crate) settings: charter_train::ScoreSettings,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub(crate) json: bool,

@@ -140,8 +140,7 @@ pub(crate) fn score(args: ScoreArgs, quiet: bool) -> Result<()> {
         &args.model,
         &args.input,
         &output,
-        args.batch_size,
-        args.max_len,
+        &args.settings,
         &mut |done, total| {
             bar.set_length(total);
             bar.set_position(done);
@@ -154,6 +153,7 @@ pub(crate) fn score(args: ScoreArgs, quiet: bool) -> Result<()> {
             "{}",
             serde_json::json!({
                 "rows": summary.table.rows,
+                "cached": summary.cached,
                 "scored": summary.scored,
                 "unscored": summary.unscored,
                 "output": output.display(),
@@ -161,10 +161,17 @@ pub(crate) fn score(args: ScoreArgs, quiet: bool) -> Result<()> {
             })
         );
     } else if !quiet {
-        eprintln!(
-            "scored {} answers ({} left without a score: prompt longer than --max-len)",
-            summary.scored, summary.unscored
-        );
+        if summary.cached {
+            eprintln!(
+                "{} is up to date (same table, model and settings): nothing to do",
+                output.display()
+            );
+        } else {
+            eprintln!(
+                "scored {} answers ({} left without a score: prompt longer than --max-len)",
+                summary.scored, summary.unscored
+            );
+        }
         eprintln!("{}", super::written(&output, &summary.table));
     }
     Ok(())

@@ -553,6 +553,13 @@ model = "rl"
 input = "prompts"
 
 [[stage]]
+name = "scored"
+kind = "score"
+input = "rl-answers"
+model = "pm"
+max_len = 96
+
+[[stage]]
 name = "vs-base"
 kind = "eval"
 input = "prompts"
@@ -632,6 +639,28 @@ fn a_build_trains_evaluates_and_retrains_only_what_changed() {
         serde_json::from_slice(&std::fs::read(out.join("vs-base/report.json")).unwrap()).unwrap();
     assert_eq!(report["report"]["comparisons"], 2);
     assert!(out.join("vs-base/eval-key.json").is_file());
+    // The score stage makes what `charter score` makes.
+    assert_eq!(first["scored"].0, "ran");
+    let scored = out.join("scored.parquet");
+    let cli_scored = dir.path().join("cli-scored.parquet");
+    ok(&[
+        "score",
+        "-m",
+        out.join("pm").to_str().unwrap(),
+        "-i",
+        out.join("rl-answers.parquet").to_str().unwrap(),
+        "-o",
+        cli_scored.to_str().unwrap(),
+        "--max-len",
+        "96",
+    ]);
+    let (a, b) = (
+        inspect(scored.to_str().unwrap()),
+        inspect(cli_scored.to_str().unwrap()),
+    );
+    assert_eq!(a["build_key"], b["build_key"]);
+    assert_eq!(a["content_hash"], b["content_hash"]);
+    assert!(a["head"][0]["pm_score"].is_f64(), "{a}");
 
     // Unchanged: everything is up to date and nothing trains again.
     let plan = dry_run(&build_file);
@@ -641,7 +670,7 @@ fn a_build_trains_evaluates_and_retrains_only_what_changed() {
         }
     }
     let second = build(&build_file, &[]);
-    for stage in ["sl", "pm", "rl", "rl-answers", "vs-base"] {
+    for stage in ["sl", "pm", "rl", "rl-answers", "scored", "vs-base"] {
         assert_eq!(second[stage].0, "cached", "{stage}");
         assert_eq!(second[stage].2, first[stage].2, "{stage}");
     }
@@ -663,6 +692,10 @@ fn a_build_trains_evaluates_and_retrains_only_what_changed() {
         "{plan:?}"
     );
     assert!(plan["pm"].starts_with("up to date"), "{plan:?}");
+    assert!(
+        plan["scored"].starts_with("run: input `rl-answers` will be rebuilt"),
+        "{plan:?}"
+    );
     let third = build(&build_file, &[]);
     for (stage, want) in [
         ("sl", "ran"),
@@ -802,6 +835,19 @@ fn training_stages_refuse_what_does_not_apply() {
         (
             "[[stage]]\nname = \"t\"\nkind = \"train\"\nobjective = \"sft\"\ninput = \"labels\"\ntemperature = 0.5\n",
             vec!["stage `t`", "field `temperature`", "does not apply"],
+        ),
+        (
+            "[[stage]]\nname = \"t\"\nkind = \"train\"\nobjective = \"sft\"\ninput = \"labels\"\n\
+             [[stage]]\nname = \"s\"\nkind = \"score\"\ninput = \"labels\"\nmodel = \"t\"\n",
+            vec!["stage `s`", "field `model`", "needs a preference model"],
+        ),
+        (
+            "[[stage]]\nname = \"s\"\nkind = \"score\"\ninput = \"labels\"\n",
+            vec![
+                "stage `s`",
+                "field `model`",
+                "needs `model`: a preference model",
+            ],
         ),
         (
             "[[stage]]\nname = \"e\"\nkind = \"eval\"\ninput = \"labels\"\na = \"m\"\n",

@@ -524,6 +524,10 @@ pub(super) fn expected_provenance(
             (import_provenance(&read, settings)?, &PROMPTS)
         }
         StageOp::Dedup(s) => (dedup_provenance(first()?, s)?, first()?.core_spec()?),
+        StageOp::Score(s) => (
+            charter_train::score_provenance(first()?, s, &model_hash()?)?,
+            first()?.core_spec()?,
+        ),
         StageOp::Respond(s) => (respond_provenance(s, first()?, &model_hash()?)?, &RESPONSES),
         StageOp::Critique(s) => (
             critique_provenance(first()?, s, &model_hash()?, &constitution_hash()?)?,

@@ -240,6 +240,34 @@ impl BuildPlan {
             StageOp::Table | StageOp::Import { .. } | StageOp::Train(_) | StageOp::Eval(_) => {
                 unreachable_table(stage)?
             }
+            StageOp::Score(settings) => {
+                let model = stage
+                    .model
+                    .as_deref()
+                    .ok_or_else(|| Error::Settings(format!("stage `{}`: no model", stage.name)))?;
+                let output = Output::Path(out.clone());
+                let s = charter_train::score_table(
+                    model,
+                    input.path(),
+                    &output,
+                    settings,
+                    &mut |_, _| {},
+                )?;
+                StageOutcome {
+                    stage: stage.name.clone(),
+                    kind: stage.kind.as_str(),
+                    status: if s.cached {
+                        OutcomeStatus::Cached
+                    } else {
+                        OutcomeStatus::Ran
+                    },
+                    rows: s.table.rows,
+                    resumed_rows: 0,
+                    tokens: 0,
+                    output: out.clone(),
+                    content_hash: s.table.content_hash,
+                }
+            }
             StageOp::Dedup(settings) => {
                 let output = Output::Path(out.clone());
                 deduplicated(stage, dedup_table(input, settings, &output, &mut |_| {})?)

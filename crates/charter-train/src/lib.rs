@@ -46,7 +46,7 @@ pub use loss::{
 };
 pub use metrics::MetricRow;
 pub use model::{Decoder, DecoderLayer};
-pub use score::{ScoreSummary, score_table};
+pub use score::{SCORE_VERSION, ScoreSettings, ScoreSummary, score_provenance, score_table};
 pub use train::{
     Checkpointed, Finished, Objective, Run, Schedule, TrainSettings, checkpoint_dir,
     checkpoint_progress,

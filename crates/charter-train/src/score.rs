@@ -23,11 +23,75 @@ fn answer_columns(table: &str) -> Option<&'static [(&'static str, &'static str)]
     }
 }
 
+/// Version of the score stage: bump when the same inputs would give different rows.
+pub const SCORE_VERSION: u32 = 1;
+
+/// Settings of a scoring run: `charter score`'s flags and a build file's
+/// `score` stage.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScoreSettings {
+    /// Conversations scored together.
+    #[arg(long, value_name = "B", default_value_t = ScoreSettings::default().batch_size)]
+    pub batch_size: usize,
+    /// Tokens per conversation; longer answers are cut.
+    #[arg(long, value_name = "N", default_value_t = ScoreSettings::default().max_len)]
+    pub max_len: usize,
+}
+
+impl Default for ScoreSettings {
+    fn default() -> Self {
+        ScoreSettings {
+            batch_size: 8,
+            max_len: 512,
+        }
+    }
+}
+
+impl ScoreSettings {
+    /// Checks the values a user can get wrong; the error names the setting.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            return Err(Error::invalid("batch_size", "must be at least 1"));
+        }
+        if self.max_len < 2 {
+            return Err(Error::invalid(
+                "max_len",
+                format!("must be at least 2, got {}", self.max_len),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The provenance scoring `table` with the preference model whose content
+/// hash is `model_hash` records. The batch size does not change a score,
+/// so only `max_len` is part of it.
+pub fn score_provenance(
+    table: &TableFile,
+    settings: &ScoreSettings,
+    model_hash: &str,
+) -> Result<Provenance> {
+    Ok(Provenance {
+        stage: "score".to_string(),
+        stage_version: SCORE_VERSION,
+        settings: serde_json::json!({ "max_len": settings.max_len }),
+        inputs: vec![InputRef {
+            name: table.core_spec()?.name.to_string(),
+            content_hash: table.content_hash_or_compute()?,
+        }],
+        model_hash: Some(model_hash.to_string()),
+        constitution_hash: None,
+    })
+}
+
 /// What `score` reports.
 #[derive(Debug, Clone)]
 pub struct ScoreSummary {
-    /// The written table.
+    /// The written table (or the one found up to date).
     pub table: TableSummary,
+    /// The output already recorded the same build key: nothing was written.
+    pub cached: bool,
     /// Answers scored.
     pub scored: u64,
     /// Answers left without a score (the prompt alone fills `max_len`).
@@ -51,10 +115,31 @@ pub fn score_table(
     pm_dir: &Path,
     input: &Path,
     output: &Output,
-    batch_size: usize,
-    max_len: usize,
+    settings: &ScoreSettings,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<ScoreSummary> {
+    settings.validate()?;
+    let (batch_size, max_len) = (settings.batch_size, settings.max_len);
+    if let Output::Path(out) = output
+        && input != Path::new("-")
+        && let Ok(existing) = TableFile::open(out)
+    {
+        let table = TableFile::open(input)?;
+        let hash = ModelDir::open(pm_dir)?.provenance.content_hash;
+        let key = score_provenance(&table, settings, &hash)?.build_key(table.core_spec()?);
+        if existing.build_key() == Some(key.as_str()) {
+            return Ok(ScoreSummary {
+                table: TableSummary {
+                    rows: existing.num_rows(),
+                    content_hash: existing.content_hash_or_compute()?,
+                    build_key: key,
+                },
+                cached: true,
+                scored: 0,
+                unscored: 0,
+            });
+        }
+    }
     let _claim = match output {
         Output::Path(out) => Some(charter_table::claim_output(out, &[input])?),
         Output::Stdout => None,
@@ -94,17 +179,7 @@ pub fn score_table(
         fields,
         table.schema().metadata().clone(),
     ));
-    let provenance = Provenance {
-        stage: "score".to_string(),
-        stage_version: 1,
-        settings: serde_json::json!({ "max_len": max_len }),
-        inputs: vec![InputRef {
-            name: spec.name.to_string(),
-            content_hash: table.content_hash_or_compute()?,
-        }],
-        model_hash: Some(dir.provenance.content_hash.clone()),
-        constitution_hash: None,
-    };
+    let provenance = score_provenance(&table, settings, &dir.provenance.content_hash)?;
     let mut writer = TableWriter::with_schema(output, spec, schema.clone(), &provenance)?;
     let total = table.num_rows() * columns.len() as u64;
     let (mut scored, mut unscored) = (0u64, 0u64);
@@ -146,6 +221,7 @@ pub fn score_table(
     }
     Ok(ScoreSummary {
         table: writer.finish()?,
+        cached: false,
         scored,
         unscored,
     })

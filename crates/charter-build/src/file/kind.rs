@@ -7,7 +7,7 @@ use charter_stages::{
     CritiqueSettings, DedupSettings, ExportSettings, GenSettings, ImportSettings, LabelSettings,
     PolicyEvalSettings, RespondSettings, TableDedupSettings,
 };
-use charter_train::{TaskConfig, TrainConfig};
+use charter_train::{ScoreSettings, TaskConfig, TrainConfig};
 use serde::Deserialize;
 
 use super::source::fields_of;
@@ -32,6 +32,9 @@ pub enum StageKind {
     Pair,
     /// Pairs → labels.
     Label,
+    /// Answers (responses, revisions, pairs, labels) → the same table
+    /// with a preference model's scores.
+    Score,
     /// Labels or revisions → JSON lines.
     Export,
     /// Revisions/responses or labels → a trained model directory.
@@ -106,7 +109,7 @@ pub(crate) struct Description {
 
 impl StageKind {
     /// Every kind.
-    pub const ALL: [StageKind; 11] = [
+    pub const ALL: [StageKind; 12] = [
         StageKind::Table,
         StageKind::Import,
         StageKind::Dedup,
@@ -115,6 +118,7 @@ impl StageKind {
         StageKind::Revise,
         StageKind::Pair,
         StageKind::Label,
+        StageKind::Score,
         StageKind::Export,
         StageKind::Train,
         StageKind::Eval,
@@ -131,6 +135,7 @@ impl StageKind {
             StageKind::Revise => "revise",
             StageKind::Pair => "pair",
             StageKind::Label => "label",
+            StageKind::Score => "score",
             StageKind::Export => "export",
             StageKind::Train => "train",
             StageKind::Eval => "eval",
@@ -202,6 +207,12 @@ impl StageKind {
                 &[K::Table, K::Dedup, K::Pair],
                 &[fields_of::<LabelSettings>()],
                 true,
+            ),
+            K::Score => d(
+                &[Input, Output, Model],
+                &[K::Table, K::Dedup, K::Respond, K::Revise, K::Pair, K::Label],
+                &[fields_of::<ScoreSettings>()],
+                false,
             ),
             K::Export => d(
                 &[Input, Output],

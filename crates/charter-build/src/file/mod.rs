@@ -69,7 +69,7 @@ use charter_stages::{
     CritiqueSettings, ExportSettings, GenSettings, ImportSettings, LabelSettings,
     PolicyEvalSettings, RespondSettings, TableDedupSettings,
 };
-use charter_train::{DeviceChoice, Task, TrainSettings};
+use charter_train::{DeviceChoice, ScoreSettings, Task, TrainSettings};
 
 pub use kind::StageKind;
 use planner::Planner;
@@ -101,6 +101,8 @@ pub enum StageOp {
     Pair,
     /// `label`.
     Label(LabelSettings),
+    /// `score`, with the stage's model as the preference model.
+    Score(ScoreSettings),
     /// `export`.
     Export(ExportSettings),
     /// `train`.

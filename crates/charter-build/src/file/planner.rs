@@ -10,7 +10,7 @@ use charter_stages::{
     CritiqueSettings, ExportFormat, ExportSettings, GenSettings, ImportSettings, LabelSettings,
     PolicyEvalSettings, RespondSettings, TableDedupSettings,
 };
-use charter_train::{Task, TaskConfig, TaskKind, TrainConfig};
+use charter_train::{ScoreSettings, Task, TaskConfig, TaskKind, TrainConfig};
 use serde::de::DeserializeOwned;
 use toml::Spanned;
 
@@ -414,7 +414,10 @@ impl<'s, 't> Planner<'s, 't> {
             let Some((dir, pm)) = trained.get(value) else {
                 return Ok(self.resolve(value));
             };
-            if *pm {
+            // A `score` stage's model is a preference model; every
+            // other stage's is a policy.
+            let scores = s.kind == StageKind::Score;
+            if *pm && !scores {
                 return Err(self.at(
                     s,
                     field,
@@ -424,20 +427,34 @@ impl<'s, 't> Planner<'s, 't> {
                     ),
                 ));
             }
+            if !*pm && scores {
+                return Err(self.at(
+                    s,
+                    field,
+                    format!(
+                        "`{value}` trains a policy; a `score` stage needs a preference model \
+                         (a `pm` stage, or its model directory)"
+                    ),
+                ));
+            }
             if !model_stages.iter().any(|m| m == value) {
                 model_stages.push(value.to_string());
             }
             Ok(dir.clone())
         };
         let takes = |slot: Slot| description.slots.contains(&slot);
-        let model = match self.text(s, "model")?.or_else(|| self.model.clone()) {
+        // A preference model is never the build's default model.
+        let default_model = self.model.clone().filter(|_| s.kind != StageKind::Score);
+        let model = match self.text(s, "model")?.or(default_model) {
             Some(m) if takes(Slot::Model) => Some(model_ref("model", m.get_ref())?),
             None if takes(Slot::Model) => {
-                return Err(self.at(
-                    s,
-                    "model",
-                    "no model: set `model` in [build] or in the stage",
-                ));
+                let problem = if s.kind == StageKind::Score {
+                    "a `score` stage needs `model`: a preference model (a `pm` stage or its \
+                     model directory)"
+                } else {
+                    "no model: set `model` in [build] or in the stage"
+                };
+                return Err(self.at(s, "model", problem));
             }
             _ => None,
         };
@@ -490,6 +507,11 @@ impl<'s, 't> Planner<'s, 't> {
                 StageOp::Critique(settings)
             }
             StageKind::Revise => StageOp::Revise(self.generation(s, seed)?),
+            StageKind::Score => {
+                let settings: ScoreSettings = self.own(s)?;
+                self.checked(s, settings.validate())?;
+                StageOp::Score(settings)
+            }
             StageKind::Pair => StageOp::Pair,
             StageKind::Label => {
                 let settings = LabelSettings {

@@ -326,6 +326,7 @@ fn the_command_line_and_build_files_take_the_same_settings() {
         (StageKind::Critique, flag_fields::<CritiqueSettings>()),
         (StageKind::Revise, flag_fields::<GenSettings>()),
         (StageKind::Label, flag_fields::<LabelSettings>()),
+        (StageKind::Score, flag_fields::<ScoreSettings>()),
         (StageKind::Export, flag_fields::<ExportSettings>()),
         (StageKind::Eval, flag_fields::<PolicyEvalSettings>()),
         (
