@@ -120,7 +120,22 @@ fn pipes_through_stdin_and_stdout() {
     let t: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
     assert_eq!(t["rows"], 2);
     assert_eq!(t["head"][0]["source"], "stdin");
-    let _ = dir;
+
+    // A shell's process substitution is a pipe, not a file: it is read whole.
+    let table = file(dir.path(), "p.parquet", &out.stdout);
+    let shell = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("\"$0\" inspect <(cat '{table}') --json",))
+        .arg(env!("CARGO_BIN_EXE_charter"))
+        .output()
+        .unwrap();
+    assert!(
+        shell.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shell.stderr)
+    );
+    let t: serde_json::Value = serde_json::from_slice(&shell.stdout).unwrap();
+    assert_eq!(t["rows"], 2);
 }
 
 #[test]

@@ -39,6 +39,8 @@ enum Source {
 
 impl TableFile {
     /// Opens a Parquet file (or standard input for `-`) and reads its footer.
+    /// A pipe (a shell's `<(command)`) is read whole into memory, as
+    /// standard input is: Parquet's footer is at the end.
     pub fn open(path: &Path) -> Result<Self> {
         if path == Path::new("-") {
             let mut buf = Vec::new();
@@ -47,7 +49,17 @@ impl TableFile {
                 .map_err(|e| Error::io("<stdin>", e))?;
             return Self::from_bytes(Path::new("<stdin>"), buf);
         }
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let regular = file
+            .metadata()
+            .map_err(|e| Error::io(path, e))?
+            .file_type()
+            .is_file();
+        if !regular {
+            let mut buf = Vec::new();
+            file.read_to_end(&mut buf).map_err(|e| Error::io(path, e))?;
+            return Self::from_bytes(path, buf);
+        }
         let clone = file.try_clone().map_err(|e| Error::io(path, e))?;
         Self::with_footer(path, clone, Source::File(file))
     }
