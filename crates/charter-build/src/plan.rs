@@ -14,13 +14,13 @@ use charter_model::ModelDir;
 use charter_table::{
     CRITIQUES, InputRef, KEY_CONSTITUTION_HASH, KEY_INPUTS, KEY_MODEL_HASH, KEY_SETTINGS,
     KEY_STAGE, KEY_STAGE_VERSION, LABELS, PAIRS, PROMPTS, Provenance, RESPONSES, REVISIONS,
-    ShardedWriter, TableFile, TableSpec, canonical_json, partial_dir,
+    ShardedWriter, TableFile, TableSpec, canonical_json, partial_dir, read_input,
 };
 use serde_json::Value as Json;
 
 use charter_stages::{
     Constitution, critique_provenance, dedup_provenance, import_provenance, label_provenance,
-    pair_provenance, read_input, respond_provenance, revise_provenance,
+    pair_provenance, respond_provenance, revise_provenance,
 };
 
 use crate::error::Result;

@@ -17,13 +17,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use charter_model::ModelDir;
-use charter_table::{Output, TableFile, canonical_json, partial_dir, write_atomic};
+use charter_table::{Output, TableFile, TableSummary, canonical_json, partial_dir, write_atomic};
 use charter_train::{Job, Outcome};
 use serde_json::{Value as Json, json};
 
 use charter_stages::{
-    Constitution, Contestants, DedupSummary, Model, PolicyEvalStep, StageProgress, StageSummary,
-    critique, dedup_table, eval_policy, export, import_prompts, label, pair, respond, revise,
+    Constitution, Contestants, Model, PolicyEvalStep, StageProgress, StageSummary, critique,
+    dedup_table, eval_policy, export, import_prompts, label, pair, respond, revise,
 };
 
 use crate::error::{Error, Result};
@@ -217,8 +217,8 @@ impl BuildPlan {
             StageOp::Eval(op) => return self.run_eval(stage, op, cache, progress),
             StageOp::Import { files, settings } => {
                 let output = Output::Path(out.clone());
-                let summary = import_prompts(files, settings, &output, &mut |_| {})?;
-                return Ok(deduplicated(stage, summary));
+                let s = import_prompts(files, settings, &output, &mut |_| {})?;
+                return Ok(table_written(stage, s.cached, s.table));
             }
             _ => {}
         }
@@ -253,24 +253,12 @@ impl BuildPlan {
                     settings,
                     &mut |_, _| {},
                 )?;
-                StageOutcome {
-                    stage: stage.name.clone(),
-                    kind: stage.kind.as_str(),
-                    status: if s.cached {
-                        OutcomeStatus::Cached
-                    } else {
-                        OutcomeStatus::Ran
-                    },
-                    rows: s.table.rows,
-                    resumed_rows: 0,
-                    tokens: 0,
-                    output: out.clone(),
-                    content_hash: s.table.content_hash,
-                }
+                table_written(stage, s.cached, s.table)
             }
             StageOp::Dedup(settings) => {
                 let output = Output::Path(out.clone());
-                deduplicated(stage, dedup_table(input, settings, &output, &mut |_| {})?)
+                let s = dedup_table(input, settings, &output, &mut |_| {})?;
+                table_written(stage, s.cached, s.table)
             }
             StageOp::Respond(s) => {
                 let r = respond(
@@ -299,20 +287,7 @@ impl BuildPlan {
             }
             StageOp::Pair => {
                 let p = pair(input, inputs.get(1), out)?;
-                StageOutcome {
-                    stage: stage.name.clone(),
-                    kind: stage.kind.as_str(),
-                    status: if p.cached {
-                        OutcomeStatus::Cached
-                    } else {
-                        OutcomeStatus::Ran
-                    },
-                    rows: p.table.rows,
-                    resumed_rows: 0,
-                    tokens: 0,
-                    output: out.clone(),
-                    content_hash: p.table.content_hash,
-                }
+                table_written(stage, p.cached, p.table)
             }
             StageOp::Export(settings) => {
                 let parent = match out.parent() {
@@ -364,21 +339,22 @@ fn model_of<'c>(
     cache.model(path, threads)
 }
 
-/// What an `import` or `dedup` stage did.
-fn deduplicated(stage: &PlannedStage, summary: DedupSummary) -> StageOutcome {
+/// What a stage that writes a table without generating (import, dedup,
+/// pair, score) did.
+fn table_written(stage: &PlannedStage, cached: bool, table: TableSummary) -> StageOutcome {
     StageOutcome {
         stage: stage.name.clone(),
         kind: stage.kind.as_str(),
-        status: if summary.cached {
+        status: if cached {
             OutcomeStatus::Cached
         } else {
             OutcomeStatus::Ran
         },
-        rows: summary.table.rows,
+        rows: table.rows,
         resumed_rows: 0,
         tokens: 0,
         output: stage.output.clone(),
-        content_hash: summary.table.content_hash,
+        content_hash: table.content_hash,
     }
 }
 

@@ -58,7 +58,6 @@ pub use policy_eval::{
 pub use prompts::{
     DEDUP_VERSION, DedupSettings, DedupSummary, IMPORT_VERSION, ImportFormat, ImportSettings,
     TableDedupSettings, dedup_provenance, dedup_table, import_prompts, import_provenance,
-    read_input,
 };
 pub use respond::{
     MAX_SAMPLES, RespondProgress, RespondSettings, RespondSummary,

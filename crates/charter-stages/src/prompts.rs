@@ -3,7 +3,6 @@
 //! duplicate texts). Both rewrite their output unless it already records
 //! the same build key.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use arrow_array::BooleanArray;
@@ -14,6 +13,7 @@ use charter_table::import::{
 use charter_table::{
     ColumnType, InputRef, KEY_CONSTITUTION_HASH, KEY_MODEL_HASH, Output, PROMPTS, Prompt,
     Provenance, Record, TableFile, TableSpec, TableSummary, TableWriter, Value, column_cells,
+    finished_table, read_input,
 };
 
 use crate::error::{Error, Result};
@@ -126,19 +126,6 @@ pub struct ImportSettings {
     pub dedup: DedupSettings,
 }
 
-/// The bytes of `path`; `-` reads standard input.
-pub fn read_input(path: &Path) -> Result<Vec<u8>> {
-    if path == Path::new("-") {
-        let mut buf = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut buf)
-            .map_err(|e| Error::io("<stdin>", e))?;
-        Ok(buf)
-    } else {
-        std::fs::read(path).map_err(|e| Error::io(path, e))
-    }
-}
-
 /// The provenance an import of `files` (their bytes) records.
 pub fn import_provenance(
     files: &[(PathBuf, Vec<u8>)],
@@ -168,6 +155,14 @@ pub fn import_provenance(
     })
 }
 
+/// The summary of `output` when it is a finished table recording `build_key`.
+fn finished(output: &Output, spec: &TableSpec, build_key: &str) -> Option<TableSummary> {
+    match output {
+        Output::Path(path) => finished_table(path, spec, build_key),
+        Output::Stdout => None,
+    }
+}
+
 /// What an import or dedup did.
 #[derive(Debug, Clone)]
 pub struct DedupSummary {
@@ -179,22 +174,6 @@ pub struct DedupSummary {
     pub read: ReadCounts,
     /// Rows kept and dropped.
     pub dups: DedupCounts,
-}
-
-/// A summary of `output` when it exists and records `build_key`.
-fn up_to_date(output: &Output, build_key: &str) -> Option<TableSummary> {
-    let Output::Path(path) = output else {
-        return None;
-    };
-    let table = TableFile::open(path).ok()?;
-    if table.build_key() != Some(build_key) {
-        return None;
-    }
-    Some(TableSummary {
-        rows: table.num_rows(),
-        content_hash: table.content_hash_or_compute().ok()?,
-        build_key: build_key.to_string(),
-    })
 }
 
 /// Imports the prompt files into the `prompts` table at `output`: read,
@@ -218,7 +197,7 @@ pub fn import_prompts(
         read.push((path.clone(), read_input(path)?));
     }
     let provenance = import_provenance(&read, settings)?;
-    if let Some(table) = up_to_date(output, &provenance.build_key(&PROMPTS)) {
+    if let Some(table) = finished(output, &PROMPTS, &provenance.build_key(&PROMPTS)) {
         return Ok(DedupSummary {
             table,
             cached: true,
@@ -227,7 +206,7 @@ pub fn import_prompts(
         });
     }
     let inputs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-    let _claim = claim(output, &inputs)?;
+    let _claim = output.claim(&inputs)?;
     let import_options = ImportOptions {
         field: settings.field.clone(),
         source: settings.source.clone(),
@@ -370,7 +349,7 @@ pub fn dedup_table(
         ))
     })?;
     let provenance = dedup_provenance(table, settings)?;
-    if let Some(summary) = up_to_date(output, &provenance.build_key(spec)) {
+    if let Some(summary) = finished(output, spec, &provenance.build_key(spec)) {
         return Ok(DedupSummary {
             table: summary,
             cached: true,
@@ -378,7 +357,7 @@ pub fn dedup_table(
             dups: DedupCounts::default(),
         });
     }
-    let _claim = claim(output, &[table.path()])?;
+    let _claim = output.claim(&[table.path()])?;
     progress(format!("reading {path}"));
     let batches = table
         .batches()?
@@ -433,14 +412,5 @@ pub fn dedup_table(
             ..ReadCounts::default()
         },
         dups,
-    })
-}
-
-/// Claims a table output before any work: refused while another process
-/// writes it, or when it is one of `inputs` or a directory.
-fn claim(output: &Output, inputs: &[&Path]) -> Result<Option<charter_table::OutputLock>> {
-    Ok(match output {
-        Output::Path(path) => Some(charter_table::claim_output(path, inputs)?),
-        Output::Stdout => None,
     })
 }

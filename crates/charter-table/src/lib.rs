@@ -71,9 +71,9 @@ pub use provenance::{
     KEY_MODEL_HASH, KEY_ROWS, KEY_SCHEMA_VERSION, KEY_SETTINGS, KEY_STAGE, KEY_STAGE_VERSION,
     KEY_TABLE, Provenance, canonical_json,
 };
-pub use read::{Batches, TableFile, column_cells};
+pub use read::{Batches, TableFile, column_cells, read_input};
 pub use record::Record;
-pub use resume::{Interrupted, Opened, ResumeState, ShardedWriter, partial_dir};
+pub use resume::{Interrupted, Opened, ResumeState, ShardedWriter, finished_table, partial_dir};
 pub use schema::{ColumnSpec, ColumnType, Role, TableSpec};
 pub use tables::{
     ALL_TABLES, CRITIQUES, Critique, LABELS, Label, PAIRS, PROMPTS, Pair, Prompt, RESPONSES,

@@ -37,17 +37,26 @@ enum Source {
     Bytes(Bytes),
 }
 
+/// The whole content of `path`; `-` reads standard input.
+pub fn read_input(path: &Path) -> Result<Vec<u8>> {
+    if path == Path::new("-") {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io("<stdin>", e))?;
+        Ok(buf)
+    } else {
+        std::fs::read(path).map_err(|e| Error::io(path, e))
+    }
+}
+
 impl TableFile {
     /// Opens a Parquet file (or standard input for `-`) and reads its footer.
     /// A pipe (a shell's `<(command)`) is read whole into memory, as
     /// standard input is: Parquet's footer is at the end.
     pub fn open(path: &Path) -> Result<Self> {
         if path == Path::new("-") {
-            let mut buf = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut buf)
-                .map_err(|e| Error::io("<stdin>", e))?;
-            return Self::from_bytes(Path::new("<stdin>"), buf);
+            return Self::from_bytes(Path::new("<stdin>"), read_input(path)?);
         }
         let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
         let regular = file

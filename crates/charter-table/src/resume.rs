@@ -94,7 +94,7 @@ impl ShardedWriter {
         inputs: &[&Path],
     ) -> Result<Opened> {
         let lock = claim_output(out, inputs)?;
-        if let Some(summary) = finished(out, spec, build_key) {
+        if let Some(summary) = finished_table(out, spec, build_key) {
             let dir = partial_dir(out);
             if dir.exists() {
                 fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -274,7 +274,9 @@ impl ShardedWriter {
 }
 
 /// The summary of `out` if it is a finished `spec` table of this build.
-fn finished(out: &Path, spec: &TableSpec, build_key: &str) -> Option<TableSummary> {
+/// The summary of the table at `out` when it is a finished `spec` table
+/// recording `build_key`: a build that would make it again has nothing to do.
+pub fn finished_table(out: &Path, spec: &TableSpec, build_key: &str) -> Option<TableSummary> {
     let table = TableFile::open(out).ok()?;
     if table.build_key() != Some(build_key) || table.table_name() != Some(spec.name) {
         return None;

@@ -86,6 +86,15 @@ impl Output {
         }
     }
 
+    /// Claims the output before any work (see [`claim_output`]); standard
+    /// output needs no claim.
+    pub fn claim(&self, inputs: &[&Path]) -> Result<Option<OutputLock>> {
+        Ok(match self {
+            Output::Path(path) => Some(claim_output(path, inputs)?),
+            Output::Stdout => None,
+        })
+    }
+
     /// A name for messages.
     pub fn display(&self) -> String {
         match self {
@@ -160,10 +169,7 @@ impl TableWriter {
             .collect::<Result<Vec<_>>>()?;
         let hasher = ContentHasher::new(spec.name, columns);
 
-        let claim = match output {
-            Output::Path(path) => Some(claim_output(path, &[])?),
-            Output::Stdout => None,
-        };
+        let claim = output.claim(&[])?;
         let tmp = match output {
             Output::Path(path) => output_tempfile(path).map_err(|e| Error::io(path, e))?,
             // Only copied to stdout, so it may stay private.

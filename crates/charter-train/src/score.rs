@@ -7,7 +7,9 @@ use std::sync::Arc;
 use arrow_array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use charter_model::ModelDir;
-use charter_table::{InputRef, Output, Provenance, TableFile, TableSummary, TableWriter};
+use charter_table::{
+    InputRef, Output, Provenance, TableFile, TableSummary, TableWriter, finished_table,
+};
 
 use crate::data::{Formatter, Tokens};
 use crate::jobs::open_preference_model;
@@ -120,30 +122,7 @@ pub fn score_table(
 ) -> Result<ScoreSummary> {
     settings.validate()?;
     let (batch_size, max_len) = (settings.batch_size, settings.max_len);
-    if let Output::Path(out) = output
-        && input != Path::new("-")
-        && let Ok(existing) = TableFile::open(out)
-    {
-        let table = TableFile::open(input)?;
-        let hash = ModelDir::open(pm_dir)?.provenance.content_hash;
-        let key = score_provenance(&table, settings, &hash)?.build_key(table.core_spec()?);
-        if existing.build_key() == Some(key.as_str()) {
-            return Ok(ScoreSummary {
-                table: TableSummary {
-                    rows: existing.num_rows(),
-                    content_hash: existing.content_hash_or_compute()?,
-                    build_key: key,
-                },
-                cached: true,
-                scored: 0,
-                unscored: 0,
-            });
-        }
-    }
-    let _claim = match output {
-        Output::Path(out) => Some(charter_table::claim_output(out, &[input])?),
-        Output::Stdout => None,
-    };
+    let _claim = output.claim(&[input])?;
     let table = TableFile::open(input)?;
     let spec = table.core_spec()?;
     let columns = answer_columns(spec.name).ok_or_else(|| {
@@ -165,6 +144,17 @@ pub fn score_table(
         )));
     }
     let dir = ModelDir::open(pm_dir)?;
+    let provenance = score_provenance(&table, settings, &dir.provenance.content_hash)?;
+    if let Output::Path(out) = output
+        && let Some(summary) = finished_table(out, spec, &provenance.build_key(spec))
+    {
+        return Ok(ScoreSummary {
+            table: summary,
+            cached: true,
+            scored: 0,
+            unscored: 0,
+        });
+    }
     let device = select_device(DeviceChoice::Cpu, false)?;
     let pm = open_preference_model(pm_dir, &device)?;
     let formatter = Formatter::new(&dir, max_len)?;
@@ -179,7 +169,6 @@ pub fn score_table(
         fields,
         table.schema().metadata().clone(),
     ));
-    let provenance = score_provenance(&table, settings, &dir.provenance.content_hash)?;
     let mut writer = TableWriter::with_schema(output, spec, schema.clone(), &provenance)?;
     let total = table.num_rows() * columns.len() as u64;
     let (mut scored, mut unscored) = (0u64, 0u64);
