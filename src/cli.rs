@@ -410,6 +410,75 @@ pub(crate) struct BuildArgs {
     /// Print the build report as JSON on stdout.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Run one shard of N: the row-parallel stages for the prompts whose shard is I (0-based), under <out>/shards/I-of-N/.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard, conflicts_with_all = ["merge", "status", "emit"])]
+    pub(crate) shard: Option<charter_build::Shard>,
+    /// Merge the shards' tables into the build's own (byte-identical to an unsharded build), then run the global stages.
+    #[arg(long, conflicts_with_all = ["status", "emit"])]
+    pub(crate) merge: bool,
+    /// Show what each shard has done (done, partial with rows, missing), and run nothing.
+    #[arg(long, conflicts_with = "emit")]
+    pub(crate) status: bool,
+    /// How many shards (for --merge and --status: by default the one count found under <out>/shards/).
+    #[arg(long, value_name = "N")]
+    pub(crate) shards: Option<u32>,
+    /// Print the job files that run the build as N shards and a merge: a Slurm submission script, or Kubernetes Jobs.
+    #[arg(long, value_enum, requires = "shards")]
+    pub(crate) emit: Option<EmitArg>,
+    #[command(flatten)]
+    pub(crate) launch: LaunchFlags,
+}
+
+/// A scheduler `--emit` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum EmitArg {
+    /// A bash script submitting Slurm job arrays and the merge job (`--dependency=afterok`).
+    Slurm,
+    /// A Kubernetes Indexed Job and a suspended merge Job, as YAML.
+    K8s,
+}
+
+/// What `--emit` asks of the scheduler.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Job files (--emit)")]
+pub(crate) struct LaunchFlags {
+    /// Shards running at once (Slurm `%K`, the Job's `parallelism`).
+    #[arg(long, value_name = "K", requires = "emit")]
+    pub(crate) max_parallel: Option<u32>,
+    /// CPUs per shard.
+    #[arg(long, value_name = "C", requires = "emit")]
+    pub(crate) cpus_per_task: Option<u32>,
+    /// Memory per shard (Slurm `16G`, Kubernetes `16Gi`).
+    #[arg(long, value_name = "M", requires = "emit")]
+    pub(crate) mem: Option<String>,
+    /// The charter executable on the nodes [default: this one].
+    #[arg(long, value_name = "PATH", requires = "emit")]
+    pub(crate) charter: Option<String>,
+    /// Slurm: the partition.
+    #[arg(long, value_name = "P", requires = "emit")]
+    pub(crate) partition: Option<String>,
+    /// Slurm: time limit per shard (`HH:MM:SS`); the task is signalled 120 s before it and requeued.
+    #[arg(long, value_name = "T", requires = "emit")]
+    pub(crate) time: Option<String>,
+    /// Slurm: the cluster's MaxArraySize; more shards are submitted as several arrays.
+    #[arg(long, value_name = "S", default_value_t = charter_build::SLURM_MAX_ARRAY_SIZE)]
+    pub(crate) max_array_size: u32,
+    /// Kubernetes: the container image holding charter.
+    #[arg(long, value_name = "IMAGE", default_value = "charter:latest")]
+    pub(crate) image: String,
+    /// Kubernetes: the ReadWriteMany PersistentVolumeClaim holding the build.
+    #[arg(long, value_name = "NAME", default_value = "charter-build")]
+    pub(crate) claim: String,
+    /// Kubernetes: where the claim is mounted [default: the deepest directory holding everything the build reads and writes].
+    #[arg(long, value_name = "DIR", requires = "emit")]
+    pub(crate) mount: Option<PathBuf>,
+    /// Kubernetes: retries per shard (backoffLimitPerIndex).
+    #[arg(long, value_name = "R", default_value_t = 3)]
+    pub(crate) retries: u32,
+}
+
+fn parse_shard(s: &str) -> Result<charter_build::Shard, String> {
+    charter_build::Shard::parse(s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]

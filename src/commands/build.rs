@@ -5,11 +5,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use charter_build::{BuildCache, BuildPlan, OutcomeStatus, StageOp, StageOutcome};
+use charter_build::{
+    BuildCache, BuildPlan, K8sLaunch, Launch, OutcomeStatus, ShardState, SlurmLaunch, StageOp,
+    StageOutcome, k8s_manifests, slurm_script,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::cli::BuildArgs;
+use crate::cli::{BuildArgs, EmitArg};
 
 /// Set by Ctrl-C: the running training stage checkpoints and stops.
 static INTERRUPT: AtomicBool = AtomicBool::new(false);
@@ -17,7 +20,21 @@ static INTERRUPT: AtomicBool = AtomicBool::new(false);
 static TRAINING: AtomicBool = AtomicBool::new(false);
 
 pub(crate) fn run(args: BuildArgs, quiet: bool) -> Result<()> {
-    let plan = BuildPlan::load(&args.file)?;
+    let build = BuildPlan::load(&args.file)?;
+    if let Some(kind) = args.emit {
+        print!("{}", emit(&build, kind, &args)?);
+        return Ok(());
+    }
+    if args.status {
+        return status(&build, shard_count(&build, args.shards)?, args.json);
+    }
+    let plan = if let Some(shard) = args.shard {
+        build.for_shard(shard)?
+    } else if args.merge {
+        build.merged(shard_count(&build, args.shards)?)?
+    } else {
+        build
+    };
     if args.dry_run {
         return dry_run(&plan, &args.force, args.json);
     }
@@ -190,6 +207,130 @@ fn dry_run(plan: &BuildPlan, force: &[String], json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The shard count asked for, else the one found under `<out>/shards/`.
+fn shard_count(plan: &BuildPlan, asked: Option<u32>) -> Result<u32> {
+    if let Some(n) = asked {
+        return Ok(n);
+    }
+    let found = plan.shard_counts();
+    let dir = plan.out.join("shards");
+    match found.as_slice() {
+        [n] => Ok(*n),
+        [] => anyhow::bail!(
+            "{}: no shards found (no I-of-N directories): run `charter build {} --shard I/N` \
+             first, or give --shards N",
+            dir.display(),
+            plan.file.display()
+        ),
+        several => anyhow::bail!(
+            "{} holds shards of several counts ({}): give --shards N",
+            dir.display(),
+            several
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn status(plan: &BuildPlan, count: u32, json: bool) -> Result<()> {
+    let states = plan.shard_states(count)?;
+    let rows: Vec<serde_json::Value> = states
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match s {
+            ShardState::Done => json!({"shard": i, "state": "done"}),
+            ShardState::Missing => json!({"shard": i, "state": "missing"}),
+            ShardState::Partial {
+                done,
+                stages,
+                committed,
+            } => json!({
+                "shard": i,
+                "state": "partial",
+                "stages_done": done,
+                "stages": stages,
+                "committed_rows": committed
+                    .iter()
+                    .map(|(stage, rows)| json!({"stage": stage, "rows": rows}))
+                    .collect::<Vec<_>>(),
+            }),
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    for (i, s) in states.iter().enumerate() {
+        let what = match s {
+            ShardState::Done => "done".to_string(),
+            ShardState::Missing => "missing".to_string(),
+            ShardState::Partial {
+                done,
+                stages,
+                committed,
+            } => {
+                let mut line = format!("partial: {done} of {stages} stages done");
+                for (stage, rows) in committed {
+                    line += &format!(", `{stage}` has {rows} rows committed");
+                }
+                line
+            }
+        };
+        println!(
+            "{i}/{count}  {what}  {}",
+            plan.shard_dir(charter_build::Shard {
+                index: i as u32,
+                count
+            })
+            .display()
+        );
+    }
+    let done = states.iter().filter(|s| **s == ShardState::Done).count();
+    println!("{done} of {count} shards done");
+    Ok(())
+}
+
+fn emit(plan: &BuildPlan, kind: EmitArg, args: &BuildArgs) -> Result<String> {
+    let flags = &args.launch;
+    let charter = match &flags.charter {
+        Some(c) => c.clone(),
+        None => std::env::current_exe()
+            .context("finding this charter executable (give --charter)")?
+            .display()
+            .to_string(),
+    };
+    let launch = Launch {
+        shards: args.shards.unwrap_or(1),
+        max_parallel: flags.max_parallel,
+        cpus: flags.cpus_per_task,
+        mem: flags.mem.clone(),
+        charter,
+    };
+    Ok(match kind {
+        EmitArg::Slurm => slurm_script(
+            plan,
+            &launch,
+            &SlurmLaunch {
+                partition: flags.partition.clone(),
+                time: flags.time.clone(),
+                max_array_size: flags.max_array_size,
+            },
+        )?,
+        EmitArg::K8s => k8s_manifests(
+            plan,
+            &launch,
+            &K8sLaunch {
+                image: flags.image.clone(),
+                claim: flags.claim.clone(),
+                mount: flags.mount.clone(),
+                retries: flags.retries,
+            },
+        )?,
+    })
 }
 
 fn progress_bar(quiet: bool, stage: &str) -> ProgressBar {

@@ -7,18 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{charter, fails, file, inspect, ok};
-
-fn constitution() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/small-constitution.toml")
-        .to_str()
-        .unwrap()
-        .to_string()
-}
+use crate::{charter, constitution, fails, file, inspect, ok};
 
 /// A tiny model and a prompts table of `n` prompts in `dir`.
-fn setup(dir: &Path, n: usize) -> (String, String) {
+pub(crate) fn setup(dir: &Path, n: usize) -> (String, String) {
     let model = dir.join("tiny");
     let model = model.to_str().unwrap().to_string();
     ok(&["model", "tiny", "-o", &model, "--seed", "5"]);

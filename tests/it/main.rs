@@ -17,6 +17,7 @@ mod model_import;
 mod modes;
 mod outputs;
 mod respond;
+mod shard;
 mod stages;
 mod train;
 
@@ -57,6 +58,15 @@ pub(crate) fn fails(args: &[&str], stdin: Option<&[u8]>) -> String {
     let out = charter(args, stdin);
     assert!(!out.status.success(), "charter {args:?} should have failed");
     String::from_utf8(out.stderr).unwrap()
+}
+
+/// The small constitution most tests use.
+pub(crate) fn constitution() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/small-constitution.toml")
+        .to_str()
+        .unwrap()
+        .to_string()
 }
 
 /// Writes a file into `dir` and returns its path as a string.

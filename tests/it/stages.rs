@@ -4,15 +4,7 @@
 
 use std::path::Path;
 
-use crate::{charter, fails, file, inspect, ok};
-
-fn constitution() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/small-constitution.toml")
-        .to_str()
-        .unwrap()
-        .to_string()
-}
+use crate::{charter, constitution, fails, file, inspect, ok};
 
 /// A tiny model and a responses table of 2 prompts × 2 samples in `dir`.
 fn setup(dir: &Path) -> (String, String) {

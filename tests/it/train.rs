@@ -6,18 +6,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::{fails, file, inspect, ok};
+use crate::{constitution, fails, file, inspect, ok};
 
 fn path(dir: &Path, name: &str) -> String {
     dir.join(name).to_str().unwrap().to_string()
-}
-
-fn constitution() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/small-constitution.toml")
-        .to_str()
-        .unwrap()
-        .to_string()
 }
 
 /// Tiny model; responses, revisions and labels tables of 3 prompts × 2 samples.

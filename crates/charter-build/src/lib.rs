@@ -14,13 +14,24 @@
 //!   (`run`); a finished output with the same build key does nothing, an
 //!   interrupted one resumes from its journal. Models are loaded once per
 //!   directory and thread count and kept in a [`BuildCache`].
+//! - [`BuildPlan::for_shard`] and [`BuildPlan::merged`] split a build over
+//!   machines and put it back together byte for byte (`shard`);
+//!   [`slurm_script`] and [`k8s_manifests`] write the job files that run
+//!   it on Slurm or Kubernetes (`launch`).
 
 mod error;
 mod file;
+mod launch;
 mod plan;
 mod run;
+mod shard;
 
+pub use charter_table::Shard;
 pub use error::{Error, Result};
 pub use file::{BuildPlan, EvalOp, PlannedStage, StageKind, StageOp, TrainOp};
+pub use launch::{
+    K8sLaunch, Launch, SLURM_MAX_ARRAY_SIZE, SlurmLaunch, k8s_manifests, slurm_script,
+};
 pub use plan::{StageStatus, Verdict};
 pub use run::{BuildCache, OutcomeStatus, StageOutcome};
+pub use shard::{Placement, ShardState};

@@ -14,7 +14,7 @@ use charter_model::ModelDir;
 use charter_table::{
     CRITIQUES, InputRef, KEY_CONSTITUTION_HASH, KEY_INPUTS, KEY_MODEL_HASH, KEY_SETTINGS,
     KEY_STAGE, KEY_STAGE_VERSION, LABELS, PAIRS, PROMPTS, Provenance, RESPONSES, REVISIONS,
-    ShardedWriter, TableFile, TableSpec, canonical_json, partial_dir, read_input,
+    ShardedWriter, TableFile, TableSpec, canonical_json, partial_dir, read_input, slice_provenance,
 };
 use serde_json::Value as Json;
 
@@ -79,6 +79,19 @@ impl BuildPlan {
                 } else {
                     explain_stage(self, stage, &rebuilt, &missing)?
                 };
+            let (verdict, reasons) = match (&stage.op, verdict) {
+                (StageOp::Merge { shards, .. }, Verdict::Run) => {
+                    let behind = self.shards_behind(&stage.name, *shards)?;
+                    if behind.is_empty() {
+                        let mut reasons = reasons;
+                        reasons.push(format!("merges the tables of its {shards} shards"));
+                        (Verdict::Run, reasons)
+                    } else {
+                        (Verdict::Missing, behind)
+                    }
+                }
+                _ => (verdict, reasons),
+            };
             match verdict {
                 Verdict::Run => {
                     rebuilt.insert(&stage.name);
@@ -492,6 +505,41 @@ fn input_ref(name: &str, table: &TableFile) -> Result<InputRef> {
     })
 }
 
+/// A shard's stage with no rows to work on writes an empty table whose
+/// provenance names the stage and its inputs: the provenance and table,
+/// or `None` for any other stage.
+pub(crate) fn empty_shard(
+    stage: &PlannedStage,
+    inputs: &[TableFile],
+) -> Result<Option<(Provenance, &'static TableSpec)>> {
+    let spec: &'static TableSpec = match stage.kind {
+        StageKind::Respond => &RESPONSES,
+        StageKind::Critique => &CRITIQUES,
+        StageKind::Revise => &REVISIONS,
+        StageKind::Pair => &PAIRS,
+        StageKind::Label => &LABELS,
+        _ => return Ok(None),
+    };
+    if stage.shard.is_none() || inputs.first().is_none_or(|t| t.num_rows() > 0) {
+        return Ok(None);
+    }
+    let inputs = inputs
+        .iter()
+        .map(|t| input_ref(t.table_name().unwrap_or("input"), t))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some((
+        Provenance {
+            stage: stage.kind.as_str().to_string(),
+            stage_version: 0,
+            settings: serde_json::json!({ "empty_shard": true }),
+            inputs,
+            model_hash: None,
+            constitution_hash: None,
+        },
+        spec,
+    )))
+}
+
 /// The provenance `stage` would record on `inputs`, asked of the stage
 /// itself, and its table.
 pub(super) fn expected_provenance(
@@ -515,7 +563,21 @@ pub(super) fn expected_provenance(
             crate::error::Error::Settings(format!("stage `{}` has no input", stage.name))
         })
     };
+    if let Some(empty) = empty_shard(stage, inputs)? {
+        return Ok(empty);
+    }
     Ok(match &stage.op {
+        StageOp::Merge { op, .. } => {
+            let unsharded = PlannedStage {
+                op: (**op).clone(),
+                ..stage.clone()
+            };
+            return expected_provenance(&unsharded, inputs);
+        }
+        StageOp::Slice { shard, limit } => (
+            slice_provenance(first()?, *shard, *limit)?,
+            first()?.core_spec()?,
+        ),
         StageOp::Import { files, settings } => {
             let read = files
                 .iter()

@@ -17,7 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use charter_model::ModelDir;
-use charter_table::{Output, TableFile, TableSummary, canonical_json, partial_dir, write_atomic};
+use charter_table::{
+    Output, TableFile, TableSummary, TableWriter, canonical_json, finished_table, partial_dir,
+    slice_provenance, slice_table, write_atomic,
+};
 use charter_train::{Job, Outcome};
 use serde_json::{Value as Json, json};
 
@@ -28,6 +31,7 @@ use charter_stages::{
 
 use crate::error::{Error, Result};
 use crate::file::{BuildPlan, EvalOp, PlannedStage, StageOp, TrainOp};
+use crate::plan::empty_shard;
 
 /// How a stage's output came to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,12 +224,44 @@ impl BuildPlan {
                 let s = import_prompts(files, settings, &output, &mut |_| {})?;
                 return Ok(table_written(stage, s.cached, s.table));
             }
+            StageOp::Merge { shards, op } => return self.run_merge(stage, *shards, op),
             _ => {}
         }
         let inputs = self.input_tables(stage)?;
         let input = inputs
             .first()
             .ok_or_else(|| Error::Settings(format!("stage `{}` has no input", stage.name)))?;
+        // A shard's slice, and a shard's stage with no rows to work on.
+        let written = match &stage.op {
+            StageOp::Slice { shard, limit } => {
+                let provenance = slice_provenance(input, *shard, *limit)?;
+                let spec = input.core_spec()?;
+                Some(
+                    match finished_table(out, spec, &provenance.build_key(spec)) {
+                        Some(table) => (true, table),
+                        None => (false, slice_table(input, *shard, *limit, &provenance, out)?),
+                    },
+                )
+            }
+            _ => match empty_shard(stage, &inputs)? {
+                Some((provenance, spec)) => Some(
+                    match finished_table(out, spec, &provenance.build_key(spec)) {
+                        Some(table) => (true, table),
+                        None => {
+                            let output = Output::Path(out.clone());
+                            (
+                                false,
+                                TableWriter::create(&output, spec, &provenance)?.finish()?,
+                            )
+                        }
+                    },
+                ),
+                None => None,
+            },
+        };
+        if let Some((cached, table)) = written {
+            return Ok(table_written(stage, cached, table));
+        }
         let constitution = stage
             .constitution
             .as_deref()
@@ -237,9 +273,12 @@ impl BuildPlan {
                 .ok_or_else(|| Error::Settings(format!("stage `{}`: no constitution", stage.name)))
         };
         Ok(match &stage.op {
-            StageOp::Table | StageOp::Import { .. } | StageOp::Train(_) | StageOp::Eval(_) => {
-                unreachable_table(stage)?
-            }
+            StageOp::Table
+            | StageOp::Import { .. }
+            | StageOp::Train(_)
+            | StageOp::Eval(_)
+            | StageOp::Slice { .. }
+            | StageOp::Merge { .. } => unreachable_table(stage)?,
             StageOp::Score(settings) => {
                 let model = stage
                     .model

@@ -10,7 +10,8 @@
 //! - an atomic writer ([`TableWriter`]) and a resumable, journaled one ([`ShardedWriter`]);
 //! - a reader that checks table name, schema version and columns ([`TableFile`]);
 //! - prompt import from JSONL, CSV, Parquet and text ([`import`]);
-//! - exact and MinHash near-duplicate dedup ([`dedup`](mod@dedup)).
+//! - exact and MinHash near-duplicate dedup ([`dedup`](mod@dedup));
+//! - tables split by prompt into shards and merged back ([`shard`](mod@shard)).
 //!
 //! It has no ML dependencies.
 //!
@@ -57,6 +58,7 @@ mod read;
 mod record;
 mod resume;
 mod schema;
+pub mod shard;
 pub mod tables;
 mod value;
 mod write;
@@ -75,6 +77,7 @@ pub use read::{Batches, TableFile, column_cells, read_input};
 pub use record::Record;
 pub use resume::{Interrupted, Opened, ResumeState, ShardedWriter, finished_table, partial_dir};
 pub use schema::{ColumnSpec, ColumnType, Role, TableSpec};
+pub use shard::{ParentKey, Shard, merge_shards, prompt_column, slice_provenance, slice_table};
 pub use tables::{
     ALL_TABLES, CRITIQUES, Critique, LABELS, Label, PAIRS, PROMPTS, Pair, Prompt, RESPONSES,
     REVISIONS, Response, Revision, table_spec,

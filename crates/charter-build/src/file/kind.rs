@@ -41,6 +41,10 @@ pub enum StageKind {
     Train,
     /// Prompts and two models → a policy evaluation.
     Eval,
+    /// The rows of one shard of a table: made by a sharded build's plan,
+    /// never declared in a build file.
+    #[serde(skip)]
+    Slice,
 }
 
 /// A field of a stage that is not a setting: where its data and models
@@ -108,7 +112,7 @@ pub(crate) struct Description {
 }
 
 impl StageKind {
-    /// Every kind.
+    /// Every kind a build file may declare.
     pub const ALL: [StageKind; 12] = [
         StageKind::Table,
         StageKind::Import,
@@ -139,6 +143,7 @@ impl StageKind {
             StageKind::Export => "export",
             StageKind::Train => "train",
             StageKind::Eval => "eval",
+            StageKind::Slice => "slice",
         }
     }
 
@@ -164,6 +169,7 @@ impl StageKind {
         };
         match self {
             K::Table => d(&[Path], &[], &[], false),
+            K::Slice => d(&[Input, Output], &[], &[], false),
             K::Import => d(
                 &[Files, Output],
                 &[],

@@ -69,6 +69,7 @@ use charter_stages::{
     CritiqueSettings, ExportSettings, GenSettings, ImportSettings, LabelSettings,
     PolicyEvalSettings, RespondSettings, TableDedupSettings,
 };
+use charter_table::Shard;
 use charter_train::{DeviceChoice, ScoreSettings, Task, TrainSettings};
 
 pub use kind::StageKind;
@@ -109,6 +110,22 @@ pub enum StageOp {
     Train(TrainOp),
     /// `eval`.
     Eval(EvalOp),
+    /// A sharded build's own stage: the rows of one shard of its input
+    /// (among the first `limit`, for a `respond` stage's `limit`).
+    Slice {
+        /// The shard kept.
+        shard: Shard,
+        /// Only the input's first rows are sharded.
+        limit: Option<usize>,
+    },
+    /// A merged build's row-parallel stage: the tables its `shards` wrote,
+    /// merged into the table `op` makes unsharded.
+    Merge {
+        /// How many shards the build was split into.
+        shards: u32,
+        /// What the stage runs unsharded.
+        op: Box<StageOp>,
+    },
 }
 
 /// What a `train` stage runs.
@@ -163,6 +180,9 @@ pub struct PlannedStage {
     pub constitution: Option<PathBuf>,
     /// What it runs.
     pub op: StageOp,
+    /// The shard it runs in, for a stage of a shard's plan that works on
+    /// the shard's rows.
+    pub shard: Option<Shard>,
 }
 
 impl PlannedStage {

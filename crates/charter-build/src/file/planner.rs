@@ -479,6 +479,13 @@ impl<'s, 't> Planner<'s, 't> {
 
         let op = match s.kind {
             StageKind::Table => StageOp::Table,
+            StageKind::Slice => {
+                return Err(self.at(
+                    s,
+                    "kind",
+                    "`slice` stages are made by a sharded build's plan",
+                ));
+            }
             StageKind::Import => StageOp::Import {
                 files,
                 settings: ImportSettings {
@@ -588,6 +595,7 @@ impl<'s, 't> Planner<'s, 't> {
             model,
             constitution,
             op,
+            shard: None,
         })
     }
 
