@@ -6,18 +6,31 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use charter_build::{
-    BuildCache, BuildPlan, K8sLaunch, Launch, OutcomeStatus, ShardState, SlurmLaunch, StageOp,
-    StageOutcome, k8s_manifests, slurm_script,
+    BuildCache, BuildPlan, K8sLaunch, Launch, OutcomeStatus, ShardState, SlurmLaunch, StageOutcome,
+    k8s_manifests, slurm_script,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::cli::{BuildArgs, EmitArg};
 
-/// Set by Ctrl-C: the running training stage checkpoints and stops.
+/// Set by the first Ctrl-C, SIGTERM or SIGUSR1: a generating stage stops
+/// after committing its current window, a training stage after its current
+/// step (with a checkpoint), and the build before its next stage.
 static INTERRUPT: AtomicBool = AtomicBool::new(false);
-/// Whether a training stage is running (Ctrl-C elsewhere exits at once).
-static TRAINING: AtomicBool = AtomicBool::new(false);
+
+/// What a signal does: the first asks the build to stop where it can keep
+/// its work; a second ends the process at once (journals keep what was
+/// committed).
+fn on_signal() {
+    if INTERRUPT.swap(true, Ordering::SeqCst) {
+        std::process::exit(130);
+    }
+    eprintln!(
+        "\ninterrupted: stopping once the current window is committed (a training stage: \
+         after this step, with a checkpoint); again to stop at once"
+    );
+}
 
 pub(crate) fn run(args: BuildArgs, quiet: bool) -> Result<()> {
     let build = BuildPlan::load(&args.file)?;
@@ -44,23 +57,29 @@ pub(crate) fn run(args: BuildArgs, quiet: bool) -> Result<()> {
         }
     }
     let total = plan.stages.len();
-    // Ctrl-C during a training stage checkpoints after the current step and
-    // ends the build; during any other stage it ends the process at once
-    // (those resume from their journals).
-    ctrlc::set_handler(|| {
-        if !TRAINING.load(Ordering::SeqCst) || INTERRUPT.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
+    // Ctrl-C and SIGTERM (ctrlc), SIGUSR1 (Slurm's usual early warning).
+    ctrlc::set_handler(on_signal).context("installing the Ctrl-C handler")?;
+    let mut usr1 = signal_hook::iterator::Signals::new([signal_hook::consts::SIGUSR1])
+        .context("installing the SIGUSR1 handler")?;
+    std::thread::spawn(move || {
+        for _ in usr1.forever() {
+            on_signal();
         }
-        eprintln!("\ninterrupted: finishing this training step, then writing a checkpoint");
-    })
-    .context("installing the Ctrl-C handler")?;
+    });
     let mut cache = BuildCache::with_interrupt(&INTERRUPT);
     let mut done: Vec<(StageOutcome, f64)> = Vec::with_capacity(total);
     let build_started = Instant::now();
     for (i, stage) in plan.stages.iter().enumerate() {
+        if INTERRUPT.load(Ordering::SeqCst) {
+            // The signal came as the previous stage finished.
+            let _ = write_report(&plan, &done, Some(&stage.name));
+            anyhow::bail!(
+                "interrupted before stage `{}`: run the build again to continue",
+                stage.name
+            );
+        }
         let bar = progress_bar(quiet, &stage.name);
         let started = Instant::now();
-        TRAINING.store(matches!(stage.op, StageOp::Train(_)), Ordering::SeqCst);
         let result = plan.run_stage(stage, &mut cache, &mut |p| {
             bar.set_length(p.rows_total);
             bar.set_position(p.rows_done);
@@ -68,7 +87,6 @@ pub(crate) fn run(args: BuildArgs, quiet: bool) -> Result<()> {
             bar.set_message(format!("{:.0} tok/s", p.tokens as f64 / secs));
         });
         bar.finish_and_clear();
-        TRAINING.store(false, Ordering::SeqCst);
         let seconds = started.elapsed().as_secs_f64();
         let outcome = match result {
             Ok(o) => o,

@@ -226,33 +226,47 @@ fn a_shard_stopped_by_sigterm_resumes_to_the_same_tables_and_is_not_run_twice_at
     ok(&["build", &whole, "--merge"]);
 
     let shard_dir: PathBuf = dir.path().join("out/shards/0-of-2");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_charter"))
-        .args(["build", &b, "--shard", "0/2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while committed(&shard_dir) < 2 && start.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(5));
+    // SIGTERM (Slurm's time limit, preemption), then SIGUSR1: each time the
+    // shard commits the window it is generating and exits non-zero.
+    for (signal, number) in [("TERM", 1), ("USR1", 2)] {
+        let log = dir.path().join(format!("{signal}.log"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_charter"))
+            .args(["build", &b, "--shard", "0/2"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let before = committed(&shard_dir);
+        let start = Instant::now();
+        while committed(&shard_dir) < before + 2 && start.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the shard finished too soon to stop it"
+        );
+        if number == 1 {
+            // A second process on the same shard is refused while the first runs.
+            let err = fails(&["build", &b, "--shard", "0/2"], None);
+            assert!(err.contains("being written by"), "{err}");
+        }
+        let pid = child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args([&format!("-{signal}"), &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "stopped by SIG{signal}: a non-zero exit");
+        let stderr = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            stderr.contains("stopping once the current window is committed"),
+            "{signal}: {stderr}"
+        );
+        assert!(stderr.contains("again to continue"), "{signal}: {stderr}");
     }
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the shard finished too soon to stop it"
-    );
-    // A second process on the same shard is refused while the first runs.
-    let err = fails(&["build", &b, "--shard", "0/2"], None);
-    assert!(err.contains("lock"), "{err}");
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = child.wait().unwrap();
-    assert!(!status.success(), "stopped by SIGTERM: a non-zero exit");
     let state = String::from_utf8(ok(&["build", &b, "--status", "--shards", "2"])).unwrap();
     assert!(state.contains("0/2  partial"), "{state}");
     assert!(state.contains("1/2  missing"), "{state}");

@@ -80,7 +80,8 @@ pub struct StageOutcome {
 }
 
 /// Models and constitutions loaded by earlier stages of a build, and the
-/// flag that asks a training stage to checkpoint and stop.
+/// flag that asks a training stage to checkpoint and stop, and a
+/// generating stage to stop after committing its current window.
 pub struct BuildCache {
     models: BTreeMap<(PathBuf, usize), Model>,
     constitutions: BTreeMap<PathBuf, Constitution>,
@@ -100,7 +101,8 @@ impl Default for BuildCache {
 }
 
 impl BuildCache {
-    /// A cache whose training stages stop (with a checkpoint) once `flag` is set.
+    /// A cache whose training stages stop (with a checkpoint), and whose
+    /// generating stages stop after their current window, once `flag` is set.
     pub fn with_interrupt(flag: &'static AtomicBool) -> Self {
         BuildCache {
             interrupt: flag,
@@ -116,7 +118,8 @@ impl BuildCache {
     fn model(&mut self, path: &Path, threads: usize) -> Result<&mut Model> {
         let key = (path.to_path_buf(), threads);
         if !self.models.contains_key(&key) {
-            let model = Model::open(path, threads)?;
+            let mut model = Model::open(path, threads)?;
+            model.stop_when(self.interrupt);
             self.models.insert(key.clone(), model);
         }
         self.models

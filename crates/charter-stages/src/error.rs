@@ -38,6 +38,15 @@ pub enum Error {
     /// Invalid settings.
     #[error("{0}")]
     Settings(String),
+    /// Asked to stop (a signal): the rows so far are committed.
+    #[error(
+        "stopped when asked to, with {rows} rows committed: run the same command again to \
+         continue from there"
+    )]
+    Stopped {
+        /// Rows committed in the output's journal.
+        rows: u64,
+    },
     /// A file or directory could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {

@@ -162,6 +162,7 @@ pub(crate) fn run_windows<R: Record>(
             )?);
         }
         writer.commit(&R::to_batch(&rows)?)?;
+        model.check_stop(writer.committed_rows())?;
     }
     Ok(counts)
 }

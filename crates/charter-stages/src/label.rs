@@ -456,6 +456,7 @@ pub fn label(
             );
         }
         writer.commit(&Label::to_batch(&rows)?)?;
+        model.check_stop(writer.committed_rows())?;
         progress(StageProgress {
             rows_done: end as u64,
             rows_total: total as u64,

@@ -1,6 +1,7 @@
 //! A model ready to generate: its directory, tokenizer, chat template and engine.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use charter_gen::{Decoder, DecoderDims, Engine};
 use charter_model::{ChatTemplate, Message, ModelDir, TextTokenizer, encode_chat};
@@ -19,7 +20,12 @@ pub struct Model {
     pub engine: Engine,
     /// Tokens that end a turn.
     pub stop_ids: Vec<u32>,
+    /// Once set (by a signal handler), a stage stops after committing the
+    /// window it is generating: see [`Model::stop_when`].
+    pub stop: &'static AtomicBool,
 }
+
+static NEVER: AtomicBool = AtomicBool::new(false);
 
 impl Model {
     /// Opens a model directory with `threads` intra-op threads.
@@ -50,7 +56,24 @@ impl Model {
             template,
             engine,
             stop_ids,
+            stop: &NEVER,
         })
+    }
+
+    /// Makes the stages running this model stop after the window they are
+    /// generating is committed, once `flag` is set: they return
+    /// [`Error::Stopped`](crate::Error::Stopped), and a rerun resumes after it.
+    pub fn stop_when(&mut self, flag: &'static AtomicBool) {
+        self.stop = flag;
+    }
+
+    /// [`Error::Stopped`](crate::Error::Stopped) when asked to stop, after
+    /// `rows` rows are committed.
+    pub(crate) fn check_stop(&self, rows: u64) -> Result<()> {
+        if self.stop.load(Ordering::SeqCst) {
+            return Err(crate::Error::Stopped { rows });
+        }
+        Ok(())
     }
 
     /// The token ids of a conversation rendered for generation: the
