@@ -398,6 +398,7 @@ pub(crate) struct EvalLabellerArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("emit_or_submit").args(["emit", "submit"])))]
 pub(crate) struct BuildArgs {
     /// The build file (TOML; see examples/cai.toml).
     pub(crate) file: PathBuf,
@@ -425,6 +426,9 @@ pub(crate) struct BuildArgs {
     /// Print the job files that run the build as N shards and a merge: a Slurm submission script, or Kubernetes Jobs.
     #[arg(long, value_enum, requires = "shards")]
     pub(crate) emit: Option<EmitArg>,
+    /// Write the Slurm script to <out>/shards/ and run it: sbatch submits the shards and the merge (charter holds no credentials: sbatch uses yours).
+    #[arg(long, value_enum, requires = "shards", conflicts_with_all = ["emit", "shard", "merge", "status"])]
+    pub(crate) submit: Option<SubmitArg>,
     #[command(flatten)]
     pub(crate) launch: LaunchFlags,
 }
@@ -438,27 +442,34 @@ pub(crate) enum EmitArg {
     K8s,
 }
 
-/// What `--emit` asks of the scheduler.
+/// A scheduler `--submit` submits to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum SubmitArg {
+    /// `sbatch`, through the script `--emit slurm` prints.
+    Slurm,
+}
+
+/// What `--emit` and `--submit` ask of the scheduler.
 #[derive(Debug, Args)]
-#[command(next_help_heading = "Job files (--emit)")]
+#[command(next_help_heading = "Job files (--emit, --submit)")]
 pub(crate) struct LaunchFlags {
     /// Shards running at once (Slurm `%K`, the Job's `parallelism`).
-    #[arg(long, value_name = "K", requires = "emit")]
+    #[arg(long, value_name = "K", requires = "emit_or_submit")]
     pub(crate) max_parallel: Option<u32>,
     /// CPUs per shard.
-    #[arg(long, value_name = "C", requires = "emit")]
+    #[arg(long, value_name = "C", requires = "emit_or_submit")]
     pub(crate) cpus_per_task: Option<u32>,
     /// Memory per shard (Slurm `16G`, Kubernetes `16Gi`).
-    #[arg(long, value_name = "M", requires = "emit")]
+    #[arg(long, value_name = "M", requires = "emit_or_submit")]
     pub(crate) mem: Option<String>,
     /// The charter executable on the nodes [default: this one].
-    #[arg(long, value_name = "PATH", requires = "emit")]
+    #[arg(long, value_name = "PATH", requires = "emit_or_submit")]
     pub(crate) charter: Option<String>,
     /// Slurm: the partition.
-    #[arg(long, value_name = "P", requires = "emit")]
+    #[arg(long, value_name = "P", requires = "emit_or_submit")]
     pub(crate) partition: Option<String>,
     /// Slurm: time limit per shard (`HH:MM:SS`); the task is signalled 120 s before it and requeued.
-    #[arg(long, value_name = "T", requires = "emit")]
+    #[arg(long, value_name = "T", requires = "emit_or_submit")]
     pub(crate) time: Option<String>,
     /// Slurm: the cluster's MaxArraySize; more shards are submitted as several arrays.
     #[arg(long, value_name = "S", default_value_t = charter_build::SLURM_MAX_ARRAY_SIZE)]
@@ -470,7 +481,7 @@ pub(crate) struct LaunchFlags {
     #[arg(long, value_name = "NAME", default_value = "charter-build")]
     pub(crate) claim: String,
     /// Kubernetes: where the claim is mounted [default: the deepest directory holding everything the build reads and writes].
-    #[arg(long, value_name = "DIR", requires = "emit")]
+    #[arg(long, value_name = "DIR", requires = "emit_or_submit")]
     pub(crate) mount: Option<PathBuf>,
     /// Kubernetes: retries per shard (backoffLimitPerIndex).
     #[arg(long, value_name = "R", default_value_t = 3)]

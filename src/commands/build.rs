@@ -12,7 +12,7 @@ use charter_build::{
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::cli::{BuildArgs, EmitArg};
+use crate::cli::{BuildArgs, EmitArg, SubmitArg};
 
 /// Set by the first Ctrl-C, SIGTERM or SIGUSR1: a generating stage stops
 /// after committing its current window, a training stage after its current
@@ -37,6 +37,9 @@ pub(crate) fn run(args: BuildArgs, quiet: bool) -> Result<()> {
     if let Some(kind) = args.emit {
         print!("{}", emit(&build, kind, &args)?);
         return Ok(());
+    }
+    if let Some(SubmitArg::Slurm) = args.submit {
+        return submit_slurm(&build, &args);
     }
     if args.status {
         return status(&build, shard_count(&build, args.shards)?, args.json);
@@ -349,6 +352,28 @@ fn emit(plan: &BuildPlan, kind: EmitArg, args: &BuildArgs) -> Result<String> {
             },
         )?,
     })
+}
+
+/// Writes the Slurm script beside the shards and runs it: `sbatch`, with
+/// the user's own credentials, submits the arrays and the merge.
+fn submit_slurm(plan: &BuildPlan, args: &BuildArgs) -> Result<()> {
+    let script = emit(plan, EmitArg::Slurm, args)?;
+    let shards = args.shards.unwrap_or(1);
+    let dir = plan.out.join("shards");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("submit-slurm-{shards}.sh"));
+    charter_table::write_atomic(&path, script.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    let status = std::process::Command::new("bash")
+        .arg(&path)
+        .status()
+        .with_context(|| format!("running bash {}", path.display()))?;
+    anyhow::ensure!(
+        status.success(),
+        "bash {} failed ({status}): is sbatch on PATH and the cluster up?",
+        path.display()
+    );
+    Ok(())
 }
 
 fn progress_bar(quiet: bool, stage: &str) -> ProgressBar {

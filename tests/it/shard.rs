@@ -437,7 +437,11 @@ fn sh(command: &str) -> String {
 
 /// Submits the script, returning the merge job's id and the arrays' ids.
 fn submit(script: &str) -> (String, String) {
-    let printed = sh(&format!("bash {script}"));
+    job_ids(&sh(&format!("bash {script}")))
+}
+
+/// The merge job's id and the arrays' ids the script printed.
+fn job_ids(printed: &str) -> (String, String) {
     let field = |name: &str| {
         printed
             .lines()
@@ -501,7 +505,24 @@ fn slurm_runs_the_emitted_script_to_the_unsharded_tables() {
             ]),
         );
         let logs = dir.path().join(name).join("shards");
-        let (merge, arrays) = submit(&script);
+        // The clean run through --submit, the other through the printed script.
+        let (merge, arrays) = if cancel {
+            submit(&script)
+        } else {
+            let printed = String::from_utf8(ok(&[
+                "build",
+                &b,
+                "--submit",
+                "slurm",
+                "--shards",
+                "4",
+                "--max-parallel",
+                "2",
+            ]))
+            .unwrap();
+            assert!(logs.join("submit-slurm-4.sh").is_file());
+            job_ids(&printed)
+        };
         if cancel {
             // Cancel shard 1 once it has committed some rows.
             let shard = logs.join("1-of-4");
