@@ -166,10 +166,12 @@ fn write_report(
     done: &[(StageOutcome, f64)],
     failed: Option<&str>,
 ) -> Result<serde_json::Value> {
+    // A stage's rate per row, measured when it ran, else the last one measured.
+    let before = charter_build::report_rates(&plan.report_path());
     let stages: Vec<serde_json::Value> = done
         .iter()
         .map(|(o, seconds)| {
-            json!({
+            let mut entry = json!({
                 "stage": o.stage,
                 "kind": o.kind,
                 "status": o.status.as_str(),
@@ -179,7 +181,14 @@ fn write_report(
                 "seconds": seconds,
                 "output": o.output.display().to_string(),
                 "content_hash": o.content_hash,
-            })
+            });
+            if let Some(rate) =
+                charter_build::measured_rate(&entry).or_else(|| before.get(&o.stage).copied())
+            {
+                entry["seconds_per_row"] = json!(rate.seconds_per_row);
+                entry["tokens_per_row"] = json!(rate.tokens_per_row);
+            }
+            entry
         })
         .collect();
     let report = json!({
@@ -210,10 +219,20 @@ fn dry_run(plan: &BuildPlan, force: &[String], json: bool) -> Result<()> {
         );
     }
     let statuses = plan.explain(force)?;
+    let estimates = plan.estimate();
     if json {
         let rows: Vec<serde_json::Value> = statuses
             .iter()
-            .map(|s| json!({"stage": s.name, "status": s.verdict.as_str(), "reasons": s.reasons}))
+            .zip(&estimates)
+            .map(|(s, e)| {
+                json!({
+                    "stage": s.name,
+                    "status": s.verdict.as_str(),
+                    "reasons": s.reasons,
+                    "placement": e.placement.as_str(),
+                    "estimate": {"rows": e.rows, "seconds": e.seconds(), "tokens": e.tokens()},
+                })
+            })
             .collect();
         println!("{}", serde_json::Value::Array(rows));
         return Ok(());
@@ -227,7 +246,77 @@ fn dry_run(plan: &BuildPlan, force: &[String], json: bool) -> Result<()> {
             s.reasons.join("; ")
         );
     }
+    print_estimate(plan, &statuses, &estimates, width);
     Ok(())
+}
+
+/// The cost of the stages that would run, at the rates earlier runs measured.
+fn print_estimate(
+    plan: &BuildPlan,
+    statuses: &[charter_build::StageStatus],
+    estimates: &[charter_build::Estimate],
+    width: usize,
+) {
+    let running: Vec<&charter_build::Estimate> = statuses
+        .iter()
+        .zip(estimates)
+        .filter(|(s, _)| s.verdict == charter_build::Verdict::Run)
+        .map(|(_, e)| e)
+        .collect();
+    if running.is_empty() {
+        return;
+    }
+    println!(
+        "\nestimate, at the rates earlier runs measured on their machine ({}):",
+        plan.report_path().display()
+    );
+    let hours = |s: f64| {
+        if s >= 3600.0 {
+            format!("{:.1} h", s / 3600.0)
+        } else if s >= 60.0 {
+            format!("{:.0} min", s / 60.0)
+        } else {
+            format!("{s:.0} s")
+        }
+    };
+    let (mut total, mut sharded, mut unknown) = (0.0, 0.0, 0usize);
+    for e in &running {
+        let rows = e.rows.map_or("? rows".to_string(), |r| format!("{r} rows"));
+        match (e.seconds(), e.tokens()) {
+            (Some(s), Some(t)) => {
+                total += s;
+                if e.placement == charter_build::Placement::Sharded {
+                    sharded += s;
+                }
+                println!(
+                    "{:width$}  {rows}, ≈ {:.0} tokens, ≈ {} ({})",
+                    e.stage,
+                    t,
+                    hours(s),
+                    e.placement.as_str()
+                );
+            }
+            _ => {
+                unknown += 1;
+                let why = if e.rate.is_none() {
+                    "no rate measured yet"
+                } else {
+                    "rows unknown until its inputs are built"
+                };
+                println!("{:width$}  {rows}: {why}", e.stage);
+            }
+        }
+    }
+    println!(
+        "total ≈ {} of machine time{}; the sharded stages' {} divide among --shard I/N tasks",
+        hours(total),
+        if unknown > 0 {
+            format!(" and {unknown} stages not estimated")
+        } else {
+            String::new()
+        },
+        hours(sharded)
+    );
 }
 
 /// The shard count asked for, else the one found under `<out>/shards/`.

@@ -145,10 +145,12 @@ fn build(file: &str, extra: &[&str]) -> BTreeMap<String, (String, u64, String)> 
         .collect()
 }
 
-/// `--dry-run` lines: stage → "verdict: reasons".
+/// `--dry-run` lines: stage → "verdict: reasons" (the plan, before the
+/// blank line that starts the cost estimate).
 fn dry_run(file: &str) -> BTreeMap<String, String> {
     let out = String::from_utf8(ok(&["build", file, "--dry-run"])).unwrap();
     out.lines()
+        .take_while(|l| !l.is_empty())
         .map(|l| {
             let (name, rest) = l.split_once("  ").unwrap();
             (name.trim().to_string(), rest.trim().to_string())
@@ -589,6 +591,7 @@ fn a_build_trains_evaluates_and_retrains_only_what_changed() {
     let listed = String::from_utf8(ok(&["build", &build_file, "--dry-run"])).unwrap();
     let order: Vec<&str> = listed
         .lines()
+        .take_while(|l| !l.is_empty())
         .map(|l| l.split_whitespace().next().unwrap())
         .collect();
     let at = |s: &str| order.iter().position(|o| *o == s).unwrap();

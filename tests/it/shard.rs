@@ -201,17 +201,22 @@ fn a_merge_names_missing_and_out_of_date_shards() {
     assert!(err.contains("INDEX/COUNT"), "{err}");
 }
 
-/// Rows committed so far in a shard directory's journals.
-fn committed(dir: &Path) -> usize {
+/// Windows committed in each journal of a shard directory.
+fn journals(dir: &Path) -> std::collections::BTreeMap<PathBuf, usize> {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
+        return Default::default();
     };
     entries
         .filter_map(|e| e.ok())
         .map(|e| e.path().join("journal.jsonl"))
-        .filter_map(|j| std::fs::read_to_string(j).ok())
-        .map(|j| j.lines().count().saturating_sub(1))
-        .sum()
+        .filter_map(|j| Some((j.clone(), std::fs::read_to_string(j).ok()?)))
+        .map(|(j, text)| (j, text.lines().count().saturating_sub(1)))
+        .collect()
+}
+
+/// Windows committed so far in a shard directory's journals.
+fn committed(dir: &Path) -> usize {
+    journals(dir).values().sum()
 }
 
 #[test]
@@ -236,9 +241,13 @@ fn a_shard_stopped_by_sigterm_resumes_to_the_same_tables_and_is_not_run_twice_at
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let before = committed(&shard_dir);
+        // Until it commits a window (a finished stage's journal goes away,
+        // so wait for any change with some window committed).
+        let before = journals(&shard_dir);
         let start = Instant::now();
-        while committed(&shard_dir) < before + 2 && start.elapsed() < Duration::from_secs(60) {
+        while (journals(&shard_dir) == before || committed(&shard_dir) == 0)
+            && start.elapsed() < Duration::from_secs(60)
+        {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(
@@ -553,4 +562,61 @@ fn slurm_runs_the_emitted_script_to_the_unsharded_tables() {
         );
         assert_same_outputs(&dir.path().join("whole"), &dir.path().join(name), name);
     }
+}
+
+#[test]
+fn dry_run_estimates_the_whole_input_from_the_rates_earlier_runs_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, prompts) = setup(dir.path(), 14);
+    let b = file(dir.path(), "b.toml", graph(&model, &prompts, "out", 4));
+    let plan = String::from_utf8(ok(&["build", &b, "--dry-run"])).unwrap();
+    assert!(
+        plan.contains("responses    18 rows: no rate measured yet"),
+        "{plan}"
+    );
+    ok(&["build", &b]);
+    // A cached rebuild keeps the rates the first run measured.
+    ok(&["build", &b]);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("out/build-report.json")).unwrap())
+            .unwrap();
+    let responses = &report["stages"][1];
+    assert_eq!(responses["status"], "cached");
+    assert!(
+        responses["seconds_per_row"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(
+        responses["tokens_per_row"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+
+    // The whole input: 14 prompts × 2 samples, then one pair per response.
+    std::fs::write(
+        &b,
+        graph(&model, &prompts, "out", 4).replace("limit = 9", ""),
+    )
+    .unwrap();
+    let plan = String::from_utf8(ok(&["build", &b, "--dry-run"])).unwrap();
+    assert!(
+        plan.contains("estimate, at the rates earlier runs measured"),
+        "{plan}"
+    );
+    for line in [
+        "responses    28 rows, ≈",
+        "pairs        28 rows",
+        "labels       28 rows, ≈",
+    ] {
+        assert!(plan.contains(line), "{line} in {plan}");
+    }
+    assert!(
+        plan.contains("(sharded)") && plan.contains("(global)"),
+        "{plan}"
+    );
+    assert!(plan.contains("divide among --shard I/N tasks"), "{plan}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&ok(&["build", &b, "--dry-run", "--json"])).unwrap();
+    assert_eq!(json[1]["estimate"]["rows"], 28, "{json}");
+    assert_eq!(json[1]["placement"], "sharded");
+    assert!(json[1]["estimate"]["seconds"].as_f64().unwrap() > 0.0);
 }

@@ -20,6 +20,7 @@
 //!   it on Slurm or Kubernetes (`launch`).
 
 mod error;
+mod estimate;
 mod file;
 mod launch;
 mod plan;
@@ -28,6 +29,7 @@ mod shard;
 
 pub use charter_table::Shard;
 pub use error::{Error, Result};
+pub use estimate::{Estimate, Rate, measured_rate, report_rates};
 pub use file::{BuildPlan, EvalOp, PlannedStage, StageKind, StageOp, TrainOp};
 pub use launch::{
     K8sLaunch, Launch, SLURM_MAX_ARRAY_SIZE, SlurmLaunch, k8s_manifests, slurm_script,
