@@ -291,9 +291,18 @@ fn a_shard_stopped_by_sigterm_resumes_to_the_same_tables_and_is_not_run_twice_at
     );
 }
 
-/// The YAML documents of a stream, as JSON, read by Python's PyYAML.
+/// A program of the Python environment `scripts/setup` makes.
+fn venv(program: &str) -> PathBuf {
+    let path = crate::default_prompts::charter_home()
+        .join("venv/bin")
+        .join(program);
+    assert!(path.exists(), "{}: run scripts/setup first", path.display());
+    path
+}
+
+/// The YAML documents of a stream, as JSON, read by PyYAML.
 fn yaml_documents(text: &str) -> Vec<serde_json::Value> {
-    let out = Command::new("python3")
+    let out = Command::new(venv("python"))
         .args([
             "-c",
             "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(sys.stdin))))",
@@ -378,6 +387,32 @@ fn emitted_job_files_run_the_shards_then_the_merge() {
     );
     assert_eq!(merge["metadata"]["name"], "charter-my-build-merge");
     assert_eq!(merge["spec"]["suspend"], true);
+    // Against the Kubernetes API's own schemas (strict: no unknown fields).
+    let manifests = dir.path().join("jobs.yaml");
+    std::fs::write(&manifests, &k8s).unwrap();
+    let validate = |path: &Path| {
+        Command::new(venv("kubernetes-validate"))
+            .args(["--strict", "--quiet"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let checked = validate(&manifests);
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stdout)
+    );
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(
+        &broken,
+        k8s.replace("completionMode: \"Indexed\"", "completionMode: 7"),
+    )
+    .unwrap();
+    assert!(
+        !validate(&broken).status.success(),
+        "the validator rejects a wrong field"
+    );
     let merge_cmd = merge["spec"]["template"]["spec"]["containers"][0]["command"][2]
         .as_str()
         .unwrap();
