@@ -10,8 +10,8 @@
 //!   cache buffers are bound as both the past input and the present output,
 //!   so `GroupQueryAttention` writes the new position in place: nothing is
 //!   copied between steps, whatever the cache length.
-//! - [`Decoder::logits_all`]: logits at every position of right-padded rows
-//!   (scoring).
+//! - [`Decoder::logits_at`]: logits at chosen positions of right-padded
+//!   rows (scoring), and [`Decoder::logits_all`] at all of them.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -253,26 +253,60 @@ impl Decoder {
     /// Logits at every position of `rows` (no past), right-padded to the
     /// longest: `[rows, width, vocab]`, with the width.
     pub fn logits_all(&mut self, rows: &[&[u32]]) -> Result<(Vec<f32>, usize)> {
+        let positions: Vec<Vec<usize>> = rows.iter().map(|r| (0..r.len()).collect()).collect();
+        let width = rows.iter().map(|p| p.len()).max().unwrap_or(0);
+        let (logits, kept) = self.logits_at(rows, &positions)?;
+        debug_assert!(rows.is_empty() || kept == width);
+        Ok((logits, kept))
+    }
+
+    /// Logits at `positions[r]` of each row `r` (no past, right-padded):
+    /// `[rows, kept, vocab]`, with `kept` the most positions any row asks
+    /// for (a row asking for fewer gets its last one repeated). Only those
+    /// positions go through the final norm and the LM head, so memory is
+    /// rows × kept × vocabulary whatever the rows' lengths.
+    pub fn logits_at(
+        &mut self,
+        rows: &[&[u32]],
+        positions: &[Vec<usize>],
+    ) -> Result<(Vec<f32>, usize)> {
         let width = rows.iter().map(|p| p.len()).max().unwrap_or(0);
         if rows.iter().any(|p| p.is_empty()) {
             return Err(Error::Run("scoring: an empty row".to_string()));
         }
+        if positions.len() != rows.len()
+            || rows
+                .iter()
+                .zip(positions)
+                .any(|(r, p)| p.is_empty() || p.iter().any(|&i| i >= r.len()))
+        {
+            return Err(Error::Run(
+                "scoring: every row needs positions inside it".to_string(),
+            ));
+        }
         let n = rows.len();
+        let kept = positions.iter().map(Vec::len).max().unwrap_or(0);
         let batch = right_pad(rows, width);
-        let positions: Vec<i64> = (0..n).flat_map(|_| 0..width as i64).collect();
+        let flat: Vec<i64> = positions
+            .iter()
+            .flat_map(|p| {
+                let last = p[p.len() - 1];
+                (0..kept).map(move |i| p.get(i).copied().unwrap_or(last) as i64)
+            })
+            .collect();
         let outputs = run(
             &mut self.session,
             self.dims,
             batch.ids,
             batch.mask,
-            ([n, width], positions),
+            ([n, kept], flat),
             n,
             width,
         )?;
         let (_, logits) = outputs["logits"]
             .try_extract_tensor::<f32>()
             .map_err(|e| Error::Run(e.to_string()))?;
-        Ok((logits.to_vec(), width))
+        Ok((logits.to_vec(), kept))
     }
 }
 

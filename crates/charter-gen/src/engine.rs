@@ -244,36 +244,51 @@ impl Engine {
     }
 
     /// Log-probabilities of each continuation's tokens after its context,
-    /// `batch_size` pairs per forward pass.
+    /// `batch_size` pairs per forward pass. Pairs are batched in order of
+    /// length, so a batch's padding is small, and logits are computed only
+    /// at the positions that predict continuation tokens: memory per batch
+    /// is rows × continuation length × vocabulary, whatever the contexts'
+    /// lengths.
     pub fn score(
         &mut self,
         pairs: &[(Vec<u32>, Vec<u32>)],
         batch_size: usize,
     ) -> Result<Vec<Vec<f64>>> {
-        let dims = self.decoder.dims();
-        let mut out = Vec::with_capacity(pairs.len());
-        for chunk in pairs.chunks(batch_size.max(1)) {
+        let vocab = self.decoder.dims().vocab;
+        if let Some(i) = pairs.iter().position(|(c, _)| c.is_empty()) {
+            return Err(Error::Run(format!("scoring row {i}: an empty context")));
+        }
+        // An empty continuation has no tokens to score.
+        let mut order: Vec<usize> = (0..pairs.len())
+            .filter(|&i| !pairs[i].1.is_empty())
+            .collect();
+        order.sort_by_key(|&i| pairs[i].0.len() + pairs[i].1.len());
+        let mut out: Vec<Vec<f64>> = vec![Vec::new(); pairs.len()];
+        for chunk in order.chunks(batch_size.max(1)) {
             let joined: Vec<Vec<u32>> = chunk
                 .iter()
-                .map(|(c, t)| [c.as_slice(), t].concat())
+                .map(|&i| [pairs[i].0.as_slice(), &pairs[i].1].concat())
                 .collect();
             let rows: Vec<&[u32]> = joined.iter().map(Vec::as_slice).collect();
-            let (logits, width) = self.decoder.logits_all(&rows)?;
-            for (r, (c, t)) in chunk.iter().enumerate() {
-                let lp = t
+            // The logits at position p predict token p + 1.
+            let positions: Vec<Vec<usize>> = chunk
+                .iter()
+                .map(|&i| {
+                    let (c, t) = &pairs[i];
+                    (c.len() - 1..c.len() - 1 + t.len()).collect()
+                })
+                .collect();
+            let (logits, kept) = self.decoder.logits_at(&rows, &positions)?;
+            for (r, &i) in chunk.iter().enumerate() {
+                out[i] = pairs[i]
+                    .1
                     .iter()
                     .enumerate()
-                    .map(|(i, &tok)| {
-                        // The logits at position p predict token p + 1.
-                        let p = r * width + c.len() + i - 1;
-                        log_softmax_at(
-                            &logits[p * dims.vocab..(p + 1) * dims.vocab],
-                            dims.vocab,
-                            tok as usize,
-                        )
+                    .map(|(k, &tok)| {
+                        let p = r * kept + k;
+                        log_softmax_at(&logits[p * vocab..(p + 1) * vocab], vocab, tok as usize)
                     })
                     .collect();
-                out.push(lp);
             }
         }
         Ok(out)

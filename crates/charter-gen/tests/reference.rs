@@ -306,6 +306,45 @@ fn scoring_matches_the_greedy_path() {
     );
 }
 
+#[test]
+fn scoring_reads_only_the_scored_positions_and_agrees_with_all_logits() {
+    // Rows of different lengths, given longest first so sorting reorders
+    // them, in batches of 2 so padding differs from the one-row runs below.
+    let cases = cases();
+    let mut pairs: Vec<(Vec<u32>, Vec<u32>)> = Vec::new();
+    for case in cases.iter().rev() {
+        let prompt: Vec<u32> = case.prompt_ids.iter().map(|&t| t as u32).collect();
+        let greedy: Vec<u32> = case.greedy_ids.iter().map(|&t| t as u32).collect();
+        pairs.push((prompt.clone(), greedy[..3].to_vec()));
+        pairs.push((
+            [prompt.as_slice(), &greedy[..5]].concat(),
+            greedy[5..6].to_vec(),
+        ));
+    }
+    pairs.push((pairs[0].0.clone(), Vec::new()));
+    let scores = engine().score(&pairs, 2).unwrap();
+    assert_eq!(scores.last().unwrap(), &Vec::<f64>::new());
+    // The same log-probabilities read from every position's logits, a row at a time.
+    let mut decoder = open();
+    let vocab = decoder.dims().vocab;
+    for (i, (context, continuation)) in pairs.iter().enumerate() {
+        let row = [context.as_slice(), continuation].concat();
+        let (logits, _) = decoder.logits_all(&[&row]).unwrap();
+        for (k, &token) in continuation.iter().enumerate() {
+            let p = context.len() - 1 + k;
+            let x = &logits[p * vocab..(p + 1) * vocab];
+            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = x.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+            let want = x[token as usize] as f64 - lse;
+            assert!(
+                (scores[i][k] - want).abs() < 1e-5,
+                "row {i} token {k}: {} vs {want}",
+                scores[i][k]
+            );
+        }
+    }
+}
+
 /// KL(p_ref ‖ p) in nats between the softmaxes of two logit vectors.
 fn kl(reference: &[f32], other: &[f32]) -> f64 {
     let log_softmax = |x: &[f32]| {
