@@ -293,6 +293,92 @@ impl Engine {
         }
         Ok(out)
     }
+
+    /// Log-probabilities of each of `choices` after each of `contexts`:
+    /// `[context][choice]`, the sum over the choice's tokens. Each context
+    /// is run once, not once per choice: one pass over the context and the
+    /// choices' common leading tokens gives those tokens' probabilities and
+    /// the distribution every choice's first own token is read from; each
+    /// choice's remaining tokens are decoded from that pass's cache (the
+    /// choices take turns in the same cache slots, each overwriting the
+    /// last one's positions). Contexts are batched `batch_size` at a time in
+    /// order of length.
+    pub fn score_choices(
+        &mut self,
+        contexts: &[Vec<u32>],
+        choices: &[Vec<u32>],
+        batch_size: usize,
+    ) -> Result<Vec<Vec<f64>>> {
+        let dims = self.decoder.dims();
+        let vocab = dims.vocab;
+        if let Some(i) = contexts.iter().position(Vec::is_empty) {
+            return Err(Error::Run(format!("scoring row {i}: an empty context")));
+        }
+        if choices.is_empty() || choices.iter().any(Vec::is_empty) {
+            return Err(Error::Run("scoring: every choice needs tokens".into()));
+        }
+        // The tokens every choice starts with.
+        let common = (0..choices.iter().map(Vec::len).min().unwrap_or(0))
+            .take_while(|&i| choices.iter().all(|c| c[i] == choices[0][i]))
+            .count();
+        let shared = &choices[0][..common];
+        let longest_rest = choices.iter().map(|c| c.len() - common).max().unwrap_or(0);
+        let mut order: Vec<usize> = (0..contexts.len()).collect();
+        order.sort_by_key(|&i| contexts[i].len());
+        let mut out: Vec<Vec<f64>> = vec![Vec::new(); contexts.len()];
+        for chunk in order.chunks(batch_size.max(1)) {
+            let rows: Vec<Vec<u32>> = chunk
+                .iter()
+                .map(|&i| [contexts[i].as_slice(), shared].concat())
+                .collect();
+            let refs: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+            // Position p predicts token p + 1: the shared tokens, then the
+            // first token of each choice past them.
+            let positions: Vec<Vec<usize>> = chunk
+                .iter()
+                .map(|&i| (contexts[i].len() - 1..contexts[i].len() + common).collect())
+                .collect();
+            let capacity = rows.iter().map(Vec::len).max().unwrap_or(0) + longest_rest;
+            let mut kv = KvCache::new(&dims, chunk.len(), capacity.max(1))?;
+            let slots: Vec<usize> = (0..chunk.len()).collect();
+            let logits = self
+                .decoder
+                .prefill_at(&refs, &positions, &mut kv, &slots)?;
+            let kept = common + 1;
+            let at = |r: usize, k: usize, token: u32| {
+                let p = r * kept + k;
+                log_softmax_at(&logits[p * vocab..(p + 1) * vocab], vocab, token as usize)
+            };
+            let mut scores: Vec<Vec<f64>> = (0..chunk.len())
+                .map(|r| {
+                    let prefix: f64 = shared.iter().enumerate().map(|(k, &t)| at(r, k, t)).sum();
+                    choices
+                        .iter()
+                        .map(|c| c.get(common).map_or(prefix, |&t| prefix + at(r, common, t)))
+                        .collect()
+                })
+                .collect();
+            // Each choice's remaining tokens, decoded in every row's slot.
+            let lens: Vec<usize> = rows.iter().map(Vec::len).collect();
+            for (j, choice) in choices.iter().enumerate() {
+                let rest = choice.len().saturating_sub(common + 1);
+                for step in 0..rest {
+                    let token = choice[common + step];
+                    let tokens = vec![token; chunk.len()];
+                    let step_lens: Vec<usize> = lens.iter().map(|l| l + step).collect();
+                    let logits = self.decoder.decode(&tokens, &step_lens, &mut kv)?;
+                    let next = choice[common + step + 1] as usize;
+                    for (r, row) in scores.iter_mut().enumerate() {
+                        row[j] += log_softmax_at(&logits[r * vocab..(r + 1) * vocab], vocab, next);
+                    }
+                }
+            }
+            for (r, &i) in chunk.iter().enumerate() {
+                out[i] = std::mem::take(&mut scores[r]);
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Hands finished rows to `done` and frees their slots.
