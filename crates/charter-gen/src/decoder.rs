@@ -152,19 +152,6 @@ impl Decoder {
         kv: &mut KvCache,
         slots: &[usize],
     ) -> Result<Vec<f32>> {
-        let last: Vec<Vec<usize>> = prompts.iter().map(|p| vec![p.len().max(1) - 1]).collect();
-        self.prefill_at(prompts, &last, kv, slots)
-    }
-
-    /// [`Decoder::prefill`] returning the logits at `positions[i]` of each
-    /// prompt, `[prompts, kept, vocab]` as [`Decoder::logits_at`] lays them out.
-    pub fn prefill_at(
-        &mut self,
-        prompts: &[&[u32]],
-        positions: &[Vec<usize>],
-        kv: &mut KvCache,
-        slots: &[usize],
-    ) -> Result<Vec<f32>> {
         let d = self.dims;
         let width = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
         if prompts
@@ -176,15 +163,15 @@ impl Decoder {
                 kv.capacity
             )));
         }
-        let n = prompts.len();
-        let (kept, flat) = flat_positions(prompts, positions)?;
+        let last: Vec<i64> = prompts.iter().map(|p| p.len() as i64 - 1).collect();
         let batch = right_pad(prompts, width);
+        let n = prompts.len();
         let outputs = run(
             &mut self.session,
             d,
             batch.ids,
             batch.mask,
-            ([n, kept], flat),
+            ([n, 1], last),
             n,
             width,
         )?;
@@ -287,9 +274,26 @@ impl Decoder {
         if rows.iter().any(|p| p.is_empty()) {
             return Err(Error::Run("scoring: an empty row".to_string()));
         }
+        if positions.len() != rows.len()
+            || rows
+                .iter()
+                .zip(positions)
+                .any(|(r, p)| p.is_empty() || p.iter().any(|&i| i >= r.len()))
+        {
+            return Err(Error::Run(
+                "scoring: every row needs positions inside it".to_string(),
+            ));
+        }
         let n = rows.len();
-        let (kept, flat) = flat_positions(rows, positions)?;
+        let kept = positions.iter().map(Vec::len).max().unwrap_or(0);
         let batch = right_pad(rows, width);
+        let flat: Vec<i64> = positions
+            .iter()
+            .flat_map(|p| {
+                let last = p[p.len() - 1];
+                (0..kept).map(move |i| p.get(i).copied().unwrap_or(last) as i64)
+            })
+            .collect();
         let outputs = run(
             &mut self.session,
             self.dims,
@@ -304,30 +308,6 @@ impl Decoder {
             .map_err(|e| Error::Run(e.to_string()))?;
         Ok((logits.to_vec(), kept))
     }
-}
-
-/// `positions` as the graph's `logit_positions` input, `[rows, kept]`, a
-/// row with fewer than `kept` repeating its last; with `kept`.
-fn flat_positions(rows: &[&[u32]], positions: &[Vec<usize>]) -> Result<(usize, Vec<i64>)> {
-    if positions.len() != rows.len()
-        || rows
-            .iter()
-            .zip(positions)
-            .any(|(r, p)| p.is_empty() || p.iter().any(|&i| i >= r.len()))
-    {
-        return Err(Error::Run(
-            "logits asked for at positions outside a row".to_string(),
-        ));
-    }
-    let kept = positions.iter().map(Vec::len).max().unwrap_or(0);
-    let flat = positions
-        .iter()
-        .flat_map(|p| {
-            let last = p[p.len() - 1];
-            (0..kept).map(move |i| p.get(i).copied().unwrap_or(last) as i64)
-        })
-        .collect();
-    Ok((kept, flat))
 }
 
 /// A prompt run (no past) of `n` right-padded rows of `width` tokens.

@@ -28,11 +28,8 @@ use crate::model::Model;
 use crate::seed::row_seed;
 use crate::stop::StopStrings;
 
-/// Version of the label stage: bump when the same inputs would give
-/// different rows. 2: a choice's tokens after its first own token are
-/// scored by decoding from the context's cache (`Engine::score_choices`),
-/// which moves `p_a` by up to about 3e-4 from version 1's full passes.
-pub const LABEL_VERSION: u32 = 2;
+/// Version of the label stage.
+pub const LABEL_VERSION: u32 = 1;
 
 /// Settings of a label run: the `label` command's flags and a build file's
 /// `label` stage.
@@ -290,7 +287,8 @@ pub(crate) fn judge(
             reasoning[i] = Some(text);
         }
     }
-    // Score "(A)" and "(B)" after each context, both from one pass over it.
+    // Score "(A)" and "(B)" after each context.
+    let mut scoring = Vec::with_capacity(contexts.len() * 2);
     for (i, ctx) in contexts.iter_mut().enumerate() {
         ctx.extend_from_slice(&choices.prefix);
         if ctx.len() + choices.a.len().max(choices.b.len()) > model.max_context() {
@@ -300,14 +298,13 @@ pub(crate) fn judge(
                 limit: model.max_context(),
             });
         }
+        scoring.push((ctx.clone(), choices.a.clone()));
+        scoring.push((ctx.clone(), choices.b.clone()));
     }
-    let scores = model.engine.score_choices(
-        &contexts,
-        &[choices.a.clone(), choices.b.clone()],
-        settings.generation.batch_size.max(1),
-    )?;
-    // Log-probability of choice `i % 2` ("(A)", "(B)") after context `i / 2`.
-    let lp = |i: usize| -> f64 { scores[i / 2][i % 2] };
+    let scores = model
+        .engine
+        .score(&scoring, settings.generation.batch_size.max(1))?;
+    let lp = |i: usize| -> f64 { scores[i].iter().sum() };
     let mut out = Vec::with_capacity(items.len());
     let mut reasoning = reasoning.into_iter();
     for k in 0..items.len() {
