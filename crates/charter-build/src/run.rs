@@ -19,7 +19,7 @@ use std::sync::atomic::AtomicBool;
 use charter_model::ModelDir;
 use charter_table::{
     Output, TableFile, TableSummary, TableWriter, canonical_json, finished_table, partial_dir,
-    slice_provenance, slice_table, write_atomic,
+    slice_table, write_atomic,
 };
 use charter_train::{Job, Outcome};
 use serde_json::{Value as Json, json};
@@ -31,7 +31,7 @@ use charter_stages::{
 
 use crate::error::{Error, Result};
 use crate::file::{BuildPlan, EvalOp, PlannedStage, StageOp, TrainOp};
-use crate::plan::empty_shard;
+use crate::plan::{empty_shard, expected_provenance};
 
 /// How a stage's output came to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,42 +227,27 @@ impl BuildPlan {
                 let s = import_prompts(files, settings, &output, &mut |_| {})?;
                 return Ok(table_written(stage, s.cached, s.table));
             }
-            StageOp::Merge { shards, op } => return self.run_merge(stage, *shards, op),
+            StageOp::Merge { shards, .. } => return self.run_merge(stage, *shards),
             _ => {}
         }
         let inputs = self.input_tables(stage)?;
         let input = inputs
             .first()
             .ok_or_else(|| Error::Settings(format!("stage `{}` has no input", stage.name)))?;
-        // A shard's slice, and a shard's stage with no rows to work on.
-        let written = match &stage.op {
-            StageOp::Slice { shard, limit } => {
-                let provenance = slice_provenance(input, *shard, *limit)?;
-                let spec = input.core_spec()?;
-                Some(
-                    match finished_table(out, spec, &provenance.build_key(spec)) {
-                        Some(table) => (true, table),
-                        None => (false, slice_table(input, *shard, *limit, &provenance, out)?),
-                    },
-                )
-            }
-            _ => match empty_shard(stage, &inputs)? {
-                Some((provenance, spec)) => Some(
-                    match finished_table(out, spec, &provenance.build_key(spec)) {
-                        Some(table) => (true, table),
-                        None => {
-                            let output = Output::Path(out.clone());
-                            (
-                                false,
-                                TableWriter::create(&output, spec, &provenance)?.finish()?,
-                            )
-                        }
-                    },
-                ),
-                None => None,
-            },
+        // A shard's slice, and a shard's stage with no rows to work on:
+        // tables written here, with the provenance the plan gives them.
+        let slice = match stage.op {
+            StageOp::Slice { shard, limit } => Some((shard, limit)),
+            _ => None,
         };
-        if let Some((cached, table)) = written {
+        if slice.is_some() || empty_shard(stage, &inputs)?.is_some() {
+            let (provenance, spec) = expected_provenance(stage, &inputs)?;
+            let (cached, table) = unless_finished(out, spec, &provenance, || match slice {
+                Some((shard, limit)) => Ok(slice_table(input, shard, limit, &provenance, out)?),
+                None => Ok(
+                    TableWriter::create(&Output::Path(out.clone()), spec, &provenance)?.finish()?,
+                ),
+            })?;
             return Ok(table_written(stage, cached, table));
         }
         let constitution = stage
@@ -381,9 +366,29 @@ fn model_of<'c>(
     cache.model(path, threads)
 }
 
+/// The finished table at `out` if it records `provenance`'s build key
+/// (`true`: cached), else the one `write` makes.
+pub(crate) fn unless_finished(
+    out: &Path,
+    spec: &'static charter_table::TableSpec,
+    provenance: &charter_table::Provenance,
+    write: impl FnOnce() -> Result<TableSummary>,
+) -> Result<(bool, TableSummary)> {
+    Ok(
+        match finished_table(out, spec, &provenance.build_key(spec)) {
+            Some(table) => (true, table),
+            None => (false, write()?),
+        },
+    )
+}
+
 /// What a stage that writes a table without generating (import, dedup,
-/// pair, score) did.
-fn table_written(stage: &PlannedStage, cached: bool, table: TableSummary) -> StageOutcome {
+/// pair, score, slice, merge) did.
+pub(crate) fn table_written(
+    stage: &PlannedStage,
+    cached: bool,
+    table: TableSummary,
+) -> StageOutcome {
     StageOutcome {
         stage: stage.name.clone(),
         kind: stage.kind.as_str(),

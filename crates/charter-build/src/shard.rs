@@ -31,7 +31,7 @@ use charter_table::{ParentKey, Shard, ShardedWriter, TableFile, merge_shards};
 use crate::error::{Error, Result};
 use crate::file::{BuildPlan, PlannedStage, StageKind, StageOp};
 use crate::plan::{Verdict, expected_provenance};
-use crate::run::{OutcomeStatus, StageOutcome};
+use crate::run::{StageOutcome, table_written, unless_finished};
 
 /// Where a stage runs in a sharded build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +154,12 @@ impl BuildPlan {
                 needed.extend(stage.dependencies());
             }
         }
+        let placed: BTreeMap<&str, Placement> = self
+            .stages
+            .iter()
+            .map(|s| s.name.as_str())
+            .zip(placements.iter().copied())
+            .collect();
         let dir = self.shard_dir(shard);
         let at = |name: &str| dir.join(format!("{name}.parquet"));
         let mut stages: Vec<PlannedStage> = Vec::new();
@@ -185,12 +191,7 @@ impl BuildPlan {
                     };
                     for slot in [&mut s.input, &mut s.against] {
                         let Some(input) = slot.as_mut() else { continue };
-                        let ahead = self
-                            .stages
-                            .iter()
-                            .zip(&placements)
-                            .any(|(o, p)| o.name == *input && *p == Placement::Ahead);
-                        if !ahead {
+                        if placed.get(input.as_str()) != Some(&Placement::Ahead) {
                             continue;
                         }
                         let key = (input.clone(), limit);
@@ -327,76 +328,55 @@ impl BuildPlan {
 
     /// A merged stage: its shards' tables merged into the table an
     /// unsharded run writes, unless that table is already there.
-    pub(crate) fn run_merge(
-        &self,
-        stage: &PlannedStage,
-        shards: u32,
-        op: &StageOp,
-    ) -> Result<StageOutcome> {
-        let unsharded = PlannedStage {
-            op: op.clone(),
-            ..stage.clone()
-        };
+    pub(crate) fn run_merge(&self, stage: &PlannedStage, shards: u32) -> Result<StageOutcome> {
         let inputs = self.input_tables(stage)?;
-        let (provenance, spec) = expected_provenance(&unsharded, &inputs)?;
-        let key = provenance.build_key(spec);
-        let outcome = |status, table: charter_table::TableSummary| StageOutcome {
-            stage: stage.name.clone(),
-            kind: stage.kind.as_str(),
-            status,
-            rows: table.rows,
-            resumed_rows: 0,
-            tokens: 0,
-            output: stage.output.clone(),
-            content_hash: table.content_hash,
-        };
-        if let Some(table) = charter_table::finished_table(&stage.output, spec, &key) {
-            return Ok(outcome(OutcomeStatus::Cached, table));
-        }
-        let behind = self.shards_behind(&stage.name, shards)?;
-        if !behind.is_empty() {
-            return Err(Error::Settings(format!(
-                "stage `{}`: cannot merge {} shards: {}. Run `charter build {} --shard I/{shards}` \
-                 for each of them first",
-                stage.name,
-                shards,
-                behind.join("; "),
-                self.file.display()
-            )));
-        }
-        let tables = (0..shards)
-            .map(|index| {
-                let dir = self.shard_dir(Shard {
-                    index,
-                    count: shards,
-                });
-                Ok(TableFile::open(
-                    &dir.join(format!("{}.parquet", stage.name)),
-                )?)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let child = parent_column(stage.kind).ok_or_else(|| {
-            Error::Settings(format!(
-                "internal: stage `{}` ({}) is not merged",
-                stage.name,
-                stage.kind.as_str()
-            ))
+        // A merge records what the stage records unsharded.
+        let (provenance, spec) = expected_provenance(stage, &inputs)?;
+        let (cached, table) = unless_finished(&stage.output, spec, &provenance, || {
+            let behind = self.shards_behind(&stage.name, shards)?;
+            if !behind.is_empty() {
+                return Err(Error::Settings(format!(
+                    "stage `{}`: cannot merge {shards} shards: {}. Run `charter build {} \
+                     --shard I/{shards}` for each of them first",
+                    stage.name,
+                    behind.join("; "),
+                    self.file.display()
+                )));
+            }
+            let tables = (0..shards)
+                .map(|index| {
+                    let dir = self.shard_dir(Shard {
+                        index,
+                        count: shards,
+                    });
+                    Ok(TableFile::open(
+                        &dir.join(format!("{}.parquet", stage.name)),
+                    )?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let child = parent_column(stage.kind).ok_or_else(|| {
+                Error::Settings(format!(
+                    "internal: stage `{}` ({}) is not merged",
+                    stage.name,
+                    stage.kind.as_str()
+                ))
+            })?;
+            let input = inputs
+                .first()
+                .ok_or_else(|| Error::Settings(format!("stage `{}` has no input", stage.name)))?;
+            Ok(merge_shards(
+                input,
+                ParentKey {
+                    child,
+                    parent: "id",
+                },
+                &tables,
+                spec,
+                &provenance,
+                &stage.output,
+            )?)
         })?;
-        let input = inputs
-            .first()
-            .ok_or_else(|| Error::Settings(format!("stage `{}` has no input", stage.name)))?;
-        let table = merge_shards(
-            input,
-            ParentKey {
-                child,
-                parent: "id",
-            },
-            &tables,
-            spec,
-            &provenance,
-            &stage.output,
-        )?;
-        Ok(outcome(OutcomeStatus::Ran, table))
+        Ok(table_written(stage, cached, table))
     }
 }
 
