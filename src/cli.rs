@@ -31,6 +31,8 @@ pub(crate) enum Command {
     Prompts(PromptsCommand),
     /// Drop duplicate rows of any charter table, judged by one text column.
     Dedup(DedupArgs),
+    /// Flag degenerate rows of a responses, critiques or revisions table, and drop them.
+    Filter(FilterArgs),
     /// Show a table: name, rows, schema, provenance, content hash and sample rows.
     Inspect(InspectArgs),
     /// Import, describe and create model directories.
@@ -233,6 +235,24 @@ pub(crate) struct DedupArgs {
 
     #[command(flatten)]
     pub(crate) settings: charter_stages::TableDedupSettings,
+
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FilterArgs {
+    /// Input table: responses, critiques or revisions (`-` for standard input).
+    #[arg(short, long, value_name = "IN")]
+    pub(crate) input: PathBuf,
+
+    /// Output table: the kept rows with a `quality_flags` column (`-` for standard output).
+    #[arg(short, long, value_name = "OUT")]
+    pub(crate) output: String,
+
+    #[command(flatten)]
+    pub(crate) settings: charter_stages::FilterSettings,
 
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]

@@ -31,19 +31,20 @@ pub(crate) fn run(args: DedupArgs, quiet: bool) -> Result<()> {
                 "build_key": summary.table.build_key,
             })
         );
-    } else if !quiet {
-        if summary.cached {
-            eprintln!(
-                "{} is up to date (same input and settings): nothing to do",
-                output.display()
-            );
-        } else {
-            eprintln!(
-                "read {read}, exact duplicates {}, near duplicates {}, kept {}",
-                dups.exact, dups.near, dups.kept
-            );
-        }
-        eprintln!("{}", super::written(&output, &summary.table));
+    } else {
+        super::summarize(
+            quiet,
+            &output,
+            &summary.table,
+            summary.cached,
+            "input and settings",
+            || {
+                format!(
+                    "read {read}, exact duplicates {}, near duplicates {}, kept {}",
+                    dups.exact, dups.near, dups.kept
+                )
+            },
+        );
     }
     Ok(())
 }

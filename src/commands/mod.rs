@@ -4,6 +4,7 @@ mod build;
 mod chat;
 mod constitution;
 mod dedup;
+mod filter;
 mod gc;
 mod inspect;
 mod model;
@@ -25,6 +26,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Prompts(PromptsCommand::Import(args)) => prompts_import::run(args, cli.quiet),
         Command::Dedup(args) => dedup::run(args, cli.quiet),
+        Command::Filter(args) => filter::run(args, cli.quiet),
         Command::Inspect(args) => inspect::run(args),
         Command::Model(ModelCommand::Import(args)) => model::import(args, cli.quiet),
         Command::Model(ModelCommand::Info(args)) => model::info(args),
@@ -113,6 +115,31 @@ impl OutputFile {
 }
 
 /// One line on stderr saying what was written.
+/// Prints on stderr, unless `quiet`, what a command that writes one table
+/// did: `ran()` when it wrote, or that `output` was up to date (the same
+/// `same`), then where the rows are.
+fn summarize(
+    quiet: bool,
+    output: &Output,
+    table: &TableSummary,
+    cached: bool,
+    same: &str,
+    ran: impl FnOnce() -> String,
+) {
+    if quiet {
+        return;
+    }
+    if cached {
+        eprintln!(
+            "{} is up to date (same {same}): nothing to do",
+            output.display()
+        );
+    } else {
+        eprintln!("{}", ran());
+    }
+    eprintln!("{}", written(output, table));
+}
+
 fn written(output: &Output, summary: &TableSummary) -> String {
     format!(
         "wrote {} rows to {} (content hash {})",

@@ -32,19 +32,20 @@ pub(crate) fn run(args: ImportArgs, quiet: bool) -> Result<()> {
                 "build_key": summary.table.build_key,
             })
         );
-    } else if !quiet {
-        if summary.cached {
-            eprintln!(
-                "{} is up to date (same files and settings): nothing to do",
-                output.display()
-            );
-        } else {
-            eprintln!(
-                "read {}, empty {}, invalid {}, exact duplicates {}, near duplicates {}, kept {}",
-                counts.read, counts.empty, counts.invalid, dups.exact, dups.near, dups.kept
-            );
-        }
-        eprintln!("{}", super::written(&output, &summary.table));
+    } else {
+        super::summarize(
+            quiet,
+            &output,
+            &summary.table,
+            summary.cached,
+            "files and settings",
+            || {
+                format!(
+                    "read {}, empty {}, invalid {}, exact duplicates {}, near duplicates {}, kept {}",
+                    counts.read, counts.empty, counts.invalid, dups.exact, dups.near, dups.kept
+                )
+            },
+        );
     }
     Ok(())
 }

@@ -160,19 +160,14 @@ pub(crate) fn score(args: ScoreArgs, quiet: bool) -> Result<()> {
                 "content_hash": summary.table.content_hash,
             })
         );
-    } else if !quiet {
-        if summary.cached {
-            eprintln!(
-                "{} is up to date (same table, model and settings): nothing to do",
-                output.display()
-            );
-        } else {
-            eprintln!(
+    } else {
+        let same = "table, model and settings";
+        super::summarize(quiet, &output, &summary.table, summary.cached, same, || {
+            format!(
                 "scored {} answers ({} left without a score: prompt longer than --max-len)",
                 summary.scored, summary.unscored
-            );
-        }
-        eprintln!("{}", super::written(&output, &summary.table));
+            )
+        });
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ mod constitution;
 mod dedup;
 mod default_model;
 mod default_prompts;
+mod filter;
 mod foreign_parquet;
 mod gc;
 mod import;

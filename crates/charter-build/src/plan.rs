@@ -19,8 +19,8 @@ use charter_table::{
 use serde_json::Value as Json;
 
 use charter_stages::{
-    Constitution, critique_provenance, dedup_provenance, import_provenance, label_provenance,
-    pair_provenance, respond_provenance, revise_provenance,
+    Constitution, critique_provenance, dedup_provenance, filter_provenance, import_provenance,
+    label_provenance, pair_provenance, respond_provenance, revise_provenance,
 };
 
 use crate::error::Result;
@@ -586,6 +586,7 @@ pub(super) fn expected_provenance(
             (import_provenance(&read, settings)?, &PROMPTS)
         }
         StageOp::Dedup(s) => (dedup_provenance(first()?, s)?, first()?.core_spec()?),
+        StageOp::Filter(s) => (filter_provenance(first()?, s)?, first()?.core_spec()?),
         StageOp::Score(s) => (
             charter_train::score_provenance(first()?, s, &model_hash()?)?,
             first()?.core_spec()?,

@@ -26,7 +26,7 @@ use serde_json::{Value as Json, json};
 
 use charter_stages::{
     Constitution, Contestants, Model, PolicyEvalStep, StageProgress, StageSummary, critique,
-    dedup_table, eval_policy, export, import_prompts, label, pair, respond, revise,
+    dedup_table, eval_policy, export, filter_table, import_prompts, label, pair, respond, revise,
 };
 
 use crate::error::{Error, Result};
@@ -285,6 +285,10 @@ impl BuildPlan {
             StageOp::Dedup(settings) => {
                 let output = Output::Path(out.clone());
                 let s = dedup_table(input, settings, &output, &mut |_| {})?;
+                table_written(stage, s.cached, s.table)
+            }
+            StageOp::Filter(settings) => {
+                let s = filter_table(input, settings, &Output::Path(out.clone()))?;
                 table_written(stage, s.cached, s.table)
             }
             StageOp::Respond(s) => {

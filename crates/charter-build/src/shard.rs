@@ -91,6 +91,7 @@ impl BuildPlan {
                     | StageKind::Revise
                     | StageKind::Pair
                     | StageKind::Label
+                    | StageKind::Filter
             );
             let place = if row_parallel
                 && stage.model_stages.is_empty()
@@ -232,13 +233,16 @@ impl BuildPlan {
     }
 
     /// The plan that merges `shards` shards: the build, with every sharded
-    /// stage but `pair` made by merging its shards' tables.
+    /// stage but `pair` and `filter` (cheap, and reading no model: rerun
+    /// on the merged input) made by merging its shards' tables.
     pub fn merged(&self, shards: u32) -> Result<BuildPlan> {
         Shard::new(0, shards)?;
         let placements = self.placements();
         let mut plan = self.clone();
         for (stage, place) in plan.stages.iter_mut().zip(placements) {
-            if place == Placement::Sharded && stage.kind != StageKind::Pair {
+            if place == Placement::Sharded
+                && !matches!(stage.kind, StageKind::Pair | StageKind::Filter)
+            {
                 let op = std::mem::replace(&mut stage.op, StageOp::Pair);
                 stage.op = StageOp::Merge {
                     shards,

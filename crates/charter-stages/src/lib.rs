@@ -8,6 +8,8 @@
 //! - [`pair`]: responses (two samples), or two tables → pairs.
 //! - [`label`]: pairs → AI-feedback labels (soft, both orders, optional
 //!   chain of thought).
+//! - [`filter_table`]: responses, critiques or revisions → the same table
+//!   with quality flags, without the rows they condemn.
 //! - [`export`]: labels or revisions → the JSON-lines layouts trainers read.
 //! - [`eval_labeller`]: a labeller's agreement with human comparisons.
 //!
@@ -31,6 +33,7 @@ mod model;
 mod pair;
 mod policy_eval;
 mod prompts;
+pub mod quality;
 mod respond;
 mod seed;
 mod stop;
@@ -58,6 +61,9 @@ pub use policy_eval::{
 pub use prompts::{
     DEDUP_VERSION, DedupSettings, DedupSummary, IMPORT_VERSION, ImportFormat, ImportSettings,
     TableDedupSettings, dedup_provenance, dedup_table, import_prompts, import_provenance,
+};
+pub use quality::{
+    FILTER_VERSION, FilterSettings, FilterSummary, Flag, filter_provenance, filter_table,
 };
 pub use respond::{
     MAX_SAMPLES, RespondProgress, RespondSettings, RespondSummary,

@@ -4,8 +4,8 @@
 //! command line share.
 
 use charter_stages::{
-    CritiqueSettings, DedupSettings, ExportSettings, GenSettings, ImportSettings, LabelSettings,
-    PolicyEvalSettings, RespondSettings, TableDedupSettings,
+    CritiqueSettings, DedupSettings, ExportSettings, FilterSettings, GenSettings, ImportSettings,
+    LabelSettings, PolicyEvalSettings, RespondSettings, TableDedupSettings,
 };
 use charter_train::{ScoreSettings, TaskConfig, TrainConfig};
 use serde::Deserialize;
@@ -22,6 +22,9 @@ pub enum StageKind {
     Import,
     /// Any table → the same table without duplicate texts.
     Dedup,
+    /// Responses, critiques or revisions → the same table with quality
+    /// flags, without the rows they condemn.
+    Filter,
     /// Prompts → responses.
     Respond,
     /// Responses or revisions → critiques.
@@ -113,10 +116,11 @@ pub(crate) struct Description {
 
 impl StageKind {
     /// Every kind a build file may declare.
-    pub const ALL: [StageKind; 12] = [
+    pub const ALL: [StageKind; 13] = [
         StageKind::Table,
         StageKind::Import,
         StageKind::Dedup,
+        StageKind::Filter,
         StageKind::Respond,
         StageKind::Critique,
         StageKind::Revise,
@@ -134,6 +138,7 @@ impl StageKind {
             StageKind::Table => "table",
             StageKind::Import => "import",
             StageKind::Dedup => "dedup",
+            StageKind::Filter => "filter",
             StageKind::Respond => "respond",
             StageKind::Critique => "critique",
             StageKind::Revise => "revise",
@@ -157,10 +162,10 @@ impl StageKind {
         use Slot::*;
         use StageKind as K;
         const MODEL_STAGE: &[Slot] = &[Input, Output, Model, Constitution, Seed];
-        // A `table` or `dedup` stage may hold any table: the stage checks
-        // its name when it runs.
+        // A `table`, `dedup` or `filter` stage may hold several kinds of
+        // table: the stage checks its name when it runs.
         const PROMPTS: &[StageKind] = &[K::Table, K::Import, K::Dedup];
-        const ANSWERS: &[StageKind] = &[K::Table, K::Dedup, K::Respond, K::Revise];
+        const ANSWERS: &[StageKind] = &[K::Table, K::Dedup, K::Filter, K::Respond, K::Revise];
         let d = |slots, reads, settings: &[&[&'static str]], generates| Description {
             slots,
             reads,
@@ -182,6 +187,7 @@ impl StageKind {
                     K::Table,
                     K::Import,
                     K::Dedup,
+                    K::Filter,
                     K::Respond,
                     K::Critique,
                     K::Revise,
@@ -192,6 +198,19 @@ impl StageKind {
                     fields_of::<TableDedupSettings>(),
                     fields_of::<DedupSettings>(),
                 ],
+                false,
+            ),
+            K::Filter => d(
+                &[Input, Output],
+                &[
+                    K::Table,
+                    K::Dedup,
+                    K::Filter,
+                    K::Respond,
+                    K::Critique,
+                    K::Revise,
+                ],
+                &[fields_of::<FilterSettings>()],
                 false,
             ),
             K::Respond => d(
@@ -206,7 +225,12 @@ impl StageKind {
                 &[fields_of::<CritiqueSettings>()],
                 true,
             ),
-            K::Revise => d(MODEL_STAGE, &[K::Table, K::Dedup, K::Critique], &[], true),
+            K::Revise => d(
+                MODEL_STAGE,
+                &[K::Table, K::Dedup, K::Filter, K::Critique],
+                &[],
+                true,
+            ),
             K::Pair => d(&[Input, Against, Output], ANSWERS, &[], false),
             K::Label => d(
                 MODEL_STAGE,
@@ -216,19 +240,34 @@ impl StageKind {
             ),
             K::Score => d(
                 &[Input, Output, Model],
-                &[K::Table, K::Dedup, K::Respond, K::Revise, K::Pair, K::Label],
+                &[
+                    K::Table,
+                    K::Dedup,
+                    K::Filter,
+                    K::Respond,
+                    K::Revise,
+                    K::Pair,
+                    K::Label,
+                ],
                 &[fields_of::<ScoreSettings>()],
                 false,
             ),
             K::Export => d(
                 &[Input, Output],
-                &[K::Table, K::Dedup, K::Label, K::Revise],
+                &[K::Table, K::Dedup, K::Filter, K::Label, K::Revise],
                 &[fields_of::<ExportSettings>()],
                 false,
             ),
             K::Train => d(
                 &[Input, Mix, Output, Model, Seed, ReferenceCache],
-                &[K::Table, K::Dedup, K::Respond, K::Revise, K::Label],
+                &[
+                    K::Table,
+                    K::Dedup,
+                    K::Filter,
+                    K::Respond,
+                    K::Revise,
+                    K::Label,
+                ],
                 &[fields_of::<TaskConfig>(), fields_of::<TrainConfig>()],
                 false,
             ),

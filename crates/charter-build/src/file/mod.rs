@@ -66,7 +66,7 @@ use std::path::{Path, PathBuf};
 
 use charter_model::Dtype;
 use charter_stages::{
-    CritiqueSettings, ExportSettings, GenSettings, ImportSettings, LabelSettings,
+    CritiqueSettings, ExportSettings, FilterSettings, GenSettings, ImportSettings, LabelSettings,
     PolicyEvalSettings, RespondSettings, TableDedupSettings,
 };
 use charter_table::Shard;
@@ -92,6 +92,8 @@ pub enum StageOp {
     },
     /// `dedup`.
     Dedup(TableDedupSettings),
+    /// `filter`.
+    Filter(FilterSettings),
     /// `respond`.
     Respond(RespondSettings),
     /// `critique`; without a `round`, the round the input calls for.

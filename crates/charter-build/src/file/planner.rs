@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use charter_stages::{
-    CritiqueSettings, ExportFormat, ExportSettings, GenSettings, ImportSettings, LabelSettings,
-    PolicyEvalSettings, RespondSettings, TableDedupSettings,
+    CritiqueSettings, ExportFormat, ExportSettings, FilterSettings, GenSettings, ImportSettings,
+    LabelSettings, PolicyEvalSettings, RespondSettings, TableDedupSettings,
 };
 use charter_train::{ScoreSettings, Task, TaskConfig, TaskKind, TrainConfig};
 use serde::de::DeserializeOwned;
@@ -497,6 +497,11 @@ impl<'s, 't> Planner<'s, 't> {
                 dedup: self.own(s)?,
                 ..self.own(s)?
             }),
+            StageKind::Filter => {
+                let settings: FilterSettings = self.own(s)?;
+                self.checked(s, settings.validate())?;
+                StageOp::Filter(settings)
+            }
             StageKind::Respond => {
                 let settings = RespondSettings {
                     generation: self.generation(s, seed)?,
@@ -631,6 +636,7 @@ impl<'s, 't> Planner<'s, 't> {
             Task::Sft => &[
                 StageKind::Table,
                 StageKind::Dedup,
+                StageKind::Filter,
                 StageKind::Respond,
                 StageKind::Revise,
             ],

@@ -322,6 +322,7 @@ fn the_command_line_and_build_files_take_the_same_settings() {
     let cases = [
         (StageKind::Import, flag_fields::<ImportSettings>()),
         (StageKind::Dedup, flag_fields::<TableDedupSettings>()),
+        (StageKind::Filter, flag_fields::<FilterSettings>()),
         (StageKind::Respond, flag_fields::<RespondSettings>()),
         (StageKind::Critique, flag_fields::<CritiqueSettings>()),
         (StageKind::Revise, flag_fields::<GenSettings>()),
