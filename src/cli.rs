@@ -264,9 +264,37 @@ pub(crate) struct InspectArgs {
     /// The table (`-` for standard input).
     pub(crate) table: PathBuf,
 
-    /// Sample rows to show.
+    /// Show the first N rows.
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub(crate) head: usize,
+
+    /// Show N rows drawn uniformly at random without replacement, in table order, instead of
+    /// the first ones. The draw depends only on the row count and --seed, not on row groups.
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with = "head",
+        allow_negative_numbers = true,
+        value_parser = |s: &str| s.parse::<u64>().ok().filter(|&n| n > 0).ok_or("expected a number of rows, at least 1")
+    )]
+    pub(crate) sample: Option<u64>,
+
+    /// The seed of --sample: the same table and seed give the same rows.
+    #[arg(
+        long,
+        value_name = "S",
+        default_value_t = 0,
+        requires = "sample",
+        allow_negative_numbers = true
+    )]
+    pub(crate) seed: u64,
+
+    /// Summarise every column: type, nulls, distinct values; min, mean, quantiles and max of
+    /// numbers, of text lengths (characters) and of list lengths; true/false counts; the values
+    /// of text columns with at most 20 of them. Quantiles interpolate linearly between order
+    /// statistics, as numpy's default (pandas/polars `quantile(q, interpolation="linear")`).
+    #[arg(long)]
+    pub(crate) stats: bool,
 
     /// Print one JSON object instead of text.
     #[arg(long)]

@@ -1,8 +1,13 @@
-//! `charter inspect`: what a table is, what built it, and a few of its rows.
+//! `charter inspect`: what a table is, what built it, a few of its rows, and column statistics.
 
+mod stats;
+
+use std::collections::BinaryHeap;
 use std::fmt::Write as _;
 
 use anyhow::Result;
+use arrow_schema::DataType;
+use charter_gen::sampling::RowRng;
 use charter_table::{
     ColumnType, KEY_INPUTS, KEY_SETTINGS, TableFile, Value, column_cells, table_spec,
 };
@@ -29,7 +34,12 @@ pub(crate) fn run(args: InspectArgs) -> Result<()> {
     } else {
         None
     };
-    let head = head_rows(&table, args.head)?;
+    let indices = match args.sample {
+        Some(n) => sample_indices(table.num_rows(), n, args.seed),
+        None => (0..table.num_rows().min(args.head as u64)).collect(),
+    };
+    let rows = rows_at(&table, &indices)?;
+    let stats = args.stats.then(|| stats::compute(&table)).transpose()?;
     let meta = table.metadata();
     let schema_version: Option<u32> = meta
         .get(charter_table::KEY_SCHEMA_VERSION)
@@ -56,14 +66,17 @@ pub(crate) fn run(args: InspectArgs) -> Result<()> {
                 let role = spec.and_then(|s| s.column(f.name())).map(|c| c.role.name());
                 json!({
                     "name": f.name(),
-                    "type": ColumnType::of_arrow(f.data_type()).map(|t| t.name().to_string())
-                        .unwrap_or_else(|| f.data_type().to_string()),
+                    "type": type_name(f.data_type()),
                     "nullable": f.is_nullable(),
                     "role": role,
                 })
             })
             .collect();
-        let out = json!({
+        let rows: Vec<Json> = rows
+            .into_iter()
+            .map(|(_, row)| Json::Object(row.into_iter().collect()))
+            .collect();
+        let mut out = json!({
             "path": table.path().display().to_string(),
             "table": table.table_name(),
             "schema_version": schema_version,
@@ -73,8 +86,22 @@ pub(crate) fn run(args: InspectArgs) -> Result<()> {
             "build_key": table.build_key(),
             "metadata": metadata,
             "columns": columns,
-            "head": head.iter().map(|row| Json::Object(row.iter().cloned().collect())).collect::<Vec<_>>(),
         });
+        if args.sample.is_some() {
+            out["head"] = json!([]);
+            out["sample"] = json!(rows);
+            out["sample_rows"] = json!(indices);
+            out["seed"] = json!(args.seed);
+        } else {
+            out["head"] = json!(rows);
+        }
+        if let Some(stats) = &stats {
+            let columns: serde_json::Map<String, Json> = stats
+                .iter()
+                .map(|s| (s.name().to_string(), s.to_json()))
+                .collect();
+            out["stats"] = Json::Object(columns);
+        }
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
@@ -126,8 +153,7 @@ pub(crate) fn run(args: InspectArgs) -> Result<()> {
     }
     let _ = writeln!(s, "columns");
     for f in table.schema().fields() {
-        let ty = ColumnType::of_arrow(f.data_type())
-            .map_or_else(|| f.data_type().to_string(), |t| t.name().into());
+        let ty = type_name(f.data_type());
         let role = spec
             .and_then(|sp| sp.column(f.name()))
             .map_or("", |c| c.role.name());
@@ -140,9 +166,21 @@ pub(crate) fn run(args: InspectArgs) -> Result<()> {
             role
         );
     }
-    if !head.is_empty() {
-        let _ = writeln!(s, "first {} rows", head.len());
-        for (i, row) in head.iter().enumerate() {
+    if let Some(stats) = &stats {
+        stats::render(stats, &mut s);
+    }
+    if !rows.is_empty() {
+        let _ = match args.sample {
+            Some(_) => writeln!(
+                s,
+                "{} of {} rows drawn with seed {}",
+                rows.len(),
+                table.num_rows(),
+                args.seed
+            ),
+            None => writeln!(s, "first {} rows", rows.len()),
+        };
+        for (i, row) in &rows {
             let _ = writeln!(s, "  [{i}]");
             for (k, v) in row {
                 let _ = writeln!(s, "    {k:<18}{}", shorten(&v.to_string(), 100));
@@ -153,42 +191,77 @@ pub(crate) fn run(args: InspectArgs) -> Result<()> {
     Ok(())
 }
 
-/// The first `n` rows as (column, JSON value) lists.
-fn head_rows(table: &TableFile, n: usize) -> Result<Vec<Vec<(String, Json)>>> {
-    let mut rows = Vec::new();
-    if n == 0 {
-        return Ok(rows);
-    }
-    let schema = table.schema().clone();
-    for batch in table.batches()? {
-        let batch = batch?;
-        let take = (n - rows.len()).min(batch.num_rows());
-        let batch = batch.slice(0, take);
-        let columns: Vec<Option<Vec<Value<'_>>>> = (0..batch.num_columns())
-            .map(|i| column_cells(&batch, i))
-            .collect();
-        for r in 0..take {
-            rows.push(
-                schema
-                    .fields()
-                    .iter()
-                    .zip(&columns)
-                    .map(|(f, c)| {
-                        let v = c
-                            .as_ref()
-                            .map_or(Json::String("(unsupported type)".into()), |c| {
-                                to_json(&c[r])
-                            });
-                        (f.name().clone(), v)
-                    })
-                    .collect(),
-            );
+/// One row as (column, JSON value) pairs.
+type Row = Vec<(String, Json)>;
+
+/// `n` of `rows` row numbers drawn uniformly without replacement, ascending: row i
+/// draws the i-th number of the splitmix64 stream seeded with `seed`, and the `n`
+/// smallest draws win (ties to the earlier row). Row numbers alone decide, so the
+/// draw is the same however the file is split into row groups.
+fn sample_indices(rows: u64, n: u64, seed: u64) -> Vec<u64> {
+    let mut rng = RowRng::new(seed);
+    // A max-heap of the n smallest (draw, row) so far: O(n) memory at any row count.
+    let mut heap = BinaryHeap::with_capacity(n.min(rows) as usize + 1);
+    for i in 0..rows {
+        // 53-bit draws scaled to integers exactly, to order them without floats.
+        let draw = (rng.next_f64() * (1u64 << 53) as f64) as u64;
+        heap.push((draw, i));
+        if heap.len() as u64 > n {
+            heap.pop();
         }
-        if rows.len() >= n {
+    }
+    let mut picked: Vec<u64> = heap.into_iter().map(|(_, i)| i).collect();
+    picked.sort_unstable();
+    picked
+}
+
+/// The rows at the ascending row numbers `indices`, each with its row number.
+fn rows_at(table: &TableFile, indices: &[u64]) -> Result<Vec<(u64, Row)>> {
+    let mut rows = Vec::with_capacity(indices.len());
+    let mut wanted = indices.iter().copied().peekable();
+    let mut start = 0u64;
+    let names: Vec<String> = table
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    for batch in table.batches()? {
+        if wanted.peek().is_none() {
             break;
         }
+        let batch = batch?;
+        let end = start + batch.num_rows() as u64;
+        while let Some(i) = wanted.next_if(|&i| i < end) {
+            let one = batch.slice((i - start) as usize, 1);
+            let row = names
+                .iter()
+                .enumerate()
+                .map(|(c, name)| {
+                    let v = column_cells(&one, c)
+                        .or_else(|| stats::narrow_number_cells(one.column(c).as_ref()))
+                        .map_or(Json::String("(unsupported type)".into()), |cells| {
+                            to_json(&cells[0])
+                        });
+                    (name.clone(), v)
+                })
+                .collect();
+            rows.push((i, row));
+        }
+        start = end;
     }
     Ok(rows)
+}
+
+/// A column type as charter names it (`utf8`, `list<utf8>`), else as Arrow does.
+fn type_name(ty: &DataType) -> String {
+    match (ColumnType::of_arrow(ty), ty) {
+        (Some(t), _) => t.name().into(),
+        (None, DataType::List(f) | DataType::LargeList(f)) => {
+            format!("list<{}>", type_name(f.data_type()))
+        }
+        (None, t) => t.to_string(),
+    }
 }
 
 fn to_json(v: &Value<'_>) -> Json {
