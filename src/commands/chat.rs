@@ -9,6 +9,7 @@ use crate::cli::ChatArgs;
 
 pub(crate) fn run(args: ChatArgs) -> Result<()> {
     let g = &args.generation;
+    g.validate()?;
     let mut model = Model::open(&args.model, g.threads)?;
     let mut messages = Vec::new();
     if let Some(system) = &g.system {

@@ -194,6 +194,50 @@ fn a_stop_string_ends_the_answer_and_is_cut_from_it() {
 }
 
 #[test]
+fn the_repetition_settings_change_the_answer_and_are_recorded_only_when_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let table = prompts(dir.path(), 1);
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec![
+            "respond",
+            "-m",
+            &model,
+            "-i",
+            &table,
+            "-o",
+            out.to_str().unwrap(),
+            "--max-new-tokens",
+            "40",
+            "--temperature",
+            "0",
+        ];
+        args.extend(extra);
+        ok(&args);
+        inspect(out.to_str().unwrap())
+    };
+    let free = run("free.parquet", &[]);
+    let settings = &free["metadata"]["charter.settings"];
+    assert!(settings.get("repetition_penalty").is_none(), "{settings}");
+    assert!(settings.get("no_repeat_ngram_size").is_none(), "{settings}");
+    let banned = run(
+        "banned.parquet",
+        &["--no-repeat-ngram-size", "2", "--repetition-penalty", "1.3"],
+    );
+    let settings = &banned["metadata"]["charter.settings"];
+    assert_eq!(settings["no_repeat_ngram_size"], 2);
+    assert!((settings["repetition_penalty"].as_f64().unwrap() - 1.3).abs() < 1e-6);
+    assert_ne!(banned["head"][0]["text"], free["head"][0]["text"]);
+
+    let err = fails(
+        &["chat", "-m", &model, "hello", "--repetition-penalty", "0"],
+        None,
+    );
+    assert!(err.contains("setting `repetition_penalty`"), "{err}");
+}
+
+#[test]
 fn a_prompt_longer_than_the_context_is_a_row_not_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny(dir.path());

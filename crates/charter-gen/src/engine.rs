@@ -9,13 +9,14 @@
 //! empty slots. Each slot has its own length and positions, so a row's
 //! tokens do not depend on which rows it shares a batch with (greedy output
 //! is identical at any batch size; sampling draws from the row's own seeded
-//! stream).
+//! stream). The repetition settings look only at the row's own prompt and
+//! tokens, kept beside its random stream.
 
 use std::time::Instant;
 
 use crate::decoder::{Decoder, DecoderDims, KvCache};
 use crate::error::{Error, Result};
-use crate::sampling::{RowRng, Sampling, log_softmax_at, sample};
+use crate::sampling::{RowHistory, RowRng, Sampling, log_softmax_at, sample};
 
 /// One prompt to continue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +81,8 @@ const PREFILL_ROWS: usize = 8;
 struct Row {
     index: usize,
     rng: RowRng,
+    /// The prompt and generated tokens, as the repetition settings see them.
+    history: RowHistory,
     tokens: Vec<u32>,
     /// Positions in the cache: the prompt and every generated token but the last.
     len: usize,
@@ -176,19 +179,20 @@ impl Engine {
                 }
                 let prompts: Vec<&[u32]> = group.iter().map(|(_, r)| r.prompt.as_slice()).collect();
                 let started = Instant::now();
-                let logits = self
+                let mut logits = self
                     .decoder
                     .prefill(&prompts, &mut kv, &free[..group.len()])?;
                 for (g, (index, req)) in group.iter().enumerate() {
                     let mut rng = RowRng::new(req.seed);
-                    let token = sample(
-                        &logits[g * dims.vocab..(g + 1) * dims.vocab],
-                        &options.sampling,
-                        &mut rng,
-                    ) as u32;
+                    let mut history = RowHistory::new(&options.sampling, dims.vocab, &req.prompt);
+                    let row = &mut logits[g * dims.vocab..(g + 1) * dims.vocab];
+                    history.apply(row);
+                    let token = sample(row, &options.sampling, &mut rng) as u32;
+                    history.push(token);
                     slots[free[g]] = Some(Row {
                         index: *index,
                         rng,
+                        history,
                         tokens: vec![token],
                         len: req.prompt.len(),
                     });
@@ -225,15 +229,14 @@ impl Engine {
                 .iter()
                 .map(|s| s.as_ref().map_or(0, |r| r.len))
                 .collect();
-            let logits = self.decoder.decode(&tokens, &lens, &mut kv)?;
+            let mut logits = self.decoder.decode(&tokens, &lens, &mut kv)?;
             for (s, row) in slots.iter_mut().enumerate() {
                 if let Some(row) = row {
                     row.len += 1;
-                    let token = sample(
-                        &logits[s * dims.vocab..(s + 1) * dims.vocab],
-                        &options.sampling,
-                        &mut row.rng,
-                    ) as u32;
+                    let next = &mut logits[s * dims.vocab..(s + 1) * dims.vocab];
+                    row.history.apply(next);
+                    let token = sample(next, &options.sampling, &mut row.rng) as u32;
+                    row.history.push(token);
                     row.tokens.push(token);
                 }
             }

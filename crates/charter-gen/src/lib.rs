@@ -3,7 +3,8 @@
 //! - [`runtime`]: finds and loads the ONNX Runtime library once per process;
 //! - [`Decoder`]: one forward pass of an exported decoder with a KV cache;
 //! - [`Engine`]: batched generation with continuous batching, and scoring;
-//! - [`sampling`]: greedy, temperature, top-k, top-p with per-row seeds.
+//! - [`sampling`]: repetition penalty and n-gram ban, then greedy,
+//!   temperature, top-k, top-p with per-row seeds.
 //!
 //! No Arrow here: stages in other crates turn tables into token batches.
 

@@ -1,5 +1,8 @@
-//! Choosing the next token: greedy, temperature, top-k and top-p, with a
+//! Choosing the next token: a repetition penalty and an n-gram ban on the
+//! row's own history, then greedy, temperature, top-k and top-p, with a
 //! per-row random stream so a row's tokens never depend on its neighbours.
+
+use std::collections::HashMap;
 
 /// Sampling settings, shared by every row of a run.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -10,6 +13,17 @@ pub struct Sampling {
     pub top_p: f32,
     /// Keep only the k most likely tokens; 0 keeps every token.
     pub top_k: usize,
+    /// The repetition penalty of CTRL (<https://arxiv.org/abs/1909.05858>,
+    /// §4.1) as Hugging Face transformers' `RepetitionPenaltyLogitsProcessor`
+    /// applies it: the logit of every token id already in the row's
+    /// sequence, prompt included, is divided by it when positive and
+    /// multiplied by it otherwise, once however often the id occurs.
+    /// 1 is off; above 1 discourages repeats. Applied before temperature.
+    pub repetition_penalty: f32,
+    /// A token that would complete an n-gram of this size already in the
+    /// row's sequence, prompt included, is never chosen (transformers'
+    /// `NoRepeatNGramLogitsProcessor`); 0 is off. Applied before temperature.
+    pub no_repeat_ngram_size: usize,
 }
 
 impl Sampling {
@@ -18,7 +32,125 @@ impl Sampling {
         temperature: 0.0,
         top_p: 1.0,
         top_k: 0,
+        repetition_penalty: 1.0,
+        no_repeat_ngram_size: 0,
     };
+}
+
+/// One row's sequence so far (prompt and generated tokens), as much of it
+/// as the repetition settings need: the distinct token ids for the penalty
+/// and, for the n-gram ban, every (n-1)-gram with the tokens that followed
+/// it. Both are updated a token at a time, so a step costs the number of
+/// distinct ids plus one lookup, never a scan of the history or the
+/// vocabulary. With both settings off it holds nothing and does nothing.
+#[derive(Debug, Clone)]
+pub struct RowHistory {
+    /// The repetition penalty; 1 is off.
+    penalty: f32,
+    /// Bit `i` set: token `i` is in the sequence (ids below the vocabulary only).
+    seen: Vec<u64>,
+    /// The ids whose bit is set, in order of first appearance.
+    distinct: Vec<u32>,
+    /// The n-gram size; 0 is off.
+    n: usize,
+    /// The sequence, kept only for the n-gram ban.
+    tokens: Vec<u32>,
+    /// Each (n-1)-gram of the sequence → the tokens that followed it, each
+    /// once. Only looked up, never iterated: hash order cannot reach a token.
+    followers: HashMap<Box<[u32]>, Vec<u32>>,
+}
+
+impl RowHistory {
+    /// The history of a row that starts with `prompt`, for a model of
+    /// `vocab` logits.
+    pub fn new(s: &Sampling, vocab: usize, prompt: &[u32]) -> Self {
+        let penalty = s.repetition_penalty;
+        let mut history = RowHistory {
+            penalty,
+            seen: if penalty == 1.0 {
+                Vec::new()
+            } else {
+                vec![0; vocab.div_ceil(64)]
+            },
+            distinct: Vec::new(),
+            n: s.no_repeat_ngram_size,
+            tokens: Vec::new(),
+            followers: HashMap::new(),
+        };
+        for &token in prompt {
+            history.push(token);
+        }
+        history
+    }
+
+    /// Appends a token to the sequence.
+    pub fn push(&mut self, token: u32) {
+        if self.penalty != 1.0
+            && let Some(word) = self.seen.get_mut(token as usize / 64)
+        {
+            let bit = 1u64 << (token % 64);
+            if *word & bit == 0 {
+                *word |= bit;
+                self.distinct.push(token);
+            }
+        }
+        if self.n > 0 {
+            self.tokens.push(token);
+            let end = self.tokens.len();
+            if end >= self.n {
+                let prefix = &self.tokens[end - self.n..end - 1];
+                match self.followers.get_mut(prefix) {
+                    Some(next) if !next.contains(&token) => next.push(token),
+                    Some(_) => {}
+                    None => {
+                        self.followers.insert(prefix.into(), vec![token]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The tokens that would complete an n-gram already in the sequence.
+    fn banned(&self) -> &[u32] {
+        let end = self.tokens.len();
+        if self.n == 0 || end + 1 < self.n {
+            return &[];
+        }
+        self.followers
+            .get(&self.tokens[end + 1 - self.n..])
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// Applies the repetition penalty and the n-gram ban to the logits of
+    /// the row's next token, in place; call it before [`sample`]. When the
+    /// ban would leave no token at all (only possible with a vocabulary
+    /// smaller than the n-grams seen), it is lifted for that step rather
+    /// than leave nothing to choose.
+    pub fn apply(&self, logits: &mut [f32]) {
+        if self.penalty != 1.0 {
+            for &id in &self.distinct {
+                if let Some(l) = logits.get_mut(id as usize) {
+                    *l = if *l < 0.0 {
+                        *l * self.penalty
+                    } else {
+                        *l / self.penalty
+                    };
+                }
+            }
+        }
+        let banned = self.banned();
+        let in_range = banned
+            .iter()
+            .filter(|&&t| (t as usize) < logits.len())
+            .count();
+        if in_range < logits.len() {
+            for &t in banned {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
 }
 
 /// A counter-based random stream (splitmix64) for one row. Written out here
@@ -59,8 +191,9 @@ pub fn argmax(logits: &[f32]) -> usize {
     best
 }
 
-/// Picks the next token from one row's logits. One random draw per call
-/// (none when greedy), so the stream advances the same way on every run.
+/// Picks the next token from one row's logits (after [`RowHistory::apply`]).
+/// One random draw per call (none when greedy), so the stream advances the
+/// same way on every run.
 pub fn sample(logits: &[f32], s: &Sampling, rng: &mut RowRng) -> usize {
     if s.temperature <= 0.0 {
         return argmax(logits);
@@ -113,7 +246,13 @@ pub fn sample(logits: &[f32], s: &Sampling, rng: &mut RowRng) -> usize {
             return ids[i];
         }
     }
-    ids[ids.len() - 1]
+    // Rounding left `u` above the sum: the last candidate that can occur
+    // (not one banned to probability 0).
+    let last = probs
+        .iter()
+        .rposition(|&p| p > 0.0)
+        .unwrap_or(probs.len() - 1);
+    ids[last]
 }
 
 /// Natural log of the softmax probability of `target` under the first `vocab` logits.
@@ -145,6 +284,7 @@ mod tests {
             temperature: 1.0,
             top_p: 1.0,
             top_k: 1,
+            ..Sampling::GREEDY
         };
         let mut rng = RowRng::new(7);
         for _ in 0..20 {
@@ -155,6 +295,7 @@ mod tests {
             temperature: 1.0,
             top_p: 0.9,
             top_k: 0,
+            ..Sampling::GREEDY
         };
         let mut seen = [0; 4];
         for _ in 0..2000 {
@@ -171,6 +312,7 @@ mod tests {
             temperature: 1.0,
             top_p: 1.0,
             top_k: 0,
+            ..Sampling::GREEDY
         };
         let mut rng = RowRng::new(42);
         let ones = (0..20_000)
@@ -185,6 +327,113 @@ mod tests {
         };
         assert_eq!(draw(5), draw(5));
         assert_ne!(draw(5), draw(6));
+    }
+
+    fn with(repetition_penalty: f32, no_repeat_ngram_size: usize) -> Sampling {
+        Sampling {
+            repetition_penalty,
+            no_repeat_ngram_size,
+            ..Sampling::GREEDY
+        }
+    }
+
+    #[test]
+    fn the_penalty_divides_positive_logits_and_multiplies_negative_ones() {
+        // Ids 0, 2 and 3 are in the prompt, 2 twice: penalised once each.
+        let history = RowHistory::new(&with(2.0, 0), 5, &[2, 0, 2, 3]);
+        let mut logits = [4.0f32, 4.0, -1.5, 0.0, -3.0];
+        history.apply(&mut logits);
+        assert_eq!(logits, [2.0, 4.0, -3.0, 0.0, -3.0]);
+        // Generated tokens count as well as the prompt's.
+        let mut history = history;
+        history.push(4);
+        let mut logits = [4.0f32, 4.0, -1.5, 0.0, -3.0];
+        history.apply(&mut logits);
+        assert_eq!(logits, [2.0, 4.0, -3.0, 0.0, -6.0]);
+        // A penalty below 1 favours repeats; ids beyond the logits are ignored.
+        let history = RowHistory::new(&with(0.5, 0), 3, &[1, 7]);
+        let mut logits = [1.0f32, 1.0, 1.0];
+        history.apply(&mut logits);
+        assert_eq!(logits, [1.0, 2.0, 1.0]);
+    }
+
+    #[test]
+    fn greedy_moves_off_a_penalised_token() {
+        let logits = [1.0f32, 3.0, 2.0];
+        let mut rng = RowRng::new(0);
+        let pick = |s: &Sampling, prompt: &[u32], rng: &mut RowRng| {
+            let mut l = logits;
+            RowHistory::new(s, 3, prompt).apply(&mut l);
+            sample(&l, s, rng)
+        };
+        assert_eq!(pick(&Sampling::GREEDY, &[1], &mut rng), 1);
+        // 3 / 1.2 = 2.5 still beats 2; 3 / 2 = 1.5 does not.
+        assert_eq!(pick(&with(1.2, 0), &[1], &mut rng), 1);
+        assert_eq!(pick(&with(2.0, 0), &[1], &mut rng), 2);
+        // The same with temperature: the penalty comes first.
+        let hot = Sampling {
+            temperature: 1.0,
+            top_k: 1,
+            ..with(2.0, 0)
+        };
+        assert_eq!(pick(&hot, &[1], &mut rng), 2);
+    }
+
+    #[test]
+    fn a_token_that_would_repeat_an_n_gram_is_banned() {
+        // Bigrams of 5 1 2 1 3 1: (5,1) (1,2) (2,1) (1,3) (3,1). After a 1,
+        // the tokens 2 and 3 would repeat one.
+        let s = with(1.0, 2);
+        let mut history = RowHistory::new(&s, 6, &[5, 1, 2, 1, 3]);
+        history.push(1);
+        let mut logits = [0.0f32; 6];
+        history.apply(&mut logits);
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(logits, [0.0, 0.0, inf, inf, 0.0, 0.0]);
+        // Greedy and sampling both avoid them.
+        let mut rng = RowRng::new(3);
+        let mut logits = [0.0f32, 0.0, 9.0, 8.0, 0.0, 0.0];
+        history.apply(&mut logits);
+        assert_eq!(sample(&logits, &s, &mut rng), 0);
+        let hot = Sampling {
+            temperature: 1.0,
+            ..s
+        };
+        for _ in 0..200 {
+            let t = sample(&logits, &hot, &mut rng);
+            assert!(t != 2 && t != 3, "{t}");
+        }
+        // After a 3 only 1 is banned; trigrams need two tokens of context.
+        history.push(3);
+        let mut logits = [0.0f32; 6];
+        history.apply(&mut logits);
+        assert_eq!(logits, [0.0, inf, 0.0, 0.0, 0.0, 0.0]);
+        let history = RowHistory::new(&with(1.0, 3), 6, &[4]);
+        let mut logits = [0.0f32; 6];
+        history.apply(&mut logits);
+        assert_eq!(logits, [0.0; 6]);
+        // Size 1 bans every token seen.
+        let history = RowHistory::new(&with(1.0, 1), 4, &[0, 2]);
+        let mut logits = [0.0f32; 4];
+        history.apply(&mut logits);
+        assert_eq!(logits, [inf, 0.0, inf, 0.0]);
+    }
+
+    #[test]
+    fn a_ban_of_every_token_is_lifted() {
+        let history = RowHistory::new(&with(1.0, 1), 2, &[0, 1]);
+        let mut logits = [1.0f32, 2.0];
+        history.apply(&mut logits);
+        assert_eq!(logits, [1.0, 2.0]);
+    }
+
+    #[test]
+    fn the_defaults_leave_the_logits_alone() {
+        let history = RowHistory::new(&Sampling::GREEDY, 4, &[0, 1, 0, 1]);
+        let mut logits = [1.0f32, -2.0, 3.0, 0.5];
+        history.apply(&mut logits);
+        assert_eq!(logits, [1.0, -2.0, 3.0, 0.5]);
+        assert!(history.seen.is_empty() && history.tokens.is_empty());
     }
 
     #[test]

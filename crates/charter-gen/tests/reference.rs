@@ -266,6 +266,7 @@ fn sampled_rows_depend_only_on_their_seed() {
         temperature: 1.0,
         top_p: 0.95,
         top_k: 50,
+        ..charter_gen::Sampling::GREEDY
     };
     let mut engine = engine();
     let alone = run(&mut engine, &requests, &options(1, sampling));

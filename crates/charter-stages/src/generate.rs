@@ -204,6 +204,14 @@ pub struct GenSettings {
     /// Keep only the K most likely tokens; 0 disables it.
     #[arg(long, value_name = "K", default_value_t = GenSettings::DEFAULT.top_k)]
     pub top_k: usize,
+    /// Repetition penalty (CTRL, as in Hugging Face transformers) on every
+    /// token already in the row, prompt included; 1 disables it.
+    #[arg(long, value_name = "R", default_value_t = GenSettings::DEFAULT.repetition_penalty)]
+    pub repetition_penalty: f32,
+    /// Never complete an N-gram already in the row, prompt included; 0
+    /// disables it.
+    #[arg(long, value_name = "N", default_value_t = GenSettings::DEFAULT.no_repeat_ngram_size)]
+    pub no_repeat_ngram_size: usize,
     /// Cap on generated tokens per row.
     #[arg(long, value_name = "N", default_value_t = GenSettings::DEFAULT.max_new_tokens)]
     pub max_new_tokens: u32,
@@ -242,6 +250,8 @@ impl GenSettings {
         temperature: 0.7,
         top_p: 0.95,
         top_k: 0,
+        repetition_penalty: 1.0,
+        no_repeat_ngram_size: 0,
         max_new_tokens: 256,
         seed: 0,
         system: None,
@@ -257,12 +267,16 @@ impl GenSettings {
             temperature: self.temperature,
             top_p: self.top_p,
             top_k: self.top_k,
+            repetition_penalty: self.repetition_penalty,
+            no_repeat_ngram_size: self.no_repeat_ngram_size,
         }
     }
 
     /// The settings that determine the output, as recorded in provenance.
+    /// The repetition settings appear only when on, so build keys made
+    /// before they existed still match.
     pub fn canonical(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": self.top_k,
@@ -275,7 +289,14 @@ impl GenSettings {
             "batch_size": self.batch_size,
             "window": self.shard_rows,
             "threads": self.threads,
-        })
+        });
+        if self.repetition_penalty != GenSettings::DEFAULT.repetition_penalty {
+            v["repetition_penalty"] = serde_json::json!(self.repetition_penalty);
+        }
+        if self.no_repeat_ngram_size != GenSettings::DEFAULT.no_repeat_ngram_size {
+            v["no_repeat_ngram_size"] = serde_json::json!(self.no_repeat_ngram_size);
+        }
+        v
     }
 
     /// Checks the values a user can get wrong; the error names the setting.
@@ -291,6 +312,12 @@ impl GenSettings {
             return Err(Error::invalid(
                 "top_p",
                 format!("must be in (0, 1], got {}", s.top_p),
+            ));
+        }
+        if !(s.repetition_penalty > 0.0 && s.repetition_penalty.is_finite()) {
+            return Err(Error::invalid(
+                "repetition_penalty",
+                format!("must be > 0, got {}", s.repetition_penalty),
             ));
         }
         for (field, value) in [

@@ -40,6 +40,48 @@ fn the_recorded_settings_of_the_defaults_are_pinned() {
 }
 
 #[test]
+fn the_repetition_settings_are_recorded_only_when_on() {
+    let default = GenSettings::default().canonical();
+    for key in ["repetition_penalty", "no_repeat_ngram_size"] {
+        assert!(default.get(key).is_none(), "{key} in {default}");
+        assert!(RespondSettings::default().canonical().get(key).is_none());
+    }
+    let on: GenSettings =
+        toml::from_str("repetition_penalty = 1.5\nno_repeat_ngram_size = 3").unwrap();
+    assert_eq!(on.repetition_penalty, 1.5);
+    assert_eq!(on.no_repeat_ngram_size, 3);
+    let sampling = on.sampling();
+    assert_eq!(
+        (sampling.repetition_penalty, sampling.no_repeat_ngram_size),
+        (1.5, 3)
+    );
+    let recorded = on.canonical();
+    assert_eq!(recorded["repetition_penalty"], 1.5);
+    assert_eq!(recorded["no_repeat_ngram_size"], 3);
+    // Each on its own changes the record, and with it the build key.
+    let penalty_only = GenSettings {
+        repetition_penalty: 1.1,
+        ..GenSettings::default()
+    };
+    assert!(
+        penalty_only
+            .canonical()
+            .get("no_repeat_ngram_size")
+            .is_none()
+    );
+    assert_ne!(
+        canonical_json(&penalty_only.canonical()),
+        canonical_json(&default)
+    );
+    let ngram_only = GenSettings {
+        no_repeat_ngram_size: 4,
+        ..GenSettings::default()
+    };
+    assert!(ngram_only.canonical().get("repetition_penalty").is_none());
+    assert_eq!(ngram_only.canonical()["no_repeat_ngram_size"], 4);
+}
+
+#[test]
 fn build_file_fields_read_into_the_settings_and_unknown_ones_are_refused() {
     let respond: RespondSettings = toml::from_str("samples = 2\nlimit = 5").unwrap();
     assert_eq!((respond.samples, respond.limit), (2, Some(5)));
@@ -85,4 +127,17 @@ fn checks_name_the_setting() {
     let mut bad_top_p = PolicyEvalSettings::default();
     bad_top_p.generation.top_p = 1.5;
     assert_eq!(field(bad_top_p.validate().unwrap_err()), "top_p");
+    for penalty in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        let bad = GenSettings {
+            repetition_penalty: penalty,
+            ..GenSettings::default()
+        };
+        assert_eq!(field(bad.validate().unwrap_err()), "repetition_penalty");
+    }
+    let fine = GenSettings {
+        repetition_penalty: 0.8,
+        no_repeat_ngram_size: 1,
+        ..GenSettings::default()
+    };
+    assert!(fine.validate().is_ok());
 }

@@ -303,13 +303,20 @@ input = "resp"
 }
 
 /// A stage kind's settings, from the command line's flags: the long names
-/// as build-file fields (`--no-swap` is `swap = false`).
+/// as build-file fields (a switch `--no-swap` is `swap = false`; a valued
+/// `--no-repeat-ngram-size` is `no_repeat_ngram_size`).
 fn flag_fields<A: clap::Args>() -> Vec<String> {
     let command = A::augment_args(clap::Command::new("stage"));
     command
         .get_arguments()
-        .filter_map(|a| a.get_long())
-        .map(|l| l.strip_prefix("no-").unwrap_or(l).replace('-', "_"))
+        .filter_map(|a| {
+            let long = a.get_long()?;
+            let field = match a.get_action() {
+                clap::ArgAction::SetFalse => long.strip_prefix("no-").unwrap_or(long),
+                _ => long,
+            };
+            Some(field.replace('-', "_"))
+        })
         .collect()
 }
 
