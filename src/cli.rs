@@ -67,6 +67,8 @@ pub(crate) enum Command {
     Score(ScoreArgs),
     /// Remove what interrupted charter runs left under a directory: `*.partial` work, stale lock files, temporary files.
     Gc(GcArgs),
+    /// Write a build's report: one HTML page with its graph, row quality, labels, training and evaluations.
+    Report(ReportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -239,6 +241,15 @@ pub(crate) struct DedupArgs {
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReportArgs {
+    /// A build file, or the output directory of a build (holding `build-report.json`).
+    pub(crate) build: PathBuf,
+    /// The page to write [default: `report.html` in the build's output directory].
+    #[arg(short, long, value_name = "OUT")]
+    pub(crate) output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

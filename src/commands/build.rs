@@ -112,17 +112,25 @@ pub(crate) fn run(args: BuildArgs, quiet: bool) -> Result<()> {
         done.push((outcome, seconds));
     }
     let report = write_report(&plan, &done, None)?;
+    let report_path = plan.report_path();
+    let dir = report_path.parent().unwrap_or(std::path::Path::new("."));
+    let page = dir.join(charter_report::REPORT_FILE);
+    // The build's outputs stand whether or not the page can be made.
+    if let Err(e) = charter_report::write(dir, &page) {
+        eprintln!("warning: no build report page: {e}");
+    }
     if args.json {
         println!("{report}");
     } else if !quiet {
         let count = |s: OutcomeStatus| done.iter().filter(|(o, _)| o.status == s).count();
         eprintln!(
-            "build finished in {:.1}s: {} ran, {} resumed, {} cached; report {}",
+            "build finished in {:.1}s: {} ran, {} resumed, {} cached; report {} and {}",
             build_started.elapsed().as_secs_f64(),
             count(OutcomeStatus::Ran),
             count(OutcomeStatus::Resumed),
             count(OutcomeStatus::Cached),
-            plan.report_path().display()
+            report_path.display(),
+            page.display()
         );
     }
     Ok(())
@@ -181,6 +189,7 @@ fn write_report(
                 "seconds": seconds,
                 "output": o.output.display().to_string(),
                 "content_hash": o.content_hash,
+                "inputs": plan.stage(&o.stage).map(|s| s.dependencies()).unwrap_or_default(),
             });
             if let Some(rate) =
                 charter_build::measured_rate(&entry).or_else(|| before.get(&o.stage).copied())

@@ -9,6 +9,7 @@ mod gc;
 mod inspect;
 mod model;
 mod prompts_import;
+mod report;
 mod respond;
 mod stages;
 mod train;
@@ -47,6 +48,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Train(command) => train::run(command, cli.quiet),
         Command::Score(args) => train::score(args, cli.quiet),
         Command::Gc(args) => gc::run(args),
+        Command::Report(args) => report::run(args, cli.quiet),
     }
 }
 

@@ -31,7 +31,12 @@ pub(crate) fn setup(dir: &Path, n: usize) -> (String, String) {
 }
 
 /// respond → critique → revise → critique → revise → pair → label → two exports.
-fn pipeline(model: &str, prompts: &str, constitution: &str, crit2_extra: &str) -> String {
+pub(crate) fn pipeline(
+    model: &str,
+    prompts: &str,
+    constitution: &str,
+    crit2_extra: &str,
+) -> String {
     format!(
         r#"[build]
 seed = 1
@@ -105,7 +110,8 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
-        if p.file_name().unwrap() != "build-report.json" {
+        if !["build-report.json", "report.html"].contains(&p.file_name().unwrap().to_str().unwrap())
+        {
             out.insert(p.clone(), std::fs::read(&p).unwrap());
         }
     }
@@ -634,6 +640,18 @@ fn a_build_trains_evaluates_and_retrains_only_what_changed() {
         serde_json::from_slice(&std::fs::read(out.join("vs-base/report.json")).unwrap()).unwrap();
     assert_eq!(report["report"]["comparisons"], 2);
     assert!(out.join("vs-base/eval-key.json").is_file());
+    // The page shows the training curves and the evaluation.
+    crate::report::check_page(
+        &out,
+        &[
+            "<h2>Training</h2>",
+            ">sl <",
+            ">pm <",
+            ">rl <",
+            "Policy evaluations",
+            "vs-base",
+        ],
+    );
     // The score stage makes what `charter score` makes.
     assert_eq!(first["scored"].0, "ran");
     let scored = out.join("scored.parquet");

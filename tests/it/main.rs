@@ -17,6 +17,7 @@ mod model_dirs;
 mod model_import;
 mod modes;
 mod outputs;
+mod report;
 mod respond;
 mod shard;
 mod stages;
