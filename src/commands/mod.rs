@@ -142,6 +142,20 @@ fn summarize(
     eprintln!("{}", written(output, table));
 }
 
+/// The most resident memory this process has held, in bytes (Linux's
+/// `VmHWM`; `None` where the kernel does not say).
+fn peak_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// `bytes` in GB with two decimals, for summaries.
+fn gigabytes(bytes: Option<u64>) -> String {
+    bytes.map_or("unknown".into(), |b| format!("{:.2} GB", b as f64 / 1e9))
+}
+
 fn written(output: &Output, summary: &TableSummary) -> String {
     format!(
         "wrote {} rows to {} (content hash {})",

@@ -43,6 +43,7 @@ fn run_stage(
     bar.finish_and_clear();
     file.finish()?;
     let elapsed = started.elapsed().as_secs_f64();
+    let peak = super::peak_memory();
     if json {
         println!(
             "{}",
@@ -55,6 +56,7 @@ fn run_stage(
                 "generated_tokens": summary.generated_tokens,
                 "context_overflows": summary.context_overflows,
                 "seconds": elapsed,
+                "peak_memory_bytes": peak,
                 "output": file.output().display(),
                 "content_hash": summary.table.content_hash,
                 "build_key": summary.table.build_key,
@@ -68,13 +70,14 @@ fn run_stage(
             );
         } else {
             eprintln!(
-                "{name}: {} rows ({} resumed), {} tokens in {:.1}s ({:.1} tok/s), {} did not fit the context",
+                "{name}: {} rows ({} resumed), {} tokens in {:.1}s ({:.1} tok/s), {} did not fit the context; peak memory {}",
                 summary.generated_rows,
                 summary.resumed_rows,
                 summary.generated_tokens,
                 elapsed,
                 summary.generated_tokens as f64 / elapsed.max(1e-9),
-                summary.context_overflows
+                summary.context_overflows,
+                super::gigabytes(peak)
             );
         }
         eprintln!("{}", super::written(file.output(), &summary.table));
@@ -164,9 +167,14 @@ pub(crate) fn eval_labeller(args: EvalLabellerArgs) -> Result<()> {
     };
     let comparisons = charter_stages::read_comparisons(&args.comparisons)?;
     let (mut model, constitution) = open(&args.stage, settings.generation.threads)?;
+    let started = Instant::now();
     let report = charter_stages::eval_labeller(&comparisons, &mut model, &constitution, &settings)
         .with_context(|| format!("evaluating on {}", args.comparisons.display()))?;
-    let json = serde_json::to_string_pretty(&report)?;
+    let (seconds, peak) = (started.elapsed().as_secs_f64(), super::peak_memory());
+    let mut json = serde_json::to_value(&report)?;
+    json["seconds"] = serde_json::json!(seconds);
+    json["peak_memory_bytes"] = serde_json::json!(peak);
+    let json = serde_json::to_string_pretty(&json)?;
     if let Some(out) = &args.output {
         charter_table::write_atomic(out, format!("{json}\n").as_bytes())
             .with_context(|| format!("writing {}", out.display()))?;
@@ -193,6 +201,11 @@ pub(crate) fn eval_labeller(args: EvalLabellerArgs) -> Result<()> {
         );
     }
     println!("mean p(first)  {:.3}", report.mean_p_first);
+    println!(
+        "speed          {:.2} comparisons/s ({seconds:.1} s), peak memory {}",
+        report.comparisons as f64 / seconds.max(1e-9),
+        super::gigabytes(peak)
+    );
     println!("calibration    confidence   comparisons   agreement   mean confidence");
     for b in &report.calibration {
         let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));

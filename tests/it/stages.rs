@@ -193,7 +193,12 @@ fn pairs_labels_and_exports() {
 
     // Soft labels, both orders averaged.
     let labels = path(dir.path(), "labels.parquet");
-    stage("label", &model, &pairs, &labels, &[]);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&stage("label", &model, &pairs, &labels, &["--json"])).unwrap();
+    assert!(
+        summary["peak_memory_bytes"].as_u64().unwrap() > 1_000_000,
+        "{summary}"
+    );
     for l in rows(&labels) {
         let (p_a, ab, ba) = (
             l["p_a"].as_f64().unwrap(),
@@ -370,6 +375,12 @@ fn eval_labeller_reports_alignment_calibration_and_position_bias() {
         .sum();
     assert_eq!(counted, 6);
     assert!((0.0..=1.0).contains(&report["position_bias"].as_f64().unwrap()));
+    // Its cost: seconds and the process's peak memory (Linux reports it).
+    assert!(report["seconds"].as_f64().unwrap() > 0.0);
+    assert!(
+        report["peak_memory_bytes"].as_u64().unwrap() > 1_000_000,
+        "{report}"
+    );
     let one: serde_json::Value = serde_json::from_slice(&ok(&[
         "eval",
         "labeller",
