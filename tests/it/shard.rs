@@ -76,11 +76,17 @@ name = "prefs"
 kind = "export"
 input = "labels"
 format = "preference"
+
+[[stage]]
+name = "clean"
+kind = "filter"
+input = "revisions-2"
+drop = ["repetition"]
 "#
     )
 }
 
-const OUTPUTS: [&str; 7] = [
+const OUTPUTS: [&str; 8] = [
     "responses.parquet",
     "critiques-1.parquet",
     "revisions-1.parquet",
@@ -88,6 +94,7 @@ const OUTPUTS: [&str; 7] = [
     "revisions-2.parquet",
     "pairs.parquet",
     "labels.parquet",
+    "clean.parquet",
 ];
 
 fn assert_same_outputs(a: &Path, b: &Path, what: &str) {
