@@ -98,8 +98,15 @@ pub struct Decoder {
     dims: DecoderDims,
 }
 
+/// The cores this process may run on: its CPU affinity and cgroup quota
+/// taken into account (at least 1).
+pub fn available_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 impl Decoder {
-    /// Opens `dir/model.onnx` with `threads` intra-op threads.
+    /// Opens `dir/model.onnx` with `threads` intra-op threads; 0 means
+    /// every core available to the process ([`available_threads`]).
     ///
     /// With `CHARTER_ORT_PROFILE=PREFIX` set, ONNX Runtime writes a per-op
     /// timing profile (`PREFIX_<date>.json`, Chrome trace format) when the
@@ -118,7 +125,11 @@ impl Decoder {
             .map_err(ort_err)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(|e| ort_err(e.into()))?
-            .with_intra_threads(threads.max(1))
+            .with_intra_threads(if threads == 0 {
+                available_threads()
+            } else {
+                threads
+            })
             .map_err(|e| ort_err(e.into()))?;
         if let Some(prefix) = std::env::var_os("CHARTER_ORT_PROFILE") {
             builder = builder

@@ -14,7 +14,7 @@ mod error;
 pub mod runtime;
 pub mod sampling;
 
-pub use decoder::{Decoder, DecoderDims, KvCache};
+pub use decoder::{Decoder, DecoderDims, KvCache, available_threads};
 pub use engine::{Completion, Engine, EngineStats, FinishReason, GenerateOptions, Request};
 pub use error::{Error, Result};
 pub use sampling::Sampling;

@@ -233,7 +233,8 @@ pub struct GenSettings {
     /// most work an interrupted run loses.
     #[arg(long, value_name = "N", default_value_t = GenSettings::DEFAULT.shard_rows)]
     pub shard_rows: usize,
-    /// Intra-op threads for ONNX Runtime.
+    /// Intra-op threads for ONNX Runtime; 0: every core available to the
+    /// process. Results do not depend on it, so it is not part of the build key.
     #[arg(long, value_name = "N", default_value_t = GenSettings::DEFAULT.threads)]
     pub threads: usize,
 }
@@ -258,7 +259,7 @@ impl GenSettings {
         stop: Vec::new(),
         batch_size: 16,
         shard_rows: 64,
-        threads: 1,
+        threads: 0,
     };
 
     /// How tokens are chosen.
@@ -285,10 +286,11 @@ impl GenSettings {
             "system": self.system,
             "stop": self.stop,
             // Batch composition can change float rounding, so the schedule
-            // is part of what determines the bytes.
+            // is part of what determines the bytes. Threads are not: ONNX
+            // Runtime splits work by output, and the same rows come out on
+            // any number of threads (tests/it/default_model.rs checks).
             "batch_size": self.batch_size,
             "window": self.shard_rows,
-            "threads": self.threads,
         });
         if self.repetition_penalty != GenSettings::DEFAULT.repetition_penalty {
             v["repetition_penalty"] = serde_json::json!(self.repetition_penalty);
@@ -324,7 +326,6 @@ impl GenSettings {
             ("max_new_tokens", self.max_new_tokens as usize),
             ("batch_size", self.batch_size),
             ("shard_rows", self.shard_rows),
-            ("threads", self.threads),
         ] {
             if value == 0 {
                 return Err(Error::invalid(field, "must be at least 1"));
