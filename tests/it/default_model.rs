@@ -154,7 +154,12 @@ fn the_example_build_runs_on_the_default_model() {
     let example = std::fs::read_to_string(root.join("examples/cai.toml")).unwrap();
     let small = example
         .replace("limit = 8", "limit = 2")
-        .replace("max_new_tokens = 128", "max_new_tokens = 16");
+        .replace("max_new_tokens = 128", "max_new_tokens = 16")
+        // 16 tokens cut every revision off: keep them, with their flags.
+        .replace(
+            "input = \"revisions-4\"\n",
+            "input = \"revisions-4\"\ndrop = []\n",
+        );
     assert_ne!(small, example, "examples/cai.toml changed shape");
     std::fs::create_dir_all(d.join("examples")).unwrap();
     let build = file(&d.join("examples"), "cai.toml", small);
@@ -243,6 +248,35 @@ fn the_example_build_runs_on_the_default_model() {
         assert!((0.0..=1.0).contains(&w), "{axis}: {report}");
     }
 
+    // Threads change speed, not rows: the pairs labelled on one thread and
+    // on two give the same table.
+    let labelled: Vec<serde_json::Value> = ["1", "2"]
+        .iter()
+        .map(|threads| {
+            let to = d.join(format!("labels-{threads}.parquet"));
+            ok(&[
+                "label",
+                "-m",
+                d.join("out/smollm2").to_str().unwrap(),
+                "-c",
+                d.join("constitutions/harmless.toml").to_str().unwrap(),
+                "-i",
+                out.join("pairs.parquet").to_str().unwrap(),
+                "-o",
+                to.to_str().unwrap(),
+                "--threads",
+                threads,
+            ]);
+            inspect(to.to_str().unwrap())["content_hash"].clone()
+        })
+        .collect();
+    assert_eq!(labelled[0], labelled[1]);
+    // The build's page, on the default model's rows.
+    crate::report::check_page(
+        &out,
+        &["What to look at", "Label quality", "<h2>Training</h2>"],
+    );
+
     // Nothing to do the second time.
     let tables = || {
         let mut paths: Vec<_> = std::fs::read_dir(&out)
@@ -272,8 +306,8 @@ fn the_example_build_runs_on_the_default_model() {
     let after = tables();
     assert_eq!(
         before.len(),
-        15,
-        "two prompts tables, eleven tables, two exports"
+        16,
+        "two prompts tables, twelve tables, two exports"
     );
     assert_eq!(before, after);
 }
