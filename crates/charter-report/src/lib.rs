@@ -75,6 +75,9 @@ struct StageRecord {
     /// The stages it reads (absent from reports of older builds).
     #[serde(default)]
     inputs: Vec<String>,
+    /// Seconds per row when it last ran (kept while it is cached).
+    #[serde(default)]
+    seconds_per_row: Option<f64>,
 }
 
 /// A build's stages with their outputs found on disk.
@@ -261,7 +264,14 @@ fn overview(build: &Build, tables: &[(&StageRecord, TableFile)], findings: &str)
                 esc(&s.status),
                 n(s.rows),
                 n(s.tokens),
-                n(format!("{:.1}", s.seconds)),
+                n(match (s.status.as_str(), s.seconds_per_row) {
+                    ("cached", Some(rate)) => format!(
+                        "{:.1} <span class=\"muted\">(last run {:.1})</span>",
+                        s.seconds,
+                        rate * s.rows as f64
+                    ),
+                    _ => format!("{:.1}", s.seconds),
+                }),
                 format!(
                     "<code>{}</code>",
                     esc(&s.content_hash[..s.content_hash.len().min(16)])
