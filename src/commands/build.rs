@@ -102,7 +102,9 @@ pub(crate) fn run(args: BuildArgs, quiet: bool) -> Result<()> {
                     stage.output.display()
                 ));
                 // Record what finished before the failure; the error is what matters.
-                let _ = write_report(&plan, &done, Some(&stage.name));
+                if write_report(&plan, &done, Some(&stage.name)).is_ok() {
+                    write_page(&plan);
+                }
                 return Err(err);
             }
         };
@@ -112,13 +114,7 @@ pub(crate) fn run(args: BuildArgs, quiet: bool) -> Result<()> {
         done.push((outcome, seconds));
     }
     let report = write_report(&plan, &done, None)?;
-    let report_path = plan.report_path();
-    let dir = report_path.parent().unwrap_or(std::path::Path::new("."));
-    let page = dir.join(charter_report::REPORT_FILE);
-    // The build's outputs stand whether or not the page can be made.
-    if let Err(e) = charter_report::write(dir, &page) {
-        eprintln!("warning: no build report page: {e}");
-    }
+    let page = write_page(&plan);
     if args.json {
         println!("{report}");
     } else if !quiet {
@@ -129,7 +125,7 @@ pub(crate) fn run(args: BuildArgs, quiet: bool) -> Result<()> {
             count(OutcomeStatus::Ran),
             count(OutcomeStatus::Resumed),
             count(OutcomeStatus::Cached),
-            report_path.display(),
+            plan.report_path().display(),
             page.display()
         );
     }
@@ -217,6 +213,18 @@ fn write_report(
     )
     .with_context(|| format!("writing {}", path.display()))?;
     Ok(report)
+}
+
+/// Writes the build's page beside its `build-report.json`; returns its path.
+/// The build's outputs stand whether or not the page can be made.
+fn write_page(plan: &BuildPlan) -> std::path::PathBuf {
+    let report = plan.report_path();
+    let dir = report.parent().unwrap_or(std::path::Path::new("."));
+    let page = dir.join(charter_report::REPORT_FILE);
+    if let Err(e) = charter_report::write(dir, &page) {
+        eprintln!("warning: no build report page: {e}");
+    }
+    page
 }
 
 fn dry_run(plan: &BuildPlan, force: &[String], json: bool) -> Result<()> {

@@ -144,3 +144,24 @@ fn report_names_a_directory_that_holds_no_build() {
     );
     assert!(!dir.path().join("report.html").exists());
 }
+
+#[test]
+fn a_failed_build_still_writes_its_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = file(dir.path(), "p.txt", "A question\n");
+    let prompts = dir.path().join("prompts.parquet");
+    ok(&["prompts", "import", &lines, "-o", prompts.to_str().unwrap()]);
+    let build = file(
+        dir.path(),
+        "b.toml",
+        format!(
+            "[build]\nout = \"out\"\n[[stage]]\nname = \"prompts\"\nkind = \"table\"\npath = \"{}\"\n\
+             [[stage]]\nname = \"clean\"\nkind = \"filter\"\ninput = \"prompts\"\n",
+            prompts.display()
+        ),
+    );
+    let err = fails(&["build", &build], None);
+    assert!(err.contains("not a `prompts` table"), "{err}");
+    let html = std::fs::read_to_string(dir.path().join("out/report.html")).unwrap();
+    assert!(html.contains("failed at stage clean"), "{html}");
+}
