@@ -7,10 +7,11 @@
 //! (continuous batching, greedy, `--max-new` tokens per prompt): decode
 //! tokens/s (tokens after each row's first, over the time in decode steps —
 //! what the peer script reports as decode) and end-to-end tokens/s (every
-//! generated token over the wall time, prefill included). The peer comparison (llama-cpp-python on the same GGUF) is
-//! `benches/peer_llama_cpp.py`; see benches/README.md.
+//! generated token over the wall time, prefill included). The peers (llama.cpp
+//! through llama-cpp-python on the same GGUF, one stream at a time and with
+//! its batched decoding) are `benches/peer_llama_cpp*.py`; see benches/README.md.
 //!
-//! Run: `cargo bench --bench generate -- [--formats f32,int8,int4,…] [--batches 1,8,32,64] [--prompts N] [--max-new N] [--threads N] [--dump-prompts FILE [--dump-only]]`
+//! Run: `cargo bench --bench generate -- [--formats f32,int8,int4,…] [--batches 1,8,32,64] [--prompts N] [--max-new N] [--threads N (0, the default: every core)] [--dump-prompts FILE [--dump-only]]`
 //!
 //! Formats: `f32`, `int8` and `int4` as `charter model import --dtype` writes
 //! them; `int8-exact` (f32 activations); `int4-integer` (integer zero points
@@ -82,7 +83,11 @@ fn main() {
 
     let n_prompts: usize = arg("--prompts", "64").parse().unwrap();
     let max_new: usize = arg("--max-new", "64").parse().unwrap();
-    let threads: usize = arg("--threads", "1").parse().unwrap();
+    // 0, as charter's own default: every core available.
+    let threads = match arg("--threads", "0").parse().unwrap() {
+        0 => charter_gen::available_threads(),
+        n => n,
+    };
     let batches: Vec<usize> = arg("--batches", "1,8,32,64")
         .split(',')
         .map(|b| b.parse().unwrap())
