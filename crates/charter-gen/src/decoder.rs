@@ -261,6 +261,70 @@ impl Decoder {
         Ok(logits.to_vec())
     }
 
+    /// Runs `tokens[b]` (every slot the same number of tokens, at least
+    /// one) after the `lens[b]` cached positions of slot `b` of `kv`,
+    /// appending them to the cache. Returns `[batch, m, vocab]` logits, one
+    /// row per new token. ONNX Runtime's attention takes several new tokens
+    /// after a cache for one slot at a time: with `m > 1`, `kv` must hold
+    /// one slot.
+    pub fn extend(
+        &mut self,
+        tokens: &[Vec<u32>],
+        lens: &[usize],
+        kv: &mut KvCache,
+    ) -> Result<Vec<f32>> {
+        let b = kv.batch;
+        let m = tokens.first().map_or(0, Vec::len);
+        if tokens.len() != b
+            || lens.len() != b
+            || m == 0
+            || tokens.iter().any(|t| t.len() != m)
+            || lens.iter().any(|&l| l + m > kv.capacity)
+        {
+            return Err(Error::Run(format!(
+                "extend: {b} slots of capacity {} need {b} equal, non-empty token runs that fit",
+                kv.capacity
+            )));
+        }
+        let total = lens.iter().max().map_or(m, |l| l + m);
+        let mut mask = vec![0i64; b * total];
+        for (r, &l) in lens.iter().enumerate() {
+            mask[r * total..r * total + l + m].fill(1);
+        }
+        let ids: Vec<i64> = tokens.iter().flatten().map(|&t| i64::from(t)).collect();
+        let positions: Vec<i64> = (0..b).flat_map(|_| 0..m as i64).collect();
+        let run_err = |e: ort::Error| Error::Run(e.to_string());
+        let mut binding = self.session.create_binding().map_err(run_err)?;
+        let small =
+            |shape: [usize; 2], data: Vec<i64>| Tensor::from_array((shape, data)).map_err(run_err);
+        binding
+            .bind_input("input_ids", &small([b, m], ids)?)
+            .map_err(run_err)?;
+        binding
+            .bind_input("attention_mask", &small([b, total], mask)?)
+            .map_err(run_err)?;
+        binding
+            .bind_input("logit_positions", &small([b, m], positions)?)
+            .map_err(run_err)?;
+        for (i, t) in kv.tensors.iter_mut().enumerate() {
+            let (layer, kind) = (i / 2, if i % 2 == 0 { "key" } else { "value" });
+            binding
+                .bind_input(format!("past_key_values.{layer}.{kind}"), &*t)
+                .map_err(run_err)?;
+            binding
+                .bind_output(format!("present.{layer}.{kind}"), t)
+                .map_err(run_err)?;
+        }
+        binding
+            .bind_output_to_device("logits", self.session.allocator().memory_info())
+            .map_err(run_err)?;
+        let outputs = self.session.run_binding(&binding).map_err(run_err)?;
+        let (_, logits) = outputs["logits"]
+            .try_extract_tensor::<f32>()
+            .map_err(run_err)?;
+        Ok(logits.to_vec())
+    }
+
     /// Logits at every position of `rows` (no past), right-padded to the
     /// longest: `[rows, width, vocab]`, with the width.
     pub fn logits_all(&mut self, rows: &[&[u32]]) -> Result<(Vec<f32>, usize)> {
