@@ -415,38 +415,3 @@ fn quantised_exports_stay_close_to_the_reference() {
         }
     }
 }
-
-/// Scoring several choices from one pass over each context gives exactly
-/// the numbers scoring every (context, choice) pair on its own gives, at
-/// any batch size, for choices of one token and of several.
-#[test]
-fn choices_from_one_pass_per_context_match_pairwise_scoring_exactly() {
-    let cases = cases();
-    let contexts: Vec<Vec<u32>> = cases
-        .iter()
-        .flat_map(|c| {
-            let prompt: Vec<u32> = c.prompt_ids.iter().map(|&t| t as u32).collect();
-            let greedy: Vec<u32> = c.greedy_ids.iter().map(|&t| t as u32).collect();
-            [prompt.clone(), [prompt.as_slice(), &greedy[..4]].concat()]
-        })
-        .collect();
-    let choices = vec![vec![330, 32, 41], vec![330, 33, 41], vec![28]];
-    let pairs: Vec<(Vec<u32>, Vec<u32>)> = contexts
-        .iter()
-        .flat_map(|c| choices.iter().map(move |ch| (c.clone(), ch.clone())))
-        .collect();
-    let mut engine = engine();
-    let want = engine.score(&pairs, 4).unwrap();
-    for batch in [1, 2, 8] {
-        let got = engine.score_choices(&contexts, &choices, batch).unwrap();
-        for (c, per_choice) in got.iter().enumerate() {
-            for (j, tokens) in per_choice.iter().enumerate() {
-                assert_eq!(
-                    tokens,
-                    &want[c * choices.len() + j],
-                    "batch {batch}, context {c}, choice {j}"
-                );
-            }
-        }
-    }
-}

@@ -287,7 +287,8 @@ pub(crate) fn judge(
             reasoning[i] = Some(text);
         }
     }
-    // Score "(A)" and "(B)" after each context: one pass per context.
+    // Score "(A)" and "(B)" after each context.
+    let mut scoring = Vec::with_capacity(contexts.len() * 2);
     for (i, ctx) in contexts.iter_mut().enumerate() {
         ctx.extend_from_slice(&choices.prefix);
         if ctx.len() + choices.a.len().max(choices.b.len()) > model.max_context() {
@@ -297,14 +298,13 @@ pub(crate) fn judge(
                 limit: model.max_context(),
             });
         }
+        scoring.push((ctx.clone(), choices.a.clone()));
+        scoring.push((ctx.clone(), choices.b.clone()));
     }
-    let scores = model.engine.score_choices(
-        &contexts,
-        &[choices.a.clone(), choices.b.clone()],
-        settings.generation.batch_size.max(1),
-    )?;
-    // Row 2c + j: context c, choice j (A, then B).
-    let lp = |i: usize| -> f64 { scores[i / 2][i % 2].iter().sum() };
+    let scores = model
+        .engine
+        .score(&scoring, settings.generation.batch_size.max(1))?;
+    let lp = |i: usize| -> f64 { scores[i].iter().sum() };
     let mut out = Vec::with_capacity(items.len());
     let mut reasoning = reasoning.into_iter();
     for k in 0..items.len() {
