@@ -132,6 +132,19 @@ fn a_build_writes_its_report_page() {
         std::fs::read(&from_file).unwrap(),
         std::fs::read(out.join("report.html")).unwrap()
     );
+    // A table that can no longer be read is named, not silently left out.
+    std::fs::write(out.join("labels.parquet"), "not parquet").unwrap();
+    ok(&[
+        "report",
+        out.to_str().unwrap(),
+        "-o",
+        from_file.to_str().unwrap(),
+    ]);
+    let html = std::fs::read_to_string(&from_file).unwrap();
+    assert!(
+        html.contains("<b>labels</b>: its table cannot be read, so the page leaves it out"),
+        "{html}"
+    );
 }
 
 #[test]

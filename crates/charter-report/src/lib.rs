@@ -120,22 +120,32 @@ impl Build {
             .map(|(s, p)| (s, p.as_path()))
     }
 
-    /// The charter tables the stages wrote, by stage, in build order.
-    fn tables(&self) -> Vec<(&StageRecord, TableFile)> {
-        self.report
-            .stages
-            .iter()
-            .zip(&self.outputs)
-            .filter(|(_, p)| p.extension().is_some_and(|e| e == "parquet"))
-            .filter_map(|(s, p)| TableFile::open(p).ok().map(|t| (s, t)))
-            .collect()
+    /// The tables the stages wrote, by stage, in build order, and a
+    /// finding for each one that cannot be read.
+    fn tables(&self, findings: &mut Vec<String>) -> Vec<(&StageRecord, TableFile)> {
+        let mut tables = Vec::new();
+        for (s, p) in self.report.stages.iter().zip(&self.outputs) {
+            if p.extension().is_none_or(|e| e != "parquet") {
+                continue;
+            }
+            match TableFile::open(p) {
+                Ok(t) => tables.push((s, t)),
+                Err(e) => findings.push(format!(
+                    "<b>{}</b>: its table cannot be read, so the page leaves it out: {}",
+                    esc(&s.stage),
+                    esc(&e.to_string())
+                )),
+            }
+        }
+        tables
     }
 }
 
 /// The report of the build whose output directory is `dir`, as HTML.
 pub fn render(dir: &Path) -> Result<String> {
     let build = Build::load(dir)?;
-    let tables = build.tables();
+    let mut findings = Vec::new();
+    let tables = build.tables(&mut findings);
     let named = |name: &str| -> Vec<(&StageRecord, &TableFile)> {
         tables
             .iter()
@@ -143,7 +153,6 @@ pub fn render(dir: &Path) -> Result<String> {
             .map(|(s, t)| (*s, t))
             .collect()
     };
-    let mut findings = Vec::new();
     let mut body = String::new();
     body.push_str(&flags_section(
         &[
