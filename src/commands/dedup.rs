@@ -17,34 +17,24 @@ pub(crate) fn run(args: DedupArgs, quiet: bool) -> Result<()> {
     .with_context(|| format!("dedup → {}", output.display()))?;
     progress.finish_and_clear();
     let (read, dups) = (summary.read.read, summary.dups);
+    let wrote = super::Wrote {
+        output: &output,
+        table: &summary.table,
+        cached: summary.cached,
+    };
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "read": read,
-                "exact_duplicates": dups.exact,
-                "near_duplicates": dups.near,
-                "kept": summary.table.rows,
-                "cached": summary.cached,
-                "output": output.display(),
-                "content_hash": summary.table.content_hash,
-                "build_key": summary.table.build_key,
-            })
-        );
+        wrote.json(serde_json::json!({
+            "read": read,
+            "exact_duplicates": dups.exact,
+            "near_duplicates": dups.near,
+        }));
     } else {
-        super::summarize(
-            quiet,
-            &output,
-            &summary.table,
-            summary.cached,
-            "input and settings",
-            || {
-                format!(
-                    "read {read}, exact duplicates {}, near duplicates {}, kept {}",
-                    dups.exact, dups.near, dups.kept
-                )
-            },
-        );
+        wrote.say(quiet, "input and settings", || {
+            format!(
+                "read {read}, exact duplicates {}, near duplicates {}, kept {}",
+                dups.exact, dups.near, dups.kept
+            )
+        });
     }
     Ok(())
 }

@@ -13,52 +13,42 @@ pub(crate) fn run(args: FilterArgs, quiet: bool) -> Result<()> {
     let summary = filter_table(&table, &args.settings, &output)
         .with_context(|| format!("filter → {}", output.display()))?;
     let flagged = |f: Flag| summary.flagged.get(&f).copied().unwrap_or(0);
+    let wrote = super::Wrote {
+        output: &output,
+        table: &summary.table,
+        cached: summary.cached,
+    };
     if args.json {
         let flags: serde_json::Map<String, serde_json::Value> = Flag::ALL
             .iter()
             .map(|f| (f.as_str().to_string(), flagged(*f).into()))
             .collect();
-        println!(
-            "{}",
-            serde_json::json!({
-                "read": summary.read,
-                "flagged": flags,
-                "dropped": summary.dropped,
-                "kept": summary.table.rows,
-                "cached": summary.cached,
-                "output": output.display(),
-                "content_hash": summary.table.content_hash,
-                "build_key": summary.table.build_key,
-            })
-        );
+        wrote.json(serde_json::json!({
+            "read": summary.read,
+            "flagged": flags,
+            "dropped": summary.dropped,
+        }));
     } else {
-        super::summarize(
-            quiet,
-            &output,
-            &summary.table,
-            summary.cached,
-            "input and settings",
-            || {
-                let counts: Vec<String> = Flag::ALL
-                    .iter()
-                    .map(|f| {
-                        let kept = if args.settings.drop.contains(f) {
-                            ""
-                        } else {
-                            " (kept)"
-                        };
-                        format!("{f} {}{kept}", flagged(*f))
-                    })
-                    .collect();
-                format!(
-                    "read {}, flagged: {}; dropped {}, kept {}",
-                    summary.read,
-                    counts.join(", "),
-                    summary.dropped,
-                    summary.table.rows
-                )
-            },
-        );
+        wrote.say(quiet, "input and settings", || {
+            let counts: Vec<String> = Flag::ALL
+                .iter()
+                .map(|f| {
+                    let kept = if args.settings.drop.contains(f) {
+                        ""
+                    } else {
+                        " (kept)"
+                    };
+                    format!("{f} {}{kept}", flagged(*f))
+                })
+                .collect();
+            format!(
+                "read {}, flagged: {}; dropped {}, kept {}",
+                summary.read,
+                counts.join(", "),
+                summary.dropped,
+                summary.table.rows
+            )
+        });
     }
     Ok(())
 }

@@ -116,30 +116,42 @@ impl OutputFile {
     }
 }
 
-/// One line on stderr saying what was written.
-/// Prints on stderr, unless `quiet`, what a command that writes one table
-/// did: `ran()` when it wrote, or that `output` was up to date (the same
-/// `same`), then where the rows are.
-fn summarize(
-    quiet: bool,
-    output: &Output,
-    table: &TableSummary,
+/// What a command that writes one table did: the table written, or found
+/// up to date (`cached`).
+struct Wrote<'a> {
+    output: &'a Output,
+    table: &'a TableSummary,
     cached: bool,
-    same: &str,
-    ran: impl FnOnce() -> String,
-) {
-    if quiet {
-        return;
+}
+
+impl Wrote<'_> {
+    /// `--json`: the command's `fields` and the table's, one object on stdout.
+    fn json(&self, mut fields: serde_json::Value) {
+        let t = self.table;
+        fields["kept"] = t.rows.into();
+        fields["cached"] = self.cached.into();
+        fields["output"] = self.output.display().into();
+        fields["content_hash"] = t.content_hash.clone().into();
+        fields["build_key"] = t.build_key.clone().into();
+        println!("{fields}");
     }
-    if cached {
-        eprintln!(
-            "{} is up to date (same {same}): nothing to do",
-            output.display()
-        );
-    } else {
-        eprintln!("{}", ran());
+
+    /// On stderr unless `quiet`: `ran()` when it wrote, or that the output
+    /// was up to date (the same `same`), then where the rows are.
+    fn say(&self, quiet: bool, same: &str, ran: impl FnOnce() -> String) {
+        if quiet {
+            return;
+        }
+        if self.cached {
+            eprintln!(
+                "{} is up to date (same {same}): nothing to do",
+                self.output.display()
+            );
+        } else {
+            eprintln!("{}", ran());
+        }
+        eprintln!("{}", written(self.output, self.table));
     }
-    eprintln!("{}", written(output, table));
 }
 
 /// The most resident memory this process has held, in bytes (Linux's
@@ -156,6 +168,7 @@ fn gigabytes(bytes: Option<u64>) -> String {
     bytes.map_or("unknown".into(), |b| format!("{:.2} GB", b as f64 / 1e9))
 }
 
+/// One line on stderr saying what was written.
 fn written(output: &Output, summary: &TableSummary) -> String {
     format!(
         "wrote {} rows to {} (content hash {})",

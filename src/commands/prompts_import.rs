@@ -16,36 +16,26 @@ pub(crate) fn run(args: ImportArgs, quiet: bool) -> Result<()> {
     .with_context(|| format!("prompts import → {}", output.display()))?;
     progress.finish_and_clear();
     let (counts, dups) = (summary.read, summary.dups);
+    let wrote = super::Wrote {
+        output: &output,
+        table: &summary.table,
+        cached: summary.cached,
+    };
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "read": counts.read,
-                "empty": counts.empty,
-                "invalid": counts.invalid,
-                "exact_duplicates": dups.exact,
-                "near_duplicates": dups.near,
-                "kept": summary.table.rows,
-                "cached": summary.cached,
-                "output": output.display(),
-                "content_hash": summary.table.content_hash,
-                "build_key": summary.table.build_key,
-            })
-        );
+        wrote.json(serde_json::json!({
+            "read": counts.read,
+            "empty": counts.empty,
+            "invalid": counts.invalid,
+            "exact_duplicates": dups.exact,
+            "near_duplicates": dups.near,
+        }));
     } else {
-        super::summarize(
-            quiet,
-            &output,
-            &summary.table,
-            summary.cached,
-            "files and settings",
-            || {
-                format!(
-                    "read {}, empty {}, invalid {}, exact duplicates {}, near duplicates {}, kept {}",
-                    counts.read, counts.empty, counts.invalid, dups.exact, dups.near, dups.kept
-                )
-            },
-        );
+        wrote.say(quiet, "files and settings", || {
+            format!(
+                "read {}, empty {}, invalid {}, exact duplicates {}, near duplicates {}, kept {}",
+                counts.read, counts.empty, counts.invalid, dups.exact, dups.near, dups.kept
+            )
+        });
     }
     Ok(())
 }

@@ -161,8 +161,12 @@ pub(crate) fn score(args: ScoreArgs, quiet: bool) -> Result<()> {
             })
         );
     } else {
-        let same = "table, model and settings";
-        super::summarize(quiet, &output, &summary.table, summary.cached, same, || {
+        let wrote = super::Wrote {
+            output: &output,
+            table: &summary.table,
+            cached: summary.cached,
+        };
+        wrote.say(quiet, "table, model and settings", || {
             format!(
                 "scored {} answers ({} left without a score: prompt longer than --max-len)",
                 summary.scored, summary.unscored

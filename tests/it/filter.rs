@@ -226,35 +226,24 @@ fn filter_refuses_tables_it_cannot_judge_and_bad_settings() {
 
     let rev = dir.path().join("rev.parquet");
     planted(&rev);
-    let err = fails(
-        &[
+    for (flags, message) in [
+        (
+            ["--max-repeated-lines", "2"],
+            "setting `max_repeated_lines`: must be in [0, 1], got 2",
+        ),
+        (["--drop", "loops"], "invalid value 'loops'"),
+    ] {
+        let mut args = vec![
             "filter",
             "-i",
             rev.to_str().unwrap(),
             "-o",
             out.to_str().unwrap(),
-            "--max-repeated-lines",
-            "2",
-        ],
-        None,
-    );
-    assert!(
-        err.contains("setting `max_repeated_lines`: must be in [0, 1], got 2"),
-        "{err}"
-    );
-    let err = fails(
-        &[
-            "filter",
-            "-i",
-            rev.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--drop",
-            "loops",
-        ],
-        None,
-    );
-    assert!(err.contains("invalid value 'loops'"), "{err}");
+        ];
+        args.extend(flags);
+        let err = fails(&args, None);
+        assert!(err.contains(message), "{err}");
+    }
 }
 
 #[test]

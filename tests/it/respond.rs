@@ -156,29 +156,34 @@ fn respond_writes_a_reproducible_responses_table() {
     );
 }
 
+/// Greedy answers of at most 40 tokens from `model` to `table`, written to
+/// `out` with `extra` flags; the table as `inspect --json` shows it.
+fn greedy(out: &Path, model: &str, table: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "respond",
+        "-m",
+        model,
+        "-i",
+        table,
+        "-o",
+        out.to_str().unwrap(),
+        "--max-new-tokens",
+        "40",
+        "--temperature",
+        "0",
+    ];
+    args.extend(extra);
+    ok(&args);
+    inspect(out.to_str().unwrap())
+}
+
 #[test]
 fn a_stop_string_ends_the_answer_and_is_cut_from_it() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny(dir.path());
     let table = prompts(dir.path(), 1);
     let run = |name: &str, extra: &[&str]| {
-        let out = dir.path().join(name);
-        let mut args = vec![
-            "respond",
-            "-m",
-            &model,
-            "-i",
-            &table,
-            "-o",
-            out.to_str().unwrap(),
-            "--max-new-tokens",
-            "40",
-            "--temperature",
-            "0",
-        ];
-        args.extend(extra);
-        ok(&args);
-        inspect(out.to_str().unwrap())["head"][0].clone()
+        greedy(&dir.path().join(name), &model, &table, extra)["head"][0].clone()
     };
     let free = run("free.parquet", &[]);
     let text = free["text"].as_str().unwrap().to_string();
@@ -198,25 +203,7 @@ fn the_repetition_settings_change_the_answer_and_are_recorded_only_when_on() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny(dir.path());
     let table = prompts(dir.path(), 1);
-    let run = |name: &str, extra: &[&str]| {
-        let out = dir.path().join(name);
-        let mut args = vec![
-            "respond",
-            "-m",
-            &model,
-            "-i",
-            &table,
-            "-o",
-            out.to_str().unwrap(),
-            "--max-new-tokens",
-            "40",
-            "--temperature",
-            "0",
-        ];
-        args.extend(extra);
-        ok(&args);
-        inspect(out.to_str().unwrap())
-    };
+    let run = |name: &str, extra: &[&str]| greedy(&dir.path().join(name), &model, &table, extra);
     let free = run("free.parquet", &[]);
     let settings = &free["metadata"]["charter.settings"];
     assert!(settings.get("repetition_penalty").is_none(), "{settings}");

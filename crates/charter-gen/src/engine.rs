@@ -186,9 +186,7 @@ impl Engine {
                     let mut rng = RowRng::new(req.seed);
                     let mut history = RowHistory::new(&options.sampling, dims.vocab, &req.prompt);
                     let row = &mut logits[g * dims.vocab..(g + 1) * dims.vocab];
-                    history.apply(row);
-                    let token = sample(row, &options.sampling, &mut rng) as u32;
-                    history.push(token);
+                    let token = next_token(row, &options.sampling, &mut history, &mut rng);
                     slots[free[g]] = Some(Row {
                         index: *index,
                         rng,
@@ -234,9 +232,7 @@ impl Engine {
                 if let Some(row) = row {
                     row.len += 1;
                     let next = &mut logits[s * dims.vocab..(s + 1) * dims.vocab];
-                    row.history.apply(next);
-                    let token = sample(next, &options.sampling, &mut row.rng) as u32;
-                    row.history.push(token);
+                    let token = next_token(next, &options.sampling, &mut row.history, &mut row.rng);
                     row.tokens.push(token);
                 }
             }
@@ -296,6 +292,19 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+/// A row's next token from its logits: the repetition settings, then sampling.
+fn next_token(
+    logits: &mut [f32],
+    sampling: &Sampling,
+    history: &mut RowHistory,
+    rng: &mut RowRng,
+) -> u32 {
+    history.apply(logits);
+    let token = sample(logits, sampling, rng) as u32;
+    history.push(token);
+    token
 }
 
 /// Hands finished rows to `done` and frees their slots.

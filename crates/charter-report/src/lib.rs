@@ -154,6 +154,7 @@ pub fn render(dir: &Path) -> Result<String> {
             .collect()
     };
     let mut body = String::new();
+    let mut flags = BTreeMap::new();
     body.push_str(&flags_section(
         &[
             named(RESPONSES.name),
@@ -162,8 +163,9 @@ pub fn render(dir: &Path) -> Result<String> {
         ]
         .concat(),
         &mut findings,
+        &mut flags,
     )?);
-    body.push_str(&rounds_section(&named(REVISIONS.name))?);
+    body.push_str(&rounds_section(&named(REVISIONS.name), &flags)?);
     body.push_str(&chains_section(
         &named(RESPONSES.name),
         &named(CRITIQUES.name),
@@ -363,14 +365,17 @@ fn texts(table: &TableFile) -> Result<(Vec<Text>, bool)> {
     })
 }
 
+/// The quality flags section; `by_stage` gets each table's flags, row by row.
 fn flags_section(
     stages: &[(&StageRecord, &TableFile)],
     findings: &mut Vec<String>,
+    by_stage: &mut BTreeMap<String, Vec<Vec<Flag>>>,
 ) -> Result<String> {
     if stages.is_empty() {
         return Ok(String::new());
     }
     let settings = FilterSettings::default();
+    let judge = settings.judge();
     let mut out = String::from(
         "<h2>Quality flags</h2><p class=\"muted\">Each generated row judged by <code>charter filter</code>'s \
          default settings; a <code>filter</code> stage drops the flags it is told to \
@@ -385,7 +390,7 @@ fn flags_section(
         let (all, answer) = texts(t)?;
         let flags: Vec<Vec<Flag>> = all
             .iter()
-            .map(|t| settings.flags(&t.text, Some(&t.finish_reason), t.parent.as_deref(), answer))
+            .map(|t| judge.flags(&t.text, Some(&t.finish_reason), t.parent.as_deref(), answer))
             .collect();
         let total = flags.len().max(1) as f64;
         let mut row = vec![
@@ -446,17 +451,21 @@ fn flags_section(
                 table(&["flag", "row", "finish", "text"], &shown)
             );
         }
+        by_stage.insert(stage.stage.clone(), flags);
     }
     out.push_str(&table(&header, &rows));
     out.push_str(&examples);
     Ok(out)
 }
 
-fn rounds_section(stages: &[(&StageRecord, &TableFile)]) -> Result<String> {
+/// Revision metrics per round; `flags` are each table's, from [`flags_section`].
+fn rounds_section(
+    stages: &[(&StageRecord, &TableFile)],
+    flags: &BTreeMap<String, Vec<Vec<Flag>>>,
+) -> Result<String> {
     if stages.is_empty() {
         return Ok(String::new());
     }
-    let settings = FilterSettings::default();
     let mut rows = Vec::new();
     for (stage, t) in stages {
         let revisions = t.rows::<Revision>()?;
@@ -468,13 +477,9 @@ fn rounds_section(stages: &[(&StageRecord, &TableFile)]) -> Result<String> {
         let round = revisions
             .first()
             .map_or(String::new(), |r| r.round.to_string());
-        let flagged = |flag: Flag| {
-            mean(&|r: &Revision| {
-                let flags =
-                    settings.flags(&r.text, Some(&r.finish_reason), Some(&r.response), true);
-                f64::from(u8::from(flags.contains(&flag)))
-            })
-        };
+        let flags = flags.get(&stage.stage).map_or(&[][..], Vec::as_slice);
+        let flagged =
+            |flag: Flag| flags.iter().filter(|f| f.contains(&flag)).count() as f64 / count;
         rows.push(vec![
             esc(&stage.stage),
             n(round),

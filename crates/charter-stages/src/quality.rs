@@ -235,6 +235,25 @@ impl FilterSettings {
         })
     }
 
+    /// A judge of texts under these settings.
+    pub fn judge(&self) -> Judge<'_> {
+        let folded = |v: &[String]| v.iter().map(|p| fold(p)).collect();
+        Judge {
+            settings: self,
+            meta: folded(&self.meta_phrases),
+            refusal: folded(&self.refusal_phrases),
+        }
+    }
+}
+
+/// Flags texts under one [`FilterSettings`], its phrase lists folded once.
+pub struct Judge<'a> {
+    settings: &'a FilterSettings,
+    meta: Vec<String>,
+    refusal: Vec<String>,
+}
+
+impl Judge<'_> {
     /// The flags of one text. `finish_reason` is the generation's, when
     /// known; `parent` the text a revision revises; `answer` says whether
     /// the text should be an answer (so talk about answers is `meta`).
@@ -245,32 +264,28 @@ impl FilterSettings {
         parent: Option<&str>,
         answer: bool,
     ) -> Vec<Flag> {
-        let folded = fold(text);
+        let (s, folded) = (self.settings, fold(text));
         let mut flags = Vec::new();
-        if text.split_whitespace().count() < self.min_words {
+        if text.split_whitespace().count() < s.min_words {
             flags.push(Flag::Short);
         }
         if finish_reason == Some("length") {
             flags.push(Flag::Truncated);
         }
-        if repeated_ngram_share(text, self.repeat_ngram) > self.max_repeated_ngrams
-            || repeated_line_share(text) > self.max_repeated_lines
+        if repeated_ngram_share(text, s.repeat_ngram) > s.max_repeated_ngrams
+            || repeated_line_share(text) > s.max_repeated_lines
         {
             flags.push(Flag::Repetition);
         }
-        if answer && self.meta_phrases.iter().any(|p| folded.contains(&fold(p))) {
+        if answer && self.meta.iter().any(|p| folded.contains(p.as_str())) {
             flags.push(Flag::Meta);
         }
         let opening: String = folded.chars().take(REFUSAL_WINDOW).collect();
-        if self
-            .refusal_phrases
-            .iter()
-            .any(|p| opening.contains(&fold(p)))
-        {
+        if self.refusal.iter().any(|p| opening.contains(p.as_str())) {
             flags.push(Flag::Refusal);
         }
         if let Some(parent) = parent
-            && word_ngram_jaccard(text, parent, 3) >= self.max_parent_similarity
+            && word_ngram_jaccard(text, parent, 3) >= s.max_parent_similarity
         {
             flags.push(Flag::Unchanged);
         }
@@ -405,18 +420,6 @@ pub struct FilterSummary {
     pub dropped: u64,
 }
 
-/// Every row's flags, in table order.
-pub fn table_flags(table: &TableFile, settings: &FilterSettings) -> Result<Vec<Vec<Flag>>> {
-    let batches = table
-        .batches()?
-        .collect::<charter_table::Result<Vec<_>>>()?;
-    let mut all = Vec::with_capacity(table.num_rows() as usize);
-    for batch in &batches {
-        all.extend(batch_flags(table, batch, settings)?);
-    }
-    Ok(all)
-}
-
 fn batch_flags(
     table: &TableFile,
     batch: &RecordBatch,
@@ -442,10 +445,11 @@ fn batch_flags(
     fn cell(a: &StringArray, row: usize) -> Option<&str> {
         (!a.is_null(row)).then(|| a.value(row))
     }
+    let judge = settings.judge();
     Ok((0..batch.num_rows())
         .into_par_iter()
         .map(|row| {
-            settings.flags(
+            judge.flags(
                 cell(texts, row).unwrap_or(""),
                 cell(finish, row),
                 parents.and_then(|p| cell(p, row)),
@@ -542,7 +546,9 @@ mod tests {
     use super::*;
 
     fn flags(text: &str) -> Vec<Flag> {
-        FilterSettings::default().flags(text, Some("stop"), None, true)
+        FilterSettings::default()
+            .judge()
+            .flags(text, Some("stop"), None, true)
     }
 
     #[test]
@@ -576,7 +582,8 @@ mod tests {
 
     #[test]
     fn each_flag_has_its_case() {
-        let s = FilterSettings::default();
+        let settings = FilterSettings::default();
+        let s = settings.judge();
         assert_eq!(flags("Yes."), vec![Flag::Short]);
         assert_eq!(
             s.flags("A fine answer that was cut", Some("length"), None, true),
