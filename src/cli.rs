@@ -55,6 +55,12 @@ pub(crate) enum Command {
     Label(LabelArgs),
     /// Write labels or revisions in the JSON-lines layouts common trainers read.
     Export(ExportArgs),
+    /// Generate synthetic user messages for every category of a classifier constitution: writes a `queries` table.
+    Queries(QueriesArgs),
+    /// Add copies of queries encoded, enciphered or wrapped in jailbreak templates.
+    Augment(AugmentArgs),
+    /// Judge every query against a classifier constitution: soft targets P(blocked) from a labeller's probabilities.
+    Target(TargetArgs),
     /// Run a build file: a graph of stages, each rebuilt only when its inputs, settings, model or constitution changed.
     Build(BuildArgs),
     /// Measure a model or labeller.
@@ -386,6 +392,48 @@ pub(crate) struct LabelArgs {
     pub(crate) stage: ModelStageFlags,
     #[command(flatten)]
     pub(crate) settings: charter_stages::LabelSettings,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct QueriesArgs {
+    /// Output `queries` table (`-` for standard output: not resumable).
+    #[arg(short, long, value_name = "OUT")]
+    pub(crate) output: PathBuf,
+    /// The generator and the classifier constitution.
+    #[command(flatten)]
+    pub(crate) stage: ModelStageFlags,
+    #[command(flatten)]
+    pub(crate) settings: charter_stages::classifier::QuerySettings,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AugmentArgs {
+    /// Input `queries` table (`-` for standard input).
+    #[arg(short, long, value_name = "IN")]
+    pub(crate) input: PathBuf,
+    /// Output `queries` table (`-` for standard output).
+    #[arg(short, long, value_name = "OUT")]
+    pub(crate) output: PathBuf,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) settings: charter_stages::classifier::AugmentSettings,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TargetArgs {
+    /// Input `queries` table (`-` for standard input).
+    #[arg(short, long, value_name = "IN")]
+    pub(crate) input: PathBuf,
+    /// Output `targets` table (`-` for standard output: not resumable).
+    #[arg(short, long, value_name = "OUT")]
+    pub(crate) output: PathBuf,
+    /// The labeller and the classifier constitution.
+    #[command(flatten)]
+    pub(crate) stage: ModelStageFlags,
+    #[command(flatten)]
+    pub(crate) settings: charter_stages::classifier::TargetSettings,
 }
 
 #[derive(Debug, Args)]

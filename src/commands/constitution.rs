@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use charter_stages::Constitution;
+use charter_stages::classifier::{ClassifierConstitution, Verdict, is_classifier_constitution};
 use charter_stages::constitution::{ImportOptions, import_files};
 
 use crate::cli::{
@@ -19,7 +20,51 @@ pub(crate) fn run(command: ConstitutionCommand, quiet: bool) -> Result<()> {
     }
 }
 
+/// Whether the file declares `kind = "classifier"` (a file that cannot be
+/// read is left to the loader to report).
+fn is_classifier(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|t| is_classifier_constitution(&t))
+}
+
+fn check_classifier(args: &ConstitutionCheckArgs) -> Result<()> {
+    let c = ClassifierConstitution::load(&args.file)?;
+    let count = |v| c.of(v).count();
+    let (harmful, harmless) = (count(Verdict::Harmful), count(Verdict::Harmless));
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "path": args.file.display().to_string(),
+                "kind": "classifier",
+                "name": c.name,
+                "version": c.version,
+                "description": c.description,
+                "harmful_categories": harmful,
+                "harmless_categories": harmless,
+                "examples": c.categories.iter().map(|c| c.examples.len()).sum::<usize>(),
+                "hash": c.hash(),
+            }))?
+        );
+        return Ok(());
+    }
+    let ids = |v| {
+        c.of(v)
+            .map(|c| c.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("{:<14}{} (version {})", "classifier", c.name, c.version);
+    println!("{:<14}{}", "file", args.file.display());
+    println!("{:<14}{harmful}: {}", "harmful", ids(Verdict::Harmful));
+    println!("{:<14}{harmless}: {}", "harmless", ids(Verdict::Harmless));
+    println!("{:<14}{}", "hash", c.hash());
+    Ok(())
+}
+
 fn check(args: ConstitutionCheckArgs) -> Result<()> {
+    if is_classifier(&args.file) {
+        return check_classifier(&args);
+    }
     let c = Constitution::load(&args.file)?;
     let chars = c.few_shot_chars();
     if args.json {
@@ -128,8 +173,12 @@ fn import(args: ConstitutionImportArgs, quiet: bool) -> Result<()> {
 }
 
 fn show(args: ConstitutionShowArgs) -> Result<()> {
-    let c = Constitution::load(&args.file)?;
-    std::io::stdout().write_all(c.to_toml().as_bytes())?;
+    let text = if is_classifier(&args.file) {
+        ClassifierConstitution::load(&args.file)?.to_toml()
+    } else {
+        Constitution::load(&args.file)?.to_toml()
+    };
+    std::io::stdout().write_all(text.as_bytes())?;
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 
 mod build;
 mod chat;
+mod classifier;
 mod constitution;
 mod dedup;
 mod filter;
@@ -40,6 +41,9 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Pair(args) => stages::pair(args, cli.quiet),
         Command::Label(args) => stages::label(args, cli.quiet),
         Command::Export(args) => stages::export(args, cli.quiet),
+        Command::Queries(args) => classifier::queries(args, cli.quiet),
+        Command::Augment(args) => classifier::augment(args, cli.quiet),
+        Command::Target(args) => classifier::target(args, cli.quiet),
         Command::Build(args) => build::run(args, cli.quiet),
         Command::Eval(crate::cli::EvalCommand::Labeller(args)) => stages::eval_labeller(args),
         Command::Eval(crate::cli::EvalCommand::Policy(args)) => {

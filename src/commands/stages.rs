@@ -22,7 +22,7 @@ fn open(stage: &ModelStageFlags, threads: usize) -> Result<(Model, Constitution)
 ///
 /// `out` is the command line's output (`-` for standard output); `body`
 /// gets the file to write.
-fn run_stage(
+pub(super) fn run_stage(
     name: &str,
     out: &Path,
     quiet: bool,

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod build;
+mod classifier;
 mod constitution;
 mod dedup;
 mod default_model;

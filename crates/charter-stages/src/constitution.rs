@@ -336,10 +336,7 @@ impl Constitution {
             Some(source) => (template, source),
             None => ("template", template),
         };
-        template::render(name, source, vars).map_err(|e| ConstitutionError::Render {
-            template: name.to_owned(),
-            message: template::describe(&e),
-        })
+        render_template(name, source, vars)
     }
 
     /// The constitution as TOML, every field written out (the templates
@@ -410,6 +407,19 @@ impl Constitution {
             .sum();
         critique + label
     }
+}
+
+/// Renders a template's `source` text with `vars`, strict about undefined
+/// variables; errors name the template.
+pub(crate) fn render_template(
+    name: &str,
+    source: &str,
+    vars: &serde_json::Value,
+) -> Result<String, ConstitutionError> {
+    template::render(name, source, vars).map_err(|e| ConstitutionError::Render {
+        template: name.to_owned(),
+        message: template::describe(&e),
+    })
 }
 
 /// Reads a UTF-8 file of at most [`MAX_FILE_BYTES`].

@@ -177,8 +177,38 @@ fn messages(
     Ok(m)
 }
 
+/// The log-probabilities of "(A)" and "(B)" after each context followed by
+/// the answer prefix; `row` names the row of a context too long to score.
+pub(crate) fn choice_log_probs<'r>(
+    model: &mut Model,
+    contexts: Vec<Vec<u32>>,
+    choices: &Choices,
+    batch_size: usize,
+    row: &dyn Fn(usize) -> &'r str,
+) -> Result<Vec<(f64, f64)>> {
+    let mut scoring = Vec::with_capacity(contexts.len() * 2);
+    for (i, mut ctx) in contexts.into_iter().enumerate() {
+        ctx.extend_from_slice(&choices.prefix);
+        let tokens = ctx.len() + choices.a.len().max(choices.b.len());
+        if tokens > model.max_context() {
+            return Err(Error::ContextOverflow {
+                row: row(i).to_string(),
+                tokens,
+                limit: model.max_context(),
+            });
+        }
+        scoring.push((ctx.clone(), choices.a.clone()));
+        scoring.push((ctx, choices.b.clone()));
+    }
+    let scores = model.engine.score(&scoring, batch_size.max(1))?;
+    let lp = |i: usize| -> f64 { scores[i].iter().sum() };
+    Ok((0..scoring.len() / 2)
+        .map(|i| (lp(2 * i), lp(2 * i + 1)))
+        .collect())
+}
+
 /// `p` of the first-shown answer from the log-probabilities of "(A)" and "(B)".
-fn normalised(lp_a: f64, lp_b: f64) -> f64 {
+pub(crate) fn normalised(lp_a: f64, lp_b: f64) -> f64 {
     let m = lp_a.max(lp_b);
     let (ea, eb) = ((lp_a - m).exp(), (lp_b - m).exp());
     ea / (ea + eb)
@@ -287,34 +317,23 @@ pub(crate) fn judge(
             reasoning[i] = Some(text);
         }
     }
-    // Score "(A)" and "(B)" after each context.
-    let mut scoring = Vec::with_capacity(contexts.len() * 2);
-    for (i, ctx) in contexts.iter_mut().enumerate() {
-        ctx.extend_from_slice(&choices.prefix);
-        if ctx.len() + choices.a.len().max(choices.b.len()) > model.max_context() {
-            return Err(Error::ContextOverflow {
-                row: items[i / orders].key.to_string(),
-                tokens: ctx.len() + choices.a.len().max(choices.b.len()),
-                limit: model.max_context(),
-            });
-        }
-        scoring.push((ctx.clone(), choices.a.clone()));
-        scoring.push((ctx.clone(), choices.b.clone()));
-    }
-    let scores = model
-        .engine
-        .score(&scoring, settings.generation.batch_size.max(1))?;
-    let lp = |i: usize| -> f64 { scores[i].iter().sum() };
+    let lp = choice_log_probs(
+        model,
+        contexts,
+        choices,
+        settings.generation.batch_size,
+        &|i| items[i / orders].key,
+    )?;
     let mut out = Vec::with_capacity(items.len());
     let mut reasoning = reasoning.into_iter();
     for k in 0..items.len() {
         let ab = k * orders;
         out.push(Judgement {
-            p_a_ab: normalised(lp(2 * ab), lp(2 * ab + 1)),
+            p_a_ab: normalised(lp[ab].0, lp[ab].1),
             // With B shown first, A is the second choice.
             p_a_ba: settings
                 .swap
-                .then(|| normalised(lp(2 * (ab + 1) + 1), lp(2 * (ab + 1)))),
+                .then(|| normalised(lp[ab + 1].1, lp[ab + 1].0)),
             cot_ab: reasoning.next().flatten(),
             cot_ba: if settings.swap {
                 reasoning.next().flatten()

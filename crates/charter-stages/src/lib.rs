@@ -22,6 +22,7 @@
 //! A stage reads no clock and no global random state: each row's seed is
 //! derived from the build seed and the row's identity ([`row_seed`]).
 
+pub mod classifier;
 pub mod constitution;
 mod critique;
 mod error;

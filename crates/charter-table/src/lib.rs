@@ -79,8 +79,8 @@ pub use resume::{Interrupted, Opened, ResumeState, ShardedWriter, finished_table
 pub use schema::{ColumnSpec, ColumnType, Role, TableSpec};
 pub use shard::{ParentKey, Shard, merge_shards, prompt_column, slice_provenance, slice_table};
 pub use tables::{
-    ALL_TABLES, CRITIQUES, Critique, LABELS, Label, PAIRS, PROMPTS, Pair, Prompt, RESPONSES,
-    REVISIONS, Response, Revision, table_spec,
+    ALL_TABLES, CRITIQUES, Critique, LABELS, Label, PAIRS, PROMPTS, Pair, Prompt, QUERIES, Query,
+    RESPONSES, REVISIONS, Response, Revision, TARGETS, Target, table_spec,
 };
 pub use value::{ColumnValue, Value};
 pub use write::{

@@ -249,9 +249,87 @@ table! {
     }
 }
 
+table! {
+    /// One synthetic user message for training a classifier: generated for
+    /// a category of a classifier constitution, or an augmented copy of one.
+    pub struct Query in QUERIES = "queries", version 1 {
+        /// Row id: blake3 of the key columns.
+        id: String => Id,
+        /// The category of the classifier constitution it was generated for.
+        category: String => Key,
+        /// The category's label: `harmful` or `harmless`.
+        label: String => Data,
+        /// Sample index among the category's queries (0-based).
+        sample: u32 => Key,
+        /// The query this one was augmented from; null for a generated query.
+        parent_id: Option<String> => Key,
+        /// The augmentations applied to the parent, in order (`base64`, `template:dev-mode`, …).
+        transforms: Vec<String> => Key,
+        /// Generator model name.
+        model: String => Data,
+        /// Content hash of the generator's model directory.
+        model_hash: String => Key,
+        /// Classifier constitution name.
+        constitution: String => Data,
+        /// Content hash of the classifier constitution.
+        constitution_hash: String => Key,
+        /// Sampling temperature of the generator.
+        temperature: f32 => Key,
+        /// Nucleus sampling mass (1 = off).
+        top_p: f32 => Key,
+        /// Top-k cut-off (0 = off).
+        top_k: u32 => Key,
+        /// Cap on generated tokens.
+        max_new_tokens: u32 => Key,
+        /// The row's seed, derived from the build seed and the row's other keys.
+        seed: u64 => Key,
+        /// The user message.
+        text: String => Data,
+        /// Why generation stopped (`stop`, `length`); an augmented query keeps its parent's.
+        finish_reason: String => Data,
+    }
+}
+
+table! {
+    /// A labeller's soft verdict on a query (input guard) or on a query and
+    /// an answer (output guard): a classifier's training target.
+    pub struct Target in TARGETS = "targets", version 1 {
+        /// Row id: blake3 of the key columns.
+        id: String => Id,
+        /// The query, or the response, judged.
+        item_id: String => Key,
+        /// The user message.
+        text: String => Data,
+        /// The assistant's answer judged, for an output guard; null for an input guard.
+        answer: Option<String> => Data,
+        /// The category the query was generated for.
+        category: String => Data,
+        /// The category's label: `harmful` or `harmless`.
+        label: String => Data,
+        /// The augmentations applied to the query.
+        transforms: Vec<String> => Data,
+        /// Model name of the labeller.
+        model: String => Data,
+        /// Content hash of the labeller's model directory.
+        model_hash: String => Key,
+        /// Classifier constitution name.
+        constitution: String => Data,
+        /// Content hash of the classifier constitution.
+        constitution_hash: String => Key,
+        /// Whether both presentation orders were scored.
+        swap: bool => Key,
+        /// Probability that the content is blocked: the mean over the orders scored.
+        p_harmful: f64 => Data,
+        /// P(blocked) with the blocked option shown as (A).
+        p_harmful_ab: f64 => Data,
+        /// P(blocked) with the blocked option shown as (B); null without `swap`.
+        p_harmful_ba: Option<f64> => Data,
+    }
+}
+
 /// Every core table, in pipeline order.
-pub const ALL_TABLES: [&crate::schema::TableSpec; 6] = [
-    &PROMPTS, &RESPONSES, &CRITIQUES, &REVISIONS, &PAIRS, &LABELS,
+pub const ALL_TABLES: [&crate::schema::TableSpec; 8] = [
+    &PROMPTS, &RESPONSES, &CRITIQUES, &REVISIONS, &PAIRS, &LABELS, &QUERIES, &TARGETS,
 ];
 
 /// The core table with this name.

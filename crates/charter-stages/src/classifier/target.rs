@@ -1,0 +1,197 @@
+//! `target`: a classifier's soft training targets from a labeller's token
+//! probabilities (Sharma et al. 2025 §2: the constitution, not hand labels,
+//! decides what is blocked).
+//!
+//! The labeller sees the classifier constitution's blocked and allowed
+//! categories, the message, and the question whether it contains or seeks
+//! blocked content, with "blocked" and "allowed" as options (A) and (B).
+//! After the answer prefix the probabilities of "(A)" and "(B)" are read
+//! and normalised, in both presentation orders (small labellers favour a
+//! slot), and averaged: `p_harmful`. Nothing is parsed from generated text.
+
+use std::path::Path;
+
+use charter_model::Message;
+use charter_table::{
+    InputRef, Opened, Provenance, QUERIES, Query, Record, ShardedWriter, TARGETS, TableFile, Target,
+};
+
+use super::ClassifierConstitution;
+use crate::error::Result;
+use crate::generate::{GenSettings, Generation, StageProgress, StageSummary, windows};
+use crate::label::{choice_log_probs, choices, normalised};
+use crate::model::Model;
+
+/// Version of the target stage.
+pub const TARGET_VERSION: u32 = 1;
+
+/// Settings of a target run: `charter target`'s flags and a build file's
+/// `target` stage.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct TargetSettings {
+    /// Score both presentation orders and average them (`--no-swap`: only
+    /// blocked as (A)).
+    #[arg(long = "no-swap", action = clap::ArgAction::SetFalse)]
+    pub swap: bool,
+    /// Batch, window and system prompt (sampling settings are unused: nothing is generated).
+    #[serde(skip)]
+    #[command(flatten)]
+    pub generation: GenSettings,
+}
+
+impl Default for TargetSettings {
+    fn default() -> Self {
+        TargetSettings {
+            swap: true,
+            generation: GenSettings::DEFAULT,
+        }
+    }
+}
+
+impl TargetSettings {
+    /// The settings that determine the output, as recorded in provenance.
+    pub fn canonical(&self) -> serde_json::Value {
+        let g = &self.generation;
+        serde_json::json!({
+            "swap": self.swap,
+            "system": g.system,
+            "batch_size": g.batch_size,
+            "window": g.shard_rows,
+        })
+    }
+}
+
+/// The provenance a target run over `input` records.
+pub fn target_provenance(
+    input: &TableFile,
+    settings: &TargetSettings,
+    model_hash: &str,
+    constitution_hash: &str,
+) -> Result<Provenance> {
+    Ok(Provenance {
+        stage: "target".into(),
+        stage_version: TARGET_VERSION,
+        settings: settings.canonical(),
+        inputs: vec![InputRef {
+            name: "queries".into(),
+            content_hash: input.content_hash_or_compute()?,
+        }],
+        model_hash: Some(model_hash.to_string()),
+        constitution_hash: Some(constitution_hash.to_string()),
+    })
+}
+
+/// The judge's conversation about `query`, blocked shown first or second.
+fn conversation(
+    c: &ClassifierConstitution,
+    settings: &TargetSettings,
+    query: &str,
+    blocked_first: bool,
+) -> Result<Vec<Message>> {
+    let mut m = settings.generation.system_messages();
+    m.push(Message::new(
+        "user",
+        c.render_judge(query, None, blocked_first)?,
+    ));
+    Ok(m)
+}
+
+/// Judges every query of `input` into the `targets` table at `out`.
+pub fn target(
+    input: &TableFile,
+    model: &mut Model,
+    constitution: &ClassifierConstitution,
+    settings: &TargetSettings,
+    out: &Path,
+    progress: &mut dyn FnMut(StageProgress),
+) -> Result<StageSummary> {
+    settings.generation.validate()?;
+    input.expect(&QUERIES)?;
+    let choices = choices(model, &constitution.templates.judge_answer_prefix)?;
+    let rows: Vec<Query> = input.rows()?;
+    let constitution_hash = constitution.hash();
+    let provenance = target_provenance(
+        input,
+        settings,
+        &model.dir.provenance.content_hash,
+        &constitution_hash,
+    )?;
+    let (mut writer, state) = match ShardedWriter::open(
+        out,
+        &TARGETS,
+        &provenance.build_key(&TARGETS),
+        &[input.path()],
+    )? {
+        Opened::Finished(table) => return Ok(StageSummary::cached(table)),
+        Opened::Writer(w, s) => (w, s),
+    };
+    let total = rows.len();
+    let start = (state.rows as usize).min(total);
+    let orders = if settings.swap { 2 } else { 1 };
+    let (name, hash) = (
+        model.dir.provenance.name.clone(),
+        model.dir.provenance.content_hash.clone(),
+    );
+    for range in windows(start, total, settings.generation.shard_rows) {
+        let end = range.end;
+        let window = &rows[range];
+        let mut contexts = Vec::with_capacity(window.len() * orders);
+        for q in window {
+            for blocked_first in [true, false].into_iter().take(orders) {
+                let messages = conversation(constitution, settings, &q.text, blocked_first)?;
+                contexts.push(model.encode_conversation(&messages)?);
+            }
+        }
+        let lp = choice_log_probs(
+            model,
+            contexts,
+            &choices,
+            settings.generation.batch_size,
+            &|i| &window[i / orders].id,
+        )?;
+        let batch: Vec<Target> = window
+            .iter()
+            .enumerate()
+            .map(|(k, q)| {
+                let ab = normalised(lp[k * orders].0, lp[k * orders].1);
+                // With allowed shown first, blocked is (B).
+                let ba = settings
+                    .swap
+                    .then(|| normalised(lp[k * orders + 1].1, lp[k * orders + 1].0));
+                Target {
+                    id: String::new(),
+                    item_id: q.id.clone(),
+                    text: q.text.clone(),
+                    answer: None,
+                    category: q.category.clone(),
+                    label: q.label.clone(),
+                    transforms: q.transforms.clone(),
+                    model: name.clone(),
+                    model_hash: hash.clone(),
+                    constitution: constitution.name.clone(),
+                    constitution_hash: constitution_hash.clone(),
+                    swap: settings.swap,
+                    p_harmful: ba.map_or(ab, |ba| (ab + ba) / 2.0),
+                    p_harmful_ab: ab,
+                    p_harmful_ba: ba,
+                }
+                .with_id()
+            })
+            .collect();
+        writer.commit(&Target::to_batch(&batch)?)?;
+        model.check_stop(writer.committed_rows())?;
+        progress(StageProgress {
+            rows_done: end as u64,
+            rows_total: total as u64,
+            tokens: 0,
+        });
+    }
+    let table = writer.finish(&provenance)?;
+    Ok(StageSummary::generated(
+        table,
+        start,
+        total,
+        Generation::default(),
+    ))
+}

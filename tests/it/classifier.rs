@@ -1,0 +1,211 @@
+//! `queries`, `augment` and `target` on the tiny model with a two-category
+//! classifier constitution: rows, links, encodings that decode back,
+//! soft targets, caching, and the errors a user meets.
+
+use std::path::Path;
+
+use base64::Engine as _;
+
+use crate::{constitution, fails, inspect, ok};
+
+fn fixture() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/small-classifier.toml")
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn rows(table: &serde_json::Value) -> Vec<serde_json::Value> {
+    table["head"].as_array().unwrap().clone()
+}
+
+#[test]
+fn queries_augment_and_target_make_linked_verified_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (model, queries, augmented, targets) = (
+        path("tiny"),
+        path("queries.parquet"),
+        path("augmented.parquet"),
+        path("targets.parquet"),
+    );
+    ok(&["model", "tiny", "-o", &model, "--seed", "3"]);
+    let k = fixture();
+    let generate = [
+        "queries",
+        "-m",
+        &model,
+        "-c",
+        &k,
+        "-o",
+        &queries,
+        "--per-category",
+        "3",
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ];
+    let summary: serde_json::Value = serde_json::from_slice(&ok(&generate)).unwrap();
+    assert_eq!(summary["rows"], 6);
+    let q = inspect(&queries);
+    let q_rows = rows(&q);
+    let by = |cat: &str| q_rows.iter().filter(|r| r["category"] == cat).count();
+    assert_eq!((by("weapons"), by("cooking")), (3, 3));
+    for r in &q_rows {
+        let expected = if r["category"] == "weapons" {
+            "harmful"
+        } else {
+            "harmless"
+        };
+        assert_eq!(r["label"], expected);
+        assert!(r["parent_id"].is_null());
+        assert!(!r["text"].as_str().unwrap().contains('\n'));
+    }
+    let again: serde_json::Value = serde_json::from_slice(&ok(&generate)).unwrap();
+    assert_eq!(again["cached"], true);
+
+    ok(&["augment", "-i", &queries, "-o", &augmented]);
+    let a_rows = rows(&inspect(&augmented));
+    assert_eq!(a_rows.len(), 6 * 7, "each query and its six copies");
+    let text_of = |id: &str| {
+        q_rows
+            .iter()
+            .find(|r| r["id"] == id)
+            .map(|r| r["text"].as_str().unwrap().to_string())
+    };
+    let mut encoded = 0;
+    for r in a_rows.iter().filter(|r| !r["parent_id"].is_null()) {
+        let parent = text_of(r["parent_id"].as_str().unwrap()).expect("parent in queries");
+        assert_eq!(
+            r["label"],
+            q_rows.iter().find(|p| p["id"] == r["parent_id"]).unwrap()["label"]
+        );
+        if r["transforms"][0] == "base64" {
+            let body = r["text"].as_str().unwrap().split_once('\n').unwrap().1;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(body)
+                .unwrap();
+            assert_eq!(String::from_utf8(decoded).unwrap(), parent);
+            encoded += 1;
+        }
+    }
+    assert_eq!(encoded, 6);
+    ok(&["inspect", &augmented, "--verify"]);
+
+    ok(&[
+        "target", "-m", &model, "-c", &k, "-i", &augmented, "-o", &targets,
+    ]);
+    let t_rows = rows(&inspect(&targets));
+    assert_eq!(t_rows.len(), 42);
+    for r in &t_rows {
+        let (p, ab, ba) = (
+            r["p_harmful"].as_f64().unwrap(),
+            r["p_harmful_ab"].as_f64().unwrap(),
+            r["p_harmful_ba"].as_f64().unwrap(),
+        );
+        assert!((0.0..=1.0).contains(&p));
+        assert!((p - (ab + ba) / 2.0).abs() < 1e-12);
+        assert!(r["answer"].is_null());
+    }
+    ok(&["inspect", &targets, "--verify"]);
+    ok(&["inspect", &queries, "--verify"]);
+}
+
+#[test]
+fn classifier_stages_name_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let model = path("tiny");
+    ok(&["model", "tiny", "-o", &model]);
+    // A CAI constitution is not a classifier constitution.
+    let e = fails(
+        &[
+            "queries",
+            "-m",
+            &model,
+            "-c",
+            &constitution(),
+            "-o",
+            &path("q.parquet"),
+        ],
+        None,
+    );
+    assert!(
+        e.contains("small-constitution.toml") && e.contains("kind"),
+        "{e}"
+    );
+    let e = fails(
+        &[
+            "augment",
+            "-i",
+            &path("missing.parquet"),
+            "-o",
+            &path("a.parquet"),
+            "--transforms",
+            "rot26",
+        ],
+        None,
+    );
+    assert!(e.contains("rot26") || e.contains("missing.parquet"), "{e}");
+    ok(&[
+        "queries",
+        "-m",
+        &model,
+        "-c",
+        &fixture(),
+        "-o",
+        &path("q.parquet"),
+        "--per-category",
+        "1",
+        "--max-new-tokens",
+        "4",
+    ]);
+    let e = fails(
+        &[
+            "augment",
+            "-i",
+            &path("q.parquet"),
+            "-o",
+            &path("a.parquet"),
+            "--transforms",
+            "base64+rot26",
+        ],
+        None,
+    );
+    assert!(e.contains("transforms") && e.contains("rot26"), "{e}");
+    // `target` reads queries, not the augmented output's sibling kinds.
+    ok(&[
+        "augment",
+        "-i",
+        &path("q.parquet"),
+        "-o",
+        &path("a.parquet"),
+    ]);
+    ok(&[
+        "target",
+        "-m",
+        &model,
+        "-c",
+        &fixture(),
+        "-i",
+        &path("a.parquet"),
+        "-o",
+        &path("t.parquet"),
+    ]);
+    let e = fails(
+        &[
+            "target",
+            "-m",
+            &model,
+            "-c",
+            &fixture(),
+            "-i",
+            &path("t.parquet"),
+            "-o",
+            &path("t2.parquet"),
+        ],
+        None,
+    );
+    assert!(e.contains("t.parquet") && e.contains("targets"), "{e}");
+}
