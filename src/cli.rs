@@ -607,6 +607,8 @@ pub(crate) enum TrainCommand {
     Pm(TrainPmArgs),
     /// DPO on a `labels` table with soft targets (RL-CAI); the starting model is the reference.
     Dpo(TrainDpoArgs),
+    /// A constitutional classifier (the backbone with a scalar head) on a `targets` table.
+    Classifier(TrainClassifierArgs),
 }
 
 #[derive(Debug, Args)]
@@ -644,6 +646,31 @@ pub(crate) struct TrainPmArgs {
     /// Share of pairs held out for the accuracy and calibration report.
     #[arg(long, value_name = "SHARE", default_value_t = charter_train::Task::DEFAULT_HELD_OUT)]
     pub(crate) held_out: f64,
+    #[command(flatten)]
+    pub(crate) flags: TrainFlags,
+}
+
+/// What a classifier guards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum GuardRole {
+    /// The user's message, before the model answers.
+    Input,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TrainClassifierArgs {
+    /// The `targets` table.
+    #[arg(short, long, value_name = "TABLE")]
+    pub(crate) input: PathBuf,
+    /// What the classifier reads.
+    #[arg(long, value_enum)]
+    pub(crate) role: GuardRole,
+    /// Share of rows held out for the AUROC and calibration report.
+    #[arg(long, value_name = "SHARE", default_value_t = charter_train::Task::DEFAULT_HELD_OUT)]
+    pub(crate) held_out: f64,
+    /// Weight of the category's label in each target; the rest is the labeller's P(blocked).
+    #[arg(long, value_name = "W", default_value_t = charter_train::Task::DEFAULT_LABEL_WEIGHT)]
+    pub(crate) label_weight: f64,
     #[command(flatten)]
     pub(crate) flags: TrainFlags,
 }

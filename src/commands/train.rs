@@ -1,9 +1,9 @@
-//! `charter train sft|pm|dpo`: a model directory and tables → a trained model directory.
+//! `charter train sft|pm|dpo|classifier`: a model directory and tables → a trained model directory.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
-use charter_train::{Job, MetricRow, Outcome, train_dpo, train_pm, train_sft};
+use charter_train::{Job, MetricRow, Outcome, train_classifier, train_dpo, train_pm, train_sft};
 
 use crate::cli::{ScoreArgs, TrainCommand, TrainFlags};
 
@@ -15,6 +15,7 @@ pub(crate) fn run(command: TrainCommand, quiet: bool) -> Result<()> {
         TrainCommand::Sft(a) => &a.flags,
         TrainCommand::Pm(a) => &a.flags,
         TrainCommand::Dpo(a) => &a.flags,
+        TrainCommand::Classifier(a) => &a.flags,
     };
     let job = job(flags)?;
     // A second signal while the step finishes falls back to the default (exit at once):
@@ -66,6 +67,12 @@ pub(crate) fn run(command: TrainCommand, quiet: bool) -> Result<()> {
             train_dpo(&job, &a.input, a.beta, &cache, &mut progress)
                 .with_context(|| format!("train dpo from {}", a.flags.model.display()))?
         }
+        TrainCommand::Classifier(a) => match a.role {
+            crate::cli::GuardRole::Input => {
+                train_classifier(&job, &a.input, a.held_out, a.label_weight, &mut progress)
+                    .with_context(|| format!("train classifier from {}", a.flags.model.display()))?
+            }
+        },
     };
     bar.finish_and_clear();
     match outcome {
@@ -100,8 +107,12 @@ pub(crate) fn run(command: TrainCommand, quiet: bool) -> Result<()> {
                     report.final_loss
                 );
                 if let Some(h) = report.held_out {
+                    let auroc = h
+                        .auroc
+                        .map(|a| format!(", AUROC {a:.3}"))
+                        .unwrap_or_default();
                     eprintln!(
-                        "held-out pairs: {}; accuracy {:.1}%, loss {:.4}, Brier {:.4}, ECE {:.4}",
+                        "held out: {} rows; accuracy {:.1}%, loss {:.4}, Brier {:.4}, ECE {:.4}{auroc}",
                         h.pairs,
                         100.0 * h.accuracy,
                         h.loss,

@@ -209,3 +209,96 @@ fn classifier_stages_name_what_is_wrong() {
     );
     assert!(e.contains("t.parquet") && e.contains("targets"), "{e}");
 }
+
+/// A `targets` table whose harmful rows carry a planted word: `n` rows of each label.
+fn planted_targets(path: &Path, n: usize) {
+    use charter_table::{Output, Provenance, Record, TARGETS, TableWriter, Target};
+    let rows: Vec<Target> = (0..2 * n)
+        .map(|i| {
+            let harmful = i % 2 == 0;
+            let filler = ["tell me about", "how does one", "explain", "what is"][i % 4];
+            let text = if harmful {
+                format!("{filler} xqz xqz item {i}")
+            } else {
+                format!("{filler} the garden item {i}")
+            };
+            Target {
+                id: String::new(),
+                item_id: format!("q{i}"),
+                text,
+                answer: None,
+                category: if harmful { "planted" } else { "plain" }.into(),
+                label: if harmful { "harmful" } else { "harmless" }.into(),
+                transforms: vec![],
+                model: "hand".into(),
+                model_hash: "hand".into(),
+                constitution: "small".into(),
+                constitution_hash: "hand".into(),
+                swap: true,
+                p_harmful: if harmful { 0.9 } else { 0.1 },
+                p_harmful_ab: if harmful { 0.9 } else { 0.1 },
+                p_harmful_ba: Some(if harmful { 0.9 } else { 0.1 }),
+            }
+            .with_id()
+        })
+        .collect();
+    let provenance = Provenance {
+        stage: "target".into(),
+        stage_version: 1,
+        settings: serde_json::json!({}),
+        inputs: vec![],
+        model_hash: None,
+        constitution_hash: None,
+    };
+    let mut writer =
+        TableWriter::create(&Output::Path(path.to_path_buf()), &TARGETS, &provenance).unwrap();
+    writer.write_rows(&rows).unwrap();
+    writer.finish().unwrap();
+}
+
+#[test]
+fn a_tiny_input_classifier_learns_a_planted_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (model, targets, clf) = (path("tiny"), path("targets.parquet"), path("clf"));
+    ok(&["model", "tiny", "-o", &model, "--seed", "1"]);
+    planted_targets(Path::new(&targets), 48);
+    let train = [
+        "train",
+        "classifier",
+        "--role",
+        "input",
+        "-m",
+        &model,
+        "-i",
+        &targets,
+        "-o",
+        &clf,
+        "--epochs",
+        "6",
+        "--lr",
+        "1e-3",
+        "--batch-size",
+        "8",
+        "--held-out",
+        "0.25",
+        "--label-weight",
+        "0",
+        "--json",
+    ];
+    let record: serde_json::Value = serde_json::from_slice(&ok(&train)).unwrap();
+    assert_eq!(record["objective"], "classifier");
+    assert_eq!(record["objective_settings"]["role"], "input");
+    let held = &record["held_out"];
+    assert!(held["pairs"].as_u64().unwrap() >= 12, "{held}");
+    let auroc = held["auroc"].as_f64().unwrap();
+    assert!(auroc > 0.95, "held-out AUROC {auroc}: {held}");
+    // The same run again is up to date; a label weight out of range is refused by name.
+    let again: serde_json::Value = serde_json::from_slice(&ok(&train)).unwrap();
+    assert_eq!(again["fingerprint"], record["fingerprint"]);
+    let mut bad = train.to_vec();
+    let at = bad.iter().position(|a| *a == "0").unwrap();
+    bad[at] = "1.5";
+    let e = fails(&bad, None);
+    assert!(e.contains("label_weight") && e.contains("1.5"), "{e}");
+}

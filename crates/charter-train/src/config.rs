@@ -124,7 +124,7 @@ impl TrainConfig {
     }
 }
 
-/// The three training objectives, by name.
+/// The training objectives, by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskKind {
@@ -134,16 +134,21 @@ pub enum TaskKind {
     Pm,
     /// DPO.
     Dpo,
+    /// A constitutional classifier's input guard.
+    Classifier,
 }
 
 /// A training objective and its own setting, as a build file gives them.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TaskConfig {
-    /// `sft`, `pm` or `dpo`.
+    /// `sft`, `pm`, `dpo` or `classifier`.
     pub objective: Option<TaskKind>,
-    /// `pm`: share of pairs held out for the accuracy and calibration report.
+    /// `pm`, `classifier`: share of rows held out for the accuracy and calibration report.
     pub held_out: Option<f64>,
+    /// `classifier`: weight of the category label in the target; the rest
+    /// is the labeller's P(blocked).
+    pub label_weight: Option<f64>,
     /// `dpo`: how far the policy may move from the reference.
     pub beta: Option<f64>,
 }
@@ -154,13 +159,19 @@ impl TaskConfig {
         let Some(kind) = self.objective else {
             return Err(Error::invalid(
                 "objective",
-                "a `train` stage needs `objective`: \"sft\", \"pm\" or \"dpo\"",
+                "a `train` stage needs `objective`: \"sft\", \"pm\", \"dpo\" or \"classifier\"",
             ));
         };
-        if self.held_out.is_some() && kind != TaskKind::Pm {
+        if self.held_out.is_some() && !matches!(kind, TaskKind::Pm | TaskKind::Classifier) {
             return Err(Error::invalid(
                 "held_out",
-                "applies to `objective = \"pm\"` only",
+                "applies to `objective = \"pm\"` and `\"classifier\"` only",
+            ));
+        }
+        if self.label_weight.is_some() && kind != TaskKind::Classifier {
+            return Err(Error::invalid(
+                "label_weight",
+                "applies to `objective = \"classifier\"` only",
             ));
         }
         if self.beta.is_some() && kind != TaskKind::Dpo {
@@ -176,6 +187,10 @@ impl TaskConfig {
             },
             TaskKind::Dpo => Task::Dpo {
                 beta: self.beta.unwrap_or(Task::DEFAULT_BETA),
+            },
+            TaskKind::Classifier => Task::Classifier {
+                held_out: self.held_out.unwrap_or(Task::DEFAULT_HELD_OUT),
+                label_weight: self.label_weight.unwrap_or(Task::DEFAULT_LABEL_WEIGHT),
             },
         };
         task.validate()?;

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use charter_model::{ChatTemplate, Message, ModelDir, TextTokenizer, encode_chat};
-use charter_table::{InputRef, Label, Response, Revision, TableFile};
+use charter_table::{InputRef, Label, Response, Revision, TableFile, Target};
 
 use crate::{Error, Result};
 
@@ -40,6 +40,64 @@ pub struct PreferenceExample {
     pub b: String,
     /// The soft label: probability that A is better.
     pub p_a: f64,
+}
+
+/// One classifier example: a user message (and, for an output guard, an
+/// answer) with its soft target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassifierExample {
+    /// The target row's id.
+    pub id: String,
+    /// The user message.
+    pub text: String,
+    /// The answer judged, for an output guard.
+    pub answer: Option<String>,
+    /// The probability to learn that the content is blocked.
+    pub target: f64,
+    /// The label of the category it was generated for.
+    pub harmful: bool,
+}
+
+/// Reads classifier examples from a `targets` table. The target of a row is
+/// `label_weight` × its category's label (1 harmful, 0 harmless) plus
+/// (1 − `label_weight`) × the labeller's `p_harmful`.
+pub fn read_targets(path: &Path, label_weight: f64) -> Result<(Vec<ClassifierExample>, InputRef)> {
+    let table = TableFile::open(path)?;
+    let rows = table.rows::<Target>()?;
+    let mut examples = Vec::with_capacity(rows.len());
+    for (i, r) in rows.into_iter().enumerate() {
+        let harmful = match r.label.as_str() {
+            "harmful" => true,
+            "harmless" => false,
+            other => {
+                return Err(Error::Input(format!(
+                    "{}: row {}: label {other:?} is neither \"harmful\" nor \"harmless\"",
+                    path.display(),
+                    i + 1
+                )));
+            }
+        };
+        if !(0.0..=1.0).contains(&r.p_harmful) {
+            return Err(Error::Input(format!(
+                "{}: row {}: p_harmful = {} is not a probability",
+                path.display(),
+                i + 1,
+                r.p_harmful
+            )));
+        }
+        let label = if harmful { 1.0 } else { 0.0 };
+        examples.push(ClassifierExample {
+            id: r.id,
+            text: r.text,
+            answer: r.answer,
+            target: label_weight * label + (1.0 - label_weight) * r.p_harmful,
+            harmful,
+        });
+    }
+    if examples.is_empty() {
+        return Err(Error::Input(format!("{}: no targets", path.display())));
+    }
+    Ok((examples, input_ref(path, &table)?))
 }
 
 /// Reads SFT examples from `revisions` and `responses` tables, returning
@@ -202,6 +260,19 @@ impl Formatter {
     /// The token that ends an answer.
     pub fn end_of_turn(&self) -> u32 {
         self.end_of_turn
+    }
+
+    /// `prompt` as a user turn and the opening of the assistant's turn: what
+    /// an input guard reads. `None` when it is longer than `max_len`.
+    pub fn encode_prompt(&self, prompt: &str) -> Result<Option<Tokens>> {
+        let ids = encode_chat(
+            &self.tokenizer,
+            &self.template,
+            &[Message::new("user", prompt)],
+            true,
+        )?;
+        let prompt_len = ids.len();
+        Ok((prompt_len <= self.max_len).then_some(Tokens { ids, prompt_len }))
     }
 
     /// `prompt` as a user turn followed by `answer`, cut to `max_len`

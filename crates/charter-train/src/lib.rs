@@ -31,14 +31,17 @@ mod tensor;
 mod train;
 
 pub use config::{TaskConfig, TaskKind, TrainConfig};
-pub use data::{Formatter, PreferenceExample, SftExample, Tokens, read_labels, read_sft};
+pub use data::{
+    ClassifierExample, Formatter, PreferenceExample, SftExample, Tokens, read_labels, read_sft,
+    read_targets,
+};
 pub use device::{DeviceChoice, Selected, describe, select, select_device};
 pub use error::{Error, Result};
 pub use heap::RetainedHeap;
 pub use jobs::{
-    HeldOut, Job, Outcome, Task, TrainReport, calibration, default_reference_cache,
+    HeldOut, Job, Outcome, Task, TrainReport, auroc, calibration, default_reference_cache,
     open_preference_model, read_report, read_score_head, recorded_fingerprint, run_task,
-    task_fingerprint, train_dpo, train_pm, train_sft,
+    task_fingerprint, train_classifier, train_dpo, train_pm, train_sft,
 };
 pub use lora::LoraSettings;
 pub use loss::{

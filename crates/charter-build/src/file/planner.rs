@@ -643,6 +643,8 @@ impl<'s, 't> Planner<'s, 't> {
             Task::Pm { .. } | Task::Dpo { .. } => {
                 &[StageKind::Table, StageKind::Dedup, StageKind::Label]
             }
+            // A `targets` table (`charter target`).
+            Task::Classifier { .. } => &[StageKind::Table, StageKind::Dedup],
         };
         for (field, i) in input
             .iter()

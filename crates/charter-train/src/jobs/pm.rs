@@ -3,12 +3,10 @@
 
 use std::path::Path;
 
-use charter_model::Tensors;
-
 use super::pairs::{PairRow, Pairwise, both_sides, pair_rows};
 use super::{
-    HeldOut, Job, Outcome, SCORE_FILE, Task, adapter_files, fingerprint, finish, prepare, run_of,
-    tensor_bytes, trainable, up_to_date,
+    HeldOut, Job, Outcome, Task, fingerprint, finish, prepare, run_of, scalar_model_files,
+    trainable, up_to_date,
 };
 use crate::data::read_labels;
 use crate::loss::{PreferenceModel, agreement};
@@ -28,8 +26,8 @@ fn pm_margins(
     Ok(scores.clone().narrow(0, 0, n) - scores.narrow(0, n, n))
 }
 
-/// Whether a label is held out: blake3 of (seed, id) below the share.
-fn held_out(seed: u64, id: &str, share: f64) -> bool {
+/// Whether a row is held out: blake3 of (seed, id) below the share.
+pub(super) fn held_out(seed: u64, id: &str, share: f64) -> bool {
     let mut h = blake3::Hasher::new();
     h.update(b"held-out\0");
     h.update(&seed.to_le_bytes());
@@ -81,6 +79,7 @@ pub fn calibration(z: &[f32], p: &[f64]) -> HeldOut {
         loss: loss / n,
         brier: brier / n,
         ece,
+        auroc: None,
     }
 }
 
@@ -142,11 +141,7 @@ pub fn train_pm(
                 true => None,
                 false => Some(evaluate_pm(&model, &test, job.settings.batch_size)?),
             };
-            let h = model.backbone.config().hidden_size;
-            let mut score = Tensors::new();
-            score.insert("score.weight".into(), (vec![1, h], model.score_values()?));
-            let mut files = vec![(SCORE_FILE, tensor_bytes(&score)?)];
-            files.extend(adapter_files(&model.backbone, &p.base)?);
+            let files = scalar_model_files(&model, &p.base)?;
             finish(
                 job,
                 &p,
