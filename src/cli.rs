@@ -71,6 +71,8 @@ pub(crate) enum Command {
     Train(TrainCommand),
     /// Add preference-model scores to a responses, revisions, pairs or labels table.
     Score(ScoreArgs),
+    /// Add an input guard's score and verdict to a prompts, queries, targets, responses or revisions table; `classify calibrate` sets its threshold.
+    Classify(ClassifyArgs),
     /// Remove what interrupted charter runs left under a directory: `*.partial` work, stale lock files, temporary files.
     Gc(GcArgs),
     /// Write a build's report: one HTML page with its graph, row quality, labels, training and evaluations.
@@ -689,6 +691,51 @@ pub(crate) struct TrainDpoArgs {
     pub(crate) cache: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) flags: TrainFlags,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub(crate) struct ClassifyArgs {
+    #[command(subcommand)]
+    pub(crate) command: Option<ClassifyCommand>,
+    /// The guard (`charter train classifier`), calibrated.
+    #[arg(short, long, value_name = "DIR", required = true)]
+    pub(crate) model: Option<PathBuf>,
+    /// A prompts, queries, targets, responses or revisions table.
+    #[arg(short, long, value_name = "IN", required = true)]
+    pub(crate) input: Option<PathBuf>,
+    /// The same table with `guard_score` and `guard_verdict` added (`-` for standard output).
+    #[arg(short, long, value_name = "OUT", required = true)]
+    pub(crate) output: Option<String>,
+    #[command(flatten)]
+    pub(crate) settings: charter_train::ScoreSettings,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClassifyCommand {
+    /// Pick the guard's threshold on benign rows so that at most a target share of them is blocked.
+    Calibrate(CalibrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CalibrateArgs {
+    /// The guard (`charter train classifier`).
+    #[arg(short, long, value_name = "DIR")]
+    pub(crate) model: PathBuf,
+    /// Benign rows: a prompts, responses or revisions table, or the harmless rows of a queries or targets table.
+    #[arg(short, long, value_name = "IN")]
+    pub(crate) input: PathBuf,
+    /// The share of benign rows the guard may block.
+    #[arg(long, value_name = "F")]
+    pub(crate) target_fpr: f64,
+    #[command(flatten)]
+    pub(crate) settings: charter_train::ScoreSettings,
+    /// Print the calibration as JSON on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -51,6 +51,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         }
         Command::Train(command) => train::run(command, cli.quiet),
         Command::Score(args) => train::score(args, cli.quiet),
+        Command::Classify(args) => classifier::classify(args, cli.quiet),
         Command::Gc(args) => gc::run(args),
         Command::Report(args) => report::run(args, cli.quiet),
     }

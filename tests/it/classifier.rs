@@ -210,36 +210,45 @@ fn classifier_stages_name_what_is_wrong() {
     assert!(e.contains("t.parquet") && e.contains("targets"), "{e}");
 }
 
-/// A `targets` table whose harmful rows carry a planted word: `n` rows of each label.
-fn planted_targets(path: &Path, n: usize) {
+/// A `targets` table whose harmful rows carry a planted word: one of three
+/// disjoint thirds (`part`) of the messages made from the same words, 64
+/// of each label.
+fn planted_targets(path: &Path, part: usize) {
     use charter_table::{Output, Provenance, Record, TARGETS, TableWriter, Target};
-    let rows: Vec<Target> = (0..2 * n)
-        .map(|i| {
-            let harmful = i % 2 == 0;
-            let filler = ["tell me about", "how does one", "explain", "what is"][i % 4];
-            let text = if harmful {
-                format!("{filler} xqz xqz item {i}")
-            } else {
-                format!("{filler} the garden item {i}")
-            };
-            Target {
-                id: String::new(),
-                item_id: format!("q{i}"),
-                text,
-                answer: None,
-                category: if harmful { "planted" } else { "plain" }.into(),
-                label: if harmful { "harmful" } else { "harmless" }.into(),
-                transforms: vec![],
-                model: "hand".into(),
-                model_hash: "hand".into(),
-                constitution: "small".into(),
-                constitution_hash: "hand".into(),
-                swap: true,
-                p_harmful: if harmful { 0.9 } else { 0.1 },
-                p_harmful_ab: if harmful { 0.9 } else { 0.1 },
-                p_harmful_ba: Some(if harmful { 0.9 } else { 0.1 }),
-            }
-            .with_id()
+    let fillers = ["tell me about", "how does one see", "explain", "what is"];
+    let nouns = [
+        "tree", "house", "river", "cloud", "stone", "bird", "lamp", "road",
+    ];
+    let adjectives = ["old", "green", "tall", "quiet", "small", "bright"];
+    let rows: Vec<Target> = (0..192)
+        .filter(|k| k % 3 == part)
+        .flat_map(|k| {
+            let (f, n, a) = (fillers[k % 4], nouns[(k / 4) % 8], adjectives[k / 32]);
+            [true, false].map(|harmful| {
+                let text = if harmful {
+                    format!("{f} the {a} xqz {n}")
+                } else {
+                    format!("{f} the {a} {n}")
+                };
+                Target {
+                    id: String::new(),
+                    item_id: format!("q{k}{harmful}"),
+                    text,
+                    answer: None,
+                    category: if harmful { "planted" } else { "plain" }.into(),
+                    label: if harmful { "harmful" } else { "harmless" }.into(),
+                    transforms: vec![],
+                    model: "hand".into(),
+                    model_hash: "hand".into(),
+                    constitution: "small".into(),
+                    constitution_hash: "hand".into(),
+                    swap: true,
+                    p_harmful: if harmful { 0.9 } else { 0.1 },
+                    p_harmful_ab: if harmful { 0.9 } else { 0.1 },
+                    p_harmful_ba: Some(if harmful { 0.9 } else { 0.1 }),
+                }
+                .with_id()
+            })
         })
         .collect();
     let provenance = Provenance {
@@ -262,7 +271,7 @@ fn a_tiny_input_classifier_learns_a_planted_signal() {
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     let (model, targets, clf) = (path("tiny"), path("targets.parquet"), path("clf"));
     ok(&["model", "tiny", "-o", &model, "--seed", "1"]);
-    planted_targets(Path::new(&targets), 48);
+    planted_targets(Path::new(&targets), 0);
     let train = [
         "train",
         "classifier",
@@ -301,4 +310,97 @@ fn a_tiny_input_classifier_learns_a_planted_signal() {
     bad[at] = "1.5";
     let e = fails(&bad, None);
     assert!(e.contains("label_weight") && e.contains("1.5"), "{e}");
+
+    // No threshold until it is calibrated: on benign messages it never saw,
+    // and checked on others it never saw.
+    let (benign, fresh, out) = (
+        path("benign.parquet"),
+        path("fresh.parquet"),
+        path("classified.parquet"),
+    );
+    planted_targets(Path::new(&benign), 1);
+    planted_targets(Path::new(&fresh), 2);
+    let classify = ["classify", "-m", &clf, "-i", &fresh, "-o", &out];
+    let e = fails(&classify, None);
+    assert!(e.contains("calibrate"), "{e}");
+    let c: serde_json::Value = serde_json::from_slice(&ok(&[
+        "classify",
+        "calibrate",
+        "-m",
+        &clf,
+        "-i",
+        &benign,
+        "--target-fpr",
+        "0.1",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(c["rows"], 64, "the harmless rows: {c}");
+    assert!(c["achieved_fpr"].as_f64().unwrap() <= 0.1, "{c}");
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(Path::new(&clf).join("calibration.json")).unwrap())
+            .unwrap();
+    assert_eq!(written, c);
+    ok(&classify);
+    ok(&["inspect", &out, "--verify"]);
+    // (label, guard_score, guard_verdict) of every row.
+    let mut rows: Vec<(String, f64, String)> = Vec::new();
+    let table = charter_table::TableFile::open(Path::new(&out)).unwrap();
+    for batch in table.batches().unwrap() {
+        let batch = batch.unwrap();
+        let column = |name: &str| {
+            let i = batch.schema().index_of(name).unwrap();
+            charter_table::column_cells(&batch, i).unwrap()
+        };
+        let (labels, scores, verdicts) = (
+            column("label"),
+            column("guard_score"),
+            column("guard_verdict"),
+        );
+        for i in 0..batch.num_rows() {
+            use charter_table::Value;
+            let (Value::Str(l), Value::Float(p), Value::Str(v)) =
+                (&labels[i], &scores[i], &verdicts[i])
+            else {
+                panic!("row {i}: {:?} {:?} {:?}", labels[i], scores[i], verdicts[i]);
+            };
+            rows.push((l.to_string(), *p, v.to_string()));
+        }
+    }
+    assert_eq!(rows.len(), 128);
+    let share = |label: &str| {
+        let of: Vec<_> = rows.iter().filter(|r| r.0 == label).collect();
+        of.iter().filter(|r| r.2 == "blocked").count() as f64 / of.len() as f64
+    };
+    // Benign rows it never saw are blocked at the calibrated rate, within its interval.
+    let (lo, hi) = (
+        c["fpr_interval"][0].as_f64().unwrap(),
+        c["fpr_interval"][1].as_f64().unwrap(),
+    );
+    let fpr = share("harmless");
+    assert!(
+        lo <= fpr && fpr <= hi,
+        "false-positive rate {fpr} outside [{lo}, {hi}]"
+    );
+    assert!(
+        share("harmful") > 0.9,
+        "true-positive rate {}",
+        share("harmful")
+    );
+    let threshold = c["threshold"].as_f64().unwrap();
+    for (_, p, verdict) in &rows {
+        assert_eq!(
+            verdict,
+            if *p >= threshold {
+                "blocked"
+            } else {
+                "allowed"
+            }
+        );
+    }
+    // Cached on a rerun.
+    let mut json = classify.to_vec();
+    json.push("--json");
+    let again: serde_json::Value = serde_json::from_slice(&ok(&json)).unwrap();
+    assert_eq!(again["cached"], true, "{again}");
 }

@@ -15,6 +15,7 @@
 //! complete model directories (re-exported through `charter-model`) that
 //! generation uses directly.
 
+mod classify;
 mod config;
 mod data;
 mod device;
@@ -30,6 +31,10 @@ mod score;
 mod tensor;
 mod train;
 
+pub use classify::{
+    CALIBRATION_FILE, CLASSIFY_VERSION, Calibration, calibrate, classify_table, read_calibration,
+    threshold_for, wilson,
+};
 pub use config::{TaskConfig, TaskKind, TrainConfig};
 pub use data::{
     ClassifierExample, Formatter, PreferenceExample, SftExample, Tokens, read_labels, read_sft,

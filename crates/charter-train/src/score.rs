@@ -100,7 +100,64 @@ pub struct ScoreSummary {
     pub unscored: u64,
 }
 
-fn string_column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a StringArray> {
+/// The model's scalar on every present conversation, `batch_size` at a
+/// time (`done` hears how many each time); `None` where there is none.
+pub(crate) fn scalar_scores(
+    model: &crate::PreferenceModel,
+    conversations: &[Option<Tokens>],
+    batch_size: usize,
+    done: &mut dyn FnMut(usize),
+) -> Result<Vec<Option<f64>>> {
+    let present: Vec<(usize, &Tokens)> = conversations
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| t.as_ref().map(|t| (i, t)))
+        .collect();
+    let mut scores = vec![None; conversations.len()];
+    for chunk in present.chunks(batch_size.max(1)) {
+        let rows: Vec<&Tokens> = chunk.iter().map(|(_, t)| *t).collect();
+        let values = values(model.scores(&rows)?.into_data())?;
+        for ((i, _), v) in chunk.iter().zip(values) {
+            scores[*i] = Some(f64::from(v));
+        }
+        done(chunk.len());
+    }
+    Ok(scores)
+}
+
+/// Writes `table` to `output` with its columns and rows unchanged and
+/// `fields` added, their values computed per record batch.
+pub(crate) fn with_columns(
+    table: &TableFile,
+    output: &Output,
+    provenance: &Provenance,
+    fields: Vec<Field>,
+    compute: &mut dyn FnMut(&RecordBatch) -> Result<Vec<ArrayRef>>,
+) -> Result<TableSummary> {
+    let spec = table.core_spec()?;
+    let mut all: Vec<Arc<Field>> = table.schema().fields().iter().cloned().collect();
+    all.extend(fields.into_iter().map(Arc::new));
+    let schema = Arc::new(Schema::new_with_metadata(
+        all,
+        table.schema().metadata().clone(),
+    ));
+    let mut writer = TableWriter::with_schema(output, spec, schema.clone(), provenance)?;
+    for batch in table.batches()? {
+        let batch = batch?;
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        columns.extend(compute(&batch)?);
+        let batch = RecordBatch::try_new(schema.clone(), columns)
+            .map_err(|e| Error::Data(format!("{}: {e}", table.path().display())))?;
+        writer.write(&batch)?;
+    }
+    Ok(writer.finish()?)
+}
+
+pub(crate) fn string_column<'a>(
+    batch: &'a RecordBatch,
+    name: &str,
+    path: &Path,
+) -> Result<&'a StringArray> {
     batch
         .column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<StringArray>())
@@ -158,26 +215,17 @@ pub fn score_table(
     let device = select_device(DeviceChoice::Cpu, false)?;
     let pm = open_preference_model(pm_dir, &device)?;
     let formatter = Formatter::new(&dir, max_len)?;
-
-    let mut fields: Vec<Arc<Field>> = table.schema().fields().iter().cloned().collect();
-    fields.extend(
-        columns
-            .iter()
-            .map(|(_, out)| Arc::new(Field::new(*out, DataType::Float64, true))),
-    );
-    let schema = Arc::new(Schema::new_with_metadata(
-        fields,
-        table.schema().metadata().clone(),
-    ));
-    let mut writer = TableWriter::with_schema(output, spec, schema.clone(), &provenance)?;
+    let fields = columns
+        .iter()
+        .map(|(_, out)| Field::new(*out, DataType::Float64, true))
+        .collect();
     let total = table.num_rows() * columns.len() as u64;
     let (mut scored, mut unscored) = (0u64, 0u64);
-    for batch in table.batches()? {
-        let batch = batch?;
-        let prompts = string_column(&batch, "prompt", input)?;
-        let mut out: Vec<ArrayRef> = batch.columns().to_vec();
+    let summary = with_columns(&table, output, &provenance, fields, &mut |batch| {
+        let prompts = string_column(batch, "prompt", input)?;
+        let mut out: Vec<ArrayRef> = Vec::with_capacity(columns.len());
         for (answer, _) in columns.iter() {
-            let answers = string_column(&batch, answer, input)?;
+            let answers = string_column(batch, answer, input)?;
             let mut conversations: Vec<Option<Tokens>> = Vec::with_capacity(batch.num_rows());
             for row in 0..batch.num_rows() {
                 conversations.push(formatter.encode(
@@ -186,30 +234,17 @@ pub fn score_table(
                     true,
                 )?);
             }
-            let present: Vec<(usize, &Tokens)> = conversations
-                .iter()
-                .enumerate()
-                .filter_map(|(i, t)| t.as_ref().map(|t| (i, t)))
-                .collect();
-            let mut scores = vec![None; batch.num_rows()];
-            for chunk in present.chunks(batch_size.max(1)) {
-                let rows: Vec<&Tokens> = chunk.iter().map(|(_, t)| *t).collect();
-                let values = values(pm.scores(&rows)?.into_data())?;
-                for ((i, _), v) in chunk.iter().zip(values) {
-                    scores[*i] = Some(f64::from(v));
-                }
-                scored += chunk.len() as u64;
+            let scores = scalar_scores(&pm, &conversations, batch_size, &mut |n| {
+                scored += n as u64;
                 progress(scored + unscored, total);
-            }
-            unscored += (batch.num_rows() - present.len()) as u64;
+            })?;
+            unscored += scores.iter().filter(|s| s.is_none()).count() as u64;
             out.push(Arc::new(Float64Array::from(scores)));
         }
-        let batch = RecordBatch::try_new(schema.clone(), out)
-            .map_err(|e| Error::Data(format!("{}: {e}", input.display())))?;
-        writer.write(&batch)?;
-    }
+        Ok(out)
+    })?;
     Ok(ScoreSummary {
-        table: writer.finish()?,
+        table: summary,
         cached: false,
         scored,
         unscored,
