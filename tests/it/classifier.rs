@@ -404,3 +404,106 @@ fn a_tiny_input_classifier_learns_a_planted_signal() {
     let again: serde_json::Value = serde_json::from_slice(&ok(&json)).unwrap();
     assert_eq!(again["cached"], true, "{again}");
 }
+
+#[test]
+fn a_build_makes_a_guard_from_a_classifier_constitution() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    ok(&[
+        "model",
+        "tiny",
+        "-o",
+        model.to_str().unwrap(),
+        "--seed",
+        "2",
+    ]);
+    let file = crate::file(
+        dir.path(),
+        "guard.toml",
+        format!(
+            r#"[build]
+seed = 1
+model = "{}"
+constitution = "{}"
+out = "out"
+
+[defaults]
+max_new_tokens = 8
+
+[[stage]]
+name = "queries"
+kind = "queries"
+per_category = 3
+
+[[stage]]
+name = "augmented"
+kind = "augment"
+input = "queries"
+transforms = ["rot13", "template+base64"]
+
+[[stage]]
+name = "targets"
+kind = "target"
+input = "augmented"
+
+[[stage]]
+name = "input-classifier"
+kind = "train"
+objective = "classifier"
+input = "targets"
+label_weight = 1.0
+held_out = 0.3
+lr = 1e-3
+epochs = 1
+batch_size = 6
+"#,
+            model.display(),
+            fixture()
+        ),
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&ok(&["build", &file, "--json"])).unwrap();
+    let status = |report: &serde_json::Value| -> Vec<(String, String)> {
+        report["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["stage"].as_str().unwrap().into(),
+                    s["status"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    let ran: Vec<_> = status(&report).into_iter().map(|(_, s)| s).collect();
+    assert_eq!(ran, ["ran"; 4], "{report}");
+    let out = dir.path().join("out");
+    let count = |name: &str| inspect(out.join(name).to_str().unwrap())["rows"].clone();
+    assert_eq!(count("queries.parquet"), 6);
+    assert_eq!(count("augmented.parquet"), 18);
+    assert_eq!(count("targets.parquet"), 18);
+    let a = inspect(out.join("augmented.parquet").to_str().unwrap());
+    let chains: Vec<&serde_json::Value> = a["head"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["transforms"])
+        .collect();
+    assert!(
+        chains
+            .iter()
+            .any(|c| c[1] == "base64" && c[0].as_str().unwrap().starts_with("template:"))
+    );
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("input-classifier/charter-train.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["objective"], "classifier");
+    assert_eq!(record["objective_settings"]["label_weight"], 1.0);
+    // Nothing changed: every stage is up to date.
+    let again: serde_json::Value =
+        serde_json::from_slice(&ok(&["build", &file, "--json"])).unwrap();
+    assert!(status(&again).iter().all(|(_, s)| s == "cached"), "{again}");
+    assert!(out.join("report.html").is_file());
+}

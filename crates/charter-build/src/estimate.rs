@@ -114,7 +114,10 @@ impl BuildPlan {
             };
             let n = match op {
                 StageOp::Table | StageOp::Import { .. } => existing(),
-                StageOp::Dedup(_) | StageOp::Filter(_) => existing().or(first),
+                StageOp::Dedup(_) | StageOp::Filter(_) | StageOp::Target(_) => existing().or(first),
+                StageOp::Augment(s) => existing()
+                    .or(first
+                        .map(|n| n * (s.transforms.len() as u64 + u64::from(!s.only_augmented)))),
                 StageOp::Respond(s) => first
                     .map(|n| n.min(s.limit.map_or(u64::MAX, |l| l as u64)) * u64::from(s.samples)),
                 StageOp::Pair if stage.against.is_none() => first.map(|n| n / 2),

@@ -13,11 +13,15 @@ use std::collections::BTreeSet;
 use charter_model::ModelDir;
 use charter_table::{
     CRITIQUES, InputRef, KEY_CONSTITUTION_HASH, KEY_INPUTS, KEY_MODEL_HASH, KEY_SETTINGS,
-    KEY_STAGE, KEY_STAGE_VERSION, LABELS, PAIRS, PROMPTS, Provenance, RESPONSES, REVISIONS,
-    ShardedWriter, TableFile, TableSpec, canonical_json, partial_dir, read_input, slice_provenance,
+    KEY_STAGE, KEY_STAGE_VERSION, LABELS, PAIRS, PROMPTS, Provenance, QUERIES, RESPONSES,
+    REVISIONS, ShardedWriter, TARGETS, TableFile, TableSpec, canonical_json, partial_dir,
+    read_input, slice_provenance,
 };
 use serde_json::Value as Json;
 
+use charter_stages::classifier::{
+    ClassifierConstitution, augment_provenance, queries_provenance, target_provenance,
+};
 use charter_stages::{
     Constitution, critique_provenance, dedup_provenance, filter_provenance, import_provenance,
     label_provenance, pair_provenance, respond_provenance, revise_provenance,
@@ -558,6 +562,12 @@ pub(super) fn expected_provenance(
         })?;
         Ok(Constitution::load(file)?.hash())
     };
+    let classifier_hash = || -> Result<String> {
+        let file = stage.constitution.as_deref().ok_or_else(|| {
+            crate::error::Error::Settings(format!("stage `{}` has no constitution", stage.name))
+        })?;
+        Ok(ClassifierConstitution::load(file)?.hash())
+    };
     let first = || {
         inputs.first().ok_or_else(|| {
             crate::error::Error::Settings(format!("stage `{}` has no input", stage.name))
@@ -604,6 +614,15 @@ pub(super) fn expected_provenance(
         StageOp::Label(s) => (
             label_provenance(first()?, s, &model_hash()?, &constitution_hash()?)?,
             &LABELS,
+        ),
+        StageOp::Queries(s) => (
+            queries_provenance(s, &model_hash()?, &classifier_hash()?),
+            &QUERIES,
+        ),
+        StageOp::Augment(s) => (augment_provenance(first()?, s)?, &QUERIES),
+        StageOp::Target(s) => (
+            target_provenance(first()?, s, &model_hash()?, &classifier_hash()?)?,
+            &TARGETS,
         ),
         StageOp::Table | StageOp::Export(_) | StageOp::Train(_) | StageOp::Eval(_) => {
             return Err(crate::error::Error::Settings(format!(

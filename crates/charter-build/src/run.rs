@@ -24,6 +24,7 @@ use charter_table::{
 use charter_train::{Job, Outcome};
 use serde_json::{Value as Json, json};
 
+use charter_stages::classifier::{ClassifierConstitution, augment, queries, target};
 use charter_stages::{
     Constitution, Contestants, Model, PolicyEvalStep, StageProgress, StageSummary, critique,
     dedup_table, eval_policy, export, filter_table, import_prompts, label, pair, respond, revise,
@@ -228,6 +229,11 @@ impl BuildPlan {
                 return Ok(table_written(stage, s.cached, s.table));
             }
             StageOp::Merge { shards, .. } => return self.run_merge(stage, *shards),
+            StageOp::Queries(settings) => {
+                let c = classifier_of(stage)?;
+                let m = model_of(cache, stage, settings.generation.threads)?;
+                return Ok(generated(stage, queries(m, &c, settings, out, progress)?));
+            }
             _ => {}
         }
         let inputs = self.input_tables(stage)?;
@@ -250,11 +256,16 @@ impl BuildPlan {
             })?;
             return Ok(table_written(stage, cached, table));
         }
-        let constitution = stage
-            .constitution
-            .as_deref()
-            .map(|c| cache.constitution(c))
-            .transpose()?;
+        // Critique, revise and label read a CAI constitution; `target` a
+        // classifier constitution, loaded in its arm.
+        let constitution = match &stage.op {
+            StageOp::Critique(_) | StageOp::Revise(_) | StageOp::Label(_) => stage
+                .constitution
+                .as_deref()
+                .map(|c| cache.constitution(c))
+                .transpose()?,
+            _ => None,
+        };
         let need_constitution = || {
             constitution
                 .as_ref()
@@ -266,6 +277,7 @@ impl BuildPlan {
             | StageOp::Train(_)
             | StageOp::Eval(_)
             | StageOp::Slice { .. }
+            | StageOp::Queries(_)
             | StageOp::Merge { .. } => unreachable_table(stage)?,
             StageOp::Score(settings) => {
                 let model = stage
@@ -316,6 +328,14 @@ impl BuildPlan {
                 let m = model_of(cache, stage, settings.generation.threads)?;
                 generated(stage, label(input, m, c, settings, out, progress)?)
             }
+            StageOp::Augment(settings) => {
+                generated(stage, augment(input, settings, out, progress)?)
+            }
+            StageOp::Target(settings) => {
+                let c = classifier_of(stage)?;
+                let m = model_of(cache, stage, settings.generation.threads)?;
+                generated(stage, target(input, m, &c, settings, out, progress)?)
+            }
             StageOp::Pair => {
                 let p = pair(input, inputs.get(1), out)?;
                 table_written(stage, p.cached, p.table)
@@ -356,6 +376,15 @@ impl BuildPlan {
             }
         })
     }
+}
+
+/// The classifier constitution of a `queries` or `target` stage.
+fn classifier_of(stage: &PlannedStage) -> Result<ClassifierConstitution> {
+    let path = stage
+        .constitution
+        .as_deref()
+        .ok_or_else(|| Error::Settings(format!("stage `{}`: no constitution", stage.name)))?;
+    Ok(ClassifierConstitution::load(path)?)
 }
 
 fn model_of<'c>(

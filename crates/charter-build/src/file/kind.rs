@@ -3,6 +3,7 @@
 //! whose names come from the settings structs the stages and the
 //! command line share.
 
+use charter_stages::classifier::{AugmentSettings, QuerySettings, TargetSettings};
 use charter_stages::{
     CritiqueSettings, DedupSettings, ExportSettings, FilterSettings, GenSettings, ImportSettings,
     LabelSettings, PolicyEvalSettings, RespondSettings, TableDedupSettings,
@@ -44,6 +45,13 @@ pub enum StageKind {
     Train,
     /// Prompts and two models → a policy evaluation.
     Eval,
+    /// A classifier constitution → synthetic user messages per category.
+    Queries,
+    /// Queries → the same queries and copies encoded, enciphered or
+    /// wrapped in jailbreak templates.
+    Augment,
+    /// Queries → a classifier's soft targets from a labeller.
+    Target,
     /// The rows of one shard of a table: made by a sharded build's plan,
     /// never declared in a build file.
     #[serde(skip)]
@@ -116,7 +124,7 @@ pub(crate) struct Description {
 
 impl StageKind {
     /// Every kind a build file may declare.
-    pub const ALL: [StageKind; 13] = [
+    pub const ALL: [StageKind; 16] = [
         StageKind::Table,
         StageKind::Import,
         StageKind::Dedup,
@@ -130,6 +138,9 @@ impl StageKind {
         StageKind::Export,
         StageKind::Train,
         StageKind::Eval,
+        StageKind::Queries,
+        StageKind::Augment,
+        StageKind::Target,
     ];
 
     /// The name used in build files.
@@ -148,6 +159,9 @@ impl StageKind {
             StageKind::Export => "export",
             StageKind::Train => "train",
             StageKind::Eval => "eval",
+            StageKind::Queries => "queries",
+            StageKind::Augment => "augment",
+            StageKind::Target => "target",
             StageKind::Slice => "slice",
         }
     }
@@ -166,6 +180,7 @@ impl StageKind {
         // table: the stage checks its name when it runs.
         const PROMPTS: &[StageKind] = &[K::Table, K::Import, K::Dedup];
         const ANSWERS: &[StageKind] = &[K::Table, K::Dedup, K::Filter, K::Respond, K::Revise];
+        const QUERIES: &[StageKind] = &[K::Table, K::Dedup, K::Queries, K::Augment];
         let d = |slots, reads, settings: &[&[&'static str]], generates| Description {
             slots,
             reads,
@@ -267,6 +282,7 @@ impl StageKind {
                     K::Respond,
                     K::Revise,
                     K::Label,
+                    K::Target,
                 ],
                 &[fields_of::<TaskConfig>(), fields_of::<TrainConfig>()],
                 false,
@@ -277,6 +293,20 @@ impl StageKind {
                 &[fields_of::<PolicyEvalSettings>()],
                 true,
             ),
+            // The constitution of these three is a classifier constitution.
+            K::Queries => d(
+                &[Output, Model, Constitution, Seed],
+                &[],
+                &[fields_of::<QuerySettings>()],
+                true,
+            ),
+            K::Augment => d(
+                &[Input, Output, Seed],
+                QUERIES,
+                &[fields_of::<AugmentSettings>()],
+                false,
+            ),
+            K::Target => d(MODEL_STAGE, QUERIES, &[fields_of::<TargetSettings>()], true),
         }
     }
 

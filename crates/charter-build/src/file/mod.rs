@@ -65,6 +65,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use charter_model::Dtype;
+use charter_stages::classifier::{AugmentSettings, QuerySettings, TargetSettings};
 use charter_stages::{
     CritiqueSettings, ExportSettings, FilterSettings, GenSettings, ImportSettings, LabelSettings,
     PolicyEvalSettings, RespondSettings, TableDedupSettings,
@@ -112,6 +113,12 @@ pub enum StageOp {
     Train(TrainOp),
     /// `eval`.
     Eval(EvalOp),
+    /// `queries`.
+    Queries(QuerySettings),
+    /// `augment`.
+    Augment(AugmentSettings),
+    /// `target`.
+    Target(TargetSettings),
     /// A sharded build's own stage: the rows of one shard of its input
     /// (among the first `limit`, for a `respond` stage's `limit`).
     Slice {
@@ -268,8 +275,13 @@ impl BuildPlan {
                 }
             }
             if let Some(c) = &stage.constitution {
-                charter_stages::Constitution::load(c)
-                    .map_err(|e| self.at(&stage.name, "constitution", e))?;
+                let checked = match stage.kind {
+                    StageKind::Queries | StageKind::Target => {
+                        charter_stages::classifier::ClassifierConstitution::load(c).map(drop)
+                    }
+                    _ => charter_stages::Constitution::load(c).map(drop),
+                };
+                checked.map_err(|e| self.at(&stage.name, "constitution", e))?;
             }
             if let StageOp::Import { files, .. } = &stage.op
                 && let Some(missing) = files.iter().find(|f| !f.is_file())

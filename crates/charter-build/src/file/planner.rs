@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use charter_stages::classifier::{AugmentSettings, QuerySettings, TargetSettings};
 use charter_stages::{
     CritiqueSettings, ExportFormat, ExportSettings, FilterSettings, GenSettings, ImportSettings,
     LabelSettings, PolicyEvalSettings, RespondSettings, TableDedupSettings,
@@ -385,7 +386,7 @@ impl<'s, 't> Planner<'s, 't> {
                 "an `import` stage needs `files`: the prompt files to read",
             ));
         }
-        if !matches!(s.kind, StageKind::Table | StageKind::Import) && input.is_none() {
+        if s.kind.describe().slots.contains(&Slot::Input) && input.is_none() {
             return Err(self.at(
                 s,
                 "input",
@@ -519,6 +520,30 @@ impl<'s, 't> Planner<'s, 't> {
                 StageOp::Critique(settings)
             }
             StageKind::Revise => StageOp::Revise(self.generation(s, seed)?),
+            StageKind::Queries => {
+                let settings = QuerySettings {
+                    generation: self.generation(s, seed)?,
+                    ..self.own(s)?
+                };
+                self.checked(s, settings.validate())?;
+                StageOp::Queries(settings)
+            }
+            StageKind::Augment => {
+                let settings = AugmentSettings {
+                    seed,
+                    ..self.own(s)?
+                };
+                self.checked(s, settings.validate())?;
+                StageOp::Augment(settings)
+            }
+            StageKind::Target => {
+                let settings = TargetSettings {
+                    generation: self.generation(s, seed)?,
+                    ..self.own(s)?
+                };
+                self.checked(s, settings.generation.validate())?;
+                StageOp::Target(settings)
+            }
             StageKind::Score => {
                 let settings: ScoreSettings = self.own(s)?;
                 self.checked(s, settings.validate())?;
@@ -643,8 +668,7 @@ impl<'s, 't> Planner<'s, 't> {
             Task::Pm { .. } | Task::Dpo { .. } => {
                 &[StageKind::Table, StageKind::Dedup, StageKind::Label]
             }
-            // A `targets` table (`charter target`).
-            Task::Classifier { .. } => &[StageKind::Table, StageKind::Dedup],
+            Task::Classifier { .. } => &[StageKind::Table, StageKind::Dedup, StageKind::Target],
         };
         for (field, i) in input
             .iter()

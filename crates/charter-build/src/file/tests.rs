@@ -322,6 +322,7 @@ fn flag_fields<A: clap::Args>() -> Vec<String> {
 
 #[test]
 fn the_command_line_and_build_files_take_the_same_settings() {
+    use charter_stages::classifier::{AugmentSettings, QuerySettings, TargetSettings};
     use charter_stages::{
         CritiqueSettings, ExportSettings, GenSettings, LabelSettings, PolicyEvalSettings,
         RespondSettings,
@@ -337,6 +338,9 @@ fn the_command_line_and_build_files_take_the_same_settings() {
         (StageKind::Score, flag_fields::<ScoreSettings>()),
         (StageKind::Export, flag_fields::<ExportSettings>()),
         (StageKind::Eval, flag_fields::<PolicyEvalSettings>()),
+        (StageKind::Queries, flag_fields::<QuerySettings>()),
+        (StageKind::Augment, flag_fields::<AugmentSettings>()),
+        (StageKind::Target, flag_fields::<TargetSettings>()),
         (
             StageKind::Train,
             flag_fields::<charter_train::TrainConfig>(),

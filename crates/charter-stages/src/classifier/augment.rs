@@ -87,7 +87,9 @@ pub struct AugmentSettings {
     /// Leave the input rows out of the output (by default it holds them too).
     #[arg(long)]
     pub only_augmented: bool,
-    /// Seed of the template draws.
+    /// Seed of the template draws. (A build file sets it in `[build]` or
+    /// the stage's `seed`.)
+    #[serde(skip)]
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
