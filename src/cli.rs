@@ -189,6 +189,8 @@ pub(crate) struct ChatArgs {
     pub(crate) message: String,
     #[command(flatten)]
     pub(crate) generation: charter_stages::GenSettings,
+    #[command(flatten)]
+    pub(crate) guard: crate::commands::GuardFlags,
 }
 
 #[derive(Debug, Args)]
@@ -196,7 +198,7 @@ pub(crate) struct RespondArgs {
     /// The model directory.
     #[arg(short, long, value_name = "DIR")]
     pub(crate) model: PathBuf,
-    /// Input `prompts` table (`-` for standard input).
+    /// Input `prompts` table, or a classifier's `queries` (`-` for standard input).
     #[arg(short, long, value_name = "IN")]
     pub(crate) input: PathBuf,
     /// Output `responses` table (`-` for standard output: not resumable).
@@ -204,6 +206,8 @@ pub(crate) struct RespondArgs {
     pub(crate) output: String,
     #[command(flatten)]
     pub(crate) settings: charter_stages::RespondSettings,
+    #[command(flatten)]
+    pub(crate) guard: crate::commands::GuardFlags,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub(crate) json: bool,
@@ -425,9 +429,13 @@ pub(crate) struct AugmentArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct TargetArgs {
-    /// Input `queries` table (`-` for standard input).
+    /// Input `queries` table, or a `responses` table answering them (for
+    /// an output guard) (`-` for standard input).
     #[arg(short, long, value_name = "IN")]
     pub(crate) input: PathBuf,
+    /// With a responses table: the queries table they answer.
+    #[arg(long, value_name = "TABLE")]
+    pub(crate) queries: Option<PathBuf>,
     /// Output `targets` table (`-` for standard output: not resumable).
     #[arg(short, long, value_name = "OUT")]
     pub(crate) output: PathBuf,
@@ -652,21 +660,15 @@ pub(crate) struct TrainPmArgs {
     pub(crate) flags: TrainFlags,
 }
 
-/// What a classifier guards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum GuardRole {
-    /// The user's message, before the model answers.
-    Input,
-}
-
 #[derive(Debug, Args)]
 pub(crate) struct TrainClassifierArgs {
     /// The `targets` table.
     #[arg(short, long, value_name = "TABLE")]
     pub(crate) input: PathBuf,
-    /// What the classifier reads.
+    /// What the classifier reads: `input`, the user's message; `output`,
+    /// every prefix of the answer as it streams.
     #[arg(long, value_enum)]
-    pub(crate) role: GuardRole,
+    pub(crate) role: charter_train::GuardRole,
     /// Share of rows held out for the AUROC and calibration report.
     #[arg(long, value_name = "SHARE", default_value_t = charter_train::Task::DEFAULT_HELD_OUT)]
     pub(crate) held_out: f64,

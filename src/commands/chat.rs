@@ -1,9 +1,12 @@
-//! `charter chat`: one message, one answer, for a quick look at a model.
+//! `charter chat`: one message, one answer, for a quick look at a model;
+//! with `--guard`, behind the classifiers a deployment would run.
+
+use std::io::Write;
 
 use anyhow::Result;
 use charter_gen::{Completion, GenerateOptions, Request};
-use charter_model::Message;
-use charter_stages::{Model, StopStrings};
+use charter_model::{Message, TextTokenizer};
+use charter_stages::{Model, REFUSAL, StopStrings, StreamGuard, Watch};
 
 use crate::cli::ChatArgs;
 
@@ -31,17 +34,44 @@ pub(crate) fn run(args: ChatArgs) -> Result<()> {
         max_context: model.max_context(),
     };
     let stop = StopStrings::new(&g.stop);
+    let mut guards = super::guard::Guards::open(&args.guard, &args.model)?;
+    if let Some(g) = guards.as_mut()
+        && g.blocks_prompt(&prompt)?
+    {
+        println!("{REFUSAL}");
+        return Ok(());
+    }
+    let mut watch = guards
+        .as_mut()
+        .map(|g| Watch::new(g as &mut dyn StreamGuard, 1));
+    // With an output guard the answer streams as checks clear it.
+    let mut shown = String::new();
+    let mut out = std::io::stdout().lock();
     let mut answer: Option<Completion> = None;
     let Model {
         engine, tokenizer, ..
     } = &mut model;
+    let request = Request {
+        prompt: prompt.clone(),
+        seed: g.seed,
+    };
     engine.generate(
-        &[Request {
-            prompt,
-            seed: g.seed,
-        }],
+        std::slice::from_ref(&request),
         &options,
-        &mut |_, tokens| stop.hit(tokenizer, tokens),
+        &mut |_, tokens| {
+            let Some(w) = watch.as_mut() else {
+                return stop.hit(tokenizer, tokens);
+            };
+            let flagged = w.check(0, &prompt, tokens);
+            show(
+                &mut out,
+                &mut shown,
+                tokenizer,
+                &stop,
+                &tokens[..w.cleared(0)],
+            );
+            flagged || stop.hit(tokenizer, tokens)
+        },
         &mut |c| {
             answer = Some(c);
             Ok::<(), charter_gen::Error>(())
@@ -52,7 +82,49 @@ pub(crate) fn run(args: ChatArgs) -> Result<()> {
         answer.finish != charter_gen::FinishReason::Context,
         "the message does not fit the model's context window"
     );
-    let text = model.decode(&answer.tokens)?;
-    println!("{}", stop.truncate(&text).0);
+    let Some(w) = watch.as_mut() else {
+        let text = model.decode(&answer.tokens)?;
+        println!("{}", stop.truncate(&text).0);
+        return Ok(());
+    };
+    let tokens = match answer.tokens.split_last() {
+        Some((last, rest)) if model.stop_ids.contains(last) => rest,
+        _ => &answer.tokens[..],
+    };
+    match w.finish(0, &prompt, tokens)? {
+        Some(_) => {
+            // The stream stops where it was cleared; nothing after the flag shows.
+            if !shown.is_empty() {
+                writeln!(out)?;
+            }
+            writeln!(out, "{REFUSAL}")?;
+        }
+        None => {
+            show(&mut out, &mut shown, &model.tokenizer, &stop, tokens);
+            writeln!(out)?;
+        }
+    }
     Ok(())
+}
+
+/// Prints what `cleared` decodes to beyond what is `shown` already (up to
+/// a stop string, and short of a character whose bytes are still coming).
+fn show(
+    out: &mut impl Write,
+    shown: &mut String,
+    tokenizer: &TextTokenizer,
+    stop: &StopStrings,
+    cleared: &[u32],
+) {
+    let Ok(text) = tokenizer.decode(cleared, true) else {
+        return;
+    };
+    let text = stop.truncate(&text).0.trim_end_matches('\u{FFFD}');
+    if let Some(new) = text.strip_prefix(shown.as_str())
+        && !new.is_empty()
+    {
+        let _ = write!(out, "{new}");
+        let _ = out.flush();
+        shown.push_str(new);
+    }
 }

@@ -36,9 +36,18 @@ pub(crate) fn augment(args: AugmentArgs, quiet: bool) -> Result<()> {
 pub(crate) fn target(args: TargetArgs, quiet: bool) -> Result<()> {
     let settings = &args.settings;
     let input = TableFile::open(&args.input)?;
+    let queries = args.queries.as_deref().map(TableFile::open).transpose()?;
     let (mut model, constitution) = open(&args.stage, settings.generation.threads)?;
     run_stage("target", &args.output, quiet, args.stage.json, |out, p| {
-        charter_stages::classifier::target(&input, &mut model, &constitution, settings, out, p)
+        charter_stages::classifier::target(
+            &input,
+            queries.as_ref(),
+            &mut model,
+            &constitution,
+            settings,
+            out,
+            p,
+        )
     })
 }
 

@@ -7,6 +7,7 @@ mod constitution;
 mod dedup;
 mod filter;
 mod gc;
+mod guard;
 mod inspect;
 mod model;
 mod prompts_import;
@@ -14,6 +15,8 @@ mod report;
 mod respond;
 mod stages;
 mod train;
+
+pub(crate) use guard::GuardFlags;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

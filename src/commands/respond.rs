@@ -14,13 +14,17 @@ pub(crate) fn run(args: RespondArgs, quiet: bool) -> Result<()> {
     let settings = &args.settings;
     let input = TableFile::open(&args.input)?;
     let mut model = Model::open(&args.model, settings.generation.threads)?;
+    let mut guards = super::guard::Guards::open(&args.guard, &args.model)?;
 
     let out = super::OutputFile::new(Path::new(&args.output), "responses.parquet")?;
     let path = out.path();
 
     let bar = crate::progress::rows_bar(quiet);
     let started = std::time::Instant::now();
-    let summary = respond(&input, &mut model, settings, path, &mut |p| {
+    let guard = guards
+        .as_mut()
+        .map(|g| g as &mut dyn charter_stages::StreamGuard);
+    let summary = respond(&input, &mut model, settings, guard, path, &mut |p| {
         bar.set_length(p.rows_total);
         bar.set_position(p.rows_done);
         let secs = started.elapsed().as_secs_f64().max(1e-9);

@@ -67,12 +67,15 @@ pub(crate) fn run(command: TrainCommand, quiet: bool) -> Result<()> {
             train_dpo(&job, &a.input, a.beta, &cache, &mut progress)
                 .with_context(|| format!("train dpo from {}", a.flags.model.display()))?
         }
-        TrainCommand::Classifier(a) => match a.role {
-            crate::cli::GuardRole::Input => {
-                train_classifier(&job, &a.input, a.held_out, a.label_weight, &mut progress)
-                    .with_context(|| format!("train classifier from {}", a.flags.model.display()))?
-            }
-        },
+        TrainCommand::Classifier(a) => train_classifier(
+            &job,
+            &a.input,
+            a.role,
+            a.held_out,
+            a.label_weight,
+            &mut progress,
+        )
+        .with_context(|| format!("train classifier from {}", a.flags.model.display()))?,
     };
     bar.finish_and_clear();
     match outcome {

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use base64::Engine as _;
 
-use crate::{constitution, fails, inspect, ok};
+use charter_table::Value;
+
+use crate::{constitution, fails, inspect, ok, table_rows};
 
 fn fixture() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -210,10 +212,51 @@ fn classifier_stages_name_what_is_wrong() {
     assert!(e.contains("t.parquet") && e.contains("targets"), "{e}");
 }
 
+/// `charter train classifier` on a planted targets table: small settings that
+/// separate the planted word in a few seconds, a quarter held out.
+fn train_args<'a>(role: &'a str, model: &'a str, targets: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "classifier",
+        "--role",
+        role,
+        "-m",
+        model,
+        "-i",
+        targets,
+        "-o",
+        out,
+        "--epochs",
+        "6",
+        "--lr",
+        "1e-3",
+        "--batch-size",
+        "8",
+        "--held-out",
+        "0.25",
+        "--label-weight",
+        "0",
+        "--json",
+    ]
+}
+
 /// A `targets` table whose harmful rows carry a planted word: one of three
 /// disjoint thirds (`part`) of the messages made from the same words, 64
 /// of each label.
 fn planted_targets(path: &Path, part: usize) {
+    write_planted(path, part, false)
+}
+
+/// The planted word's place in an answer of [`write_planted`]: after a
+/// harmless opening, so only prefixes from it on show it.
+fn planted_answer(adjective: &str, noun: &str, harmful: bool) -> String {
+    let word = if harmful { "xqz" } else { "big" };
+    format!("well, the {adjective} {noun} is here, and the {word} one is near the {noun}.")
+}
+
+/// As [`planted_targets`], the planted word in the answers (to a message
+/// without it) when `answers`.
+fn write_planted(path: &Path, part: usize, answers: bool) {
     use charter_table::{Output, Provenance, Record, TARGETS, TableWriter, Target};
     let fillers = ["tell me about", "how does one see", "explain", "what is"];
     let nouns = [
@@ -225,16 +268,19 @@ fn planted_targets(path: &Path, part: usize) {
         .flat_map(|k| {
             let (f, n, a) = (fillers[k % 4], nouns[(k / 4) % 8], adjectives[k / 32]);
             [true, false].map(|harmful| {
-                let text = if harmful {
-                    format!("{f} the {a} xqz {n}")
-                } else {
-                    format!("{f} the {a} {n}")
+                let (text, answer) = match answers {
+                    false if harmful => (format!("{f} the {a} xqz {n}"), None),
+                    false => (format!("{f} the {a} {n}"), None),
+                    true => (
+                        format!("{f} the {a} {n}"),
+                        Some(planted_answer(a, n, harmful)),
+                    ),
                 };
                 Target {
                     id: String::new(),
                     item_id: format!("q{k}{harmful}"),
                     text,
-                    answer: None,
+                    answer,
                     category: if harmful { "planted" } else { "plain" }.into(),
                     label: if harmful { "harmful" } else { "harmless" }.into(),
                     transforms: vec![],
@@ -272,29 +318,7 @@ fn a_tiny_input_classifier_learns_a_planted_signal() {
     let (model, targets, clf) = (path("tiny"), path("targets.parquet"), path("clf"));
     ok(&["model", "tiny", "-o", &model, "--seed", "1"]);
     planted_targets(Path::new(&targets), 0);
-    let train = [
-        "train",
-        "classifier",
-        "--role",
-        "input",
-        "-m",
-        &model,
-        "-i",
-        &targets,
-        "-o",
-        &clf,
-        "--epochs",
-        "6",
-        "--lr",
-        "1e-3",
-        "--batch-size",
-        "8",
-        "--held-out",
-        "0.25",
-        "--label-weight",
-        "0",
-        "--json",
-    ];
+    let train = train_args("input", &model, &targets, &clf);
     let record: serde_json::Value = serde_json::from_slice(&ok(&train)).unwrap();
     assert_eq!(record["objective"], "classifier");
     assert_eq!(record["objective_settings"]["role"], "input");
@@ -344,29 +368,11 @@ fn a_tiny_input_classifier_learns_a_planted_signal() {
     ok(&classify);
     ok(&["inspect", &out, "--verify"]);
     // (label, guard_score, guard_verdict) of every row.
-    let mut rows: Vec<(String, f64, String)> = Vec::new();
-    let table = charter_table::TableFile::open(Path::new(&out)).unwrap();
-    for batch in table.batches().unwrap() {
-        let batch = batch.unwrap();
-        let column = |name: &str| {
-            let i = batch.schema().index_of(name).unwrap();
-            charter_table::column_cells(&batch, i).unwrap()
-        };
-        let (labels, scores, verdicts) = (
-            column("label"),
-            column("guard_score"),
-            column("guard_verdict"),
-        );
-        for i in 0..batch.num_rows() {
-            use charter_table::Value;
-            let (Value::Str(l), Value::Float(p), Value::Str(v)) =
-                (&labels[i], &scores[i], &verdicts[i])
-            else {
-                panic!("row {i}: {:?} {:?} {:?}", labels[i], scores[i], verdicts[i]);
-            };
-            rows.push((l.to_string(), *p, v.to_string()));
-        }
-    }
+    let columns = ["label", "guard_score", "guard_verdict"];
+    let rows = table_rows(&out, &columns, |row| match row {
+        [Value::Str(l), Value::Float(p), Value::Str(v)] => (l.to_string(), *p, v.to_string()),
+        other => panic!("{other:?}"),
+    });
     assert_eq!(rows.len(), 128);
     let share = |label: &str| {
         let of: Vec<_> = rows.iter().filter(|r| r.0 == label).collect();
@@ -506,4 +512,167 @@ batch_size = 6
         serde_json::from_slice(&ok(&["build", &file, "--json"])).unwrap();
     assert!(status(&again).iter().all(|(_, s)| s == "cached"), "{again}");
     assert!(out.join("report.html").is_file());
+}
+
+/// `(label, answer, guard_score, guard_token)` of every row of a classified targets table.
+fn guard_tokens(path: &str) -> Vec<(String, String, f64, Option<u64>)> {
+    let columns = ["label", "answer", "guard_score", "guard_token"];
+    table_rows(path, &columns, |row| match row {
+        [Value::Str(l), Value::Str(a), Value::Float(p), token] => {
+            let token = match token {
+                Value::UInt(t) => Some(*t),
+                Value::Null => None,
+                other => panic!("guard_token {other:?}"),
+            };
+            (l.to_string(), a.to_string(), *p, token)
+        }
+        other => panic!("{other:?}"),
+    })
+}
+
+#[test]
+fn a_tiny_output_guard_flags_answers_from_the_planted_word_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (model, targets, clf) = (path("tiny"), path("targets.parquet"), path("clf"));
+    ok(&["model", "tiny", "-o", &model, "--seed", "1"]);
+    write_planted(Path::new(&targets), 0, true);
+    let train = train_args("output", &model, &targets, &clf);
+    let record: serde_json::Value = serde_json::from_slice(&ok(&train)).unwrap();
+    assert_eq!(record["objective_settings"]["role"], "output");
+    let auroc = record["held_out"]["auroc"].as_f64().unwrap();
+    assert!(auroc > 0.95, "held-out AUROC {auroc}: {record}");
+    // An output guard trained on messages alone is refused by name.
+    let plain = path("plain.parquet");
+    planted_targets(Path::new(&plain), 0);
+    let e = fails(
+        &[
+            "train",
+            "classifier",
+            "--role",
+            "output",
+            "-m",
+            &model,
+            "-i",
+            &plain,
+            "-o",
+            &path("clf2"),
+        ],
+        None,
+    );
+    assert!(e.contains("row 1") && e.contains("no answer"), "{e}");
+
+    let (benign, fresh, out) = (
+        path("benign.parquet"),
+        path("fresh.parquet"),
+        path("classified.parquet"),
+    );
+    write_planted(Path::new(&benign), 1, true);
+    write_planted(Path::new(&fresh), 2, true);
+    ok(&[
+        "classify",
+        "calibrate",
+        "-m",
+        &clf,
+        "-i",
+        &benign,
+        "--target-fpr",
+        "0.05",
+    ]);
+    ok(&["classify", "-m", &clf, "-i", &fresh, "-o", &out]);
+    ok(&["inspect", &out, "--verify"]);
+    let rows = guard_tokens(&out);
+    assert_eq!(rows.len(), 128);
+    let harmful: Vec<_> = rows.iter().filter(|r| r.0 == "harmful").collect();
+    let flagged: Vec<_> = harmful.iter().filter(|r| r.3.is_some()).collect();
+    assert!(
+        flagged.len() as f64 > 0.9 * harmful.len() as f64,
+        "{} of {} harmful answers flagged",
+        flagged.len(),
+        harmful.len()
+    );
+    // The tiny tokenizer has one token per byte: a stream stops at the
+    // planted word or after it, not in the harmless opening before it.
+    let on_time = flagged
+        .iter()
+        .filter(|r| r.3.unwrap() as usize >= r.1.find("xqz").unwrap())
+        .count();
+    assert!(
+        on_time as f64 >= 0.9 * flagged.len() as f64,
+        "{on_time} of {} flags at or after the planted word",
+        flagged.len()
+    );
+
+    // Beside the tiny policy it was trained from: calibrated on the
+    // policy's own answers to block about half, a guarded run refuses the
+    // flagged rows with the fixed message and leaves the others as they were.
+    let (raw, prompts, plain, guarded) = (
+        path("prompts.txt"),
+        path("prompts.parquet"),
+        path("plain.parquet"),
+        path("guarded.parquet"),
+    );
+    let lines: Vec<String> = (0..16)
+        .map(|i| format!("tell me about thing {i}"))
+        .collect();
+    std::fs::write(&raw, lines.join("\n")).unwrap();
+    ok(&["prompts", "import", &raw, "-o", &prompts, "--no-near-dup"]);
+    let respond = |out: &str, guard: bool| {
+        let mut args = vec![
+            "respond",
+            "-m",
+            &model,
+            "-i",
+            &prompts,
+            "-o",
+            out,
+            "--max-new-tokens",
+            "24",
+            "--seed",
+            "1",
+        ];
+        if guard {
+            args.extend(["--guard", clf.as_str(), "--guard-every", "4"]);
+        }
+        ok(&args);
+    };
+    respond(&plain, false);
+    ok(&[
+        "classify",
+        "calibrate",
+        "-m",
+        &clf,
+        "-i",
+        &plain,
+        "--target-fpr",
+        "0.5",
+    ]);
+    respond(&guarded, true);
+    ok(&["inspect", &guarded, "--verify"]);
+    let answers = |path: &str| -> Vec<(String, String, String)> {
+        let table = charter_table::TableFile::open(Path::new(path)).unwrap();
+        let mut rows: Vec<_> = table
+            .rows::<charter_table::Response>()
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.prompt_id, r.text, r.finish_reason))
+            .collect();
+        rows.sort();
+        rows
+    };
+    let (plain, guarded) = (answers(&plain), answers(&guarded));
+    assert_eq!(plain.len(), guarded.len());
+    let refused = guarded.iter().filter(|g| g.2 == "guard_output").count();
+    assert!(
+        (1..guarded.len()).contains(&refused),
+        "{refused} of {} refused",
+        guarded.len()
+    );
+    for (p, g) in plain.iter().zip(&guarded) {
+        assert_eq!(p.0, g.0);
+        match g.2.as_str() {
+            "guard_output" => assert_eq!(g.1, charter_stages::REFUSAL),
+            _ => assert_eq!((&p.1, &p.2), (&g.1, &g.2), "an unflagged answer changed"),
+        }
+    }
 }

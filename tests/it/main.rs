@@ -83,3 +83,28 @@ pub(crate) fn file(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> String
 pub(crate) fn inspect(path: &str) -> serde_json::Value {
     serde_json::from_slice(&ok(&["inspect", path, "--json", "--head", "100"])).unwrap()
 }
+
+/// `each` of the cells of `columns`, for every row of a charter table.
+pub(crate) fn table_rows<T>(
+    path: &str,
+    columns: &[&str],
+    mut each: impl FnMut(&[charter_table::Value<'_>]) -> T,
+) -> Vec<T> {
+    let table = charter_table::TableFile::open(Path::new(path)).unwrap();
+    let mut rows = Vec::new();
+    for batch in table.batches().unwrap() {
+        let batch = batch.unwrap();
+        let columns: Vec<_> = columns
+            .iter()
+            .map(|name| {
+                let i = batch.schema().index_of(name).unwrap();
+                charter_table::column_cells(&batch, i).unwrap()
+            })
+            .collect();
+        for i in 0..batch.num_rows() {
+            let row: Vec<_> = columns.iter().map(|c| c[i].clone()).collect();
+            rows.push(each(&row));
+        }
+    }
+    rows
+}

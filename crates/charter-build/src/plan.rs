@@ -621,7 +621,13 @@ pub(super) fn expected_provenance(
         ),
         StageOp::Augment(s) => (augment_provenance(first()?, s)?, &QUERIES),
         StageOp::Target(s) => (
-            target_provenance(first()?, s, &model_hash()?, &classifier_hash()?)?,
+            target_provenance(
+                first()?,
+                inputs.get(1),
+                s,
+                &model_hash()?,
+                &classifier_hash()?,
+            )?,
             &TARGETS,
         ),
         StageOp::Table | StageOp::Export(_) | StageOp::Train(_) | StageOp::Eval(_) => {

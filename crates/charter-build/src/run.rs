@@ -308,6 +308,7 @@ impl BuildPlan {
                     input,
                     model_of(cache, stage, s.generation.threads)?,
                     s,
+                    None,
                     out,
                     progress,
                 )?;
@@ -334,7 +335,10 @@ impl BuildPlan {
             StageOp::Target(settings) => {
                 let c = classifier_of(stage)?;
                 let m = model_of(cache, stage, settings.generation.threads)?;
-                generated(stage, target(input, m, &c, settings, out, progress)?)
+                generated(
+                    stage,
+                    target(input, inputs.get(1), m, &c, settings, out, progress)?,
+                )
             }
             StageOp::Pair => {
                 let p = pair(input, inputs.get(1), out)?;

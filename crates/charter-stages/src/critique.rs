@@ -287,6 +287,7 @@ pub fn critique(
         settings.shard_rows,
         &options,
         &stop,
+        None,
         progress,
         &mut |item, g| {
             let a = &answers[item];
@@ -420,6 +421,7 @@ pub fn revise(
         settings.shard_rows,
         &options,
         &stop,
+        None,
         progress,
         &mut |item, g| {
             let c = &critiques[item];

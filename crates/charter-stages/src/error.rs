@@ -38,6 +38,9 @@ pub enum Error {
     /// Invalid settings.
     #[error("{0}")]
     Settings(String),
+    /// A guard (a classifier run beside generation) failed.
+    #[error("guard: {0}")]
+    Guard(String),
     /// Asked to stop (a signal): the rows so far are committed.
     #[error(
         "stopped when asked to, with {rows} rows committed: run the same command again to \

@@ -9,6 +9,7 @@ use charter_gen::{Completion, FinishReason, GenerateOptions, Request};
 use charter_table::{Record, ShardedWriter};
 
 use crate::error::{Error, Result};
+use crate::guard::{REFUSAL, Refused, StreamGuard, Watch};
 use crate::model::Model;
 use crate::stop::StopStrings;
 
@@ -81,6 +82,15 @@ pub(crate) struct Generated<'a> {
     pub(crate) completion_tokens: u32,
     /// Why generation stopped.
     pub(crate) finish: FinishReason,
+    /// The guard that refused the row, if one did (`text` is then [`REFUSAL`]).
+    pub(crate) refused: Option<Refused>,
+}
+
+impl Generated<'_> {
+    /// The `finish_reason` recorded: the guard's, or the engine's.
+    pub(crate) fn finish_reason(&self) -> &'static str {
+        self.refused.map_or(self.finish.as_str(), Refused::as_str)
+    }
 }
 
 /// What [`run_windows`] generated.
@@ -98,6 +108,9 @@ pub(crate) struct Generation {
 ///
 /// `request` makes the engine request of a row index. It is called a window
 /// at a time, so memory holds one window's prompts whatever the table's size.
+///
+/// With a `guard`, a prompt its input guard blocks is not generated, and a
+/// row its output guard flags stops there; both become [`REFUSAL`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_windows<R: Record>(
     model: &mut Model,
@@ -108,6 +121,7 @@ pub(crate) fn run_windows<R: Record>(
     window: usize,
     options: &GenerateOptions,
     stop: &StopStrings,
+    mut guard: Option<&mut dyn StreamGuard>,
     progress: &mut dyn FnMut(StageProgress),
     build: &mut dyn FnMut(usize, Generated<'_>) -> Result<R>,
 ) -> Result<Generation> {
@@ -116,23 +130,41 @@ pub(crate) fn run_windows<R: Record>(
         let reqs = (item..end)
             .map(|i| request(model, i))
             .collect::<Result<Vec<_>>>()?;
+        let mut blocked = vec![false; reqs.len()];
+        if let Some(g) = guard.as_deref_mut() {
+            for (b, r) in blocked.iter_mut().zip(&reqs) {
+                *b = g.blocks_prompt(&r.prompt)?;
+            }
+        }
+        // The engine sees the prompts no guard blocked: `kept[k]` is the
+        // window row of its `k`th request.
+        let kept: Vec<usize> = (0..reqs.len()).filter(|&i| !blocked[i]).collect();
+        let to_engine: Vec<Request> = kept.iter().map(|&i| reqs[i].clone()).collect();
+        let mut watch = guard.as_deref_mut().map(|g| Watch::new(g, to_engine.len()));
         let Model {
             engine, tokenizer, ..
         } = &mut *model;
         let mut done: Vec<Option<Completion>> = vec![None; reqs.len()];
         let base = item;
+        let finished_before = blocked.iter().filter(|&&b| b).count();
         engine.generate(
-            &reqs,
+            &to_engine,
             options,
-            &mut |_, tokens| stop.hit(tokenizer, tokens),
-            &mut |c: Completion| -> Result<()> {
+            &mut |k, tokens| {
+                stop.hit(tokenizer, tokens)
+                    || watch
+                        .as_mut()
+                        .is_some_and(|w| w.check(k, &to_engine[k].prompt, tokens))
+            },
+            &mut |mut c: Completion| -> Result<()> {
+                c.index = kept[c.index];
                 counts.tokens += c.tokens.len() as u64;
                 if c.finish == FinishReason::Context {
                     counts.context_overflows += 1;
                 }
                 let index = c.index;
                 done[index] = Some(c);
-                let finished = done.iter().filter(|d| d.is_some()).count();
+                let finished = finished_before + done.iter().filter(|d| d.is_some()).count();
                 progress(StageProgress {
                     rows_done: (base + finished) as u64,
                     rows_total: total as u64,
@@ -142,10 +174,38 @@ pub(crate) fn run_windows<R: Record>(
             },
         )?;
         let mut rows = Vec::with_capacity(reqs.len());
+        let mut k = 0;
         for (i, c) in done.into_iter().enumerate() {
+            if blocked[i] {
+                rows.push(build(
+                    base + i,
+                    Generated {
+                        request: &reqs[i],
+                        text: REFUSAL.to_string(),
+                        completion_tokens: 0,
+                        finish: FinishReason::Stop,
+                        refused: Some(Refused::Input),
+                    },
+                )?);
+                continue;
+            }
             let c =
                 c.ok_or_else(|| Error::Settings("internal: the engine skipped a row".into()))?;
-            let text = tokenizer.decode(&c.tokens, true)?;
+            let flagged = match watch.as_mut() {
+                Some(w) => {
+                    let answer = match c.tokens.split_last() {
+                        Some((last, rest)) if options.stop_ids.contains(last) => rest,
+                        _ => &c.tokens[..],
+                    };
+                    w.finish(k, &reqs[i].prompt, answer)?
+                }
+                None => None,
+            };
+            k += 1;
+            let text = match flagged {
+                Some(_) => REFUSAL.to_string(),
+                None => tokenizer.decode(&c.tokens, true)?,
+            };
             let (text, stopped) = stop.truncate(&text);
             rows.push(build(
                 base + i,
@@ -158,6 +218,7 @@ pub(crate) fn run_windows<R: Record>(
                     } else {
                         c.finish
                     },
+                    refused: flagged.map(|at| Refused::Output { at }),
                 },
             )?);
         }

@@ -1,7 +1,8 @@
 //! charter's pipeline stages: pure transforms from input tables, settings,
 //! model and seed to an output table, resumable and cached by build key.
 //!
-//! - [`respond`]: prompts → responses.
+//! - [`respond`]: prompts → responses, optionally guarded by constitutional
+//!   classifiers ([`StreamGuard`]).
 //! - [`critique`]: responses (round 1) or revisions (later rounds) →
 //!   critiques, one principle drawn per row and round.
 //! - [`revise`]: critiques → revisions.
@@ -29,6 +30,7 @@ mod error;
 mod eval;
 mod export;
 mod generate;
+mod guard;
 mod label;
 mod model;
 mod pair;
@@ -53,6 +55,7 @@ pub use eval::{
 };
 pub use export::{ExportFormat, ExportSettings, export};
 pub use generate::{GenSettings, StageProgress, StageSummary};
+pub use guard::{REFUSAL, Refused, StreamGuard, Watch};
 pub use label::{LABEL_VERSION, LabelSettings, label, label_provenance};
 pub use model::Model;
 pub use pair::{PAIR_VERSION, PairSummary, pair, pair_provenance};

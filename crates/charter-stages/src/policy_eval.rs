@@ -200,16 +200,23 @@ pub fn eval_policy(
     ] {
         let out = work.join(name);
         let mut model = Model::open(dir, g.threads)?;
-        respond(prompts, &mut model, &respond_settings, &out, &mut |p| {
-            progress(
-                step,
-                StageProgress {
-                    rows_done: p.rows_done,
-                    rows_total: p.rows_total,
-                    tokens: p.tokens,
-                },
-            )
-        })?;
+        respond(
+            prompts,
+            &mut model,
+            &respond_settings,
+            None,
+            &out,
+            &mut |p| {
+                progress(
+                    step,
+                    StageProgress {
+                        rows_done: p.rows_done,
+                        rows_total: p.rows_total,
+                        tokens: p.tokens,
+                    },
+                )
+            },
+        )?;
         tables.push(TableFile::open(&out)?);
     }
     let pairs = work.join("pairs.parquet");

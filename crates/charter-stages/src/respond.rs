@@ -6,11 +6,13 @@ use std::path::Path;
 use charter_gen::{GenerateOptions, Request};
 use charter_model::Message;
 use charter_table::{
-    InputRef, Opened, Prompt, Provenance, RESPONSES, Record, Response, ShardedWriter, TableFile,
+    InputRef, Opened, Prompt, Provenance, Query, RESPONSES, Record, Response, ShardedWriter,
+    TableFile,
 };
 
 use crate::error::{Error, Result};
 use crate::generate::{GenSettings, StageProgress, StageSummary, run_windows};
+use crate::guard::StreamGuard;
 use crate::model::Model;
 use crate::seed::row_seed;
 use crate::stop::StopStrings;
@@ -83,7 +85,7 @@ pub fn provenance(
         stage_version: STAGE_VERSION,
         settings: settings.canonical(),
         inputs: vec![InputRef {
-            name: "prompts".into(),
+            name: input.table_name().unwrap_or("prompts").into(),
             content_hash: input.content_hash_or_compute()?,
         }],
         model_hash: Some(model_hash.to_string()),
@@ -97,7 +99,34 @@ pub type RespondSummary = StageSummary;
 /// Progress of a respond run, for display.
 pub type RespondProgress = StageProgress;
 
-/// Answers the prompts of `input` with `model` into the `responses` table at `out`.
+/// The prompts of a prompts table, or the messages of a queries table
+/// (a classifier's synthetic queries, answered to train its output guard;
+/// the category and label go to `tags`).
+fn prompts_of(input: &TableFile) -> Result<Vec<Prompt>> {
+    if input.table_name() != Some("queries") {
+        return Ok(input.rows()?);
+    }
+    Ok(input
+        .rows::<Query>()?
+        .into_iter()
+        .enumerate()
+        .map(|(i, q)| Prompt {
+            id: q.id,
+            text: q.text,
+            source: "queries".into(),
+            source_row: i as u64 + 1,
+            tags: vec![
+                format!("category:{}", q.category),
+                format!("label:{}", q.label),
+            ],
+        })
+        .collect())
+}
+
+/// Answers the prompts (or queries) of `input` with `model` into the
+/// `responses` table at `out`; with a `guard`, refused rows hold
+/// [`REFUSAL`](crate::REFUSAL) and `finish_reason` `guard_input` or
+/// `guard_output`, and the guards are part of the build key.
 ///
 /// Resumable: rows are generated and committed in windows of `shard_rows`
 /// in input order; a rerun after a kill continues after the last committed
@@ -107,16 +136,20 @@ pub fn respond(
     input: &TableFile,
     model: &mut Model,
     settings: &RespondSettings,
+    guard: Option<&mut dyn StreamGuard>,
     out: &Path,
     progress: &mut dyn FnMut(RespondProgress),
 ) -> Result<RespondSummary> {
     settings.validate()?;
     let gs = &settings.generation;
-    let mut prompts: Vec<Prompt> = input.rows()?;
+    let mut prompts = prompts_of(input)?;
     if let Some(limit) = settings.limit {
         prompts.truncate(limit);
     }
-    let provenance = provenance(settings, input, &model.dir.provenance.content_hash)?;
+    let mut provenance = provenance(settings, input, &model.dir.provenance.content_hash)?;
+    if let Some(g) = &guard {
+        provenance.settings["guard"] = g.describe();
+    }
     let build_key = provenance.build_key(&RESPONSES);
     let (mut writer, state) =
         match ShardedWriter::open(out, &RESPONSES, &build_key, &[input.path()])? {
@@ -169,6 +202,7 @@ pub fn respond(
         gs.shard_rows,
         &options,
         &stop,
+        guard,
         progress,
         &mut |item, g| {
             let prompt = &prompts[item / samples];
@@ -185,10 +219,10 @@ pub fn respond(
                 top_k: gs.top_k as u32,
                 max_new_tokens: gs.max_new_tokens,
                 seed: g.request.seed,
+                finish_reason: g.finish_reason().to_string(),
                 text: g.text,
                 prompt_tokens: g.request.prompt.len() as u32,
                 completion_tokens: g.completion_tokens,
-                finish_reason: g.finish.as_str().to_string(),
             }
             .with_id())
         },

@@ -11,14 +11,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray};
+use arrow_array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array};
 use arrow_schema::{DataType, Field};
 use charter_model::ModelDir;
 use charter_table::{InputRef, Output, Provenance, TableFile, TableSummary, finished_table};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Formatter, Tokens};
-use crate::jobs::open_preference_model;
+use crate::jobs::{GuardRole, open_preference_model};
 use crate::score::{ScoreSettings, scalar_scores, string_column, with_columns};
 use crate::{DeviceChoice, Error, Result, select_device};
 
@@ -94,24 +94,47 @@ fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
 
-/// Which column holds the user's message a guard reads, and which rows of
-/// the table are benign (all, or those labelled harmless).
-fn message_column(table: &str) -> Option<&'static str> {
-    match table {
-        "prompts" | "queries" | "targets" => Some("text"),
-        "responses" | "revisions" => Some("prompt"),
+/// The columns a guard of `role` reads in a table named `table`: the
+/// user's message, and for an output guard the answer.
+fn columns(role: GuardRole, table: &str) -> Option<(&'static str, Option<&'static str>)> {
+    match (role, table) {
+        (GuardRole::Input, "prompts" | "queries" | "targets") => Some(("text", None)),
+        (GuardRole::Input, "responses" | "revisions") => Some(("prompt", None)),
+        (GuardRole::Output, "responses" | "revisions") => Some(("prompt", Some("text"))),
+        (GuardRole::Output, "targets") => Some(("text", Some("answer"))),
         _ => None,
     }
 }
 
-struct Guard {
+/// A trained guard, opened for scoring on the CPU.
+pub struct Guard {
     model: crate::PreferenceModel,
     formatter: Formatter,
     dir: ModelDir,
+    role: GuardRole,
+}
+
+/// How a guard scored one row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuardScore {
+    /// P(blocked): the input guard's, or the output guard's highest over
+    /// the answer's prefixes.
+    pub p: f64,
+    /// For an output guard, P(blocked) after each answer token.
+    pub prefixes: Vec<f64>,
+}
+
+impl GuardScore {
+    /// The first answer token whose prefix scores at or over `threshold`:
+    /// the stream stops before emitting it.
+    pub fn first_over(&self, threshold: f64) -> Option<usize> {
+        self.prefixes.iter().position(|&p| p >= threshold)
+    }
 }
 
 impl Guard {
-    fn open(dir: &Path, max_len: usize) -> Result<Self> {
+    /// What the classifier in `dir` guards, from its training record.
+    pub fn role_of(dir: &Path) -> Result<GuardRole> {
         let record = crate::read_report(dir)?;
         if record["objective"] != "classifier" {
             return Err(Error::Input(format!(
@@ -121,49 +144,133 @@ impl Guard {
                 record["objective"]
             )));
         }
+        Ok(match record["objective_settings"]["role"].as_str() {
+            Some("output") => GuardRole::Output,
+            _ => GuardRole::Input,
+        })
+    }
+
+    /// Opens the classifier in `dir`; conversations are cut to `max_len` tokens.
+    pub fn open(dir: &Path, max_len: usize) -> Result<Self> {
+        let role = Guard::role_of(dir)?;
         let model_dir = ModelDir::open(dir)?;
         let device = select_device(DeviceChoice::Cpu, false)?;
         Ok(Guard {
             model: open_preference_model(dir, &device)?,
             formatter: Formatter::new(&model_dir, max_len)?,
             dir: model_dir,
+            role,
         })
     }
 
-    /// P(blocked) of each message; `None` for one longer than `max_len`.
-    fn probabilities(
+    /// What it guards.
+    pub fn role(&self) -> GuardRole {
+        self.role
+    }
+
+    /// The guard's tokenizer and chat template.
+    pub fn formatter(&self) -> &Formatter {
+        &self.formatter
+    }
+
+    /// P(blocked) of each conversation (message, and answer for an output
+    /// guard); `None` for one longer than `max_len` or without an answer.
+    pub fn score(
         &self,
-        messages: &StringArray,
+        rows: &[(&str, Option<&str>)],
         batch_size: usize,
         done: &mut dyn FnMut(usize),
-    ) -> Result<Vec<Option<f64>>> {
-        let tokens = (0..messages.len())
-            .map(|i| self.formatter.encode_prompt(messages.value(i)))
+    ) -> Result<Vec<Option<GuardScore>>> {
+        let tokens = rows
+            .iter()
+            .map(|&(message, answer)| match (self.role, answer) {
+                (GuardRole::Input, _) => self.formatter.encode_prompt(message),
+                (GuardRole::Output, Some(answer)) => self.formatter.encode(message, answer, false),
+                (GuardRole::Output, None) => Ok(None),
+            })
             .collect::<Result<Vec<Option<Tokens>>>>()?;
-        Ok(scalar_scores(&self.model, &tokens, batch_size, done)?
-            .into_iter()
-            .map(|z| z.map(sigmoid))
-            .collect())
+        self.score_tokens(&tokens, batch_size, done)
+    }
+
+    /// As [`Guard::score`], on conversations already tokenised with the
+    /// guard's tokenizer (an output guard's answer after `prompt_len`).
+    pub fn score_tokens(
+        &self,
+        rows: &[Option<Tokens>],
+        batch_size: usize,
+        done: &mut dyn FnMut(usize),
+    ) -> Result<Vec<Option<GuardScore>>> {
+        if self.role == GuardRole::Input {
+            return Ok(scalar_scores(&self.model, rows, batch_size, done)?
+                .into_iter()
+                .map(|z| {
+                    z.map(|z| GuardScore {
+                        p: sigmoid(z),
+                        prefixes: Vec::new(),
+                    })
+                })
+                .collect());
+        }
+        let present: Vec<(usize, &Tokens)> = rows
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| t.as_ref().map(|t| (i, t)))
+            .collect();
+        let mut out = vec![None; rows.len()];
+        for chunk in present.chunks(batch_size.max(1)) {
+            let tokens: Vec<&Tokens> = chunk.iter().map(|(_, t)| *t).collect();
+            for ((i, _), z) in chunk.iter().zip(self.model.answer_prefix_scores(&tokens)?) {
+                let prefixes: Vec<f64> = z.into_iter().map(|z| sigmoid(f64::from(z))).collect();
+                let p = prefixes.iter().copied().fold(0.0, f64::max);
+                out[*i] = Some(GuardScore { p, prefixes });
+            }
+            done(chunk.len());
+        }
+        Ok(out)
     }
 }
 
-fn open_table(path: &Path) -> Result<(TableFile, &'static str)> {
+/// A batch's (message, answer) pairs from the columns a guard reads.
+fn conversations<'a>(
+    batch: &'a RecordBatch,
+    (message, answer): (&str, Option<&str>),
+    path: &Path,
+) -> Result<Vec<(&'a str, Option<&'a str>)>> {
+    let messages = string_column(batch, message, path)?;
+    let answers = answer.map(|a| string_column(batch, a, path)).transpose()?;
+    Ok((0..batch.num_rows())
+        .map(|i| {
+            let answer = answers.filter(|a| a.is_valid(i)).map(|a| a.value(i));
+            (messages.value(i), answer)
+        })
+        .collect())
+}
+
+fn open_table(
+    path: &Path,
+    role: GuardRole,
+) -> Result<(TableFile, (&'static str, Option<&'static str>))> {
     let table = TableFile::open(path)?;
     let name = table.core_spec()?.name;
-    let column = message_column(name).ok_or_else(|| {
+    let read = columns(role, name).ok_or_else(|| {
+        let kinds = match role {
+            GuardRole::Input => "prompts, queries, targets, responses or revisions tables",
+            GuardRole::Output => "the answers of responses, revisions or targets tables",
+        };
         Error::Input(format!(
-            "{}: a guard reads prompts, queries, targets, responses or revisions tables, not a \
-             `{name}` table",
-            path.display()
+            "{}: an {} guard reads {kinds}, not a `{name}` table",
+            path.display(),
+            role.as_str()
         ))
     })?;
-    Ok((table, column))
+    Ok((table, read))
 }
 
 /// Scores the benign rows of `input` (every row of a prompts, responses or
 /// revisions table; the `harmless` rows of a queries or targets table),
 /// picks the threshold that blocks at most `target_fpr` of them and writes
-/// it to the guard's `calibration.json`.
+/// it to the guard's `calibration.json`. An output guard is calibrated on
+/// answers: a row counts as blocked when any prefix of its answer is.
 pub fn calibrate(
     guard_dir: &Path,
     input: &Path,
@@ -178,14 +285,13 @@ pub fn calibrate(
             format!("must be in [0, 1), got {target_fpr}"),
         ));
     }
-    let (table, column) = open_table(input)?;
     let guard = Guard::open(guard_dir, settings.max_len)?;
+    let (table, read) = open_table(input, guard.role)?;
     let total = table.num_rows();
     let mut benign = Vec::new();
     let mut seen = 0u64;
     for batch in table.batches()? {
         let batch = batch?;
-        let messages = string_column(&batch, column, input)?;
         let keep: Vec<bool> = match batch.column_by_name("label") {
             Some(_) => {
                 let labels = string_column(&batch, "label", input)?;
@@ -195,11 +301,13 @@ pub fn calibrate(
             }
             None => vec![true; batch.num_rows()],
         };
-        let p = guard.probabilities(messages, settings.batch_size, &mut |_| {})?;
+        let rows = conversations(&batch, read, input)?;
+        let scores = guard.score(&rows, settings.batch_size, &mut |_| {})?;
         benign.extend(
-            p.into_iter()
+            scores
+                .into_iter()
                 .zip(keep)
-                .filter_map(|(p, keep)| p.filter(|_| keep)),
+                .filter_map(|(s, keep)| s.filter(|_| keep).map(|s| s.p)),
         );
         seen += batch.num_rows() as u64;
         progress(seen, total);
@@ -257,9 +365,11 @@ pub fn read_calibration(guard_dir: &Path) -> Result<Calibration> {
     Ok(c)
 }
 
-/// Adds `guard_score` (P(blocked), null for a message longer than
-/// `max_len`) and `guard_verdict` (`blocked` or `allowed`) to a prompts,
-/// queries, targets, responses or revisions table.
+/// Adds `guard_score` (P(blocked), null for a row longer than `max_len`)
+/// and `guard_verdict` (`blocked` or `allowed`) to a prompts, queries,
+/// targets, responses or revisions table; an output guard reads the
+/// answers and also adds `guard_token`, the answer token a stream would
+/// stop before (null when it would not stop).
 pub fn classify_table(
     guard_dir: &Path,
     input: &Path,
@@ -269,16 +379,26 @@ pub fn classify_table(
 ) -> Result<(TableSummary, bool)> {
     settings.validate()?;
     let _claim = output.claim(&[input])?;
-    let (table, column) = open_table(input)?;
-    for existing in ["guard_score", "guard_verdict"] {
-        if table.schema().column_with_name(existing).is_some() {
-            return Err(Error::Input(format!(
-                "{}: the table already has a `{existing}` column",
-                input.display()
-            )));
-        }
-    }
     let calibration = read_calibration(guard_dir)?;
+    let role = Guard::role_of(guard_dir)?;
+    let (table, read) = open_table(input, role)?;
+    let mut added = vec![
+        Field::new("guard_score", DataType::Float64, true),
+        Field::new("guard_verdict", DataType::Utf8, true),
+    ];
+    if role == GuardRole::Output {
+        added.push(Field::new("guard_token", DataType::UInt32, true));
+    }
+    if let Some(existing) = added
+        .iter()
+        .find(|f| table.schema().column_with_name(f.name()).is_some())
+    {
+        return Err(Error::Input(format!(
+            "{}: the table already has a `{}` column",
+            input.display(),
+            existing.name()
+        )));
+    }
     let spec = table.core_spec()?;
     let provenance = Provenance {
         stage: "classify".into(),
@@ -302,39 +422,31 @@ pub fn classify_table(
     let guard = Guard::open(guard_dir, settings.max_len)?;
     let total = table.num_rows();
     let mut done = 0u64;
-    let fields = vec![
-        Field::new("guard_score", DataType::Float64, true),
-        Field::new("guard_verdict", DataType::Utf8, true),
-    ];
-    let summary = with_columns(
-        &table,
-        output,
-        &provenance,
-        fields,
-        &mut |batch: &RecordBatch| {
-            let messages = string_column(batch, column, input)?;
-            let p = guard.probabilities(messages, settings.batch_size, &mut |n| {
-                done += n as u64;
-                progress(done, total);
-            })?;
-            let verdicts: StringArray = p
+    let t = calibration.threshold;
+    let summary = with_columns(&table, output, &provenance, added, &mut |batch| {
+        let rows = conversations(batch, read, input)?;
+        let scores = guard.score(&rows, settings.batch_size, &mut |n| {
+            done += n as u64;
+            progress(done, total);
+        })?;
+        let p: Float64Array = scores.iter().map(|s| s.as_ref().map(|s| s.p)).collect();
+        let verdicts: StringArray = scores
+            .iter()
+            .map(|s| {
+                s.as_ref()
+                    .map(|s| if s.p >= t { "blocked" } else { "allowed" })
+            })
+            .collect();
+        let mut columns = vec![Arc::new(p) as ArrayRef, Arc::new(verdicts) as ArrayRef];
+        if role == GuardRole::Output {
+            let at: UInt32Array = scores
                 .iter()
-                .map(|p| {
-                    p.map(|p| {
-                        if p >= calibration.threshold {
-                            "blocked"
-                        } else {
-                            "allowed"
-                        }
-                    })
-                })
+                .map(|s| s.as_ref().and_then(|s| s.first_over(t)).map(|i| i as u32))
                 .collect();
-            Ok(vec![
-                Arc::new(Float64Array::from(p)) as ArrayRef,
-                Arc::new(verdicts) as ArrayRef,
-            ])
-        },
-    )?;
+            columns.push(Arc::new(at));
+        }
+        Ok(columns)
+    })?;
     Ok((summary, false))
 }
 

@@ -7,7 +7,7 @@ use charter_model::Dtype;
 use serde::Deserialize;
 
 use crate::device::DeviceChoice;
-use crate::jobs::Task;
+use crate::jobs::{GuardRole, Task};
 use crate::lora::LoraSettings;
 use crate::train::{Schedule, TrainSettings};
 use crate::{Error, Result};
@@ -151,6 +151,8 @@ pub struct TaskConfig {
     pub label_weight: Option<f64>,
     /// `dpo`: how far the policy may move from the reference.
     pub beta: Option<f64>,
+    /// `classifier`: `input` (the default) or `output`.
+    pub role: Option<GuardRole>,
 }
 
 impl TaskConfig {
@@ -166,6 +168,12 @@ impl TaskConfig {
             return Err(Error::invalid(
                 "held_out",
                 "applies to `objective = \"pm\"` and `\"classifier\"` only",
+            ));
+        }
+        if self.role.is_some() && kind != TaskKind::Classifier {
+            return Err(Error::invalid(
+                "role",
+                "applies to `objective = \"classifier\"` only",
             ));
         }
         if self.label_weight.is_some() && kind != TaskKind::Classifier {
@@ -189,6 +197,7 @@ impl TaskConfig {
                 beta: self.beta.unwrap_or(Task::DEFAULT_BETA),
             },
             TaskKind::Classifier => Task::Classifier {
+                role: self.role.unwrap_or(GuardRole::Input),
                 held_out: self.held_out.unwrap_or(Task::DEFAULT_HELD_OUT),
                 label_weight: self.label_weight.unwrap_or(Task::DEFAULT_LABEL_WEIGHT),
             },

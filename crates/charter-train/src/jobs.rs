@@ -377,6 +377,30 @@ fn finish(
 
 // ---------------------------------------------------------------- planning
 
+/// What a constitutional classifier guards.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardRole {
+    /// The user's message, before the model answers: one score, read at
+    /// the end of the user's turn.
+    Input,
+    /// The answer as it is generated: a score at every answer token, and
+    /// the stream stops at the first one over the threshold.
+    Output,
+}
+
+impl GuardRole {
+    /// `input` or `output`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardRole::Input => "input",
+            GuardRole::Output => "output",
+        }
+    }
+}
+
 /// A training job by objective, with its objective's own setting.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Task {
@@ -392,8 +416,10 @@ pub enum Task {
         /// The KL weight β.
         beta: f64,
     },
-    /// A classifier's input guard on targets.
+    /// A constitutional classifier's guard on targets.
     Classifier {
+        /// What it reads: the user's message, or the answer as it streams.
+        role: GuardRole,
         /// Share of rows held out.
         held_out: f64,
         /// Weight of the category label in the target (the rest is the labeller's).
@@ -428,10 +454,11 @@ impl Task {
             Task::Pm { held_out } => serde_json::json!({ "held_out": held_out }),
             Task::Dpo { beta } => serde_json::json!({ "beta": beta }),
             Task::Classifier {
+                role,
                 held_out,
                 label_weight,
             } => serde_json::json!({
-                "role": "input",
+                "role": role.as_str(),
                 "held_out": held_out,
                 "label_weight": label_weight,
             }),
@@ -486,9 +513,10 @@ pub fn run_task(
         Task::Pm { held_out } => train_pm(job, one()?, held_out, progress),
         Task::Dpo { beta } => train_dpo(job, one()?, beta, cache_dir, progress),
         Task::Classifier {
+            role,
             held_out,
             label_weight,
-        } => train_classifier(job, one()?, held_out, label_weight, progress),
+        } => train_classifier(job, one()?, role, held_out, label_weight, progress),
     }
 }
 

@@ -32,8 +32,8 @@ mod tensor;
 mod train;
 
 pub use classify::{
-    CALIBRATION_FILE, CLASSIFY_VERSION, Calibration, calibrate, classify_table, read_calibration,
-    threshold_for, wilson,
+    CALIBRATION_FILE, CLASSIFY_VERSION, Calibration, Guard, GuardScore, calibrate, classify_table,
+    read_calibration, threshold_for, wilson,
 };
 pub use config::{TaskConfig, TaskKind, TrainConfig};
 pub use data::{
@@ -44,13 +44,15 @@ pub use device::{DeviceChoice, Selected, describe, select, select_device};
 pub use error::{Error, Result};
 pub use heap::RetainedHeap;
 pub use jobs::{
-    HeldOut, Job, Outcome, Task, TrainReport, auroc, calibration, default_reference_cache,
-    open_preference_model, read_report, read_score_head, recorded_fingerprint, run_task,
-    task_fingerprint, train_classifier, train_dpo, train_pm, train_sft,
+    GuardRole, HeldOut, Job, Outcome, Task, TrainReport, auroc, calibration,
+    default_reference_cache, open_preference_model, read_report, read_score_head,
+    recorded_fingerprint, run_task, task_fingerprint, train_classifier, train_dpo, train_pm,
+    train_sft,
 };
 pub use lora::LoraSettings;
 pub use loss::{
     PreferenceModel, agreement, answer_logps, dpo_margins, scalar, sft_loss, soft_pair_loss,
+    streaming_loss,
 };
 pub use metrics::MetricRow;
 pub use model::{Decoder, DecoderLayer};

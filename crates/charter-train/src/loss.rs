@@ -152,6 +152,53 @@ pub fn soft_pair_loss(z: Tensor<1>, p: &[f64], denominator: f64) -> Tensor<1> {
     loss.sum().neg() / denominator
 }
 
+/// A streaming guard's loss on `[batch, width]` prefix scores `z` of
+/// `rows`, whose every answer prefix is to predict its row's soft target
+/// `p` (P(blocked)):
+///
+/// `(1 − w)·mean_t BCE(p, σ(z_t)) + w·BCE(p, σ(max_t z_t))` per row, over
+/// the answer positions `t` (the prefix ending at each answer token),
+/// summed and divided by `denominator`.
+///
+/// The first term asks every prefix to see where the answer is going; the
+/// second scores the row the way the guard acts, by the highest prefix
+/// score so far (σ is monotone, so `max σ(z_t) = σ(max z_t)`), which
+/// lets a harmful answer's early prefixes stay low as long as a later one
+/// is flagged, while a harmless answer must keep every prefix low.
+pub fn streaming_loss(
+    z: Tensor<2>,
+    rows: &[&Tokens],
+    p: &[f64],
+    max_weight: f64,
+    denominator: f64,
+) -> Tensor<1> {
+    let device = z.device();
+    let [b, width] = z.dims();
+    let (mut per_token, mut target, mut mask) = (
+        vec![0f32; b * width],
+        vec![0f32; b * width],
+        vec![-1e4f32; b * width],
+    );
+    for (r, row) in rows.iter().enumerate() {
+        let n = row.answer_len().max(1) as f32;
+        for t in row.prompt_len..row.ids.len() {
+            per_token[r * width + t] = (1.0 - max_weight as f32) / n;
+            target[r * width + t] = p[r] as f32;
+            mask[r * width + t] = 0.0;
+        }
+    }
+    let tensor = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [b, width]), &device);
+    let (w, q) = (tensor(per_token), tensor(target));
+    let each = q.clone() * log_sigmoid(z.clone()) + (q.neg() + 1.0) * log_sigmoid(z.clone().neg());
+    let tokens = (each * w).sum();
+    let highest = (z + tensor(mask)).max_dim(1).reshape([b]);
+    let p32: Vec<f32> = p.iter().map(|&v| v as f32).collect();
+    let p = Tensor::<1>::from_data(TensorData::new(p32, [b]), &device);
+    let rows_max =
+        p.clone() * log_sigmoid(highest.clone()) + (p.neg() + 1.0) * log_sigmoid(highest.neg());
+    (tokens + rows_max.sum() * max_weight).neg() / denominator
+}
+
 /// How many margins point the way the label leans (`p > 0.5` and `z > 0`,
 /// or `p < 0.5` and `z < 0`), and how many labels lean at all.
 pub fn agreement(z: &[f32], p: &[f64]) -> (usize, usize) {
@@ -242,6 +289,31 @@ impl PreferenceModel {
         let last = Tensor::<1, Int>::from_data(TensorData::new(last, [b]), &device);
         let picked = hidden.select(0, last);
         Ok(picked.matmul(self.score.val().transpose()).reshape([b]))
+    }
+
+    /// Scores `[batch, width]` at every position of `rows` (prompt, answer
+    /// and padding alike): position `i` reads tokens `0..=i` only, so the
+    /// score of every prefix comes from one forward pass.
+    pub fn prefix_scores(&self, rows: &[&Tokens]) -> Result<Tensor<2>> {
+        let (ids, width) = pad(&self.backbone, rows)?;
+        let h = self.backbone.config().hidden_size;
+        let b = rows.len();
+        let hidden = self.backbone.hidden(ids).reshape([b * width, h]);
+        Ok(hidden
+            .matmul(self.score.val().transpose())
+            .reshape([b, width]))
+    }
+
+    /// Each row's scores at its answer positions: entry `j` reads the
+    /// prompt and answer tokens `0..=j`.
+    pub fn answer_prefix_scores(&self, rows: &[&Tokens]) -> Result<Vec<Vec<f32>>> {
+        let z = values(self.prefix_scores(rows)?.into_data())?;
+        let width = z.len() / rows.len().max(1);
+        Ok(rows
+            .iter()
+            .enumerate()
+            .map(|(r, row)| z[r * width + row.prompt_len..r * width + row.ids.len()].to_vec())
+            .collect())
     }
 
     /// The score head's values.

@@ -26,7 +26,7 @@ pub enum StageKind {
     /// Responses, critiques or revisions → the same table with quality
     /// flags, without the rows they condemn.
     Filter,
-    /// Prompts → responses.
+    /// Prompts (or a classifier's queries) → responses.
     Respond,
     /// Responses or revisions → critiques.
     Critique,
@@ -50,7 +50,7 @@ pub enum StageKind {
     /// Queries → the same queries and copies encoded, enciphered or
     /// wrapped in jailbreak templates.
     Augment,
-    /// Queries → a classifier's soft targets from a labeller.
+    /// Queries, or answers to them → a classifier's soft targets from a labeller.
     Target,
     /// The rows of one shard of a table: made by a sharded build's plan,
     /// never declared in a build file.
@@ -230,7 +230,7 @@ impl StageKind {
             ),
             K::Respond => d(
                 &[Input, Output, Model, Seed],
-                PROMPTS,
+                &[K::Table, K::Import, K::Dedup, K::Queries, K::Augment],
                 &[fields_of::<RespondSettings>()],
                 true,
             ),
@@ -306,7 +306,13 @@ impl StageKind {
                 &[fields_of::<AugmentSettings>()],
                 false,
             ),
-            K::Target => d(MODEL_STAGE, QUERIES, &[fields_of::<TargetSettings>()], true),
+            // Queries, or responses (`input`) to the queries named by `against`.
+            K::Target => d(
+                &[Input, Against, Output, Model, Constitution, Seed],
+                &[K::Table, K::Dedup, K::Queries, K::Augment, K::Respond],
+                &[fields_of::<TargetSettings>()],
+                true,
+            ),
         }
     }
 

@@ -169,6 +169,7 @@ pub fn queries(
         gs.shard_rows,
         &options,
         &stop,
+        None,
         progress,
         &mut |item, g| {
             let category = &categories[item / per];

@@ -8,16 +8,23 @@
 //! After the answer prefix the probabilities of "(A)" and "(B)" are read
 //! and normalised, in both presentation orders (small labellers favour a
 //! slot), and averaged: `p_harmful`. Nothing is parsed from generated text.
+//!
+//! For an output guard the judged rows are answers: a `responses` table
+//! whose prompts are the queries of a queries table (`respond -i QUERIES`).
+//! The judge then sees the message and the answer and is asked about the
+//! answer; each target keeps its query's category, label and transforms.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use charter_model::Message;
 use charter_table::{
-    InputRef, Opened, Provenance, QUERIES, Query, Record, ShardedWriter, TARGETS, TableFile, Target,
+    InputRef, Opened, Provenance, QUERIES, Query, Record, Response, ShardedWriter, TARGETS,
+    TableFile, Target,
 };
 
 use super::ClassifierConstitution;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::generate::{GenSettings, Generation, StageProgress, StageSummary, windows};
 use crate::label::{choice_log_probs, choices, normalised};
 use crate::model::Model;
@@ -62,44 +69,121 @@ impl TargetSettings {
     }
 }
 
-/// The provenance a target run over `input` records.
+/// The provenance a target run over `input` (queries, or responses to the
+/// queries of `queries`) records.
 pub fn target_provenance(
     input: &TableFile,
+    queries: Option<&TableFile>,
     settings: &TargetSettings,
     model_hash: &str,
     constitution_hash: &str,
 ) -> Result<Provenance> {
+    let mut inputs = Vec::with_capacity(2);
+    for table in std::iter::once(input).chain(queries) {
+        inputs.push(InputRef {
+            name: table.table_name().unwrap_or("queries").into(),
+            content_hash: table.content_hash_or_compute()?,
+        });
+    }
     Ok(Provenance {
         stage: "target".into(),
         stage_version: TARGET_VERSION,
         settings: settings.canonical(),
-        inputs: vec![InputRef {
-            name: "queries".into(),
-            content_hash: input.content_hash_or_compute()?,
-        }],
+        inputs,
         model_hash: Some(model_hash.to_string()),
         constitution_hash: Some(constitution_hash.to_string()),
     })
 }
 
-/// The judge's conversation about `query`, blocked shown first or second.
+/// One message (and answer) to judge, with its query's category.
+struct Item {
+    id: String,
+    text: String,
+    answer: Option<String>,
+    query: Query,
+}
+
+/// The rows to judge: the queries of a queries table, or the answers of a
+/// responses table joined to the queries they answer.
+fn items(input: &TableFile, queries: Option<&TableFile>) -> Result<Vec<Item>> {
+    let path = input.path().display();
+    match (input.table_name(), queries) {
+        (Some("queries"), None) => Ok(input
+            .rows::<Query>()?
+            .into_iter()
+            .map(|q| Item {
+                id: q.id.clone(),
+                text: q.text.clone(),
+                answer: None,
+                query: q,
+            })
+            .collect()),
+        (Some("queries"), Some(_)) => Err(Error::Settings(format!(
+            "{path}: a queries table is judged alone; a second table (`--queries`, \
+             `against`) goes with a responses table"
+        ))),
+        (Some("responses"), Some(q)) => {
+            q.expect(&QUERIES)?;
+            let by_id: HashMap<String, Query> = q
+                .rows::<Query>()?
+                .into_iter()
+                .map(|q| (q.id.clone(), q))
+                .collect();
+            input
+                .rows::<Response>()?
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let query = by_id.get(&r.prompt_id).cloned().ok_or_else(|| {
+                        Error::Settings(format!(
+                            "{path}: row {}: prompt_id {} is not a query of {}",
+                            i + 1,
+                            r.prompt_id,
+                            q.path().display()
+                        ))
+                    })?;
+                    Ok(Item {
+                        id: r.id,
+                        text: r.prompt,
+                        answer: Some(r.text),
+                        query,
+                    })
+                })
+                .collect()
+        }
+        (Some("responses"), None) => Err(Error::Settings(format!(
+            "{path}: judging answers needs the queries table they answer, for their \
+             categories (`--queries`; `against` in a build file)"
+        ))),
+        (name, _) => Err(Error::Settings(format!(
+            "{path}: `target` judges a queries table, or a responses table with the queries \
+             it answers, not a `{}` table",
+            name.unwrap_or("?")
+        ))),
+    }
+}
+
+/// The judge's conversation about `query` (and `answer`), blocked shown first or second.
 fn conversation(
     c: &ClassifierConstitution,
     settings: &TargetSettings,
     query: &str,
+    answer: Option<&str>,
     blocked_first: bool,
 ) -> Result<Vec<Message>> {
     let mut m = settings.generation.system_messages();
     m.push(Message::new(
         "user",
-        c.render_judge(query, None, blocked_first)?,
+        c.render_judge(query, answer, blocked_first)?,
     ));
     Ok(m)
 }
 
-/// Judges every query of `input` into the `targets` table at `out`.
+/// Judges every query of `input` (or every answer of a responses table
+/// `input` to the queries of `queries`) into the `targets` table at `out`.
 pub fn target(
     input: &TableFile,
+    queries: Option<&TableFile>,
     model: &mut Model,
     constitution: &ClassifierConstitution,
     settings: &TargetSettings,
@@ -107,12 +191,12 @@ pub fn target(
     progress: &mut dyn FnMut(StageProgress),
 ) -> Result<StageSummary> {
     settings.generation.validate()?;
-    input.expect(&QUERIES)?;
+    let rows = items(input, queries)?;
     let choices = choices(model, &constitution.templates.judge_answer_prefix)?;
-    let rows: Vec<Query> = input.rows()?;
     let constitution_hash = constitution.hash();
     let provenance = target_provenance(
         input,
+        queries,
         settings,
         &model.dir.provenance.content_hash,
         &constitution_hash,
@@ -121,7 +205,10 @@ pub fn target(
         out,
         &TARGETS,
         &provenance.build_key(&TARGETS),
-        &[input.path()],
+        &std::iter::once(input)
+            .chain(queries)
+            .map(TableFile::path)
+            .collect::<Vec<_>>(),
     )? {
         Opened::Finished(table) => return Ok(StageSummary::cached(table)),
         Opened::Writer(w, s) => (w, s),
@@ -139,7 +226,13 @@ pub fn target(
         let mut contexts = Vec::with_capacity(window.len() * orders);
         for q in window {
             for blocked_first in [true, false].into_iter().take(orders) {
-                let messages = conversation(constitution, settings, &q.text, blocked_first)?;
+                let messages = conversation(
+                    constitution,
+                    settings,
+                    &q.text,
+                    q.answer.as_deref(),
+                    blocked_first,
+                )?;
                 contexts.push(model.encode_conversation(&messages)?);
             }
         }
@@ -153,17 +246,18 @@ pub fn target(
         let batch: Vec<Target> = window
             .iter()
             .enumerate()
-            .map(|(k, q)| {
+            .map(|(k, item)| {
                 let ab = normalised(lp[k * orders].0, lp[k * orders].1);
                 // With allowed shown first, blocked is (B).
                 let ba = settings
                     .swap
                     .then(|| normalised(lp[k * orders + 1].1, lp[k * orders + 1].0));
+                let q = &item.query;
                 Target {
                     id: String::new(),
-                    item_id: q.id.clone(),
-                    text: q.text.clone(),
-                    answer: None,
+                    item_id: item.id.clone(),
+                    text: item.text.clone(),
+                    answer: item.answer.clone(),
                     category: q.category.clone(),
                     label: q.label.clone(),
                     transforms: q.transforms.clone(),

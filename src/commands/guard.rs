@@ -1,0 +1,151 @@
+//! `--guard`: calibrated classifiers (`charter train classifier`) around a
+//! policy's generation, for `chat` and `respond`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use charter_model::ModelDir;
+use charter_stages::StreamGuard;
+use charter_train::{Calibration, Guard, GuardRole, GuardScore, Tokens, read_calibration};
+
+/// The `--guard` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct GuardFlags {
+    /// Classifier directories to guard generation with (an input guard, an
+    /// output guard, or one of each, comma-separated), each calibrated with
+    /// `charter classify calibrate`. A blocked prompt or flagged answer
+    /// becomes one fixed refusal.
+    #[arg(long, value_name = "DIR[,DIR]", value_delimiter = ',')]
+    pub(crate) guard: Vec<PathBuf>,
+    /// Answer tokens generated between two checks of the output guard
+    /// (smaller stops sooner after the flag, larger costs less).
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub(crate) guard_every: usize,
+}
+
+struct Calibrated {
+    guard: Guard,
+    calibration: Calibration,
+    dir: PathBuf,
+}
+
+/// An input and an output guard, each optional, on the policy's tokens.
+pub(crate) struct Guards {
+    input: Option<Calibrated>,
+    output: Option<Calibrated>,
+    every: usize,
+}
+
+fn tokenizer_hash(dir: &Path) -> Result<String> {
+    let model = ModelDir::open(dir)?;
+    Ok(charter_model::hash_file(&model.tokenizer_path())?)
+}
+
+impl Guards {
+    /// The guards `flags` name for the policy in `policy`; `None` without any.
+    pub(crate) fn open(flags: &GuardFlags, policy: &Path) -> Result<Option<Guards>> {
+        if flags.guard.is_empty() {
+            return Ok(None);
+        }
+        if flags.guard_every == 0 {
+            bail!("--guard-every must be at least 1");
+        }
+        let policy_tokenizer = tokenizer_hash(policy)?;
+        let mut guards = Guards {
+            input: None,
+            output: None,
+            every: flags.guard_every,
+        };
+        for dir in &flags.guard {
+            let calibration = read_calibration(dir)?;
+            let guard = Guard::open(dir, usize::MAX)
+                .with_context(|| format!("opening the guard {}", dir.display()))?;
+            if tokenizer_hash(dir)? != policy_tokenizer {
+                bail!(
+                    "{}: the guard's tokenizer differs from the policy's ({}): a guard reads \
+                     the policy's tokens, so train it from the same base model",
+                    dir.display(),
+                    policy.display()
+                );
+            }
+            let slot = match guard.role() {
+                GuardRole::Input => &mut guards.input,
+                GuardRole::Output => &mut guards.output,
+            };
+            if let Some(other) = slot {
+                bail!(
+                    "two {} guards: {} and {}",
+                    guard.role().as_str(),
+                    other.dir.display(),
+                    dir.display()
+                );
+            }
+            *slot = Some(Calibrated {
+                guard,
+                calibration,
+                dir: dir.clone(),
+            });
+        }
+        Ok(Some(guards))
+    }
+}
+
+/// The guard's score of the conversation `ids` whose answer starts at `prompt_len`.
+fn score(
+    c: &Calibrated,
+    ids: Vec<u32>,
+    prompt_len: usize,
+) -> charter_stages::Result<Option<GuardScore>> {
+    let scored = c
+        .guard
+        .score_tokens(&[Some(Tokens { ids, prompt_len })], 1, &mut |_| {})
+        .map_err(|e| charter_stages::Error::Guard(format!("{}: {e}", c.dir.display())))?;
+    Ok(scored.into_iter().next().flatten())
+}
+
+impl StreamGuard for Guards {
+    fn blocks_prompt(&mut self, prompt: &[u32]) -> charter_stages::Result<bool> {
+        let Some(c) = &self.input else {
+            return Ok(false);
+        };
+        Ok(
+            score(c, prompt.to_vec(), prompt.len())?
+                .is_some_and(|s| s.p >= c.calibration.threshold),
+        )
+    }
+
+    fn first_flagged(
+        &mut self,
+        prompt: &[u32],
+        answer: &[u32],
+    ) -> charter_stages::Result<Option<usize>> {
+        let Some(c) = &self.output else {
+            return Ok(None);
+        };
+        if answer.is_empty() {
+            return Ok(None);
+        }
+        let ids = [prompt, answer].concat();
+        Ok(score(c, ids, prompt.len())?.and_then(|s| s.first_over(c.calibration.threshold)))
+    }
+
+    fn every(&self) -> usize {
+        self.every
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        let one = |c: &Option<Calibrated>| {
+            c.as_ref().map(|c| {
+                serde_json::json!({
+                    "model_hash": c.calibration.guard_hash,
+                    "threshold": c.calibration.threshold,
+                })
+            })
+        };
+        serde_json::json!({
+            "input": one(&self.input),
+            "output": one(&self.output),
+            "every": self.every,
+        })
+    }
+}
