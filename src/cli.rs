@@ -465,6 +465,8 @@ pub(crate) enum EvalCommand {
     Labeller(EvalLabellerArgs),
     /// Policy B against policy A on held-out prompts, judged by the AI labeller: win rate with a 95% interval, and Elo.
     Policy(EvalPolicyArgs),
+    /// A policy's guards on harmful and harmless queries: attack success unguarded and guarded, over-refusal, AUROC and TPR at low FPR, compute overhead.
+    Guard(Box<crate::commands::EvalGuardArgs>),
 }
 
 #[derive(Debug, Args)]

@@ -90,6 +90,22 @@ impl Guards {
     }
 }
 
+impl Guards {
+    /// The input guard and its calibrated threshold.
+    pub(crate) fn input(&self) -> Option<(&Guard, f64)> {
+        self.input
+            .as_ref()
+            .map(|c| (&c.guard, c.calibration.threshold))
+    }
+
+    /// The output guard and its calibrated threshold.
+    pub(crate) fn output(&self) -> Option<(&Guard, f64)> {
+        self.output
+            .as_ref()
+            .map(|c| (&c.guard, c.calibration.threshold))
+    }
+}
+
 /// The guard's score of the conversation `ids` whose answer starts at `prompt_len`.
 fn score(
     c: &Calibrated,

@@ -5,6 +5,7 @@ mod chat;
 mod classifier;
 mod constitution;
 mod dedup;
+mod eval_guard;
 mod filter;
 mod gc;
 mod guard;
@@ -16,6 +17,7 @@ mod respond;
 mod stages;
 mod train;
 
+pub(crate) use eval_guard::EvalGuardArgs;
 pub(crate) use guard::GuardFlags;
 
 use std::io::Write;
@@ -49,6 +51,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Target(args) => classifier::target(args, cli.quiet),
         Command::Build(args) => build::run(args, cli.quiet),
         Command::Eval(crate::cli::EvalCommand::Labeller(args)) => stages::eval_labeller(args),
+        Command::Eval(crate::cli::EvalCommand::Guard(args)) => eval_guard::run(*args, cli.quiet),
         Command::Eval(crate::cli::EvalCommand::Policy(args)) => {
             stages::eval_policy(args, cli.quiet)
         }

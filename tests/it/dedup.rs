@@ -85,7 +85,7 @@ fn dedup_refuses_tables_of_another_schema() {
     use std::sync::Arc;
 
     use arrow_schema::{DataType, Field, Schema};
-    use charter_table::{Output, PROMPTS, Provenance, TableWriter};
+    use charter_table::{Output, PROMPTS, TableWriter};
 
     let dir = tempfile::tempdir().unwrap();
     // Claims to be a `prompts` table but has a numeric `text` column and no `tags`.
@@ -102,14 +102,7 @@ fn dedup_refuses_tables_of_another_schema() {
         ],
     )
     .unwrap();
-    let provenance = Provenance {
-        stage: "hand-made".into(),
-        stage_version: 1,
-        settings: serde_json::json!({}),
-        inputs: vec![],
-        model_hash: None,
-        constitution_hash: None,
-    };
+    let provenance = crate::hand_made("hand-made");
     let mut w =
         TableWriter::with_schema(&Output::Path(path.clone()), &PROMPTS, schema, &provenance)
             .unwrap();

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use charter_table::{Output, Provenance, REVISIONS, Record, Revision, TableWriter};
+use charter_table::{Output, REVISIONS, Record, Revision, TableWriter};
 
 use crate::{fails, inspect, ok};
 
@@ -102,14 +102,7 @@ fn planted(path: &Path) {
             rows.push(revision(rows.len(), text, finish));
         }
     }
-    let provenance = Provenance {
-        stage: "revise".into(),
-        stage_version: 1,
-        settings: serde_json::json!({}),
-        inputs: vec![],
-        model_hash: None,
-        constitution_hash: None,
-    };
+    let provenance = crate::hand_made("revise");
     let mut writer =
         TableWriter::create(&Output::Path(path.to_path_buf()), &REVISIONS, &provenance).unwrap();
     writer.write_rows(&rows).unwrap();

@@ -108,3 +108,26 @@ pub(crate) fn table_rows<T>(
     }
     rows
 }
+
+/// Writes `rows` as a finished charter table at `path`, made by hand
+/// (provenance stage `stage`, no inputs).
+pub(crate) fn write_records<R: charter_table::Record>(path: &Path, stage: &str, rows: &[R]) {
+    use charter_table::{Output, TableWriter};
+    let provenance = hand_made(stage);
+    let mut w =
+        TableWriter::create(&Output::Path(path.to_path_buf()), R::SPEC, &provenance).unwrap();
+    w.write_rows(rows).unwrap();
+    w.finish().unwrap();
+}
+
+/// The provenance of a table a test writes by hand, as if stage `stage` had.
+pub(crate) fn hand_made(stage: &str) -> charter_table::Provenance {
+    charter_table::Provenance {
+        stage: stage.into(),
+        stage_version: 1,
+        settings: serde_json::json!({}),
+        inputs: vec![],
+        model_hash: None,
+        constitution_hash: None,
+    }
+}

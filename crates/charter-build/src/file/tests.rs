@@ -357,7 +357,7 @@ fn the_command_line_and_build_files_take_the_same_settings() {
         // The other way round; a train stage's objective settings are the
         // train subcommands' own flags.
         let description = kind.describe();
-        let objective = ["objective", "held_out", "beta", "label_weight"];
+        let objective = ["objective", "held_out", "beta", "label_weight", "role"];
         for field in &description.settings {
             assert!(
                 flags.iter().any(|f| f == field) || objective.contains(field),
