@@ -106,28 +106,35 @@ impl Guards {
     }
 }
 
-/// The guard's score of the conversation `ids` whose answer starts at `prompt_len`.
+/// The guard's scores of conversations (`ids`, and the answer's start),
+/// scored in one batch.
 fn score(
     c: &Calibrated,
-    ids: Vec<u32>,
-    prompt_len: usize,
-) -> charter_stages::Result<Option<GuardScore>> {
-    let scored = c
-        .guard
-        .score_tokens(&[Some(Tokens { ids, prompt_len })], 1, &mut |_| {})
-        .map_err(|e| charter_stages::Error::Guard(format!("{}: {e}", c.dir.display())))?;
-    Ok(scored.into_iter().next().flatten())
+    rows: Vec<(Vec<u32>, usize)>,
+) -> charter_stages::Result<Vec<Option<GuardScore>>> {
+    let rows: Vec<Option<Tokens>> = rows
+        .into_iter()
+        .map(|(ids, prompt_len)| Some(Tokens { ids, prompt_len }))
+        .collect();
+    c.guard
+        .score_tokens(&rows, rows.len().max(1), &mut |_| {})
+        .map_err(|e| charter_stages::Error::Guard(format!("{}: {e}", c.dir.display())))
 }
 
 impl StreamGuard for Guards {
     fn blocks_prompt(&mut self, prompt: &[u32]) -> charter_stages::Result<bool> {
+        Ok(self.blocks_prompts(&[prompt])?[0])
+    }
+
+    fn blocks_prompts(&mut self, prompts: &[&[u32]]) -> charter_stages::Result<Vec<bool>> {
         let Some(c) = &self.input else {
-            return Ok(false);
+            return Ok(vec![false; prompts.len()]);
         };
-        Ok(
-            score(c, prompt.to_vec(), prompt.len())?
-                .is_some_and(|s| s.p >= c.calibration.threshold),
-        )
+        let rows = prompts.iter().map(|p| (p.to_vec(), p.len())).collect();
+        Ok(score(c, rows)?
+            .into_iter()
+            .map(|s| s.is_some_and(|s| s.p >= c.calibration.threshold))
+            .collect())
     }
 
     fn first_flagged(
@@ -135,14 +142,27 @@ impl StreamGuard for Guards {
         prompt: &[u32],
         answer: &[u32],
     ) -> charter_stages::Result<Option<usize>> {
+        Ok(self.first_flagged_many(&[(prompt, answer)])?[0])
+    }
+
+    fn first_flagged_many(
+        &mut self,
+        rows: &[(&[u32], &[u32])],
+    ) -> charter_stages::Result<Vec<Option<usize>>> {
         let Some(c) = &self.output else {
-            return Ok(None);
+            return Ok(vec![None; rows.len()]);
         };
-        if answer.is_empty() {
-            return Ok(None);
+        // An empty answer has nothing to flag.
+        let scored: Vec<usize> = (0..rows.len()).filter(|&i| !rows[i].1.is_empty()).collect();
+        let batch = scored
+            .iter()
+            .map(|&i| ([rows[i].0, rows[i].1].concat(), rows[i].0.len()))
+            .collect();
+        let mut flags = vec![None; rows.len()];
+        for (i, s) in scored.into_iter().zip(score(c, batch)?) {
+            flags[i] = s.and_then(|s| s.first_over(c.calibration.threshold));
         }
-        let ids = [prompt, answer].concat();
-        Ok(score(c, ids, prompt.len())?.and_then(|s| s.first_over(c.calibration.threshold)))
+        Ok(flags)
     }
 
     fn every(&self) -> usize {

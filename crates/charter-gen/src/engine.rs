@@ -137,6 +137,21 @@ impl Engine {
         stop: &mut dyn FnMut(usize, &[u32]) -> bool,
         done: &mut dyn FnMut(Completion) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
+        self.generate_stepped(requests, options, &mut |_| {}, stop, done)
+    }
+
+    /// As [`Engine::generate`], and `step` sees every row in flight
+    /// (request index, tokens so far) together after each step, before
+    /// `stop` is asked about each: a check that is cheaper in a batch (a
+    /// classifier beside the policy) runs there.
+    pub fn generate_stepped<E: From<Error>>(
+        &mut self,
+        requests: &[Request],
+        options: &GenerateOptions,
+        step: &mut StepHook<'_>,
+        stop: &mut dyn FnMut(usize, &[u32]) -> bool,
+        done: &mut dyn FnMut(Completion) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
         let dims = self.decoder.dims();
         let fits = |r: &Request| !r.prompt.is_empty() && r.prompt.len() < options.max_context;
         // Room for the longest prompt plus every token it may feed back.
@@ -197,7 +212,7 @@ impl Engine {
                 }
                 self.stats.prefill_tokens += prompts.iter().map(|p| p.len() as u64).sum::<u64>();
                 self.stats.prefill_secs += started.elapsed().as_secs_f64();
-                retire(&mut slots, options, stop, done)?;
+                retire(&mut slots, options, step, stop, done)?;
             }
             let busy = slots.iter().filter(|s| s.is_some()).count();
             if busy == 0 {
@@ -238,7 +253,7 @@ impl Engine {
             }
             self.stats.decode_tokens += busy as u64;
             self.stats.decode_secs += started.elapsed().as_secs_f64();
-            retire(&mut slots, options, stop, done)?;
+            retire(&mut slots, options, step, stop, done)?;
         }
     }
 
@@ -307,13 +322,23 @@ fn next_token(
     token
 }
 
-/// Hands finished rows to `done` and frees their slots.
+/// A per-step view of the rows in flight: (request index, tokens so far).
+pub type StepHook<'a> = dyn FnMut(&[(usize, &[u32])]) + 'a;
+
+/// Shows the rows to `step`, then hands finished rows to `done` and frees their slots.
 fn retire<E>(
     slots: &mut [Option<Row>],
     options: &GenerateOptions,
+    step: &mut StepHook<'_>,
     stop: &mut dyn FnMut(usize, &[u32]) -> bool,
     done: &mut dyn FnMut(Completion) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
+    let rows: Vec<(usize, &[u32])> = slots
+        .iter()
+        .flatten()
+        .map(|r| (r.index, r.tokens.as_slice()))
+        .collect();
+    step(&rows);
     for slot in slots.iter_mut() {
         let Some(row) = slot else { continue };
         let token = row.tokens[row.tokens.len() - 1];

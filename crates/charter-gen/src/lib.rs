@@ -15,6 +15,8 @@ pub mod runtime;
 pub mod sampling;
 
 pub use decoder::{Decoder, DecoderDims, KvCache, available_threads};
-pub use engine::{Completion, Engine, EngineStats, FinishReason, GenerateOptions, Request};
+pub use engine::{
+    Completion, Engine, EngineStats, FinishReason, GenerateOptions, Request, StepHook,
+};
 pub use error::{Error, Result};
 pub use sampling::Sampling;

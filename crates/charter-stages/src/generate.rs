@@ -130,29 +130,39 @@ pub(crate) fn run_windows<R: Record>(
         let reqs = (item..end)
             .map(|i| request(model, i))
             .collect::<Result<Vec<_>>>()?;
-        let mut blocked = vec![false; reqs.len()];
-        if let Some(g) = guard.as_deref_mut() {
-            for (b, r) in blocked.iter_mut().zip(&reqs) {
-                *b = g.blocks_prompt(&r.prompt)?;
-            }
-        }
+        let blocked = match guard.as_deref_mut() {
+            Some(g) => g.blocks_prompts(&reqs.iter().map(|r| &r.prompt[..]).collect::<Vec<_>>())?,
+            None => vec![false; reqs.len()],
+        };
         // The engine sees the prompts no guard blocked: `kept[k]` is the
         // window row of its `k`th request.
         let kept: Vec<usize> = (0..reqs.len()).filter(|&i| !blocked[i]).collect();
         let to_engine: Vec<Request> = kept.iter().map(|&i| reqs[i].clone()).collect();
-        let mut watch = guard.as_deref_mut().map(|g| Watch::new(g, to_engine.len()));
+        // The step hook and the stop callback both reach the watch.
+        let mut watch =
+            std::cell::RefCell::new(guard.as_deref_mut().map(|g| Watch::new(g, to_engine.len())));
         let Model {
             engine, tokenizer, ..
         } = &mut *model;
         let mut done: Vec<Option<Completion>> = vec![None; reqs.len()];
         let base = item;
         let finished_before = blocked.iter().filter(|&&b| b).count();
-        engine.generate(
+        engine.generate_stepped(
             &to_engine,
             options,
+            &mut |rows| {
+                if let Some(w) = watch.borrow_mut().as_mut() {
+                    let rows: Vec<(usize, &[u32], &[u32])> = rows
+                        .iter()
+                        .map(|&(k, tokens)| (k, &to_engine[k].prompt[..], tokens))
+                        .collect();
+                    w.step(&rows);
+                }
+            },
             &mut |k, tokens| {
                 stop.hit(tokenizer, tokens)
                     || watch
+                        .borrow_mut()
                         .as_mut()
                         .is_some_and(|w| w.check(k, &to_engine[k].prompt, tokens))
             },
@@ -191,7 +201,7 @@ pub(crate) fn run_windows<R: Record>(
             }
             let c =
                 c.ok_or_else(|| Error::Settings("internal: the engine skipped a row".into()))?;
-            let flagged = match watch.as_mut() {
+            let flagged = match watch.get_mut().as_mut() {
                 Some(w) => {
                     let answer = match c.tokens.split_last() {
                         Some((last, rest)) if options.stop_ids.contains(last) => rest,

@@ -21,9 +21,19 @@ pub const REFUSAL: &str = "I'm sorry, but I can't help with that.";
 pub trait StreamGuard {
     /// Whether the input guard blocks the rendered prompt (false without one).
     fn blocks_prompt(&mut self, prompt: &[u32]) -> Result<bool>;
+    /// [`StreamGuard::blocks_prompt`] of several prompts; an implementation
+    /// may score them in one batch.
+    fn blocks_prompts(&mut self, prompts: &[&[u32]]) -> Result<Vec<bool>> {
+        prompts.iter().map(|p| self.blocks_prompt(p)).collect()
+    }
     /// The first token of `answer` whose prefix the output guard flags
     /// (`None` without one).
     fn first_flagged(&mut self, prompt: &[u32], answer: &[u32]) -> Result<Option<usize>>;
+    /// [`StreamGuard::first_flagged`] of several (prompt, answer) rows; an
+    /// implementation may score them in one batch.
+    fn first_flagged_many(&mut self, rows: &[(&[u32], &[u32])]) -> Result<Vec<Option<usize>>> {
+        rows.iter().map(|(p, a)| self.first_flagged(p, a)).collect()
+    }
     /// Tokens generated between two checks of the output guard.
     fn every(&self) -> usize;
     /// The guards' model hashes, thresholds and `every`, for provenance.
@@ -79,30 +89,51 @@ impl<'g> Watch<'g> {
         self.guard
     }
 
-    /// Checks row `row` when `every` tokens have come since its last
-    /// check; true when it is flagged (the engine then stops it). An error
-    /// stops the row and is returned by [`Watch::finish`].
-    pub fn check(&mut self, row: usize, prompt: &[u32], answer: &[u32]) -> bool {
-        if self.flagged[row].is_some() || self.error.is_some() {
-            return true;
-        }
-        if answer.len() - self.checked[row] < self.guard.every() {
-            return false;
-        }
-        self.run(row, prompt, answer)
+    fn due(&self, row: usize, answer: &[u32]) -> bool {
+        self.flagged[row].is_none()
+            && self.error.is_none()
+            && answer.len() - self.checked[row] >= self.guard.every()
     }
 
-    fn run(&mut self, row: usize, prompt: &[u32], answer: &[u32]) -> bool {
+    /// Checks, in one batch, every row of `rows` (row, prompt, answer so
+    /// far) that `every` tokens have come to since its last check: the
+    /// engine's per-step hook, before [`Watch::check`] asks about each.
+    pub fn step(&mut self, rows: &[(usize, &[u32], &[u32])]) {
+        let due: Vec<&(usize, &[u32], &[u32])> =
+            rows.iter().filter(|(r, _, a)| self.due(*r, a)).collect();
+        if due.is_empty() {
+            return;
+        }
+        let pairs: Vec<(&[u32], &[u32])> = due.iter().map(|(_, p, a)| (*p, *a)).collect();
+        match self.guard.first_flagged_many(&pairs) {
+            Ok(flags) => {
+                for ((row, _, answer), flag) in due.into_iter().zip(flags) {
+                    self.checked[*row] = answer.len();
+                    self.flagged[*row] = flag;
+                }
+            }
+            Err(e) => self.error = Some(e),
+        }
+    }
+
+    /// Whether row `row` is flagged (the engine then stops it), checking
+    /// it first if `every` tokens have come since its last check and
+    /// [`Watch::step`] did not. An error stops the row and is returned by
+    /// [`Watch::finish`].
+    pub fn check(&mut self, row: usize, prompt: &[u32], answer: &[u32]) -> bool {
+        if self.due(row, answer) {
+            self.run(row, prompt, answer);
+        }
+        self.flagged[row].is_some() || self.error.is_some()
+    }
+
+    fn run(&mut self, row: usize, prompt: &[u32], answer: &[u32]) {
         match self.guard.first_flagged(prompt, answer) {
             Ok(flag) => {
                 self.checked[row] = answer.len();
                 self.flagged[row] = flag;
-                flag.is_some()
             }
-            Err(e) => {
-                self.error = Some(e);
-                true
-            }
+            Err(e) => self.error = Some(e),
         }
     }
 
@@ -133,6 +164,7 @@ mod tests {
         bad: u32,
         every: usize,
         calls: Vec<usize>,
+        batches: Vec<usize>,
     }
 
     impl StreamGuard for Scripted {
@@ -142,6 +174,10 @@ mod tests {
         fn first_flagged(&mut self, _: &[u32], answer: &[u32]) -> Result<Option<usize>> {
             self.calls.push(answer.len());
             Ok(answer.iter().position(|&t| t == self.bad))
+        }
+        fn first_flagged_many(&mut self, rows: &[(&[u32], &[u32])]) -> Result<Vec<Option<usize>>> {
+            self.batches.push(rows.len());
+            rows.iter().map(|(p, a)| self.first_flagged(p, a)).collect()
         }
         fn every(&self) -> usize {
             self.every
@@ -182,6 +218,7 @@ mod tests {
                 bad: 9,
                 every,
                 calls: Vec::new(),
+                batches: Vec::new(),
             };
             let (cleared, flag) = stream(&mut guard, &answer);
             assert_eq!(flag, Some(4), "every {every}");
@@ -200,9 +237,38 @@ mod tests {
             bad: 9,
             every: 4,
             calls: Vec::new(),
+            batches: Vec::new(),
         };
         let (cleared, flag) = stream(&mut guard, &[1, 2, 3, 4, 5, 6]);
         assert_eq!((cleared, flag), (6, None));
         assert_eq!(guard.calls, vec![4, 6]);
+    }
+
+    #[test]
+    fn a_step_checks_every_due_row_in_one_batch() {
+        let mut guard = Scripted {
+            bad: 9,
+            every: 2,
+            calls: Vec::new(),
+            batches: Vec::new(),
+        };
+        let answers: [&[u32]; 3] = [&[1, 9, 3, 4], &[1, 2, 3, 4], &[5, 6, 7, 8]];
+        let mut watch = Watch::new(&mut guard, 3);
+        for n in 1..=4 {
+            let rows: Vec<(usize, &[u32], &[u32])> = answers
+                .iter()
+                .enumerate()
+                .map(|(r, a)| (r, &[][..], &a[..n]))
+                .collect();
+            watch.step(&rows);
+            let stops: Vec<bool> = rows.iter().map(|&(r, p, a)| watch.check(r, p, a)).collect();
+            assert_eq!(stops, [n >= 2, false, false], "after {n} tokens");
+        }
+        assert_eq!(watch.cleared(0), 1);
+        assert_eq!(watch.cleared(1), 4);
+        // Both checks of three rows, then of the two unflagged ones, batched;
+        // `check` found nothing left to do.
+        assert_eq!(guard.batches, vec![3, 2]);
+        assert_eq!(guard.calls, vec![2, 2, 2, 4, 4]);
     }
 }
