@@ -52,8 +52,15 @@ pub(crate) struct EvalGuardArgs {
     pub(crate) model: PathBuf,
     /// A `queries` table with harmful and harmless rows (`charter queries`,
     /// optionally `augment`ed; held out from the guards' training).
-    #[arg(short, long, value_name = "QUERIES")]
-    pub(crate) input: PathBuf,
+    #[arg(short, long, value_name = "QUERIES", required_unless_present_any = ["harmful", "harmless"])]
+    pub(crate) input: Option<PathBuf>,
+    /// `prompts` tables of harmful requests (`charter prompts import`, e.g.
+    /// of HarmBench), added to the queries labelled `harmful`.
+    #[arg(long, value_name = "PROMPTS")]
+    pub(crate) harmful: Vec<PathBuf>,
+    /// `prompts` tables of harmless requests, added labelled `harmless`.
+    #[arg(long, value_name = "PROMPTS")]
+    pub(crate) harmless: Vec<PathBuf>,
     /// The classifier constitution the labeller judges answers by.
     #[arg(short, long, value_name = "TOML")]
     pub(crate) constitution: PathBuf,
@@ -191,37 +198,129 @@ fn group(rows: &[&Row], thresholds: (Option<f64>, Option<f64>)) -> Group {
     }
 }
 
-/// The first `n` harmful and first `n` harmless rows of `queries`, as a
-/// queries table at `out` (cached by build key).
-fn sample(queries: &TableFile, n: usize, out: &Path) -> Result<()> {
+/// Writes the queries table `rows` at `out` unless a finished one with the
+/// same build key is there; opens it.
+fn write_queries(
+    out: &Path,
+    stage: &str,
+    settings: serde_json::Value,
+    inputs: &[&TableFile],
+    rows: impl FnOnce() -> Result<Vec<Query>>,
+) -> Result<TableFile> {
     let provenance = Provenance {
-        stage: "sample".into(),
+        stage: stage.into(),
         stage_version: 1,
-        settings: json!({ "per_label": n }),
-        inputs: vec![InputRef {
-            name: "queries".into(),
-            content_hash: queries.content_hash_or_compute()?,
-        }],
+        settings,
+        inputs: inputs
+            .iter()
+            .map(|t| {
+                Ok(InputRef {
+                    name: t.table_name().unwrap_or("prompts").into(),
+                    content_hash: t.content_hash_or_compute()?,
+                })
+            })
+            .collect::<Result<_>>()?,
         model_hash: None,
         constitution_hash: None,
     };
-    if finished_table(out, &QUERIES, &provenance.build_key(&QUERIES)).is_some() {
-        return Ok(());
+    if finished_table(out, &QUERIES, &provenance.build_key(&QUERIES)).is_none() {
+        let mut writer =
+            TableWriter::create(&Output::Path(out.to_path_buf()), &QUERIES, &provenance)?;
+        writer.write_rows(&rows()?)?;
+        writer.finish()?;
     }
-    let mut taken: HashMap<String, usize> = HashMap::new();
-    let rows: Vec<Query> = queries
-        .rows::<Query>()?
-        .into_iter()
-        .filter(|q| {
-            let k = taken.entry(q.label.clone()).or_default();
-            *k += 1;
-            *k <= n
-        })
-        .collect();
-    let mut writer = TableWriter::create(&Output::Path(out.to_path_buf()), &QUERIES, &provenance)?;
-    writer.write_rows(&rows)?;
-    writer.finish()?;
-    Ok(())
+    Ok(TableFile::open(out)?)
+}
+
+/// The queries to evaluate on: those of `-i`, and the prompts of
+/// `--harmful` and `--harmless` as queries of their label (category: the
+/// prompt's source file).
+fn gather(args: &EvalGuardArgs, out: &Path) -> Result<TableFile> {
+    let queries = args.input.as_deref().map(TableFile::open).transpose()?;
+    if let Some(q) = &queries {
+        q.expect(&QUERIES)
+            .context("`-i` takes a classifier's queries table (`charter queries`); prompts tables go to --harmful or --harmless")?;
+    }
+    let labelled: Vec<(&str, TableFile)> =
+        [("harmful", &args.harmful), ("harmless", &args.harmless)]
+            .into_iter()
+            .flat_map(|(label, paths)| paths.iter().map(move |p| (label, p)))
+            .map(|(label, p)| {
+                let table = TableFile::open(p)?;
+                table.expect(&charter_table::PROMPTS).with_context(|| {
+                    format!("--{label} takes a prompts table (`charter prompts import`)")
+                })?;
+                Ok((label, table))
+            })
+            .collect::<Result<_>>()?;
+    match (queries, labelled.is_empty()) {
+        (Some(q), true) => Ok(q),
+        (queries, _) => {
+            let mut inputs: Vec<&TableFile> = queries.iter().collect();
+            inputs.extend(labelled.iter().map(|(_, t)| t));
+            let labels: Vec<&str> = labelled.iter().map(|(l, _)| *l).collect();
+            write_queries(
+                out,
+                "eval-guard-queries",
+                json!({ "labels": labels }),
+                &inputs,
+                || {
+                    let mut rows = match &queries {
+                        Some(q) => q.rows::<Query>()?,
+                        None => Vec::new(),
+                    };
+                    for (label, table) in &labelled {
+                        for p in table.rows::<charter_table::Prompt>()? {
+                            rows.push(imported(p, label));
+                        }
+                    }
+                    Ok(rows)
+                },
+            )
+        }
+    }
+}
+
+/// A prompt of an imported set as a query labelled `label`.
+fn imported(p: charter_table::Prompt, label: &str) -> Query {
+    use charter_table::Record;
+    Query {
+        id: String::new(),
+        category: p.source,
+        label: label.into(),
+        sample: u32::try_from(p.source_row).unwrap_or(u32::MAX),
+        parent_id: None,
+        transforms: Vec::new(),
+        model: "imported".into(),
+        model_hash: String::new(),
+        constitution: String::new(),
+        constitution_hash: String::new(),
+        temperature: 0.0,
+        top_p: 1.0,
+        top_k: 0,
+        max_new_tokens: 0,
+        seed: 0,
+        text: p.text,
+        finish_reason: "imported".into(),
+    }
+    .with_id()
+}
+
+/// The first `n` harmful and first `n` harmless rows of `queries`, as a
+/// queries table at `out`.
+fn sample(queries: &TableFile, n: usize, out: &Path) -> Result<TableFile> {
+    write_queries(out, "sample", json!({ "per_label": n }), &[queries], || {
+        let mut taken: HashMap<String, usize> = HashMap::new();
+        Ok(queries
+            .rows::<Query>()?
+            .into_iter()
+            .filter(|q| {
+                let k = taken.entry(q.label.clone()).or_default();
+                *k += 1;
+                *k <= n
+            })
+            .collect())
+    })
 }
 
 /// Answers `queries` into `out`, timing it; `None` seconds when the table
@@ -282,10 +381,6 @@ fn judge(
 }
 
 pub(crate) fn run(args: EvalGuardArgs, quiet: bool) -> Result<()> {
-    let queries = TableFile::open(&args.input)?;
-    queries
-        .expect(&QUERIES)
-        .with_context(|| "eval guard reads a classifier's queries table (`charter queries`)")?;
     let constitution = ClassifierConstitution::load(&args.constitution)?;
     let Some(mut guards) = Guards::open(&args.guard, &args.model)? else {
         bail!("eval guard needs --guard: an input guard, an output guard, or both");
@@ -294,11 +389,9 @@ pub(crate) fn run(args: EvalGuardArgs, quiet: bool) -> Result<()> {
         .with_context(|| format!("creating {}", args.output.display()))?;
     let path = |name: &str| args.output.join(name);
 
+    let queries = gather(&args, &path("queries.parquet"))?;
     let queries = match args.per_label {
-        Some(n) => {
-            sample(&queries, n, &path("sample.parquet"))?;
-            TableFile::open(&path("sample.parquet"))?
-        }
+        Some(n) => sample(&queries, n, &path("sample.parquet"))?,
         None => queries,
     };
     let threads = args.generation.threads;

@@ -770,6 +770,41 @@ fn a_tiny_output_guard_flags_answers_from_the_planted_word_on() {
     let again: serde_json::Value = serde_json::from_slice(&ok(&args)).unwrap();
     assert_eq!(again["groups"], report["groups"]);
     assert!(again["compute"]["overhead_per_token"].is_null(), "{again}");
+
+    // Imported prompts evaluate as queries of the label their flag gives.
+    let imported = path("eval-imported");
+    let report: serde_json::Value = serde_json::from_slice(&ok(&[
+        "eval",
+        "guard",
+        "-m",
+        &model,
+        "-c",
+        &fixture(),
+        "-o",
+        &imported,
+        "--guard",
+        &clf,
+        "--harmful",
+        &prompts,
+        "--per-label",
+        "4",
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ]))
+    .unwrap();
+    let all = &report["groups"]["all"];
+    assert_eq!(
+        (all["harmful"].as_u64(), all["harmless"].as_u64()),
+        (Some(4), Some(0)),
+        "{report}"
+    );
+    assert!(all["over_refusal"]["rate"].is_null(), "{all}");
+    ok(&[
+        "inspect",
+        &format!("{imported}/queries.parquet"),
+        "--verify",
+    ]);
 }
 
 /// A `queries` table of `n` harmful and `n` harmless messages, as
