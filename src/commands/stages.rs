@@ -55,6 +55,8 @@ pub(super) fn run_stage(
                 "generated_rows": summary.generated_rows,
                 "generated_tokens": summary.generated_tokens,
                 "context_overflows": summary.context_overflows,
+                "scored_tokens": summary.scored_tokens,
+                "reused_tokens": summary.reused_tokens,
                 "seconds": elapsed,
                 "peak_memory_bytes": peak,
                 "output": file.output().display(),
@@ -79,6 +81,12 @@ pub(super) fn run_stage(
                 summary.context_overflows,
                 super::gigabytes(peak)
             );
+            if summary.scored_tokens > 0 {
+                eprintln!(
+                    "{name}: scored {} tokens; {} more came from the cache of the prompt every row shares",
+                    summary.scored_tokens, summary.reused_tokens
+                );
+            }
         }
         eprintln!("{}", super::written(file.output(), &summary.table));
     }

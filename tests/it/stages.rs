@@ -199,6 +199,12 @@ fn pairs_labels_and_exports() {
         summary["peak_memory_bytes"].as_u64().unwrap() > 1_000_000,
         "{summary}"
     );
+    // The worked examples every row shares were run once, not per row.
+    assert!(
+        summary["reused_tokens"].as_u64().unwrap() > 0
+            && summary["scored_tokens"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
     for l in rows(&labels) {
         let (p_a, ab, ba) = (
             l["p_a"].as_f64().unwrap(),

@@ -10,6 +10,8 @@
 //!   cache buffers are bound as both the past input and the present output,
 //!   so `GroupQueryAttention` writes the new position in place: nothing is
 //!   copied between steps, whatever the cache length.
+//! - [`Decoder::extend`]: several tokens after the cache of one slot, in
+//!   place (scoring continuations of a shared context).
 //! - [`Decoder::logits_at`]: logits at chosen positions of right-padded
 //!   rows (scoring), and [`Decoder::logits_all`] at all of them.
 
@@ -228,19 +230,61 @@ impl Decoder {
             mask[r * total..r * total + l + 1].fill(1);
         }
         let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+        let logits =
+            self.run_in_place(([b, 1], ids), ([b, total], mask), ([b, 1], vec![0; b]), kv)?;
+        debug_assert_eq!(logits.len(), b * d.vocab);
+        Ok(logits)
+    }
+
+    /// Runs `tokens` (at least two) after the first `len` cached positions
+    /// of the one slot of `kv`, appending them to the cache, and returns
+    /// `[tokens, vocab]` logits, one row per new token. Two or more new
+    /// tokens after a cache take ONNX Runtime's prompt kernels, as a full
+    /// pass does; a single token would take the decode kernels, which round
+    /// differently, so one is refused. The attention takes several new
+    /// tokens after a cache for one slot at a time, hence the single slot.
+    pub fn extend(&mut self, tokens: &[u32], len: usize, kv: &mut KvCache) -> Result<Vec<f32>> {
+        let m = tokens.len();
+        if kv.batch != 1 || m < 2 || len + m > kv.capacity {
+            return Err(Error::Run(format!(
+                "extend: needs a one-slot cache and 2 or more tokens after {len} cached \
+                 positions within its capacity {} (got {} slots, {m} tokens)",
+                kv.capacity, kv.batch
+            )));
+        }
+        let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+        let positions: Vec<i64> = (0..m as i64).collect();
+        let logits = self.run_in_place(
+            ([1, m], ids),
+            ([1, len + m], vec![1; len + m]),
+            ([1, m], positions),
+            kv,
+        )?;
+        debug_assert_eq!(logits.len(), m * self.dims.vocab);
+        Ok(logits)
+    }
+
+    /// One run with `kv` bound as both the past input and the present
+    /// output, so the new positions are written into it in place; returns
+    /// the logits at `positions`. Each input is `(shape, values)`.
+    fn run_in_place(
+        &mut self,
+        ids: ([usize; 2], Vec<i64>),
+        mask: ([usize; 2], Vec<i64>),
+        positions: ([usize; 2], Vec<i64>),
+        kv: &mut KvCache,
+    ) -> Result<Vec<f32>> {
         let run_err = |e: ort::Error| Error::Run(e.to_string());
         let mut binding = self.session.create_binding().map_err(run_err)?;
-        let small =
-            |shape: [usize; 2], data: Vec<i64>| Tensor::from_array((shape, data)).map_err(run_err);
-        binding
-            .bind_input("input_ids", &small([b, 1], ids)?)
-            .map_err(run_err)?;
-        binding
-            .bind_input("attention_mask", &small([b, total], mask)?)
-            .map_err(run_err)?;
-        binding
-            .bind_input("logit_positions", &small([b, 1], vec![0; b])?)
-            .map_err(run_err)?;
+        for (name, value) in [
+            ("input_ids", ids),
+            ("attention_mask", mask),
+            ("logit_positions", positions),
+        ] {
+            binding
+                .bind_input(name, &Tensor::from_array(value).map_err(run_err)?)
+                .map_err(run_err)?;
+        }
         for (i, t) in kv.tensors.iter_mut().enumerate() {
             let (layer, kind) = (i / 2, if i % 2 == 0 { "key" } else { "value" });
             binding
@@ -257,7 +301,6 @@ impl Decoder {
         let (_, logits) = outputs["logits"]
             .try_extract_tensor::<f32>()
             .map_err(run_err)?;
-        debug_assert_eq!(logits.len(), b * d.vocab);
         Ok(logits.to_vec())
     }
 

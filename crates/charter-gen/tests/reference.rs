@@ -419,3 +419,98 @@ fn quantised_exports_stay_close_to_the_reference() {
         }
     }
 }
+
+/// Scoring several choices from one pass over each context, with a shared
+/// prefix computed once, gives exactly what scoring every (context,
+/// choice) pair on its own gives; and a context's numbers are the same
+/// whichever contexts share its call (what makes a sharded build's labels
+/// byte-identical to an unsharded one's).
+#[test]
+fn choices_from_one_pass_agree_with_pairwise_scoring_and_ignore_their_neighbours() {
+    let cases = cases();
+    let tokens = |v: &[i64]| v.iter().map(|&t| t as u32).collect::<Vec<u32>>();
+    // The first prompt is the shared prefix of every context after it.
+    let shared = tokens(&cases[0].prompt_ids);
+    let mut contexts: Vec<Vec<u32>> = Vec::new();
+    for case in &cases {
+        let prompt = tokens(&case.prompt_ids);
+        let greedy = tokens(&case.greedy_ids);
+        contexts.push([shared.as_slice(), &prompt].concat());
+        contexts.push([shared.as_slice(), &prompt, &greedy[..4]].concat());
+    }
+    // Shorter than the prefix, and the prefix with too little after it to reuse it.
+    contexts.push(shared[..shared.len() - 2].to_vec());
+    contexts.push([shared.as_slice(), &[28]].concat());
+    let choices = vec![vec![330, 32, 41], vec![330, 33, 41], vec![28]];
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = contexts
+        .iter()
+        .flat_map(|c| choices.iter().map(move |ch| (c.clone(), ch.clone())))
+        .collect();
+    let mut engine = engine();
+    let want = engine.score(&pairs, 4).unwrap();
+    let before = engine.stats();
+    let with_shared = engine.score_choices(&contexts, &shared, &choices).unwrap();
+    // Every context made of the prefix and two or more tokens reused it.
+    let reusing = contexts.len() - 2;
+    assert_eq!(
+        engine.stats().reused_tokens - before.reused_tokens,
+        (reusing * shared.len()) as u64
+    );
+    let without = engine.score_choices(&contexts, &[], &choices).unwrap();
+    for (c, (a, b)) in with_shared.iter().zip(&without).enumerate() {
+        for j in 0..choices.len() {
+            for k in 0..choices[j].len() {
+                let pairwise = want[c * choices.len() + j][k];
+                for (got, how) in [(a[j][k], "shared prefix"), (b[j][k], "no prefix")] {
+                    assert!(
+                        got == pairwise,
+                        "context {c} choice {j} token {k} ({how}): {got} vs pairwise {pairwise}"
+                    );
+                }
+            }
+        }
+    }
+    for (c, context) in contexts.iter().enumerate() {
+        let alone = engine
+            .score_choices(std::slice::from_ref(context), &shared, &choices)
+            .unwrap();
+        assert_eq!(alone[0], with_shared[c], "context {c} alone vs in the call");
+    }
+    let err = engine.score_choices(&[vec![5]], &[], &choices).unwrap_err();
+    assert!(err.to_string().contains("row 0"), "{err}");
+}
+
+/// Prefixes and heads of 128k + 1 tokens, where a pass without a past
+/// computes its last row with other kernels: scoring still gives pairwise
+/// scoring's numbers exactly.
+#[test]
+fn choices_score_exactly_at_lengths_where_a_pass_ends_in_a_lone_row() {
+    let text: Vec<u32> = cases()
+        .iter()
+        .flat_map(|c| c.prompt_ids.iter().chain(&c.greedy_ids))
+        .map(|&t| t as u32)
+        .cycle()
+        .take(400)
+        .collect();
+    let choices = vec![vec![330, 32, 41], vec![28, 29]];
+    let mut engine = engine();
+    for (p, len) in [(129, 190), (257, 300), (100, 130), (200, 258), (100, 129)] {
+        let context = text[..len].to_vec();
+        let pairs: Vec<(Vec<u32>, Vec<u32>)> = choices
+            .iter()
+            .map(|ch| (context.clone(), ch.clone()))
+            .collect();
+        let want = engine.score(&pairs, 1).unwrap();
+        for shared in [&text[..p], &[][..]] {
+            let got = engine
+                .score_choices(std::slice::from_ref(&context), shared, &choices)
+                .unwrap();
+            assert_eq!(
+                got[0],
+                want,
+                "context of {len}, shared prefix of {}",
+                shared.len()
+            );
+        }
+    }
+}

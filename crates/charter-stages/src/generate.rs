@@ -39,6 +39,11 @@ pub struct StageSummary {
     pub generated_tokens: u64,
     /// Rows whose prompt did not fit the context window.
     pub context_overflows: u64,
+    /// Tokens run to score choices (labelling and judging stages).
+    pub scored_tokens: u64,
+    /// Context tokens those stages took from the cache of the prompt part
+    /// every row shares instead of running them.
+    pub reused_tokens: u64,
 }
 
 impl StageSummary {
@@ -51,6 +56,8 @@ impl StageSummary {
             generated_rows: 0,
             generated_tokens: 0,
             context_overflows: 0,
+            scored_tokens: 0,
+            reused_tokens: 0,
         }
     }
 
@@ -68,7 +75,23 @@ impl StageSummary {
             generated_rows: (total - start) as u64,
             generated_tokens: counts.tokens,
             context_overflows: counts.context_overflows,
+            scored_tokens: 0,
+            reused_tokens: 0,
         }
+    }
+}
+
+impl StageSummary {
+    /// With the scoring work `engine` did since it showed `before`.
+    pub(crate) fn scored(
+        mut self,
+        before: charter_gen::EngineStats,
+        engine: &charter_gen::Engine,
+    ) -> Self {
+        let now = engine.stats();
+        self.scored_tokens = now.scored_tokens - before.scored_tokens;
+        self.reused_tokens = now.reused_tokens - before.reused_tokens;
+        self
     }
 }
 

@@ -11,6 +11,11 @@
 //! chain of thought the labeller first writes its reasoning, which stays in
 //! the row, and the averaged probability is clamped (CoT probabilities sit
 //! near 0 or 1).
+//!
+//! Both choices are read from one pass over each context, and the prompt's
+//! part no row changes (system prompt, worked examples: [`shared_prefix`])
+//! is run once per call and its cache reused; see
+//! [`charter_gen::Engine::score_choices`].
 
 use std::path::Path;
 
@@ -178,16 +183,17 @@ fn messages(
 }
 
 /// The log-probabilities of "(A)" and "(B)" after each context followed by
-/// the answer prefix; `row` names the row of a context too long to score.
+/// the answer prefix, each context run once, and `shared` (a prefix of many
+/// contexts, see [`shared_prefix`]) once for all; `row` names the row of a
+/// context too long to score.
 pub(crate) fn choice_log_probs<'r>(
     model: &mut Model,
-    contexts: Vec<Vec<u32>>,
+    mut contexts: Vec<Vec<u32>>,
+    shared: &[u32],
     choices: &Choices,
-    batch_size: usize,
     row: &dyn Fn(usize) -> &'r str,
 ) -> Result<Vec<(f64, f64)>> {
-    let mut scoring = Vec::with_capacity(contexts.len() * 2);
-    for (i, mut ctx) in contexts.into_iter().enumerate() {
+    for (i, ctx) in contexts.iter_mut().enumerate() {
         ctx.extend_from_slice(&choices.prefix);
         let tokens = ctx.len() + choices.a.len().max(choices.b.len());
         if tokens > model.max_context() {
@@ -197,14 +203,45 @@ pub(crate) fn choice_log_probs<'r>(
                 limit: model.max_context(),
             });
         }
-        scoring.push((ctx.clone(), choices.a.clone()));
-        scoring.push((ctx, choices.b.clone()));
     }
-    let scores = model.engine.score(&scoring, batch_size.max(1))?;
-    let lp = |i: usize| -> f64 { scores[i].iter().sum() };
-    Ok((0..scoring.len() / 2)
-        .map(|i| (lp(2 * i), lp(2 * i + 1)))
+    let scores =
+        model
+            .engine
+            .score_choices(&contexts, shared, &[choices.a.clone(), choices.b.clone()])?;
+    Ok(scores
+        .iter()
+        .map(|s| (s[0].iter().sum(), s[1].iter().sum()))
         .collect())
+}
+
+/// The tokens every one of `probes` begins with: given conversations that
+/// differ in everything a row fills in, the part of a stage's prompt that
+/// no row changes (system prompt, worked examples, instructions), whose
+/// cache scoring computes once. It depends on the stage's settings alone,
+/// never on its rows, so every shard of a build reuses the same prefix.
+///
+/// The last tokens before the first filled-in text are left out: how they
+/// split depends on that text (a tokenizer may keep the space before a
+/// digit apart and merge it into a word), and a row whose tokens do not
+/// start with the prefix is scored without it.
+pub(crate) fn shared_prefix(model: &Model, probes: &[Vec<Message>]) -> Result<Vec<u32>> {
+    const BOUNDARY: usize = 2;
+    let mut encoded = probes.iter().map(|m| model.encode_conversation(m));
+    let Some(first) = encoded.next() else {
+        return Ok(Vec::new());
+    };
+    let mut prefix = first?;
+    for other in encoded {
+        let other = other?;
+        let same = prefix
+            .iter()
+            .zip(&other)
+            .take_while(|(a, b)| a == b)
+            .count();
+        prefix.truncate(same);
+    }
+    prefix.truncate(prefix.len().saturating_sub(BOUNDARY));
+    Ok(prefix)
 }
 
 /// `p` of the first-shown answer from the log-probabilities of "(A)" and "(B)".
@@ -317,13 +354,14 @@ pub(crate) fn judge(
             reasoning[i] = Some(text);
         }
     }
-    let lp = choice_log_probs(
-        model,
-        contexts,
-        choices,
-        settings.generation.batch_size,
-        &|i| items[i / orders].key,
-    )?;
+    let probes = ["1", "2"]
+        .iter()
+        .map(|x| messages(constitution, settings, x, x, x, x))
+        .collect::<Result<Vec<_>>>()?;
+    let shared = shared_prefix(model, &probes)?;
+    let lp = choice_log_probs(model, contexts, &shared, choices, &|i| {
+        items[i / orders].key
+    })?;
     let mut out = Vec::with_capacity(items.len());
     let mut reasoning = reasoning.into_iter();
     for k in 0..items.len() {
@@ -402,6 +440,7 @@ pub fn label(
         model.dir.provenance.name.clone(),
         model.dir.provenance.content_hash.clone(),
     );
+    let before = model.engine.stats();
     let mut tokens = 0u64;
     for range in windows(start, total, settings.generation.shard_rows) {
         let end = range.end;
@@ -489,7 +528,10 @@ pub fn label(
         generated_rows: (total - start) as u64,
         generated_tokens: tokens,
         context_overflows: 0,
-    })
+        scored_tokens: 0,
+        reused_tokens: 0,
+    }
+    .scored(before, &model.engine))
 }
 
 #[cfg(test)]

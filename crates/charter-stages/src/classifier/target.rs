@@ -26,7 +26,7 @@ use charter_table::{
 use super::ClassifierConstitution;
 use crate::error::{Error, Result};
 use crate::generate::{GenSettings, Generation, StageProgress, StageSummary, windows};
-use crate::label::{choice_log_probs, choices, normalised};
+use crate::label::{choice_log_probs, choices, normalised, shared_prefix};
 use crate::model::Model;
 
 /// Version of the target stage.
@@ -220,6 +220,16 @@ pub fn target(
         model.dir.provenance.name.clone(),
         model.dir.provenance.content_hash.clone(),
     );
+    // The judge's instructions and categories, the same for every row.
+    let probes = [("1", true), ("2", false)]
+        .iter()
+        .map(|&(x, blocked_first)| {
+            let answer = rows.first().and_then(|q| q.answer.as_ref()).map(|_| x);
+            conversation(constitution, settings, x, answer, blocked_first)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let shared = shared_prefix(model, &probes)?;
+    let before = model.engine.stats();
     for range in windows(start, total, settings.generation.shard_rows) {
         let end = range.end;
         let window = &rows[range];
@@ -236,13 +246,9 @@ pub fn target(
                 contexts.push(model.encode_conversation(&messages)?);
             }
         }
-        let lp = choice_log_probs(
-            model,
-            contexts,
-            &choices,
-            settings.generation.batch_size,
-            &|i| &window[i / orders].id,
-        )?;
+        let lp = choice_log_probs(model, contexts, &shared, &choices, &|i| {
+            &window[i / orders].id
+        })?;
         let batch: Vec<Target> = window
             .iter()
             .enumerate()
@@ -282,10 +288,8 @@ pub fn target(
         });
     }
     let table = writer.finish(&provenance)?;
-    Ok(StageSummary::generated(
-        table,
-        start,
-        total,
-        Generation::default(),
-    ))
+    Ok(
+        StageSummary::generated(table, start, total, Generation::default())
+            .scored(before, &model.engine),
+    )
 }
