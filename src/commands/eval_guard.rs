@@ -660,10 +660,16 @@ fn print_report(r: &serde_json::Value) {
             .map_or("-".into(), |a| format!("{a:.3}"))
     );
     let t = &r["tokens_before_detection"];
-    println!(
-        "output guard fired after {} tokens (median, {} answers); tokens released after a flag: {}",
-        t["median"], t["rows"], r["released_after_flag"]
-    );
+    match t["median"].as_f64() {
+        Some(median) => println!(
+            "output guard fired after {median} tokens (median, {} answers); tokens released after a flag: {}",
+            t["rows"], r["released_after_flag"]
+        ),
+        None => println!(
+            "output guard fired on no answer; tokens released after a flag: {}",
+            r["released_after_flag"]
+        ),
+    }
     let c = &r["compute"];
     println!(
         "compute overhead per generated token: {}",

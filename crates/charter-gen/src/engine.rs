@@ -352,13 +352,17 @@ impl Engine {
             return Err(Error::Run("scoring: every choice needs tokens".into()));
         }
         let longest = choices.iter().map(Vec::len).max().unwrap_or(0);
-        // A pass with no past over 128k + 1 tokens computes its last row
-        // with other kernels than a longer pass does (a lone row in a tile
-        // of 128; measured on ONNX Runtime 1.31's CPU kernels, 1e-2 in the
-        // int8 model's logits downstream), so neither the shared prefix nor
-        // a context's head is run at such a length: its last token goes
-        // with the next pass instead.
+        // A pass over 128k + 1 tokens computes its last row with other
+        // kernels than a longer pass does (a lone row in a tile of 128;
+        // measured on ONNX Runtime 1.31's CPU kernels, 1e-2 in the int8
+        // model's probabilities downstream), so no pass here has such a
+        // length: its last token goes with the next pass instead.
         let lone = |n: usize| n > 1 && n % 128 == 1;
+        if longest + 2 >= 128 {
+            return Err(Error::Run(format!(
+                "scoring: choices of up to 125 tokens (got {longest})"
+            )));
+        }
         let shared = if lone(shared.len()) {
             &shared[..shared.len() - 1]
         } else {
@@ -367,7 +371,7 @@ impl Engine {
         // A context reuses `shared` when at least two of its own tokens
         // are left to run after it (before its last one).
         let reuses =
-            |c: &[u32]| !shared.is_empty() && c.starts_with(shared) && c.len() >= shared.len() + 3;
+            |c: &[u32]| shared.len() >= 2 && c.starts_with(shared) && c.len() >= shared.len() + 3;
         let mut prefix: Option<KvCache> = None;
         let mut out = Vec::with_capacity(contexts.len());
         for context in contexts {
@@ -381,13 +385,18 @@ impl Engine {
                     self.stats.scored_tokens += shared.len() as u64;
                     prefix = Some(cache);
                 }
+                // Positions taken from the prefix's cache.
+                let from = if lone(head - shared.len()) {
+                    shared.len() - 1
+                } else {
+                    shared.len()
+                };
                 if let Some(cache) = &prefix {
-                    kv.copy_slot(0, cache, 0, shared.len());
+                    kv.copy_slot(0, cache, 0, from);
                 }
-                self.decoder
-                    .extend(&context[shared.len()..head], shared.len(), &mut kv)?;
-                self.stats.reused_tokens += shared.len() as u64;
-                self.stats.scored_tokens += (head - shared.len()) as u64;
+                self.decoder.extend(&context[from..head], from, &mut kv)?;
+                self.stats.reused_tokens += from as u64;
+                self.stats.scored_tokens += (head - from) as u64;
                 head
             } else {
                 let run = if lone(head) { head - 1 } else { head };

@@ -480,9 +480,9 @@ fn choices_from_one_pass_agree_with_pairwise_scoring_and_ignore_their_neighbours
     assert!(err.to_string().contains("row 0"), "{err}");
 }
 
-/// Prefixes and heads of 128k + 1 tokens, where a pass without a past
-/// computes its last row with other kernels: scoring still gives pairwise
-/// scoring's numbers exactly.
+/// Prefixes, heads and runs after a prefix of 128k + 1 tokens, where a
+/// pass computes its last row with other kernels: scoring still gives
+/// pairwise scoring's numbers exactly.
 #[test]
 fn choices_score_exactly_at_lengths_where_a_pass_ends_in_a_lone_row() {
     let text: Vec<u32> = cases()
@@ -494,7 +494,17 @@ fn choices_score_exactly_at_lengths_where_a_pass_ends_in_a_lone_row() {
         .collect();
     let choices = vec![vec![330, 32, 41], vec![28, 29]];
     let mut engine = engine();
-    for (p, len) in [(129, 190), (257, 300), (100, 130), (200, 258), (100, 129)] {
+    // Prefixes of 129 and 257; heads of 129 and 257; 129 tokens after the prefix.
+    let lengths = [
+        (129, 190),
+        (257, 300),
+        (100, 130),
+        (200, 258),
+        (100, 129),
+        (100, 230),
+        (200, 330),
+    ];
+    for (p, len) in lengths {
         let context = text[..len].to_vec();
         let pairs: Vec<(Vec<u32>, Vec<u32>)> = choices
             .iter()
