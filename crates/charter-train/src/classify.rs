@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Formatter, Tokens};
 use crate::jobs::{GuardRole, open_preference_model};
-use crate::score::{ScoreSettings, scalar_scores, string_column, with_columns};
+use crate::score::{ScoreSettings, in_batches, scalar_scores, string_column, with_columns};
 use crate::{DeviceChoice, Error, Result, select_device};
 
 /// The file a calibrated guard keeps its threshold in.
@@ -211,22 +211,18 @@ impl Guard {
                 })
                 .collect());
         }
-        let present: Vec<(usize, &Tokens)> = rows
-            .iter()
-            .enumerate()
-            .filter_map(|(i, t)| t.as_ref().map(|t| (i, t)))
-            .collect();
-        let mut out = vec![None; rows.len()];
-        for chunk in present.chunks(batch_size.max(1)) {
-            let tokens: Vec<&Tokens> = chunk.iter().map(|(_, t)| *t).collect();
-            for ((i, _), z) in chunk.iter().zip(self.model.answer_prefix_scores(&tokens)?) {
-                let prefixes: Vec<f64> = z.into_iter().map(|z| sigmoid(f64::from(z))).collect();
-                let p = prefixes.iter().copied().fold(0.0, f64::max);
-                out[*i] = Some(GuardScore { p, prefixes });
-            }
-            done(chunk.len());
-        }
-        Ok(out)
+        in_batches(rows, batch_size, done, &mut |tokens| {
+            Ok(self
+                .model
+                .answer_prefix_scores(tokens)?
+                .into_iter()
+                .map(|z| {
+                    let prefixes: Vec<f64> = z.into_iter().map(|z| sigmoid(f64::from(z))).collect();
+                    let p = prefixes.iter().copied().fold(0.0, f64::max);
+                    GuardScore { p, prefixes }
+                })
+                .collect())
+        })
     }
 }
 

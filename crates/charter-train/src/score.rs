@@ -108,21 +108,37 @@ pub(crate) fn scalar_scores(
     batch_size: usize,
     done: &mut dyn FnMut(usize),
 ) -> Result<Vec<Option<f64>>> {
-    let present: Vec<(usize, &Tokens)> = conversations
+    in_batches(conversations, batch_size, done, &mut |rows| {
+        Ok(values(model.scores(rows)?.into_data())?
+            .into_iter()
+            .map(f64::from)
+            .collect())
+    })
+}
+
+/// `score` on the present rows, `batch_size` at a time (`done` hears how
+/// many each time), one result per row it is given; `None` where a row is
+/// absent.
+pub(crate) fn in_batches<T: Clone>(
+    rows: &[Option<Tokens>],
+    batch_size: usize,
+    done: &mut dyn FnMut(usize),
+    score: &mut dyn FnMut(&[&Tokens]) -> Result<Vec<T>>,
+) -> Result<Vec<Option<T>>> {
+    let present: Vec<(usize, &Tokens)> = rows
         .iter()
         .enumerate()
         .filter_map(|(i, t)| t.as_ref().map(|t| (i, t)))
         .collect();
-    let mut scores = vec![None; conversations.len()];
+    let mut out = vec![None; rows.len()];
     for chunk in present.chunks(batch_size.max(1)) {
-        let rows: Vec<&Tokens> = chunk.iter().map(|(_, t)| *t).collect();
-        let values = values(model.scores(&rows)?.into_data())?;
-        for ((i, _), v) in chunk.iter().zip(values) {
-            scores[*i] = Some(f64::from(v));
+        let tokens: Vec<&Tokens> = chunk.iter().map(|(_, t)| *t).collect();
+        for ((i, _), v) in chunk.iter().zip(score(&tokens)?) {
+            out[*i] = Some(v);
         }
         done(chunk.len());
     }
-    Ok(scores)
+    Ok(out)
 }
 
 /// Writes `table` to `output` with its columns and rows unchanged and
