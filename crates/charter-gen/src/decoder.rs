@@ -244,6 +244,26 @@ impl Decoder {
     /// differently, so one is refused. The attention takes several new
     /// tokens after a cache for one slot at a time, hence the single slot.
     pub fn extend(&mut self, tokens: &[u32], len: usize, kv: &mut KvCache) -> Result<Vec<f32>> {
+        let logits = self.extend_at(tokens, len, kv, (0..tokens.len() as i64).collect())?;
+        debug_assert_eq!(logits.len(), tokens.len() * self.dims.vocab);
+        Ok(logits)
+    }
+
+    /// [`Decoder::extend`] for the cache alone: the same pass, with logits
+    /// at the last new token only (one vocabulary row, not one per token;
+    /// the cache it writes is the same).
+    pub fn advance(&mut self, tokens: &[u32], len: usize, kv: &mut KvCache) -> Result<()> {
+        let last = tokens.len() as i64 - 1;
+        self.extend_at(tokens, len, kv, vec![last]).map(drop)
+    }
+
+    fn extend_at(
+        &mut self,
+        tokens: &[u32],
+        len: usize,
+        kv: &mut KvCache,
+        positions: Vec<i64>,
+    ) -> Result<Vec<f32>> {
         let m = tokens.len();
         if kv.batch != 1 || m < 2 || len + m > kv.capacity {
             return Err(Error::Run(format!(
@@ -253,15 +273,13 @@ impl Decoder {
             )));
         }
         let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
-        let positions: Vec<i64> = (0..m as i64).collect();
-        let logits = self.run_in_place(
+        let kept = positions.len();
+        self.run_in_place(
             ([1, m], ids),
             ([1, len + m], vec![1; len + m]),
-            ([1, m], positions),
+            ([1, kept], positions),
             kv,
-        )?;
-        debug_assert_eq!(logits.len(), m * self.dims.vocab);
-        Ok(logits)
+        )
     }
 
     /// One run with `kv` bound as both the past input and the present

@@ -327,7 +327,12 @@ impl Engine {
     /// every pass after a cache carries two or more tokens and takes the
     /// same kernels as a full pass. On ONNX Runtime's CPU kernels the
     /// results are those of pairwise scoring bit for bit (checked on the
-    /// default int8 model for prefixes and heads of 17 to 513 tokens).
+    /// default int8 model for prefixes and heads of 17 to 513 tokens), for
+    /// every context whose own part (after `shared`) and prefix are each at
+    /// most 1024 tokens. Longer ones run in passes of up to 1024 tokens, so
+    /// that memory stays bounded whatever the length, and agree with one
+    /// pass up to rounding. The passes that only fill the cache ask the
+    /// graph for logits at their last token alone.
     ///
     /// Every context runs alone, in a cache sized by itself: its numbers
     /// depend on it, `shared` and `choices` only, never on which other
@@ -372,6 +377,27 @@ impl Engine {
         // are left to run after it (before its last one).
         let reuses =
             |c: &[u32]| shared.len() >= 2 && c.starts_with(shared) && c.len() >= shared.len() + 3;
+        // A context's own tokens run in passes of at most PASS: attention
+        // over a pass of n tokens after L holds n × L scores per head, so a
+        // long context in one pass would take gigabytes. Up to PASS tokens
+        // are one pass, as pairwise scoring runs them; a longer context's
+        // numbers differ from one pass by rounding only.
+        const PASS: usize = 1024;
+        let passes = |mut n: usize| {
+            let mut out = Vec::new();
+            while n > PASS {
+                let rest = n - PASS;
+                let take = if rest == 1 || lone(rest) {
+                    PASS - 1
+                } else {
+                    PASS
+                };
+                out.push(take);
+                n -= take;
+            }
+            out.push(n);
+            out
+        };
         let mut prefix: Option<KvCache> = None;
         let mut out = Vec::with_capacity(contexts.len());
         for context in contexts {
@@ -381,12 +407,21 @@ impl Engine {
             let cached = if reuses(context) {
                 if prefix.is_none() {
                     let mut cache = KvCache::new(&dims, 1, shared.len())?;
-                    self.decoder.prefill(&[shared], &mut cache, &[0])?;
+                    let mut at = 0;
+                    for n in passes(shared.len()) {
+                        if at == 0 {
+                            self.decoder.prefill(&[&shared[..n]], &mut cache, &[0])?;
+                        } else {
+                            self.decoder.advance(&shared[at..at + n], at, &mut cache)?;
+                        }
+                        at += n;
+                    }
                     self.stats.scored_tokens += shared.len() as u64;
                     prefix = Some(cache);
                 }
                 // Positions taken from the prefix's cache.
-                let from = if lone(head - shared.len()) {
+                let single = head - shared.len();
+                let from = if single <= PASS && lone(single) {
                     shared.len() - 1
                 } else {
                     shared.len()
@@ -394,15 +429,31 @@ impl Engine {
                 if let Some(cache) = &prefix {
                     kv.copy_slot(0, cache, 0, from);
                 }
-                self.decoder.extend(&context[from..head], from, &mut kv)?;
+                let mut at = from;
+                for n in passes(head - from) {
+                    self.decoder.advance(&context[at..at + n], at, &mut kv)?;
+                    at += n;
+                }
                 self.stats.reused_tokens += from as u64;
                 self.stats.scored_tokens += (head - from) as u64;
                 head
-            } else {
+            } else if head <= PASS {
                 let run = if lone(head) { head - 1 } else { head };
                 self.decoder.prefill(&[&context[..run]], &mut kv, &[0])?;
                 self.stats.scored_tokens += run as u64;
                 run
+            } else {
+                let mut at = 0;
+                for n in passes(head) {
+                    if at == 0 {
+                        self.decoder.prefill(&[&context[..n]], &mut kv, &[0])?;
+                    } else {
+                        self.decoder.advance(&context[at..at + n], at, &mut kv)?;
+                    }
+                    at += n;
+                }
+                self.stats.scored_tokens += head as u64;
+                head
             };
             let per_choice = choices
                 .iter()

@@ -480,19 +480,25 @@ fn choices_from_one_pass_agree_with_pairwise_scoring_and_ignore_their_neighbours
     assert!(err.to_string().contains("row 0"), "{err}");
 }
 
+/// `n` tokens of the reference cases' text, repeated as needed, and two
+/// choices of different lengths.
+fn scoring_text(n: usize) -> (Vec<u32>, Vec<Vec<u32>>) {
+    let text = cases()
+        .iter()
+        .flat_map(|c| c.prompt_ids.iter().chain(&c.greedy_ids))
+        .map(|&t| t as u32)
+        .cycle()
+        .take(n)
+        .collect();
+    (text, vec![vec![330, 32, 41], vec![28, 29]])
+}
+
 /// Prefixes, heads and runs after a prefix of 128k + 1 tokens, where a
 /// pass computes its last row with other kernels: scoring still gives
 /// pairwise scoring's numbers exactly.
 #[test]
 fn choices_score_exactly_at_lengths_where_a_pass_ends_in_a_lone_row() {
-    let text: Vec<u32> = cases()
-        .iter()
-        .flat_map(|c| c.prompt_ids.iter().chain(&c.greedy_ids))
-        .map(|&t| t as u32)
-        .cycle()
-        .take(400)
-        .collect();
-    let choices = vec![vec![330, 32, 41], vec![28, 29]];
+    let (text, choices) = scoring_text(400);
     let mut engine = engine();
     // Prefixes of 129 and 257; heads of 129 and 257; 129 tokens after the prefix.
     let lengths = [
@@ -520,6 +526,34 @@ fn choices_score_exactly_at_lengths_where_a_pass_ends_in_a_lone_row() {
                 want,
                 "context of {len}, shared prefix of {}",
                 shared.len()
+            );
+        }
+    }
+}
+
+/// A context longer than one scoring pass (1024 tokens) runs in several,
+/// with or without a shared prefix that is itself longer than one: the
+/// numbers are pairwise scoring's up to rounding, and the passes' lengths
+/// avoid the lone row wherever the split falls.
+#[test]
+fn long_contexts_score_in_passes_as_one_pass_does_up_to_rounding() {
+    let (text, choices) = scoring_text(2400);
+    let mut engine = engine();
+    // Heads of 1024 + 1 and 2 × 1024 + 129 tokens; prefixes of 1024 + 129.
+    for (p, len) in [(0, 1026), (0, 2178), (1153, 1300), (1153, 2300)] {
+        let context = text[..len].to_vec();
+        let pairs: Vec<(Vec<u32>, Vec<u32>)> = choices
+            .iter()
+            .map(|ch| (context.clone(), ch.clone()))
+            .collect();
+        let want = engine.score(&pairs, 1).unwrap();
+        let got = engine
+            .score_choices(std::slice::from_ref(&context), &text[..p], &choices)
+            .unwrap();
+        for (g, w) in got[0].iter().flatten().zip(want.iter().flatten()) {
+            assert!(
+                (g - w).abs() < 2e-3,
+                "context of {len}, prefix of {p}: {g} against {w}"
             );
         }
     }
