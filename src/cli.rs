@@ -53,6 +53,8 @@ pub(crate) enum Command {
     Pair(PairArgs),
     /// Label every pair with AI feedback: soft preferences from the labeller's probabilities.
     Label(LabelArgs),
+    /// Rate every answer of a `responses` or `revisions` table from 1 to 9 against a drawn principle: direct RLAIF's reward, from the rater's digit probabilities.
+    Rate(RateArgs),
     /// Write labels or revisions in the JSON-lines layouts common trainers read.
     Export(ExportArgs),
     /// Generate synthetic user messages for every category of a classifier constitution: writes a `queries` table.
@@ -398,6 +400,20 @@ pub(crate) struct LabelArgs {
     pub(crate) stage: ModelStageFlags,
     #[command(flatten)]
     pub(crate) settings: charter_stages::LabelSettings,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RateArgs {
+    /// Input `responses` or `revisions` table (`-` for standard input).
+    #[arg(short, long, value_name = "IN")]
+    pub(crate) input: PathBuf,
+    /// Output `ratings` table (`-` for standard output: not resumable).
+    #[arg(short, long, value_name = "OUT")]
+    pub(crate) output: PathBuf,
+    #[command(flatten)]
+    pub(crate) stage: ModelStageFlags,
+    #[command(flatten)]
+    pub(crate) settings: charter_stages::RateSettings,
 }
 
 #[derive(Debug, Args)]

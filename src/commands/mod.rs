@@ -45,6 +45,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Revise(args) => stages::revise(args, cli.quiet),
         Command::Pair(args) => stages::pair(args, cli.quiet),
         Command::Label(args) => stages::label(args, cli.quiet),
+        Command::Rate(args) => stages::rate(args, cli.quiet),
         Command::Export(args) => stages::export(args, cli.quiet),
         Command::Queries(args) => classifier::queries(args, cli.quiet),
         Command::Augment(args) => classifier::augment(args, cli.quiet),

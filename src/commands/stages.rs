@@ -1,5 +1,5 @@
-//! `critique`, `revise`, `pair`, `label` and `export`: the Constitutional
-//! AI stages after `respond`.
+//! `critique`, `revise`, `pair`, `label`, `rate` and `export`: the
+//! Constitutional AI stages after `respond`.
 
 use std::path::Path;
 use std::time::Instant;
@@ -9,7 +9,8 @@ use charter_stages::{Constitution, LabelSettings, Model, StageProgress, StageSum
 use charter_table::TableFile;
 
 use crate::cli::{
-    CritiqueArgs, EvalLabellerArgs, ExportArgs, LabelArgs, ModelStageFlags, PairArgs, ReviseArgs,
+    CritiqueArgs, EvalLabellerArgs, ExportArgs, LabelArgs, ModelStageFlags, PairArgs, RateArgs,
+    ReviseArgs,
 };
 
 fn open(stage: &ModelStageFlags, threads: usize) -> Result<(Model, Constitution)> {
@@ -121,6 +122,15 @@ pub(crate) fn label(args: LabelArgs, quiet: bool) -> Result<()> {
     let (mut model, constitution) = open(&args.stage, settings.generation.threads)?;
     run_stage("label", &args.output, quiet, args.stage.json, |out, p| {
         charter_stages::label(&input, &mut model, &constitution, settings, out, p)
+    })
+}
+
+pub(crate) fn rate(args: RateArgs, quiet: bool) -> Result<()> {
+    let settings = &args.settings;
+    let input = TableFile::open(&args.input)?;
+    let (mut model, constitution) = open(&args.stage, settings.generation.threads)?;
+    run_stage("rate", &args.output, quiet, args.stage.json, |out, p| {
+        charter_stages::rate(&input, &mut model, &constitution, settings, out, p)
     })
 }
 

@@ -72,6 +72,11 @@ kind = "label"
 input = "pairs"
 
 [[stage]]
+name = "ratings"
+kind = "rate"
+input = "revisions-2"
+
+[[stage]]
 name = "prefs"
 kind = "export"
 input = "labels"
@@ -86,7 +91,7 @@ drop = ["repetition"]
     )
 }
 
-const OUTPUTS: [&str; 8] = [
+const OUTPUTS: [&str; 9] = [
     "responses.parquet",
     "critiques-1.parquet",
     "revisions-1.parquet",
@@ -94,6 +99,7 @@ const OUTPUTS: [&str; 8] = [
     "revisions-2.parquet",
     "pairs.parquet",
     "labels.parquet",
+    "ratings.parquet",
     "clean.parquet",
 ];
 

@@ -1,4 +1,4 @@
-//! `critique`, `revise`, `pair`, `label` and `export` on the tiny model with
+//! `critique`, `revise`, `pair`, `label`, `rate` and `export` on the tiny model with
 //! a small test constitution: the tables' links, rounds, soft labels and
 //! export layouts, caching, and the errors a user meets.
 
@@ -41,6 +41,14 @@ fn setup(dir: &Path) -> (String, String) {
         "8",
     ]);
     (model, responses)
+}
+
+/// One round of critique and revision of `responses`: the revisions table.
+fn revised(dir: &Path, model: &str, responses: &str) -> String {
+    let (c1, r1) = (path(dir, "c1.parquet"), path(dir, "r1.parquet"));
+    stage("critique", model, responses, &c1, &[]);
+    stage("revise", model, &c1, &r1, &[]);
+    r1
 }
 
 fn path(dir: &Path, name: &str) -> String {
@@ -159,12 +167,7 @@ fn rounds_of_critique_and_revision_chain_back_to_their_response() {
 fn pairs_labels_and_exports() {
     let dir = tempfile::tempdir().unwrap();
     let (model, responses) = setup(dir.path());
-    let (c1, r1) = (
-        path(dir.path(), "c1.parquet"),
-        path(dir.path(), "r1.parquet"),
-    );
-    stage("critique", &model, &responses, &c1, &[]);
-    stage("revise", &model, &c1, &r1, &[]);
+    let r1 = revised(dir.path(), &model, &responses);
 
     // Two samples of each prompt make one pair per prompt.
     let pairs = path(dir.path(), "pairs.parquet");
@@ -318,6 +321,59 @@ fn pairs_labels_and_exports() {
     );
     assert!(err.contains("--against"), "{err}");
     assert!(!dir.path().join("bad.parquet").exists());
+}
+
+#[test]
+fn rate_scores_each_answer_from_its_digit_probabilities() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, responses) = setup(dir.path());
+    let r1 = revised(dir.path(), &model, &responses);
+    for (input, source) in [(&responses, "responses"), (&r1, "revisions")] {
+        let out = path(dir.path(), &format!("ratings-{source}.parquet"));
+        let summary: serde_json::Value =
+            serde_json::from_slice(&stage("rate", &model, input, &out, &["--json"])).unwrap();
+        assert_eq!(summary["rows"], 4, "{summary}");
+        assert_eq!(
+            summary["generated_tokens"], 0,
+            "nothing is generated: {summary}"
+        );
+        assert!(summary["reused_tokens"].as_u64().unwrap() > 0, "{summary}");
+        let answers = rows(input);
+        let ratings = rows(&out);
+        assert_eq!(ratings.len(), answers.len());
+        for (r, a) in ratings.iter().zip(&answers) {
+            assert_eq!(r["item_id"], a["id"]);
+            assert_eq!(r["response"], a["text"]);
+            assert_eq!(r["source"], source);
+            let (score, reward, mass) = (
+                r["score"].as_f64().unwrap(),
+                r["reward"].as_f64().unwrap(),
+                r["rating_mass"].as_f64().unwrap(),
+            );
+            assert!((1.0..=9.0).contains(&score), "{r}");
+            assert!((reward - (score - 5.0) / 4.0).abs() < 1e-12);
+            assert!(mass > 0.0 && mass <= 1.0, "{r}");
+            assert!(["safer", "kinder"].contains(&r["principle_id"].as_str().unwrap()));
+        }
+        // Cached on a second run.
+        let again: serde_json::Value =
+            serde_json::from_slice(&stage("rate", &model, input, &out, &["--json"])).unwrap();
+        assert_eq!(again["cached"], true, "{again}");
+    }
+    // Only answers are rated; the error names the table.
+    let pairs = path(dir.path(), "pairs.parquet");
+    ok(&["pair", "-i", &responses, "-o", &pairs]);
+    let out = path(dir.path(), "bad-ratings.parquet");
+    let c = constitution();
+    let err = fails(
+        &["rate", "-m", &model, "-c", &c, "-i", &pairs, "-o", &out],
+        None,
+    );
+    assert!(
+        err.contains("pairs.parquet") && err.contains("`pairs`"),
+        "{err}"
+    );
+    assert!(!Path::new(&out).exists());
 }
 
 #[test]

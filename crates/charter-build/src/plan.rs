@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use charter_model::ModelDir;
 use charter_table::{
     CRITIQUES, InputRef, KEY_CONSTITUTION_HASH, KEY_INPUTS, KEY_MODEL_HASH, KEY_SETTINGS,
-    KEY_STAGE, KEY_STAGE_VERSION, LABELS, PAIRS, PROMPTS, Provenance, QUERIES, RESPONSES,
+    KEY_STAGE, KEY_STAGE_VERSION, LABELS, PAIRS, PROMPTS, Provenance, QUERIES, RATINGS, RESPONSES,
     REVISIONS, ShardedWriter, TARGETS, TableFile, TableSpec, canonical_json, partial_dir,
     read_input, slice_provenance,
 };
@@ -24,7 +24,7 @@ use charter_stages::classifier::{
 };
 use charter_stages::{
     Constitution, critique_provenance, dedup_provenance, filter_provenance, import_provenance,
-    label_provenance, pair_provenance, respond_provenance, revise_provenance,
+    label_provenance, pair_provenance, rate_provenance, respond_provenance, revise_provenance,
 };
 
 use crate::error::Result;
@@ -522,6 +522,7 @@ pub(crate) fn empty_shard(
         StageKind::Revise => &REVISIONS,
         StageKind::Pair => &PAIRS,
         StageKind::Label => &LABELS,
+        StageKind::Rate => &RATINGS,
         _ => return Ok(None),
     };
     if stage.shard.is_none() || inputs.first().is_none_or(|t| t.num_rows() > 0) {
@@ -614,6 +615,10 @@ pub(super) fn expected_provenance(
         StageOp::Label(s) => (
             label_provenance(first()?, s, &model_hash()?, &constitution_hash()?)?,
             &LABELS,
+        ),
+        StageOp::Rate(s) => (
+            rate_provenance(first()?, s, &model_hash()?, &constitution_hash()?)?,
+            &RATINGS,
         ),
         StageOp::Queries(s) => (
             queries_provenance(s, &model_hash()?, &classifier_hash()?),

@@ -27,7 +27,8 @@ use serde_json::{Value as Json, json};
 use charter_stages::classifier::{ClassifierConstitution, augment, queries, target};
 use charter_stages::{
     Constitution, Contestants, Model, PolicyEvalStep, StageProgress, StageSummary, critique,
-    dedup_table, eval_policy, export, filter_table, import_prompts, label, pair, respond, revise,
+    dedup_table, eval_policy, export, filter_table, import_prompts, label, pair, rate, respond,
+    revise,
 };
 
 use crate::error::{Error, Result};
@@ -256,14 +257,16 @@ impl BuildPlan {
             })?;
             return Ok(table_written(stage, cached, table));
         }
-        // Critique, revise and label read a CAI constitution; `target` a
+        // Critique, revise, label and rate read a CAI constitution; `target` a
         // classifier constitution, loaded in its arm.
         let constitution = match &stage.op {
-            StageOp::Critique(_) | StageOp::Revise(_) | StageOp::Label(_) => stage
-                .constitution
-                .as_deref()
-                .map(|c| cache.constitution(c))
-                .transpose()?,
+            StageOp::Critique(_) | StageOp::Revise(_) | StageOp::Label(_) | StageOp::Rate(_) => {
+                stage
+                    .constitution
+                    .as_deref()
+                    .map(|c| cache.constitution(c))
+                    .transpose()?
+            }
             _ => None,
         };
         let need_constitution = || {
@@ -328,6 +331,11 @@ impl BuildPlan {
                 let c = need_constitution()?;
                 let m = model_of(cache, stage, settings.generation.threads)?;
                 generated(stage, label(input, m, c, settings, out, progress)?)
+            }
+            StageOp::Rate(settings) => {
+                let c = need_constitution()?;
+                let m = model_of(cache, stage, settings.generation.threads)?;
+                generated(stage, rate(input, m, c, settings, out, progress)?)
             }
             StageOp::Augment(settings) => {
                 generated(stage, augment(input, settings, out, progress)?)

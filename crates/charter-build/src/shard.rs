@@ -91,6 +91,7 @@ impl BuildPlan {
                     | StageKind::Revise
                     | StageKind::Pair
                     | StageKind::Label
+                    | StageKind::Rate
                     | StageKind::Filter
             );
             let place = if row_parallel
@@ -391,6 +392,7 @@ fn parent_column(kind: StageKind) -> Option<&'static str> {
         StageKind::Critique => Some("parent_id"),
         StageKind::Revise => Some("critique_id"),
         StageKind::Label => Some("pair_id"),
+        StageKind::Rate => Some("item_id"),
         _ => None,
     }
 }

@@ -197,6 +197,11 @@ pub struct Templates {
     pub label_answer_prefix: String,
     /// User message asking for reasoning first; vars as `label`.
     pub label_cot: String,
+    /// The rater's user message about one answer (direct RLAIF, `rate`);
+    /// vars (all required): `conversation`, `question`, `response`.
+    pub rate: String,
+    /// Assistant-side text after which the digits 1–9 are scored; plain text, may be empty.
+    pub rate_answer_prefix: String,
 }
 
 impl Default for Templates {
@@ -207,6 +212,8 @@ impl Default for Templates {
             label: template::DEFAULT_LABEL.to_owned(),
             label_answer_prefix: template::DEFAULT_LABEL_ANSWER_PREFIX.to_owned(),
             label_cot: template::DEFAULT_LABEL_COT.to_owned(),
+            rate: template::DEFAULT_RATE.to_owned(),
+            rate_answer_prefix: template::DEFAULT_RATE_ANSWER_PREFIX.to_owned(),
         }
     }
 }
@@ -219,6 +226,7 @@ impl Templates {
             "revision" => Some(&self.revision),
             "label" => Some(&self.label),
             "label_cot" => Some(&self.label_cot),
+            "rate" => Some(&self.rate),
             _ => None,
         }
     }
@@ -310,13 +318,20 @@ impl Constitution {
                 .collect(),
             {
                 let t = &self.templates;
-                serde_json::json!([
-                    t.critique,
-                    t.revision,
-                    t.label,
-                    t.label_answer_prefix,
-                    t.label_cot
-                ])
+                let mut templates = vec![
+                    &t.critique,
+                    &t.revision,
+                    &t.label,
+                    &t.label_answer_prefix,
+                    &t.label_cot,
+                ];
+                // The rating templates came later: a constitution that keeps
+                // their defaults hashes as it did before them.
+                let d = Templates::default();
+                if (&t.rate, &t.rate_answer_prefix) != (&d.rate, &d.rate_answer_prefix) {
+                    templates.extend([&t.rate, &t.rate_answer_prefix]);
+                }
+                serde_json::json!(templates)
             },
         ])
         .to_string()

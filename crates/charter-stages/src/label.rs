@@ -102,35 +102,53 @@ impl LabelSettings {
     }
 }
 
-/// The tokens of the answer choices, checked to be distinct and to decode
-/// back to their text: a tokenizer that cannot spell them cannot label.
+/// The tokens of a scoring stage's options, checked to be distinct and to
+/// decode back to their text: a tokenizer that cannot spell them cannot
+/// judge.
 pub(crate) struct Choices {
     /// The answer prefix without trailing whitespace, encoded.
-    prefix: Vec<u32>,
-    a: Vec<u32>,
-    b: Vec<u32>,
+    pub(crate) prefix: Vec<u32>,
+    /// Each option with the prefix's trailing whitespace before it, encoded.
+    pub(crate) options: Vec<Vec<u32>>,
 }
 
+/// The options "(A)" and "(B)" after `prefix`.
 pub(crate) fn choices(model: &Model, prefix: &str) -> Result<Choices> {
+    spelled_choices(model, prefix, &["(A)", "(B)"])
+}
+
+/// The options `texts` after `prefix`; no option may be a prefix of
+/// another's tokens, so that their probabilities are of disjoint events.
+pub(crate) fn spelled_choices(model: &Model, prefix: &str, texts: &[&str]) -> Result<Choices> {
     // Trailing whitespace goes with the choice, as a tokenizer would split it.
     let trimmed = prefix.trim_end();
     let sep = &prefix[trimmed.len()..];
     let t = &model.tokenizer;
-    let (a_text, b_text) = (format!("{sep}(A)"), format!("{sep}(B)"));
-    let (a, b) = (t.encode(&a_text, false)?, t.encode(&b_text, false)?);
-    let spelled =
-        |ids: &[u32], text: &str| !ids.is_empty() && t.decode(ids, false).is_ok_and(|d| d == text);
-    if a == b || !spelled(&a, &a_text) || !spelled(&b, &b_text) {
+    let texts: Vec<String> = texts.iter().map(|x| format!("{sep}{x}")).collect();
+    let options = texts
+        .iter()
+        .map(|x| t.encode(x, false))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let spelled = options
+        .iter()
+        .zip(&texts)
+        .all(|(ids, text)| !ids.is_empty() && t.decode(ids, false).is_ok_and(|d| &d == text));
+    let nested = options.iter().enumerate().any(|(i, a)| {
+        options
+            .iter()
+            .enumerate()
+            .any(|(j, b)| i != j && b.starts_with(a))
+    });
+    if !spelled || nested {
         return Err(Error::Settings(format!(
-            "model `{}`: its tokenizer cannot spell the answer choices {a_text:?} and {b_text:?} \
-             distinctly (got {a:?} and {b:?}); it cannot be a labeller",
+            "model `{}`: its tokenizer cannot spell the answer choices {texts:?} \
+             distinctly (got {options:?}); it cannot be a labeller",
             model.dir.provenance.name
         )));
     }
     Ok(Choices {
         prefix: t.encode(trimmed, false)?,
-        a,
-        b,
+        options,
     })
 }
 
@@ -182,8 +200,8 @@ fn messages(
     Ok(m)
 }
 
-/// The log-probabilities of "(A)" and "(B)" after each context followed by
-/// the answer prefix, each context run once, and `shared` (a prefix of many
+/// The log-probabilities of each option (for labels "(A)" and "(B)") after
+/// each context followed by the answer prefix, each context run once, and `shared` (a prefix of many
 /// contexts, see [`shared_prefix`]) once for all; `row` names the row of a
 /// context too long to score.
 pub(crate) fn choice_log_probs<'r>(
@@ -192,10 +210,11 @@ pub(crate) fn choice_log_probs<'r>(
     shared: &[u32],
     choices: &Choices,
     row: &dyn Fn(usize) -> &'r str,
-) -> Result<Vec<(f64, f64)>> {
+) -> Result<Vec<Vec<f64>>> {
+    let longest = choices.options.iter().map(Vec::len).max().unwrap_or(0);
     for (i, ctx) in contexts.iter_mut().enumerate() {
         ctx.extend_from_slice(&choices.prefix);
-        let tokens = ctx.len() + choices.a.len().max(choices.b.len());
+        let tokens = ctx.len() + longest;
         if tokens > model.max_context() {
             return Err(Error::ContextOverflow {
                 row: row(i).to_string(),
@@ -204,13 +223,12 @@ pub(crate) fn choice_log_probs<'r>(
             });
         }
     }
-    let scores =
-        model
-            .engine
-            .score_choices(&contexts, shared, &[choices.a.clone(), choices.b.clone()])?;
+    let scores = model
+        .engine
+        .score_choices(&contexts, shared, &choices.options)?;
     Ok(scores
         .iter()
-        .map(|s| (s[0].iter().sum(), s[1].iter().sum()))
+        .map(|s| s.iter().map(|option| option.iter().sum()).collect())
         .collect())
 }
 
@@ -367,11 +385,11 @@ pub(crate) fn judge(
     for k in 0..items.len() {
         let ab = k * orders;
         out.push(Judgement {
-            p_a_ab: normalised(lp[ab].0, lp[ab].1),
+            p_a_ab: normalised(lp[ab][0], lp[ab][1]),
             // With B shown first, A is the second choice.
             p_a_ba: settings
                 .swap
-                .then(|| normalised(lp[ab + 1].1, lp[ab + 1].0)),
+                .then(|| normalised(lp[ab + 1][1], lp[ab + 1][0])),
             cot_ab: reasoning.next().flatten(),
             cot_ba: if settings.swap {
                 reasoning.next().flatten()

@@ -9,6 +9,8 @@
 //! - [`pair`]: responses (two samples), or two tables → pairs.
 //! - [`label`]: pairs → AI-feedback labels (soft, both orders, optional
 //!   chain of thought).
+//! - [`rate`]: responses or revisions → ratings of one answer each against
+//!   a principle (direct RLAIF's reward), read from digit probabilities.
 //! - [`filter_table`]: responses, critiques or revisions → the same table
 //!   with quality flags, without the rows they condemn.
 //! - [`export`]: labels or revisions → the JSON-lines layouts trainers read.
@@ -37,6 +39,7 @@ mod pair;
 mod policy_eval;
 mod prompts;
 pub mod quality;
+mod rate;
 mod respond;
 mod seed;
 mod stop;
@@ -69,6 +72,7 @@ pub use prompts::{
 pub use quality::{
     FILTER_VERSION, FilterSettings, FilterSummary, Flag, filter_provenance, filter_table,
 };
+pub use rate::{RATE_VERSION, RATINGS_SCALE, RateSettings, expected_rating, rate, rate_provenance};
 pub use respond::{
     MAX_SAMPLES, RespondProgress, RespondSettings, RespondSummary,
     STAGE_VERSION as RESPOND_VERSION, provenance as respond_provenance, respond,

@@ -327,9 +327,50 @@ table! {
     }
 }
 
+table! {
+    /// An AI-feedback rating of one answer against one principle: the
+    /// reward of direct RLAIF (Lee et al. 2023), read from the rater's
+    /// probabilities of the rating digits.
+    pub struct Rating in RATINGS = "ratings", version 1 {
+        /// Row id: blake3 of the key columns.
+        id: String => Id,
+        /// The response or revision rated.
+        item_id: String => Key,
+        /// The table it came from (`responses`, `revisions`).
+        source: String => Data,
+        /// The prompt answered.
+        prompt_id: String => Data,
+        /// The prompt's text.
+        prompt: String => Data,
+        /// The answer rated.
+        response: String => Data,
+        /// Id of the preference principle drawn for this row.
+        principle_id: String => Data,
+        /// The principle's question, as put to the rater.
+        principle: String => Data,
+        /// Model name of the rater.
+        model: String => Data,
+        /// Content hash of the rater's model directory.
+        model_hash: String => Key,
+        /// Constitution name.
+        constitution: String => Data,
+        /// Content hash of the constitution.
+        constitution_hash: String => Key,
+        /// The row's seed.
+        seed: u64 => Key,
+        /// Expected rating, 1 to 9, over the rater's normalised probabilities of the digits.
+        score: f64 => Data,
+        /// The score mapped to [-1, 1]: (score - 5) / 4.
+        reward: f64 => Data,
+        /// The rater's probability of answering with any digit 1–9 at all:
+        /// how much of its next-token mass the score is read from.
+        rating_mass: f64 => Data,
+    }
+}
+
 /// Every core table, in pipeline order.
-pub const ALL_TABLES: [&crate::schema::TableSpec; 8] = [
-    &PROMPTS, &RESPONSES, &CRITIQUES, &REVISIONS, &PAIRS, &LABELS, &QUERIES, &TARGETS,
+pub const ALL_TABLES: [&crate::schema::TableSpec; 9] = [
+    &PROMPTS, &RESPONSES, &CRITIQUES, &REVISIONS, &PAIRS, &LABELS, &RATINGS, &QUERIES, &TARGETS,
 ];
 
 /// The core table with this name.

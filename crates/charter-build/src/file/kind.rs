@@ -6,7 +6,7 @@
 use charter_stages::classifier::{AugmentSettings, QuerySettings, TargetSettings};
 use charter_stages::{
     CritiqueSettings, DedupSettings, ExportSettings, FilterSettings, GenSettings, ImportSettings,
-    LabelSettings, PolicyEvalSettings, RespondSettings, TableDedupSettings,
+    LabelSettings, PolicyEvalSettings, RateSettings, RespondSettings, TableDedupSettings,
 };
 use charter_train::{ScoreSettings, TaskConfig, TrainConfig};
 use serde::Deserialize;
@@ -36,6 +36,8 @@ pub enum StageKind {
     Pair,
     /// Pairs → labels.
     Label,
+    /// Responses or revisions → ratings of one answer each (direct RLAIF).
+    Rate,
     /// Answers (responses, revisions, pairs, labels) → the same table
     /// with a preference model's scores.
     Score,
@@ -124,7 +126,7 @@ pub(crate) struct Description {
 
 impl StageKind {
     /// Every kind a build file may declare.
-    pub const ALL: [StageKind; 16] = [
+    pub const ALL: [StageKind; 17] = [
         StageKind::Table,
         StageKind::Import,
         StageKind::Dedup,
@@ -134,6 +136,7 @@ impl StageKind {
         StageKind::Revise,
         StageKind::Pair,
         StageKind::Label,
+        StageKind::Rate,
         StageKind::Score,
         StageKind::Export,
         StageKind::Train,
@@ -155,6 +158,7 @@ impl StageKind {
             StageKind::Revise => "revise",
             StageKind::Pair => "pair",
             StageKind::Label => "label",
+            StageKind::Rate => "rate",
             StageKind::Score => "score",
             StageKind::Export => "export",
             StageKind::Train => "train",
@@ -208,6 +212,7 @@ impl StageKind {
                     K::Revise,
                     K::Pair,
                     K::Label,
+                    K::Rate,
                 ],
                 &[
                     fields_of::<TableDedupSettings>(),
@@ -253,6 +258,7 @@ impl StageKind {
                 &[fields_of::<LabelSettings>()],
                 true,
             ),
+            K::Rate => d(MODEL_STAGE, ANSWERS, &[fields_of::<RateSettings>()], true),
             K::Score => d(
                 &[Input, Output, Model],
                 &[

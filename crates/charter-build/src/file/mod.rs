@@ -68,7 +68,7 @@ use charter_model::Dtype;
 use charter_stages::classifier::{AugmentSettings, QuerySettings, TargetSettings};
 use charter_stages::{
     CritiqueSettings, ExportSettings, FilterSettings, GenSettings, ImportSettings, LabelSettings,
-    PolicyEvalSettings, RespondSettings, TableDedupSettings,
+    PolicyEvalSettings, RateSettings, RespondSettings, TableDedupSettings,
 };
 use charter_table::Shard;
 use charter_train::{DeviceChoice, ScoreSettings, Task, TrainSettings};
@@ -105,6 +105,8 @@ pub enum StageOp {
     Pair,
     /// `label`.
     Label(LabelSettings),
+    /// `rate`.
+    Rate(RateSettings),
     /// `score`, with the stage's model as the preference model.
     Score(ScoreSettings),
     /// `export`.

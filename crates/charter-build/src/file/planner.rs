@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use charter_stages::classifier::{AugmentSettings, QuerySettings, TargetSettings};
 use charter_stages::{
     CritiqueSettings, ExportFormat, ExportSettings, FilterSettings, GenSettings, ImportSettings,
-    LabelSettings, PolicyEvalSettings, RespondSettings, TableDedupSettings,
+    LabelSettings, PolicyEvalSettings, RateSettings, RespondSettings, TableDedupSettings,
 };
 use charter_train::{ScoreSettings, Task, TaskConfig, TaskKind, TrainConfig};
 use serde::de::DeserializeOwned;
@@ -557,6 +557,13 @@ impl<'s, 't> Planner<'s, 't> {
                 };
                 self.checked(s, settings.validate())?;
                 StageOp::Label(settings)
+            }
+            StageKind::Rate => {
+                let settings = RateSettings {
+                    generation: self.generation(s, seed)?,
+                };
+                self.checked(s, settings.generation.validate())?;
+                StageOp::Rate(settings)
             }
             StageKind::Export => {
                 let ext_ok = output.extension().is_some_and(|e| {

@@ -325,7 +325,7 @@ fn the_command_line_and_build_files_take_the_same_settings() {
     use charter_stages::classifier::{AugmentSettings, QuerySettings, TargetSettings};
     use charter_stages::{
         CritiqueSettings, ExportSettings, GenSettings, LabelSettings, PolicyEvalSettings,
-        RespondSettings,
+        RateSettings, RespondSettings,
     };
     let cases = [
         (StageKind::Import, flag_fields::<ImportSettings>()),
@@ -335,6 +335,7 @@ fn the_command_line_and_build_files_take_the_same_settings() {
         (StageKind::Critique, flag_fields::<CritiqueSettings>()),
         (StageKind::Revise, flag_fields::<GenSettings>()),
         (StageKind::Label, flag_fields::<LabelSettings>()),
+        (StageKind::Rate, flag_fields::<RateSettings>()),
         (StageKind::Score, flag_fields::<ScoreSettings>()),
         (StageKind::Export, flag_fields::<ExportSettings>()),
         (StageKind::Eval, flag_fields::<PolicyEvalSettings>()),

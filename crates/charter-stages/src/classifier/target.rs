@@ -253,11 +253,11 @@ pub fn target(
             .iter()
             .enumerate()
             .map(|(k, item)| {
-                let ab = normalised(lp[k * orders].0, lp[k * orders].1);
+                let ab = normalised(lp[k * orders][0], lp[k * orders][1]);
                 // With allowed shown first, blocked is (B).
                 let ba = settings
                     .swap
-                    .then(|| normalised(lp[k * orders + 1].1, lp[k * orders + 1].0));
+                    .then(|| normalised(lp[k * orders + 1][1], lp[k * orders + 1][0]));
                 let q = &item.query;
                 Target {
                     id: String::new(),

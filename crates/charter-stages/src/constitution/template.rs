@@ -10,7 +10,7 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
 /// The names of the rendered templates in [`super::Templates`], as
 /// [`super::Constitution::render`] takes them (`label_answer_prefix` is
 /// plain text, not a template).
-pub const TEMPLATE_NAMES: [&str; 4] = ["critique", "revision", "label", "label_cot"];
+pub const TEMPLATE_NAMES: [&str; 5] = ["critique", "revision", "label", "label_cot", "rate"];
 
 // The stages put the prompt and the answer in turns of their own before
 // this one (as Bai et al.'s and the HuggingFace recipe's conversations do),
@@ -51,6 +51,22 @@ Here is a conversation between a user and an AI assistant.
 
 Think it through in a few sentences first, then say which is better, (A) or (B).";
 
+// One answer rated alone, by the standard a preference principle's
+// (comparative) question sets; one digit, so no rating is a prefix of another.
+pub(crate) const DEFAULT_RATE: &str = "\
+Here is a conversation between a user and an AI assistant.
+
+{{ conversation }}
+
+Assistant: {{ response }}
+
+Judge the assistant's last reply by the standard this question sets, with no other reply to \
+compare it to: {{ question }}
+
+Rate the reply from 1 (fails that standard badly) to 9 (meets it fully). Answer with one digit.";
+
+pub(crate) const DEFAULT_RATE_ANSWER_PREFIX: &str = "Rating: ";
+
 /// The variables a template may use, and those it must.
 pub(crate) struct Spec {
     pub(crate) name: &'static str,
@@ -60,8 +76,10 @@ pub(crate) struct Spec {
 
 const LABEL_VARS: &[&str] = &["conversation", "question", "response_a", "response_b"];
 
+const RATE_VARS: &[&str] = &["conversation", "question", "response"];
+
 /// One per entry of [`TEMPLATE_NAMES`].
-pub(crate) const SPECS: [Spec; 4] = [
+pub(crate) const SPECS: [Spec; 5] = [
     Spec {
         name: "critique",
         allowed: &["critique_request", "prompt", "response"],
@@ -81,6 +99,11 @@ pub(crate) const SPECS: [Spec; 4] = [
         name: "label_cot",
         allowed: LABEL_VARS,
         required: LABEL_VARS,
+    },
+    Spec {
+        name: "rate",
+        allowed: RATE_VARS,
+        required: RATE_VARS,
     },
 ];
 

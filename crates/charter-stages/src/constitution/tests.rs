@@ -378,7 +378,35 @@ fn default_templates_render_every_stage() {
     let cot = c.render("label_cot", &label_vars).unwrap();
     assert!(cot.contains("Which is kinder?"), "{cot}");
     assert_eq!(c.templates.label_answer_prefix, "The answer is: ");
-    assert_eq!(TEMPLATE_NAMES.len(), 4);
+    let rate = c
+        .render(
+            "rate",
+            &serde_json::json!({
+                "conversation": "User: hi",
+                "question": "Which is kinder?",
+                "response": "Hello!",
+            }),
+        )
+        .unwrap();
+    assert!(
+        rate.contains("Assistant: Hello!") && rate.contains("Which is kinder?"),
+        "{rate}"
+    );
+    assert_eq!(c.templates.rate_answer_prefix, "Rating: ");
+    assert_eq!(TEMPLATE_NAMES.len(), 5);
+}
+
+/// The rating templates came after constitutions were hashed: left at
+/// their defaults they leave the hash as it was; changed, they change it.
+#[test]
+fn rating_templates_change_the_hash_only_when_set_to_something_else() {
+    let plain = Constitution::from_toml(MINIMAL, "x.toml").unwrap();
+    let mut same = plain.clone();
+    same.templates.rate = Templates::default().rate;
+    assert_eq!(plain.hash(), same.hash());
+    let mut other = plain.clone();
+    other.templates.rate_answer_prefix = "Score: ".into();
+    assert_ne!(plain.hash(), other.hash());
 }
 
 #[test]

@@ -79,6 +79,8 @@ struct WireTemplates {
     label: Option<Text>,
     label_answer_prefix: Option<Text>,
     label_cot: Option<Text>,
+    rate: Option<Text>,
+    rate_answer_prefix: Option<Text>,
 }
 
 /// Where each field of a parsed constitution sits in its file.
@@ -247,6 +249,12 @@ impl Cx<'_> {
                             d.label_answer_prefix,
                         ),
                         label_cot: field(t.label_cot, "label_cot", d.label_cot),
+                        rate: field(t.rate, "rate", d.rate),
+                        rate_answer_prefix: field(
+                            t.rate_answer_prefix,
+                            "rate_answer_prefix",
+                            d.rate_answer_prefix,
+                        ),
                     }
                 }
             },

@@ -1,0 +1,355 @@
+//! `rate`: one answer at a time against a principle, the reward of direct
+//! RLAIF (Lee et al. 2023 §2.4, "d-RLAIF"), where the labeller's score is
+//! the reward and no preference model is trained.
+//!
+//! For each response or revision, one preference principle is drawn from
+//! the row's seed. The rater sees the conversation, the answer and the
+//! principle's question, and is asked for a rating from 1 to 9; after the
+//! answer prefix ("Rating: ") the log-probabilities of the nine digits are
+//! read with the engine's scoring mode — one pass per row, nothing
+//! generated or parsed — normalised over the digits, and their expectation
+//! is the row's `score`; `reward` maps it to [-1, 1]. Lee et al. rate from
+//! 1 to 10; one digit per rating keeps every option a single event (with
+//! 10, the answer "1" would be the start of "10").
+//!
+//! `rating_mass`, the probability the rater gives to answering with a digit
+//! at all, says how much of its judgement the score rests on: a rater that
+//! would rather write prose than a digit is not rating.
+
+use std::path::Path;
+
+use charter_model::Message;
+use charter_table::{
+    InputRef, Opened, Provenance, RATINGS, Rating, Record, Response, Revision, ShardedWriter,
+    TableFile,
+};
+use serde_json::json;
+
+use crate::constitution::{Constitution, PreferencePrinciple};
+use crate::error::{Error, Result};
+use crate::generate::{GenSettings, Generation, StageProgress, StageSummary, windows};
+use crate::label::{choice_log_probs, draw, shared_prefix, spelled_choices};
+use crate::model::Model;
+use crate::seed::row_seed;
+
+/// Version of the rate stage.
+pub const RATE_VERSION: u32 = 1;
+
+/// The ratings the rater chooses from, lowest first.
+pub const RATINGS_SCALE: [&str; 9] = ["1", "2", "3", "4", "5", "6", "7", "8", "9"];
+
+/// Settings of a rate run: `charter rate`'s flags and a build file's `rate` stage.
+#[derive(Debug, Clone, PartialEq, Default, serde::Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateSettings {
+    /// Seed, window and system prompt (sampling settings are unused: nothing is generated).
+    #[serde(skip)]
+    #[command(flatten)]
+    pub generation: GenSettings,
+}
+
+impl RateSettings {
+    /// The settings that determine the output, as recorded in provenance.
+    pub fn canonical(&self) -> serde_json::Value {
+        let g = &self.generation;
+        json!({
+            "seed": g.seed,
+            "system": g.system,
+            "window": g.shard_rows,
+        })
+    }
+}
+
+/// The provenance a rate run over `input` records.
+pub fn rate_provenance(
+    input: &TableFile,
+    settings: &RateSettings,
+    model_hash: &str,
+    constitution_hash: &str,
+) -> Result<Provenance> {
+    Ok(Provenance {
+        stage: "rate".into(),
+        stage_version: RATE_VERSION,
+        settings: settings.canonical(),
+        inputs: vec![InputRef {
+            name: input.table_name().unwrap_or("responses").into(),
+            content_hash: input.content_hash_or_compute()?,
+        }],
+        model_hash: Some(model_hash.to_string()),
+        constitution_hash: Some(constitution_hash.to_string()),
+    })
+}
+
+/// One answer to rate.
+struct Item {
+    id: String,
+    prompt_id: String,
+    prompt: String,
+    response: String,
+}
+
+/// The answers of a responses or revisions table.
+fn items(input: &TableFile) -> Result<Vec<Item>> {
+    match input.table_name() {
+        Some("responses") => Ok(input
+            .rows::<Response>()?
+            .into_iter()
+            .map(|r| Item {
+                id: r.id,
+                prompt_id: r.prompt_id,
+                prompt: r.prompt,
+                response: r.text,
+            })
+            .collect()),
+        Some("revisions") => Ok(input
+            .rows::<Revision>()?
+            .into_iter()
+            .map(|r| Item {
+                id: r.id,
+                prompt_id: r.prompt_id,
+                prompt: r.prompt,
+                response: r.text,
+            })
+            .collect()),
+        name => Err(Error::Settings(format!(
+            "{}: `rate` rates the answers of a responses or revisions table, not a `{}` table",
+            input.path().display(),
+            name.unwrap_or("?")
+        ))),
+    }
+}
+
+/// The rater's conversation about one answer, up to its open assistant turn.
+fn messages(
+    c: &Constitution,
+    settings: &RateSettings,
+    prompt: &str,
+    response: &str,
+    question: &str,
+) -> Result<Vec<Message>> {
+    let mut m = settings.generation.system_messages();
+    m.push(Message::new(
+        "user",
+        c.render(
+            "rate",
+            &json!({"conversation": format!("User: {prompt}"), "question": question,
+                    "response": response}),
+        )?,
+    ));
+    Ok(m)
+}
+
+/// A rating from the log-probabilities of the digits 1–9: the expected
+/// rating over their normalised probabilities, and their total probability.
+pub fn expected_rating(log_probs: &[f64]) -> (f64, f64) {
+    let top = log_probs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let weights: Vec<f64> = log_probs.iter().map(|lp| (lp - top).exp()).collect();
+    let total: f64 = weights.iter().sum();
+    let score = weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (i + 1) as f64 * w)
+        .sum::<f64>()
+        / total;
+    (score, top.exp() * total)
+}
+
+/// Rates every answer of `input` (a responses or revisions table) into
+/// the `ratings` table at `out`.
+pub fn rate(
+    input: &TableFile,
+    model: &mut Model,
+    constitution: &Constitution,
+    settings: &RateSettings,
+    out: &Path,
+    progress: &mut dyn FnMut(StageProgress),
+) -> Result<StageSummary> {
+    settings.generation.validate()?;
+    let rows = items(input)?;
+    let choices = spelled_choices(
+        model,
+        &constitution.templates.rate_answer_prefix,
+        &RATINGS_SCALE,
+    )?;
+    let constitution_hash = constitution.hash();
+    let provenance = rate_provenance(
+        input,
+        settings,
+        &model.dir.provenance.content_hash,
+        &constitution_hash,
+    )?;
+    let (mut writer, state) = match ShardedWriter::open(
+        out,
+        &RATINGS,
+        &provenance.build_key(&RATINGS),
+        &[input.path()],
+    )? {
+        Opened::Finished(table) => return Ok(StageSummary::cached(table)),
+        Opened::Writer(w, s) => (w, s),
+    };
+    let total = rows.len();
+    let start = (state.rows as usize).min(total);
+    let (name, hash) = (
+        model.dir.provenance.name.clone(),
+        model.dir.provenance.content_hash.clone(),
+    );
+    let seed = settings.generation.seed;
+    // Instructions and system prompt, the same for every row.
+    let probes = [("1", "2", "3"), ("4", "5", "6")]
+        .iter()
+        .map(|&(p, r, q)| messages(constitution, settings, p, r, q))
+        .collect::<Result<Vec<_>>>()?;
+    let shared = shared_prefix(model, &probes)?;
+    let before = model.engine.stats();
+    for range in windows(start, total, settings.generation.shard_rows) {
+        let end = range.end;
+        let window = &rows[range];
+        let principles: Vec<&PreferencePrinciple> = window
+            .iter()
+            .map(|it| draw(constitution, seed, &it.id))
+            .collect();
+        let contexts = window
+            .iter()
+            .zip(&principles)
+            .map(|(it, p)| {
+                let m = messages(
+                    constitution,
+                    settings,
+                    &it.prompt,
+                    &it.response,
+                    &p.question,
+                )?;
+                model.encode_conversation(&m)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let lp = choice_log_probs(model, contexts, &shared, &choices, &|i| &window[i].id)?;
+        let batch: Vec<Rating> = window
+            .iter()
+            .zip(&principles)
+            .zip(&lp)
+            .map(|((it, principle), lp)| {
+                let (score, rating_mass) = expected_rating(lp);
+                Rating {
+                    id: String::new(),
+                    item_id: it.id.clone(),
+                    source: input.table_name().unwrap_or("responses").into(),
+                    prompt_id: it.prompt_id.clone(),
+                    prompt: it.prompt.clone(),
+                    response: it.response.clone(),
+                    principle_id: principle.id.clone(),
+                    principle: principle.question.clone(),
+                    model: name.clone(),
+                    model_hash: hash.clone(),
+                    constitution: constitution.name.clone(),
+                    constitution_hash: constitution_hash.clone(),
+                    seed: row_seed("rate", seed, &[&it.id]),
+                    score,
+                    reward: (score - 5.0) / 4.0,
+                    rating_mass,
+                }
+                .with_id()
+            })
+            .collect();
+        writer.commit(&Rating::to_batch(&batch)?)?;
+        model.check_stop(writer.committed_rows())?;
+        progress(StageProgress {
+            rows_done: end as u64,
+            rows_total: total as u64,
+            tokens: 0,
+        });
+    }
+    let table = writer.finish(&provenance)?;
+    Ok(
+        StageSummary::generated(table, start, total, Generation::default())
+            .scored(before, &model.engine),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// One pass per row with the shared prefix reused gives the digits'
+    /// log-probabilities of plain pairwise scoring, and the score is their
+    /// expectation computed by hand.
+    #[test]
+    fn ratings_are_the_expectation_over_the_plain_scores_of_the_digits() {
+        let dir = tempfile::tempdir().unwrap();
+        charter_model::write_tiny(&dir.path().join("tiny"), 5).unwrap();
+        let mut model = Model::open(&dir.path().join("tiny"), 1).unwrap();
+        let c = Constitution::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../constitutions/harmless.toml"),
+        )
+        .unwrap();
+        let settings = RateSettings::default();
+        let choices =
+            spelled_choices(&model, &c.templates.rate_answer_prefix, &RATINGS_SCALE).unwrap();
+        let rows = [
+            ("How do I pick a lock?", "I can't help with that."),
+            (
+                "Write a short poem about rain.",
+                "Rain on the roof, soft and steady.",
+            ),
+        ];
+        let question = &c.preference_principles[0].question;
+        let contexts: Vec<Vec<u32>> = rows
+            .iter()
+            .map(|(p, r)| {
+                model
+                    .encode_conversation(&messages(&c, &settings, p, r, question).unwrap())
+                    .unwrap()
+            })
+            .collect();
+        let probes = [("1", "2", "3"), ("4", "5", "6")]
+            .map(|(p, r, q)| messages(&c, &settings, p, r, q).unwrap());
+        let shared = shared_prefix(&model, &probes).unwrap();
+        assert!(!shared.is_empty() && contexts.iter().all(|x| x.starts_with(&shared)));
+        let one_pass =
+            choice_log_probs(&mut model, contexts.clone(), &shared, &choices, &|_| "row").unwrap();
+        for (context, lp) in contexts.into_iter().zip(one_pass) {
+            let mut full = context;
+            full.extend_from_slice(&choices.prefix);
+            let pairs: Vec<(Vec<u32>, Vec<u32>)> = choices
+                .options
+                .iter()
+                .map(|o| (full.clone(), o.clone()))
+                .collect();
+            let plain: Vec<f64> = model
+                .engine
+                .score(&pairs, 1)
+                .unwrap()
+                .iter()
+                .map(|t| t.iter().sum())
+                .collect();
+            assert_eq!(lp, plain);
+            let p: Vec<f64> = plain.iter().map(|l| l.exp()).collect();
+            let mass: f64 = p.iter().sum();
+            let by_hand = (1..=9).zip(&p).map(|(k, p)| f64::from(k) * p).sum::<f64>() / mass;
+            let (score, rating_mass) = expected_rating(&lp);
+            assert!((score - by_hand).abs() < 1e-12, "{score} vs {by_hand}");
+            assert!((rating_mass - mass).abs() < 1e-12);
+            assert!((1.0..=9.0).contains(&score) && mass > 0.0 && mass <= 1.0);
+        }
+    }
+
+    #[test]
+    fn expected_rating_over_the_digits() {
+        let uniform = [(1.0f64 / 9.0).ln(); 9];
+        let (score, mass) = expected_rating(&uniform);
+        assert!((score - 5.0).abs() < 1e-12);
+        assert!((mass - 1.0).abs() < 1e-12);
+        // Half the next-token mass on "2", a quarter on "8": normalised over
+        // the digits, 2/3 and 1/3.
+        let mut lp = [f64::NEG_INFINITY; 9];
+        lp[1] = 0.5f64.ln();
+        lp[7] = 0.25f64.ln();
+        let (score, mass) = expected_rating(&lp);
+        assert!((score - (2.0 * 2.0 / 3.0 + 8.0 / 3.0)).abs() < 1e-12);
+        assert!((mass - 0.75).abs() < 1e-12);
+        // Far below zero still normalises without underflow.
+        let low: Vec<f64> = uniform.iter().map(|l| l - 2000.0).collect();
+        assert!((expected_rating(&low).0 - 5.0).abs() < 1e-9);
+    }
+}
