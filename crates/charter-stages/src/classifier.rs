@@ -16,7 +16,7 @@ mod target;
 
 pub use augment::{
     AUGMENT_VERSION, AugmentSettings, TEMPLATES, TRANSFORMS, apply, augment, augment_provenance,
-    decode,
+    decode, read_jailbreaks,
 };
 pub use queries::{MAX_PER_CATEGORY, QUERIES_VERSION, QuerySettings, queries, queries_provenance};
 pub use target::{TARGET_VERSION, TargetSettings, target, target_provenance};

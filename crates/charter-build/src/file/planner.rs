@@ -529,10 +529,12 @@ impl<'s, 't> Planner<'s, 't> {
                 StageOp::Queries(settings)
             }
             StageKind::Augment => {
-                let settings = AugmentSettings {
+                let mut settings = AugmentSettings {
                     seed,
                     ..self.own(s)?
                 };
+                // Relative to the build file, as every path in it.
+                settings.jailbreaks = settings.jailbreaks.map(|p| self.base.join(p));
                 self.checked(s, settings.validate())?;
                 StageOp::Augment(settings)
             }
