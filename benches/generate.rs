@@ -168,6 +168,7 @@ fn main() {
                 stop_ids: vec![],
                 batch_size: batch,
                 max_context: config.max_position_embeddings,
+                share_prefix: true,
             };
             let mut generated = 0usize;
             let before = engine.stats();

@@ -32,6 +32,7 @@ pub(crate) fn run(args: ChatArgs) -> Result<()> {
         stop_ids: model.stop_ids.clone(),
         batch_size: 1,
         max_context: model.max_context(),
+        share_prefix: true,
     };
     let stop = StopStrings::new(&g.stop);
     let mut guards = super::guard::Guards::open(&args.guard, &args.model)?;

@@ -57,6 +57,7 @@ pub(super) fn run_stage(
                 "generated_tokens": summary.generated_tokens,
                 "context_overflows": summary.context_overflows,
                 "scored_tokens": summary.scored_tokens,
+                "prefilled_tokens": summary.prefilled_tokens,
                 "reused_tokens": summary.reused_tokens,
                 "seconds": elapsed,
                 "peak_memory_bytes": peak,
@@ -86,6 +87,11 @@ pub(super) fn run_stage(
                 eprintln!(
                     "{name}: scored {} tokens; {} more came from the cache of the prompt every row shares",
                     summary.scored_tokens, summary.reused_tokens
+                );
+            } else if summary.reused_tokens > 0 {
+                eprintln!(
+                    "{name}: prefilled {} prompt tokens; {} more came from the cache of the prompt every row shares",
+                    summary.prefilled_tokens, summary.reused_tokens
                 );
             }
         }

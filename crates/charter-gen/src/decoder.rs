@@ -249,12 +249,11 @@ impl Decoder {
         Ok(logits)
     }
 
-    /// [`Decoder::extend`] for the cache alone: the same pass, with logits
-    /// at the last new token only (one vocabulary row, not one per token;
-    /// the cache it writes is the same).
-    pub fn advance(&mut self, tokens: &[u32], len: usize, kv: &mut KvCache) -> Result<()> {
+    /// [`Decoder::extend`] with logits at the last new token only (one
+    /// vocabulary row, not one per token; the cache it writes is the same).
+    pub fn advance(&mut self, tokens: &[u32], len: usize, kv: &mut KvCache) -> Result<Vec<f32>> {
         let last = tokens.len() as i64 - 1;
-        self.extend_at(tokens, len, kv, vec![last]).map(drop)
+        self.extend_at(tokens, len, kv, vec![last])
     }
 
     fn extend_at(

@@ -73,6 +73,27 @@ pub struct GenerateOptions {
     pub batch_size: usize,
     /// The model's context window (prompt + generated tokens).
     pub max_context: usize,
+    /// Prefill the tokens every prompt of a call begins with (a stage's
+    /// system prompt and worked examples) once, when there are at least
+    /// [`MIN_SHARED_PREFIX`] of them, and copy their cache into each row's
+    /// slot. The tokens generated are the same with or without it.
+    pub share_prefix: bool,
+}
+
+/// The shortest common prefix worth computing once: below it, prefilling
+/// the prompts together costs less than prefilling each one's rest alone.
+pub const MIN_SHARED_PREFIX: usize = 64;
+
+/// The tokens every one of `prompts` begins with.
+fn common_prefix<'a>(mut prompts: impl Iterator<Item = &'a [u32]>) -> &'a [u32] {
+    let Some(mut prefix) = prompts.next() else {
+        return &[];
+    };
+    for p in prompts {
+        let same = prefix.iter().zip(p).take_while(|(a, b)| a == b).count();
+        prefix = &prefix[..same];
+    }
+    prefix
 }
 
 /// Prompts prefilled together when rows join: bounds the prefill's activations.
@@ -169,6 +190,22 @@ impl Engine {
             .unwrap_or(0)
             .min(options.max_context);
         let busy_max = options.batch_size.max(1).min(requests.len().max(1));
+        // A pass of 128k + 1 tokens computes its last row with other kernels
+        // (see `score_choices`): the prefix's pass and the pass after it
+        // never have such a length.
+        let lone = |n: usize| n > 1 && n % 128 == 1;
+        let common = match options.share_prefix {
+            true => common_prefix(requests.iter().filter(|r| fits(r)).map(|r| &r.prompt[..])),
+            false => &[],
+        };
+        let shared = match common.len() {
+            n if n < MIN_SHARED_PREFIX => &[],
+            n if lone(n) => &common[..n - 1],
+            _ => common,
+        };
+        let reuses =
+            |p: &[u32]| shared.len() >= 2 && p.starts_with(shared) && p.len() >= shared.len() + 3;
+        let mut prefix: Option<KvCache> = None;
         let mut waiting = requests.iter().enumerate().peekable();
         let mut kv = KvCache::new(&dims, busy_max, capacity.max(1))?;
         let mut slots: Vec<Option<Row>> = (0..busy_max).map(|_| None).collect();
@@ -198,11 +235,49 @@ impl Engine {
                 if group.is_empty() {
                     continue;
                 }
-                let prompts: Vec<&[u32]> = group.iter().map(|(_, r)| r.prompt.as_slice()).collect();
                 let started = Instant::now();
-                let mut logits = self
-                    .decoder
-                    .prefill(&prompts, &mut kv, &free[..group.len()])?;
+                // Prompts that start with the shared prefix each run alone
+                // after a copy of its cache; the others are prefilled together.
+                let (alone, together): (Vec<usize>, Vec<usize>) =
+                    (0..group.len()).partition(|&g| reuses(&group[g].1.prompt));
+                let prompts: Vec<&[u32]> = together
+                    .iter()
+                    .map(|&g| group[g].1.prompt.as_slice())
+                    .collect();
+                let mut logits = vec![0f32; group.len() * dims.vocab];
+                if !prompts.is_empty() {
+                    let slots: Vec<usize> = together.iter().map(|&g| free[g]).collect();
+                    let out = self.decoder.prefill(&prompts, &mut kv, &slots)?;
+                    for (k, &g) in together.iter().enumerate() {
+                        logits[g * dims.vocab..(g + 1) * dims.vocab]
+                            .copy_from_slice(&out[k * dims.vocab..(k + 1) * dims.vocab]);
+                    }
+                    self.stats.prefill_tokens +=
+                        prompts.iter().map(|p| p.len() as u64).sum::<u64>();
+                }
+                for &g in &alone {
+                    let prompt = &group[g].1.prompt;
+                    if prefix.is_none() {
+                        let mut cache = KvCache::new(&dims, 1, shared.len())?;
+                        self.decoder.prefill(&[shared], &mut cache, &[0])?;
+                        self.stats.prefill_tokens += shared.len() as u64;
+                        prefix = Some(cache);
+                    }
+                    let from = if lone(prompt.len() - shared.len()) {
+                        shared.len() - 1
+                    } else {
+                        shared.len()
+                    };
+                    let mut own = KvCache::new(&dims, 1, prompt.len())?;
+                    if let Some(cache) = &prefix {
+                        own.copy_slot(0, cache, 0, from);
+                    }
+                    let out = self.decoder.advance(&prompt[from..], from, &mut own)?;
+                    kv.copy_slot(free[g], &own, 0, prompt.len());
+                    logits[g * dims.vocab..(g + 1) * dims.vocab].copy_from_slice(&out);
+                    self.stats.prefill_tokens += (prompt.len() - from) as u64;
+                    self.stats.reused_tokens += from as u64;
+                }
                 for (g, (index, req)) in group.iter().enumerate() {
                     let mut rng = RowRng::new(req.seed);
                     let mut history = RowHistory::new(&options.sampling, dims.vocab, &req.prompt);
@@ -216,7 +291,6 @@ impl Engine {
                         len: req.prompt.len(),
                     });
                 }
-                self.stats.prefill_tokens += prompts.iter().map(|p| p.len() as u64).sum::<u64>();
                 self.stats.prefill_secs += started.elapsed().as_secs_f64();
                 retire(&mut slots, options, step, stop, done)?;
             }

@@ -16,7 +16,8 @@ pub mod sampling;
 
 pub use decoder::{Decoder, DecoderDims, KvCache, available_threads};
 pub use engine::{
-    Completion, Engine, EngineStats, FinishReason, GenerateOptions, Request, StepHook,
+    Completion, Engine, EngineStats, FinishReason, GenerateOptions, MIN_SHARED_PREFIX, Request,
+    StepHook,
 };
 pub use error::{Error, Result};
 pub use sampling::Sampling;

@@ -147,6 +147,7 @@ fn greedy(decoder: Decoder, prompt: &[u32], n: usize) -> Vec<u32> {
         stop_ids: Vec::new(),
         batch_size: 1,
         max_context: 512,
+        share_prefix: false,
     };
     let request = Request {
         prompt: prompt.to_vec(),

@@ -226,6 +226,7 @@ fn options(batch_size: usize, sampling: charter_gen::Sampling) -> charter_gen::G
         stop_ids: vec![2],
         batch_size,
         max_context: 8192,
+        share_prefix: false,
     }
 }
 
@@ -253,6 +254,16 @@ fn the_engine_is_exact_at_every_batch_size_and_with_continuous_batching() {
     }
 }
 
+/// Nucleus and top-k sampling at temperature 1.
+fn sampled() -> charter_gen::Sampling {
+    charter_gen::Sampling {
+        temperature: 1.0,
+        top_p: 0.95,
+        top_k: 50,
+        ..charter_gen::Sampling::GREEDY
+    }
+}
+
 #[test]
 fn sampled_rows_depend_only_on_their_seed() {
     let cases = cases();
@@ -262,12 +273,7 @@ fn sampled_rows_depend_only_on_their_seed() {
             seed: 1000 + i as u64,
         })
         .collect();
-    let sampling = charter_gen::Sampling {
-        temperature: 1.0,
-        top_p: 0.95,
-        top_k: 50,
-        ..charter_gen::Sampling::GREEDY
-    };
+    let sampling = sampled();
     let mut engine = engine();
     let alone = run(&mut engine, &requests, &options(1, sampling));
     let batched = run(&mut engine, &requests, &options(4, sampling));
@@ -555,6 +561,58 @@ fn long_contexts_score_in_passes_as_one_pass_does_up_to_rounding() {
                 (g - w).abs() < 2e-3,
                 "context of {len}, prefix of {p}: {g} against {w}"
             );
+        }
+    }
+}
+
+/// Prompts that begin with a shared prefix (a stage's worked examples)
+/// generate the same tokens when the prefix's cache is computed once and
+/// copied into their slots, greedy and sampled, in any batch, at prefix
+/// and remainder lengths where a pass would end in a lone row; below
+/// `MIN_SHARED_PREFIX` common tokens nothing is shared.
+#[test]
+fn a_shared_prefix_computed_once_changes_no_generated_token() {
+    let (text, _) = scoring_text(400);
+    let cases = cases();
+    let sampling = sampled();
+    let mut engine = engine();
+    for p in [40, 100, 129, 257] {
+        // The prefix, a token of the row's own, then a reference prompt;
+        // one row's rest is 129 tokens long.
+        let mut requests: Vec<charter_gen::Request> = (0..4)
+            .map(|i| charter_gen::Request {
+                prompt: text[..p]
+                    .iter()
+                    .copied()
+                    .chain([1000 + i as u32])
+                    .chain(cases[i % 3].prompt_ids.iter().map(|&t| t as u32))
+                    .collect(),
+                seed: 7 + i as u64,
+            })
+            .collect();
+        requests[2].prompt = text[..p]
+            .iter()
+            .copied()
+            .chain([1002])
+            .chain(text[p + 1..p + 129].iter().copied())
+            .collect();
+        for (sampling, batch) in [(charter_gen::Sampling::GREEDY, 1), (sampling, 4)] {
+            let mut opts = options(batch, sampling);
+            opts.max_new_tokens = 16;
+            let plain = run(&mut engine, &requests, &opts);
+            let before = engine.stats().reused_tokens;
+            opts.share_prefix = true;
+            let reused = run(&mut engine, &requests, &opts);
+            assert_eq!(plain, reused, "prefix of {p}, batch {batch}");
+            let shared = engine.stats().reused_tokens - before;
+            if p < charter_gen::MIN_SHARED_PREFIX {
+                assert_eq!(shared, 0);
+            } else {
+                // Of 128k + 1 common tokens the last is left to each row's
+                // pass, and so is one more where the rest would be 128k + 1.
+                let used = (if p % 128 == 1 { p - 1 } else { p }) as u64;
+                assert!((4 * (used - 1)..=4 * used).contains(&shared), "{shared}");
+            }
         }
     }
 }

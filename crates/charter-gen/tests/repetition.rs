@@ -47,6 +47,7 @@ fn run(
         stop_ids: Vec::new(),
         batch_size,
         max_context: 512,
+        share_prefix: false,
     };
     let mut out = vec![Vec::new(); requests.len()];
     engine

@@ -257,6 +257,7 @@ pub fn critique(
         Opened::Writer(w, s) => (w, s),
     };
     let total = answers.len();
+    let before = model.engine.stats();
     let start = (state.rows as usize).min(total);
     let mut request = |model: &Model, item: usize| -> Result<Request> {
         let a = &answers[item];
@@ -319,12 +320,10 @@ pub fn critique(
             .with_id())
         },
     )?;
-    Ok(StageSummary::generated(
-        writer.finish(&provenance)?,
-        start,
-        total,
-        counts,
-    ))
+    Ok(
+        StageSummary::generated(writer.finish(&provenance)?, start, total, counts)
+            .scored(before, &model.engine),
+    )
 }
 
 /// Revises the answer of every critique of `input` following the revision
@@ -383,6 +382,7 @@ pub fn revise(
         Opened::Writer(w, s) => (w, s),
     };
     let total = critiques.len();
+    let before = model.engine.stats();
     let start = (state.rows as usize).min(total);
     let mut request = |model: &Model, item: usize| -> Result<Request> {
         let (c, p) = (&critiques[item], &principles[item]);
@@ -453,10 +453,8 @@ pub fn revise(
             .with_id())
         },
     )?;
-    Ok(StageSummary::generated(
-        writer.finish(&provenance)?,
-        start,
-        total,
-        counts,
-    ))
+    Ok(
+        StageSummary::generated(writer.finish(&provenance)?, start, total, counts)
+            .scored(before, &model.engine),
+    )
 }

@@ -41,8 +41,10 @@ pub struct StageSummary {
     pub context_overflows: u64,
     /// Tokens run to score choices (labelling and judging stages).
     pub scored_tokens: u64,
-    /// Context tokens those stages took from the cache of the prompt part
-    /// every row shares instead of running them.
+    /// Prompt tokens run before generating (generating stages).
+    pub prefilled_tokens: u64,
+    /// Prompt tokens taken from the cache of the prompt part every row
+    /// shares instead of running them.
     pub reused_tokens: u64,
 }
 
@@ -57,6 +59,7 @@ impl StageSummary {
             generated_tokens: 0,
             context_overflows: 0,
             scored_tokens: 0,
+            prefilled_tokens: 0,
             reused_tokens: 0,
         }
     }
@@ -76,6 +79,7 @@ impl StageSummary {
             generated_tokens: counts.tokens,
             context_overflows: counts.context_overflows,
             scored_tokens: 0,
+            prefilled_tokens: 0,
             reused_tokens: 0,
         }
     }
@@ -90,6 +94,7 @@ impl StageSummary {
     ) -> Self {
         let now = engine.stats();
         self.scored_tokens = now.scored_tokens - before.scored_tokens;
+        self.prefilled_tokens = now.prefill_tokens - before.prefill_tokens;
         self.reused_tokens = now.reused_tokens - before.reused_tokens;
         self
     }
@@ -436,6 +441,7 @@ impl GenSettings {
             stop_ids: model.stop_ids.clone(),
             batch_size: self.batch_size,
             max_context: model.max_context(),
+            share_prefix: true,
         }
     }
 

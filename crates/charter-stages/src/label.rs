@@ -547,6 +547,7 @@ pub fn label(
         generated_tokens: tokens,
         context_overflows: 0,
         scored_tokens: 0,
+        prefilled_tokens: 0,
         reused_tokens: 0,
     }
     .scored(before, &model.engine))

@@ -189,6 +189,7 @@ pub fn respond(
         stop_ids: model.stop_ids.clone(),
         batch_size: gs.batch_size,
         max_context: model.max_context(),
+        share_prefix: true,
     };
     let stop = StopStrings::new(&gs.stop);
     let model_name = model.dir.provenance.name.clone();
