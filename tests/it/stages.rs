@@ -89,8 +89,17 @@ fn rounds_of_critique_and_revision_chain_back_to_their_response() {
         path(dir.path(), "c2.parquet"),
         path(dir.path(), "r2.parquet"),
     );
-    stage("critique", &model, &responses, &c1, &[]);
-    stage("revise", &model, &c1, &r1, &[]);
+    // The system prompt and worked examples every row's prompt begins
+    // with are prefilled once per window, not once per row.
+    for (kind, input, out) in [("critique", &responses, &c1), ("revise", &c1, &r1)] {
+        let summary: serde_json::Value =
+            serde_json::from_slice(&stage(kind, &model, input, out, &["--json"])).unwrap();
+        assert!(
+            summary["reused_tokens"].as_u64().unwrap() > 0
+                && summary["prefilled_tokens"].as_u64().unwrap() > 0,
+            "{kind}: {summary}"
+        );
+    }
     stage("critique", &model, &r1, &c2, &[]);
     stage("revise", &model, &c2, &r2, &[]);
 
