@@ -96,6 +96,38 @@ fn common_prefix<'a>(mut prompts: impl Iterator<Item = &'a [u32]>) -> &'a [u32] 
     prefix
 }
 
+/// Whether a pass of `n` tokens ends in a lone row: ONNX Runtime 1.31's CPU
+/// kernels compute the last row of a pass of 128k + 1 tokens (a lone row in
+/// a tile of 128) differently from a longer pass (1e-2 in the int8 model's
+/// probabilities downstream), so where a pass is split off a shared prefix
+/// no pass has such a length.
+fn lone(n: usize) -> bool {
+    n > 1 && n % 128 == 1
+}
+
+/// The most tokens scoring runs in one pass: attention over a pass of n
+/// tokens after L holds n × L scores per head, so a long context in one
+/// pass would take gigabytes.
+const PASS: usize = 1024;
+
+/// The lengths of the passes `n` tokens run in: one pass up to [`PASS`],
+/// else passes of at most `PASS`, none of a [`lone`] length.
+fn passes(mut n: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    while n > PASS {
+        let rest = n - PASS;
+        let take = if rest == 1 || lone(rest) {
+            PASS - 1
+        } else {
+            PASS
+        };
+        out.push(take);
+        n -= take;
+    }
+    out.push(n);
+    out
+}
+
 /// Prompts prefilled together when rows join: bounds the prefill's activations.
 const PREFILL_ROWS: usize = 8;
 
@@ -190,10 +222,7 @@ impl Engine {
             .unwrap_or(0)
             .min(options.max_context);
         let busy_max = options.batch_size.max(1).min(requests.len().max(1));
-        // A pass of 128k + 1 tokens computes its last row with other kernels
-        // (see `score_choices`): the prefix's pass and the pass after it
-        // never have such a length.
-        let lone = |n: usize| n > 1 && n % 128 == 1;
+        // Neither the prefix's pass nor the pass after it ends in a lone row.
         let common = match options.share_prefix {
             true => common_prefix(requests.iter().filter(|r| fits(r)).map(|r| &r.prompt[..])),
             false => &[],
@@ -431,12 +460,8 @@ impl Engine {
             return Err(Error::Run("scoring: every choice needs tokens".into()));
         }
         let longest = choices.iter().map(Vec::len).max().unwrap_or(0);
-        // A pass over 128k + 1 tokens computes its last row with other
-        // kernels than a longer pass does (a lone row in a tile of 128;
-        // measured on ONNX Runtime 1.31's CPU kernels, 1e-2 in the int8
-        // model's probabilities downstream), so no pass here has such a
-        // length: its last token goes with the next pass instead.
-        let lone = |n: usize| n > 1 && n % 128 == 1;
+        // No pass here ends in a lone row: where one would, its last token
+        // goes with the next pass instead.
         if longest + 2 >= 128 {
             return Err(Error::Run(format!(
                 "scoring: choices of up to 125 tokens (got {longest})"
@@ -451,27 +476,9 @@ impl Engine {
         // are left to run after it (before its last one).
         let reuses =
             |c: &[u32]| shared.len() >= 2 && c.starts_with(shared) && c.len() >= shared.len() + 3;
-        // A context's own tokens run in passes of at most PASS: attention
-        // over a pass of n tokens after L holds n × L scores per head, so a
-        // long context in one pass would take gigabytes. Up to PASS tokens
-        // are one pass, as pairwise scoring runs them; a longer context's
+        // A context's own tokens and the prefix run in `passes`: up to PASS
+        // tokens in one, as pairwise scoring runs them; a longer context's
         // numbers differ from one pass by rounding only.
-        const PASS: usize = 1024;
-        let passes = |mut n: usize| {
-            let mut out = Vec::new();
-            while n > PASS {
-                let rest = n - PASS;
-                let take = if rest == 1 || lone(rest) {
-                    PASS - 1
-                } else {
-                    PASS
-                };
-                out.push(take);
-                n -= take;
-            }
-            out.push(n);
-            out
-        };
         let mut prefix: Option<KvCache> = None;
         let mut out = Vec::with_capacity(contexts.len());
         for context in contexts {
@@ -481,15 +488,7 @@ impl Engine {
             let cached = if reuses(context) {
                 if prefix.is_none() {
                     let mut cache = KvCache::new(&dims, 1, shared.len())?;
-                    let mut at = 0;
-                    for n in passes(shared.len()) {
-                        if at == 0 {
-                            self.decoder.prefill(&[&shared[..n]], &mut cache, &[0])?;
-                        } else {
-                            self.decoder.advance(&shared[at..at + n], at, &mut cache)?;
-                        }
-                        at += n;
-                    }
+                    self.fill(shared, 0, &mut cache)?;
                     self.stats.scored_tokens += shared.len() as u64;
                     prefix = Some(cache);
                 }
@@ -503,31 +502,20 @@ impl Engine {
                 if let Some(cache) = &prefix {
                     kv.copy_slot(0, cache, 0, from);
                 }
-                let mut at = from;
-                for n in passes(head - from) {
-                    self.decoder.advance(&context[at..at + n], at, &mut kv)?;
-                    at += n;
-                }
+                self.fill(&context[..head], from, &mut kv)?;
                 self.stats.reused_tokens += from as u64;
                 self.stats.scored_tokens += (head - from) as u64;
                 head
-            } else if head <= PASS {
-                let run = if lone(head) { head - 1 } else { head };
-                self.decoder.prefill(&[&context[..run]], &mut kv, &[0])?;
+            } else {
+                // One pass ending in a lone row leaves its last token to the choices'.
+                let run = if head <= PASS && lone(head) {
+                    head - 1
+                } else {
+                    head
+                };
+                self.fill(&context[..run], 0, &mut kv)?;
                 self.stats.scored_tokens += run as u64;
                 run
-            } else {
-                let mut at = 0;
-                for n in passes(head) {
-                    if at == 0 {
-                        self.decoder.prefill(&[&context[..n]], &mut kv, &[0])?;
-                    } else {
-                        self.decoder.advance(&context[at..at + n], at, &mut kv)?;
-                    }
-                    at += n;
-                }
-                self.stats.scored_tokens += head as u64;
-                head
             };
             let per_choice = choices
                 .iter()
@@ -551,6 +539,23 @@ impl Engine {
             out.push(per_choice);
         }
         Ok(out)
+    }
+
+    /// Runs `tokens[from..]` into the one slot of `kv`, whose first `from`
+    /// positions are already filled, in [`passes`]: a prefill when nothing
+    /// is cached yet, then cache-filling passes with logits at their last
+    /// token only.
+    fn fill(&mut self, tokens: &[u32], from: usize, kv: &mut KvCache) -> Result<()> {
+        let mut at = from;
+        for n in passes(tokens.len() - from) {
+            if at == 0 {
+                self.decoder.prefill(&[&tokens[..n]], kv, &[0])?;
+            } else {
+                self.decoder.advance(&tokens[at..at + n], at, kv)?;
+            }
+            at += n;
+        }
+        Ok(())
     }
 }
 

@@ -499,6 +499,19 @@ fn scoring_text(n: usize) -> (Vec<u32>, Vec<Vec<u32>>) {
     (text, vec![vec![330, 32, 41], vec![28, 29]])
 }
 
+/// Each choice after `context` scored by plain pairwise scoring.
+fn pairwise(
+    engine: &mut charter_gen::Engine,
+    context: &[u32],
+    choices: &[Vec<u32>],
+) -> Vec<Vec<f64>> {
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = choices
+        .iter()
+        .map(|ch| (context.to_vec(), ch.clone()))
+        .collect();
+    engine.score(&pairs, 1).unwrap()
+}
+
 /// Prefixes, heads and runs after a prefix of 128k + 1 tokens, where a
 /// pass computes its last row with other kernels: scoring still gives
 /// pairwise scoring's numbers exactly.
@@ -518,11 +531,7 @@ fn choices_score_exactly_at_lengths_where_a_pass_ends_in_a_lone_row() {
     ];
     for (p, len) in lengths {
         let context = text[..len].to_vec();
-        let pairs: Vec<(Vec<u32>, Vec<u32>)> = choices
-            .iter()
-            .map(|ch| (context.clone(), ch.clone()))
-            .collect();
-        let want = engine.score(&pairs, 1).unwrap();
+        let want = pairwise(&mut engine, &context, &choices);
         for shared in [&text[..p], &[][..]] {
             let got = engine
                 .score_choices(std::slice::from_ref(&context), shared, &choices)
@@ -548,11 +557,7 @@ fn long_contexts_score_in_passes_as_one_pass_does_up_to_rounding() {
     // Heads of 1024 + 1 and 2 × 1024 + 129 tokens; prefixes of 1024 + 129.
     for (p, len) in [(0, 1026), (0, 2178), (1153, 1300), (1153, 2300)] {
         let context = text[..len].to_vec();
-        let pairs: Vec<(Vec<u32>, Vec<u32>)> = choices
-            .iter()
-            .map(|ch| (context.clone(), ch.clone()))
-            .collect();
-        let want = engine.score(&pairs, 1).unwrap();
+        let want = pairwise(&mut engine, &context, &choices);
         let got = engine
             .score_choices(std::slice::from_ref(&context), &text[..p], &choices)
             .unwrap();

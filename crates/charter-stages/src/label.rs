@@ -28,7 +28,7 @@ use serde_json::json;
 
 use crate::constitution::{Constitution, PreferencePrinciple};
 use crate::error::{Error, Result};
-use crate::generate::{GenSettings, StageProgress, StageSummary, windows};
+use crate::generate::{GenSettings, Generation, StageProgress, StageSummary, windows};
 use crate::model::Model;
 use crate::seed::row_seed;
 use crate::stop::StopStrings;
@@ -539,18 +539,14 @@ pub fn label(
             tokens,
         });
     }
-    Ok(StageSummary {
-        table: writer.finish(&provenance)?,
-        cached: false,
-        resumed_rows: start as u64,
-        generated_rows: (total - start) as u64,
-        generated_tokens: tokens,
+    let counts = Generation {
+        tokens,
         context_overflows: 0,
-        scored_tokens: 0,
-        prefilled_tokens: 0,
-        reused_tokens: 0,
-    }
-    .scored(before, &model.engine))
+    };
+    Ok(
+        StageSummary::generated(writer.finish(&provenance)?, start, total, counts)
+            .scored(before, &model.engine),
+    )
 }
 
 #[cfg(test)]
