@@ -637,6 +637,8 @@ pub(crate) enum TrainCommand {
     Dpo(TrainDpoArgs),
     /// A constitutional classifier (the backbone with a scalar head) on a `targets` table.
     Classifier(TrainClassifierArgs),
+    /// Online RL on a `prompts` table (RL-CAI): sample from the policy, score with a preference model or the labeller, update with a KL penalty.
+    Rl(TrainRlArgs),
 }
 
 #[derive(Debug, Args)]
@@ -693,6 +695,17 @@ pub(crate) struct TrainClassifierArgs {
     /// Weight of the category's label in each target; the rest is the labeller's P(blocked).
     #[arg(long, value_name = "W", default_value_t = charter_train::Task::DEFAULT_LABEL_WEIGHT)]
     pub(crate) label_weight: f64,
+    #[command(flatten)]
+    pub(crate) flags: TrainFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TrainRlArgs {
+    /// The `prompts` table the policy answers.
+    #[arg(short, long, value_name = "TABLE")]
+    pub(crate) input: PathBuf,
+    #[command(flatten)]
+    pub(crate) rl: charter_train::RlSettings,
     #[command(flatten)]
     pub(crate) flags: TrainFlags,
 }

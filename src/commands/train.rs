@@ -1,9 +1,11 @@
-//! `charter train sft|pm|dpo|classifier`: a model directory and tables → a trained model directory.
+//! `charter train sft|pm|dpo|classifier|rl`: a model directory and tables → a trained model directory.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
-use charter_train::{Job, MetricRow, Outcome, train_classifier, train_dpo, train_pm, train_sft};
+use charter_train::{
+    Job, MetricRow, Outcome, RlProgress, train_classifier, train_dpo, train_pm, train_rl, train_sft,
+};
 
 use crate::cli::{ScoreArgs, TrainCommand, TrainFlags};
 
@@ -16,6 +18,7 @@ pub(crate) fn run(command: TrainCommand, quiet: bool) -> Result<()> {
         TrainCommand::Pm(a) => &a.flags,
         TrainCommand::Dpo(a) => &a.flags,
         TrainCommand::Classifier(a) => &a.flags,
+        TrainCommand::Rl(a) => &a.flags,
     };
     let job = job(flags)?;
     // A second signal while the step finishes falls back to the default (exit at once):
@@ -76,6 +79,32 @@ pub(crate) fn run(command: TrainCommand, quiet: bool) -> Result<()> {
             &mut progress,
         )
         .with_context(|| format!("train classifier from {}", a.flags.model.display()))?,
+        TrainCommand::Rl(a) => {
+            let mut on = |event: RlProgress<'_>| match event {
+                RlProgress::Step(m, total) => progress(m, total),
+                RlProgress::Iteration(it, total) => bar.suspend(|| {
+                    if !quiet {
+                        eprintln!(
+                            "iteration {}/{total}: reward {:.3} (s.d. {:.3}), KL {:.3}, \
+                             entropy {:.2}/token, {:.1} tokens/answer ({:.0}% ended), clipped \
+                             {:.1}%; sampled {:.0} tok/s, trained {:.0} tok/s",
+                            it.iteration,
+                            it.reward,
+                            it.reward_std,
+                            it.kl,
+                            it.entropy,
+                            it.answer_tokens,
+                            100.0 * it.stop_share,
+                            100.0 * it.clip_fraction,
+                            it.rollout_tokens_per_s,
+                            it.update_tokens_per_s
+                        );
+                    }
+                }),
+            };
+            train_rl(&job, &a.input, &a.rl, &mut on)
+                .with_context(|| format!("train rl from {}", a.flags.model.display()))?
+        }
     };
     bar.finish_and_clear();
     match outcome {
@@ -99,9 +128,13 @@ pub(crate) fn run(command: TrainCommand, quiet: bool) -> Result<()> {
             if flags.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else if !quiet {
+                let (examples, too_long) = match report.objective {
+                    "rl" => ("prompts", "prompt and --max-new-tokens"),
+                    _ => ("examples", "prompt"),
+                };
                 eprintln!(
-                    "trained {} ({}) on {} examples ({} skipped: prompt longer than --max-len) \
-                     in {} steps; final loss {:.4}",
+                    "trained {} ({}) on {} {examples} ({} skipped: {too_long} longer than \
+                     --max-len) in {} steps; final loss {:.4}",
                     dir.path.display(),
                     report.objective,
                     report.examples,

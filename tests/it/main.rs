@@ -20,6 +20,7 @@ mod modes;
 mod outputs;
 mod report;
 mod respond;
+mod rl;
 mod shard;
 mod stages;
 mod train;

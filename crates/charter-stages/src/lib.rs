@@ -72,7 +72,9 @@ pub use prompts::{
 pub use quality::{
     FILTER_VERSION, FilterSettings, FilterSummary, Flag, filter_provenance, filter_table,
 };
-pub use rate::{RATE_VERSION, RATINGS_SCALE, RateSettings, expected_rating, rate, rate_provenance};
+pub use rate::{
+    RATE_VERSION, RATINGS_SCALE, RateSettings, Rated, Rater, expected_rating, rate, rate_provenance,
+};
 pub use respond::{
     MAX_SAMPLES, RespondProgress, RespondSettings, RespondSummary,
     STAGE_VERSION as RESPOND_VERSION, provenance as respond_provenance, respond,

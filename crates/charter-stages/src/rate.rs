@@ -28,7 +28,7 @@ use serde_json::json;
 use crate::constitution::{Constitution, PreferencePrinciple};
 use crate::error::{Error, Result};
 use crate::generate::{GenSettings, Generation, StageProgress, StageSummary, windows};
-use crate::label::{choice_log_probs, draw, shared_prefix, spelled_choices};
+use crate::label::{Choices, choice_log_probs, draw, shared_prefix, spelled_choices};
 use crate::model::Model;
 use crate::seed::row_seed;
 
@@ -154,6 +154,100 @@ pub fn expected_rating(log_probs: &[f64]) -> (f64, f64) {
     (score, top.exp() * total)
 }
 
+/// One answer's rating.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rated {
+    /// The preference principle drawn for the answer.
+    pub principle: PreferencePrinciple,
+    /// Expected rating, 1 to 9.
+    pub score: f64,
+    /// The rater's probability of answering with a digit at all.
+    pub rating_mass: f64,
+}
+
+impl Rated {
+    /// The score mapped to [-1, 1].
+    pub fn reward(&self) -> f64 {
+        (self.score - 5.0) / 4.0
+    }
+}
+
+/// A rater ready to score answers: the constitution, the digits' tokens
+/// after the answer prefix, and the instructions every row shares (prefilled
+/// once per call).
+pub struct Rater<'c> {
+    constitution: &'c Constitution,
+    settings: &'c RateSettings,
+    choices: Choices,
+    shared: Vec<u32>,
+}
+
+impl<'c> Rater<'c> {
+    /// A rater with `model`'s tokenizer for `constitution`'s `rate` template.
+    pub fn new(
+        model: &Model,
+        constitution: &'c Constitution,
+        settings: &'c RateSettings,
+    ) -> Result<Self> {
+        let choices = spelled_choices(
+            model,
+            &constitution.templates.rate_answer_prefix,
+            &RATINGS_SCALE,
+        )?;
+        // Instructions and system prompt, the same for every row.
+        let probes = [("1", "2", "3"), ("4", "5", "6")]
+            .iter()
+            .map(|&(p, r, q)| messages(constitution, settings, p, r, q))
+            .collect::<Result<Vec<_>>>()?;
+        let shared = shared_prefix(model, &probes)?;
+        Ok(Rater {
+            constitution,
+            settings,
+            choices,
+            shared,
+        })
+    }
+
+    /// Ratings of `answers` (row id, prompt, answer), one pass per row: the
+    /// principle is drawn from the build seed and the row id.
+    pub fn rate(&self, model: &mut Model, answers: &[(&str, &str, &str)]) -> Result<Vec<Rated>> {
+        let seed = self.settings.generation.seed;
+        let principles: Vec<&PreferencePrinciple> = answers
+            .iter()
+            .map(|(id, _, _)| draw(self.constitution, seed, id))
+            .collect();
+        let contexts = answers
+            .iter()
+            .zip(&principles)
+            .map(|((_, prompt, response), p)| {
+                let m = messages(
+                    self.constitution,
+                    self.settings,
+                    prompt,
+                    response,
+                    &p.question,
+                )?;
+                model.encode_conversation(&m)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let lp = choice_log_probs(model, contexts, &self.shared, &self.choices, &|i| {
+            answers[i].0
+        })?;
+        Ok(principles
+            .into_iter()
+            .zip(&lp)
+            .map(|(principle, lp)| {
+                let (score, rating_mass) = expected_rating(lp);
+                Rated {
+                    principle: principle.clone(),
+                    score,
+                    rating_mass,
+                }
+            })
+            .collect())
+    }
+}
+
 /// Rates every answer of `input` (a responses or revisions table) into
 /// the `ratings` table at `out`.
 pub fn rate(
@@ -166,11 +260,7 @@ pub fn rate(
 ) -> Result<StageSummary> {
     settings.generation.validate()?;
     let rows = items(input)?;
-    let choices = spelled_choices(
-        model,
-        &constitution.templates.rate_answer_prefix,
-        &RATINGS_SCALE,
-    )?;
+    let rater = Rater::new(model, constitution, settings)?;
     let constitution_hash = constitution.hash();
     let provenance = rate_provenance(
         input,
@@ -194,41 +284,19 @@ pub fn rate(
         model.dir.provenance.content_hash.clone(),
     );
     let seed = settings.generation.seed;
-    // Instructions and system prompt, the same for every row.
-    let probes = [("1", "2", "3"), ("4", "5", "6")]
-        .iter()
-        .map(|&(p, r, q)| messages(constitution, settings, p, r, q))
-        .collect::<Result<Vec<_>>>()?;
-    let shared = shared_prefix(model, &probes)?;
     let before = model.engine.stats();
     for range in windows(start, total, settings.generation.shard_rows) {
         let end = range.end;
         let window = &rows[range];
-        let principles: Vec<&PreferencePrinciple> = window
+        let answers: Vec<(&str, &str, &str)> = window
             .iter()
-            .map(|it| draw(constitution, seed, &it.id))
+            .map(|it| (it.id.as_str(), it.prompt.as_str(), it.response.as_str()))
             .collect();
-        let contexts = window
-            .iter()
-            .zip(&principles)
-            .map(|(it, p)| {
-                let m = messages(
-                    constitution,
-                    settings,
-                    &it.prompt,
-                    &it.response,
-                    &p.question,
-                )?;
-                model.encode_conversation(&m)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let lp = choice_log_probs(model, contexts, &shared, &choices, &|i| &window[i].id)?;
+        let rated = rater.rate(model, &answers)?;
         let batch: Vec<Rating> = window
             .iter()
-            .zip(&principles)
-            .zip(&lp)
-            .map(|((it, principle), lp)| {
-                let (score, rating_mass) = expected_rating(lp);
+            .zip(rated)
+            .map(|(it, r)| {
                 Rating {
                     id: String::new(),
                     item_id: it.id.clone(),
@@ -236,16 +304,16 @@ pub fn rate(
                     prompt_id: it.prompt_id.clone(),
                     prompt: it.prompt.clone(),
                     response: it.response.clone(),
-                    principle_id: principle.id.clone(),
-                    principle: principle.question.clone(),
+                    principle_id: r.principle.id.clone(),
+                    principle: r.principle.question.clone(),
                     model: name.clone(),
                     model_hash: hash.clone(),
                     constitution: constitution.name.clone(),
                     constitution_hash: constitution_hash.clone(),
                     seed: row_seed("rate", seed, &[&it.id]),
-                    score,
-                    reward: (score - 5.0) / 4.0,
-                    rating_mass,
+                    score: r.score,
+                    reward: r.reward(),
+                    rating_mass: r.rating_mass,
                 }
                 .with_id()
             })

@@ -80,7 +80,8 @@ pub use schema::{ColumnSpec, ColumnType, Role, TableSpec};
 pub use shard::{ParentKey, Shard, merge_shards, prompt_column, slice_provenance, slice_table};
 pub use tables::{
     ALL_TABLES, CRITIQUES, Critique, LABELS, Label, PAIRS, PROMPTS, Pair, Prompt, QUERIES, Query,
-    RATINGS, RESPONSES, REVISIONS, Rating, Response, Revision, TARGETS, Target, table_spec,
+    RATINGS, RESPONSES, REVISIONS, ROLLOUTS, Rating, Response, Revision, Rollout, TARGETS, Target,
+    table_spec,
 };
 pub use value::{ColumnValue, Value};
 pub use write::{

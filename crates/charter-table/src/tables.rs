@@ -368,9 +368,52 @@ table! {
     }
 }
 
+table! {
+    /// One sampled answer of online RL (`charter train rl`): its reward,
+    /// its KL from the starting policy and the advantage it was trained
+    /// with.
+    pub struct Rollout in ROLLOUTS = "rollouts", version 1 {
+        /// Row id: blake3 of the key columns.
+        id: String => Id,
+        /// Fingerprint of the training run (base model, prompts, reward, settings).
+        run: String => Key,
+        /// The iteration that sampled the answer, 1-based.
+        iteration: u64 => Key,
+        /// The prompt answered.
+        prompt_id: String => Key,
+        /// Which of the prompt's samples in the iteration, 0-based.
+        sample: u64 => Key,
+        /// The row's sampling seed.
+        seed: u64 => Data,
+        /// Content hash of the policy that sampled the answer (the iteration's export).
+        policy_hash: String => Data,
+        /// The prompt's text.
+        prompt: String => Data,
+        /// The sampled answer.
+        response: String => Data,
+        /// Tokens sampled, the end-of-turn token included when it ended the answer.
+        answer_tokens: u64 => Data,
+        /// `stop` (end of turn) or `length` (the token cap).
+        finish_reason: String => Data,
+        /// The reward model's or rater's reward for the answer.
+        reward: f64 => Data,
+        /// Sum over the answer's tokens of log π(token) − log π_ref(token): the sampled estimate of KL(π ‖ π_ref) for this answer.
+        kl: f64 => Data,
+        /// reward − kl_coef · kl: what the advantage is computed from.
+        shaped_reward: f64 => Data,
+        /// Leave-one-out advantage: the shaped reward minus the mean of the prompt's other samples'.
+        advantage: f64 => Data,
+        /// Log-probability of the answer under the policy that sampled it (the trainer's f32 weights).
+        policy_logp: f64 => Data,
+        /// Log-probability of the answer under the starting policy.
+        reference_logp: f64 => Data,
+    }
+}
+
 /// Every core table, in pipeline order.
-pub const ALL_TABLES: [&crate::schema::TableSpec; 9] = [
+pub const ALL_TABLES: [&crate::schema::TableSpec; 10] = [
     &PROMPTS, &RESPONSES, &CRITIQUES, &REVISIONS, &PAIRS, &LABELS, &RATINGS, &QUERIES, &TARGETS,
+    &ROLLOUTS,
 ];
 
 /// The core table with this name.

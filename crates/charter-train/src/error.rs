@@ -11,6 +11,12 @@ pub enum Error {
     /// Reading a table failed.
     #[error(transparent)]
     Table(#[from] charter_table::Error),
+    /// A generation stage (sampling, rating) failed.
+    #[error(transparent)]
+    Stage(#[from] charter_stages::Error),
+    /// The generation engine failed.
+    #[error(transparent)]
+    Gen(#[from] charter_gen::Error),
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {

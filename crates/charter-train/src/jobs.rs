@@ -22,11 +22,13 @@ mod classifier;
 mod dpo;
 mod pairs;
 mod pm;
+mod rl;
 mod sft;
 
 pub use classifier::{auroc, train_classifier};
 pub use dpo::train_dpo;
 pub use pm::{calibration, train_pm};
+pub use rl::{IterationRow, RewardSource, RlProgress, RlSettings, rloo_advantages, train_rl};
 pub use sft::train_sft;
 
 /// What every job takes.

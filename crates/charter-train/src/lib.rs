@@ -44,15 +44,15 @@ pub use device::{DeviceChoice, Selected, describe, select, select_device};
 pub use error::{Error, Result};
 pub use heap::RetainedHeap;
 pub use jobs::{
-    GuardRole, HeldOut, Job, Outcome, Task, TrainReport, auroc, calibration,
-    default_reference_cache, open_preference_model, read_report, read_score_head,
-    recorded_fingerprint, run_task, task_fingerprint, train_classifier, train_dpo, train_pm,
-    train_sft,
+    GuardRole, HeldOut, IterationRow, Job, Outcome, RewardSource, RlProgress, RlSettings, Task,
+    TrainReport, auroc, calibration, default_reference_cache, open_preference_model, read_report,
+    read_score_head, recorded_fingerprint, rloo_advantages, run_task, task_fingerprint,
+    train_classifier, train_dpo, train_pm, train_rl, train_sft,
 };
 pub use lora::LoraSettings;
 pub use loss::{
-    PreferenceModel, agreement, answer_logps, dpo_margins, scalar, sft_loss, soft_pair_loss,
-    streaming_loss,
+    PreferenceModel, agreement, answer_logps, answer_token_values, clipped_policy_loss,
+    dpo_margins, scalar, sft_loss, soft_pair_loss, streaming_loss,
 };
 pub use metrics::MetricRow;
 pub use model::{Decoder, DecoderLayer};

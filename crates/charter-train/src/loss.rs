@@ -138,6 +138,71 @@ pub fn answer_logps(model: &Decoder, rows: &[&Tokens]) -> Result<Tensor<1>> {
     Ok(owner.matmul(logp.reshape([n, 1])).reshape([rows.len()]))
 }
 
+/// The log-probability of every answer token of `rows` as values, one
+/// `Vec` per row (no gradient is kept).
+pub fn answer_token_values(model: &Decoder, rows: &[&Tokens]) -> Result<Vec<Vec<f64>>> {
+    let (logp, _) = answer_token_logps(model, rows)?;
+    let flat = values(logp.into_data())?;
+    let mut out = Vec::with_capacity(rows.len());
+    let mut at = 0;
+    for row in rows {
+        let n = row.answer_len();
+        out.push(flat[at..at + n].iter().map(|&v| f64::from(v)).collect());
+        at += n;
+    }
+    Ok(out)
+}
+
+/// The clipped policy-gradient loss of online RL (PPO's surrogate, Schulman
+/// et al. 2017, taken per token with the answer's advantage on each):
+///
+/// `−Σ_t min(ρ_t·A, clip(ρ_t, 1 − ε, 1 + ε)·A)` over the answer tokens of
+/// `rows`, divided by `denominator` (the step's answer-token count), where
+/// `ρ_t = π(token)/π_old(token)` against the log-probabilities `old` the
+/// rows were sampled with and `A` is the row's advantage.
+///
+/// Returns the loss and how many tokens the clip held (their gradient is zero).
+pub fn clipped_policy_loss(
+    model: &Decoder,
+    rows: &[&Tokens],
+    old: &[&[f64]],
+    advantages: &[f64],
+    clip: f64,
+    denominator: f64,
+) -> Result<(Tensor<1>, usize)> {
+    let (logp, _) = answer_token_logps(model, rows)?;
+    let n = logp.dims()[0];
+    let (mut old_t, mut adv_t) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for ((row, old), &a) in rows.iter().zip(old).zip(advantages) {
+        if old.len() != row.answer_len() {
+            return Err(Error::Input(format!(
+                "{} sampling log-probabilities for an answer of {} tokens",
+                old.len(),
+                row.answer_len()
+            )));
+        }
+        old_t.extend(old.iter().map(|&v| v as f32));
+        adv_t.extend(std::iter::repeat_n(a as f32, old.len()));
+    }
+    if old_t.is_empty() {
+        // The stand-in position of a batch without answer tokens.
+        old_t.push(0.0);
+        adv_t.push(0.0);
+    }
+    let device = model.device();
+    let old = Tensor::<1>::from_data(TensorData::new(old_t, [n]), &device);
+    let adv = Tensor::<1>::from_data(TensorData::new(adv_t.clone(), [n]), &device);
+    let ratio = (logp - old).exp();
+    let (lo, hi) = ((1.0 - clip) as f32, (1.0 + clip) as f32);
+    let clipped = values(ratio.clone().into_data())?
+        .iter()
+        .zip(&adv_t)
+        .filter(|&(&r, &a)| (a > 0.0 && r > hi) || (a < 0.0 && r < lo))
+        .count();
+    let surrogate = (ratio.clone() * adv.clone()).min_pair(ratio.clamp(lo, hi) * adv);
+    Ok((surrogate.sum().neg() / denominator, clipped))
+}
+
 /// The soft pairwise loss `-(p·log σ(z) + (1 - p)·log σ(-z))` summed over
 /// pairs and divided by `denominator`, for margins `z` `[pairs]` and
 /// targets `p` (probability that A is better). With `z = 0` every pair
@@ -365,5 +430,62 @@ mod tests {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
         assert_eq!(head_rows(49_152), 341);
+    }
+
+    /// On the answers' own sampling log-probabilities every ratio is 1: the
+    /// loss is −Σ A over answer tokens / denominator and nothing is
+    /// clipped. Against log-probabilities far below the model's, ratios are
+    /// huge: every token of a positive advantage is held at 1 + ε, and one
+    /// of a negative advantage is not (its ratio is above 1 − ε).
+    #[test]
+    fn clipped_policy_loss_is_the_advantage_at_ratio_one_and_holds_large_ratios() {
+        let dir = tempfile::tempdir().unwrap();
+        charter_model::write_tiny(dir.path(), 3).unwrap();
+        let device = Device::flex().autodiff();
+        let model = Decoder::open(dir.path(), &device).unwrap();
+        let rows = [
+            Tokens {
+                ids: vec![5, 6, 7, 8, 9],
+                prompt_len: 2,
+            },
+            Tokens {
+                ids: vec![5, 6, 10, 11],
+                prompt_len: 3,
+            },
+        ];
+        let refs: Vec<&Tokens> = rows.iter().collect();
+        let own = answer_token_values(&model, &refs).unwrap();
+        assert_eq!(own.iter().map(Vec::len).collect::<Vec<_>>(), [3, 1]);
+        let sums: Vec<f32> = values(answer_logps(&model, &refs).unwrap().into_data()).unwrap();
+        for (o, s) in own.iter().zip(&sums) {
+            assert!((o.iter().sum::<f64>() - f64::from(*s)).abs() < 1e-4);
+        }
+        // Sampling log-probabilities come from the same weights without
+        // autodiff: the same values up to rounding.
+        let plain = Decoder::open(dir.path(), &Device::flex()).unwrap();
+        let own_plain = answer_token_values(&plain, &refs).unwrap();
+        for (a, b) in own.iter().flatten().zip(own_plain.iter().flatten()) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        let old: Vec<&[f64]> = own_plain.iter().map(Vec::as_slice).collect();
+        let (adv, denominator) = ([0.5, -2.0], 4.0);
+        let (loss, clipped) =
+            clipped_policy_loss(&model, &refs, &old, &adv, 0.2, denominator).unwrap();
+        let want = -(3.0 * 0.5 + 1.0 * -2.0) / denominator;
+        assert!((f64::from(scalar(&loss).unwrap()) - want).abs() < 1e-5);
+        assert_eq!(clipped, 0);
+
+        let low: Vec<Vec<f64>> = own
+            .iter()
+            .map(|o| o.iter().map(|v| v - 5.0).collect())
+            .collect();
+        let old: Vec<&[f64]> = low.iter().map(Vec::as_slice).collect();
+        let (loss, clipped) =
+            clipped_policy_loss(&model, &refs, &old, &adv, 0.2, denominator).unwrap();
+        let ratio = 5f64.exp();
+        let want = -(3.0 * 0.5 * 1.2 + 1.0 * -2.0 * ratio) / denominator;
+        let got = f64::from(scalar(&loss).unwrap());
+        assert!((got - want).abs() < 1e-3 * want.abs(), "{got} vs {want}");
+        assert_eq!(clipped, 3);
     }
 }

@@ -2,7 +2,6 @@
 //! (`metrics.parquet`) in the checkpoint while training and in the output
 //! directory at the end.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, Float64Array, RecordBatch, UInt64Array};
@@ -65,20 +64,20 @@ pub(crate) fn to_parquet(rows: &[MetricRow]) -> Result<Vec<u8>> {
         Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.accuracy))) as ArrayRef,
         f64s(|r| r.elapsed_s),
     ];
-    let schema = Arc::new(schema());
+    parquet_bytes("metrics", schema(), columns)
+}
+
+/// One record batch of `columns` as Parquet bytes; errors name `what`.
+pub(crate) fn parquet_bytes(what: &str, schema: Schema, columns: Vec<ArrayRef>) -> Result<Vec<u8>> {
+    let schema = Arc::new(schema);
     let batch = RecordBatch::try_new(schema.clone(), columns)
-        .map_err(|e| Error::Data(format!("metrics: {e}")))?;
+        .map_err(|e| Error::Data(format!("{what}: {e}")))?;
     let mut bytes = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut bytes, schema, None)
-        .map_err(|e| Error::Data(format!("metrics: {e}")))?;
+        .map_err(|e| Error::Data(format!("{what}: {e}")))?;
     writer
         .write(&batch)
         .and_then(|_| writer.close().map(|_| ()))
-        .map_err(|e| Error::Data(format!("metrics: {e}")))?;
+        .map_err(|e| Error::Data(format!("{what}: {e}")))?;
     Ok(bytes)
-}
-
-/// Writes the rows to `path`.
-pub(crate) fn write(path: &Path, rows: &[MetricRow]) -> Result<()> {
-    std::fs::write(path, to_parquet(rows)?).map_err(|e| Error::io(path, e))
 }

@@ -251,26 +251,17 @@ impl Run<'_> {
             .init();
         let mut metrics = Vec::new();
         let mut start = 0;
-        if checkpoint.exists() {
-            if !self.resume {
-                return Err(Error::Input(format!(
-                    "{}: an interrupted run's checkpoint is there; pass --resume to continue it, \
-                     or remove it to start over",
-                    checkpoint.display()
-                )));
-            }
-            let state: State = read_json(&checkpoint.join(STATE_FILE))?;
-            if state.fingerprint != self.fingerprint {
-                return Err(Error::Input(format!(
-                    "{}: the checkpoint is of a different run (other inputs, base model or \
-                     settings); remove it to start over",
-                    checkpoint.display()
-                )));
-            }
-            model = model.load(&checkpoint)?;
-            optimizer = optimizer
-                .load(checkpoint.join(OPTIMIZER_FILE))
-                .map_err(|e| Error::Checkpoint(format!("{}: {e:?}", checkpoint.display())))?;
+        let (restored, restored_optimizer, state) = resume_from::<M, State>(
+            self.out,
+            self.resume,
+            STATE_FILE,
+            &self.fingerprint,
+            |s| &s.fingerprint,
+            model,
+            optimizer,
+        )?;
+        (model, optimizer) = (restored, restored_optimizer);
+        if let Some(state) = state {
             start = state.step;
             metrics = state.metrics;
         }
@@ -350,42 +341,115 @@ impl Run<'_> {
         step: usize,
         metrics: &[MetricRow],
     ) -> Result<()> {
-        let dir = checkpoint_dir(self.out);
-        let parent = dir
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".checkpoint.")
-            .suffix(".partial")
-            .tempdir_in(parent)
-            .map_err(|e| Error::io(parent, e))?;
-        model.save(tmp.path())?;
-        optimizer
-            .save(tmp.path().join(OPTIMIZER_FILE))
-            .map_err(|e| Error::Checkpoint(format!("{}: {e:?}", tmp.path().display())))?;
-        crate::metrics::write(&tmp.path().join("metrics.parquet"), metrics)?;
         let state = State {
             fingerprint: self.fingerprint.clone(),
             step,
             metrics: metrics.to_vec(),
         };
-        write_json(&tmp.path().join(STATE_FILE), &state)?;
-        // Swap the new checkpoint in; an old one is removed only once the new one is in place.
-        let old = parent.join(format!(
-            ".{}.old",
-            dir.file_name().unwrap_or_default().to_string_lossy()
-        ));
-        let _ = std::fs::remove_dir_all(&old);
-        if dir.exists() {
-            std::fs::rename(&dir, &old).map_err(|e| Error::io(&dir, e))?;
-        }
-        let kept = tmp.keep();
-        std::fs::rename(&kept, &dir).map_err(|e| Error::io(&dir, e))?;
-        let _ = std::fs::remove_dir_all(&old);
-        Ok(())
+        let state = serde_json::to_string_pretty(&state)
+            .map_err(|e| Error::Checkpoint(format!("{STATE_FILE}: {e}")))?
+            + "\n";
+        write_checkpoint(
+            self.out,
+            model,
+            optimizer,
+            &[
+                ("metrics.parquet", crate::metrics::to_parquet(metrics)?),
+                (STATE_FILE, state.into_bytes()),
+            ],
+        )
     }
+}
+
+/// Continues from the checkpoint beside `out`, if there is one: the model's
+/// weights, the optimizer's state and the run's state (JSON in `file`).
+/// A checkpoint without `resume`, or of another run (its state's
+/// fingerprint, read by `fingerprint_of`, is not `fingerprint`), is an
+/// error: nothing is overwritten.
+pub(crate) fn resume_from<M: Checkpointed, T: serde::de::DeserializeOwned>(
+    out: &Path,
+    resume: bool,
+    file: &str,
+    fingerprint: &str,
+    fingerprint_of: fn(&T) -> &str,
+    model: M,
+    optimizer: ModuleOptimizer,
+) -> Result<(M, ModuleOptimizer, Option<T>)> {
+    let checkpoint = checkpoint_dir(out);
+    if !checkpoint.exists() {
+        return Ok((model, optimizer, None));
+    }
+    if !resume {
+        return Err(Error::Input(format!(
+            "{}: an interrupted run's checkpoint is there; pass --resume to continue it, \
+             or remove it to start over",
+            checkpoint.display()
+        )));
+    }
+    let state: T = read_json(&checkpoint.join(file))?;
+    if fingerprint_of(&state) != fingerprint {
+        return Err(Error::Input(format!(
+            "{}: the checkpoint is of a different run (other inputs, base model or \
+             settings); remove it to start over",
+            checkpoint.display()
+        )));
+    }
+    let model = model.load(&checkpoint)?;
+    let optimizer = optimizer
+        .load(checkpoint.join(OPTIMIZER_FILE))
+        .map_err(|e| Error::Checkpoint(format!("{}: {e:?}", checkpoint.display())))?;
+    Ok((model, optimizer, Some(state)))
+}
+
+/// Writes the checkpoint beside `out` — the model's weights, the optimizer's
+/// state and `files` — into a temporary directory, then swaps it in whole.
+pub(crate) fn write_checkpoint<M: Checkpointed>(
+    out: &Path,
+    model: &M,
+    optimizer: &ModuleOptimizer,
+    files: &[(&str, Vec<u8>)],
+) -> Result<()> {
+    let dir = checkpoint_dir(out);
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".checkpoint.")
+        .suffix(".partial")
+        .tempdir_in(parent)
+        .map_err(|e| Error::io(parent, e))?;
+    model.save(tmp.path())?;
+    optimizer
+        .save(tmp.path().join(OPTIMIZER_FILE))
+        .map_err(|e| Error::Checkpoint(format!("{}: {e:?}", tmp.path().display())))?;
+    for (name, bytes) in files {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+    }
+    swap_in(tmp, &dir)
+}
+
+/// Puts the finished checkpoint `tmp` in place as `dir`; an old one is
+/// removed only once the new one is in place.
+fn swap_in(tmp: tempfile::TempDir, dir: &Path) -> Result<()> {
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let old = parent.join(format!(
+        ".{}.old",
+        dir.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let _ = std::fs::remove_dir_all(&old);
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    }
+    let kept = tmp.keep();
+    std::fs::rename(&kept, dir).map_err(|e| Error::io(dir, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
 }
 
 /// One optimizer step (a free function so the generic bound sits in one place).
@@ -417,12 +481,6 @@ fn shuffled<M, O: Objective<M>>(objective: &O, seed: u64, epoch: usize) -> Vec<u
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))
-}
-
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))?;
-    std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
 }
 
 #[cfg(test)]

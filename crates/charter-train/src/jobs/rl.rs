@@ -1,0 +1,1014 @@
+//! Online RL: the policy samples answers, a reward scores them, and a
+//! clipped policy-gradient step with a KL penalty to the starting policy
+//! moves it — RL-CAI as Bai et al. (2022) train it against a preference
+//! model, and direct RLAIF (Lee et al. 2023), where the labeller's rating is
+//! the reward and no preference model is trained.
+//!
+//! One iteration:
+//!
+//! 1. **Export.** The current weights are written as a model directory (the
+//!    same export as every trained model) and the ONNX engine samples from
+//!    it: batched, KV-cached decoding rather than a token loop in the
+//!    trainer. `prompts_per_iteration` prompts (a seeded pass over the
+//!    prompts table) are answered `samples` times each at temperature 1,
+//!    nothing truncated, so the answers are draws from the policy itself.
+//! 2. **Score.** The reward is a preference model's scalar (`pm:DIR`), the
+//!    labeller's expected rating 1–9 against a principle drawn per answer,
+//!    mapped to [-1, 1] (`labeller:DIR`, the `rate` stage's scoring), or 1
+//!    when the answer contains a text and 0 otherwise (`contains:TEXT`, a
+//!    rule a user can check by eye).
+//! 3. **KL.** The trainer's f32 policy and the frozen starting policy give
+//!    every answer token's log-probability; an answer's KL is
+//!    `Σ_t log π(t) − log π_ref(t)` over its tokens (the sampled, "k1"
+//!    estimate of KL(π ‖ π_ref), unbiased for answers drawn from π), and the
+//!    shaped reward is `reward − kl_coef · kl` (the penalty folded into the
+//!    reward, as in Ziegler et al. 2019 and the RLOO trainer).
+//! 4. **Advantage.** Leave-one-out (RLOO, Ahmadian et al. 2024): an answer's
+//!    shaped reward minus the mean of its prompt's other samples'. No value
+//!    head; the prompt's other samples are the baseline.
+//! 5. **Update.** `epochs` passes over the iteration's answers in steps of
+//!    `batch_size × grad_accum` answers, each minimising PPO's clipped
+//!    surrogate per token ([`clipped_policy_loss`]) against the
+//!    log-probabilities the answers were sampled with (step 3's), so later
+//!    steps of an iteration, slightly off-policy, cannot move far.
+//!
+//! Every answer, its reward, KL and advantage go to `rollouts.parquet` in
+//! the output (a content-hashed `rollouts` table); one row per iteration
+//! (reward, KL, entropy, answer length, clip fraction, tokens/s) goes to
+//! `iterations.parquet`, and one per optimizer step to `metrics.parquet`.
+//! A checkpoint after every iteration holds the weights, the optimizer and
+//! the rows so far: `--resume` continues with the same weights and the same
+//! samples as an uninterrupted run.
+//!
+//! The export samples in the output's dtype (int8 by default) while the
+//! ratios use the trainer's f32 weights: the answers are very nearly, not
+//! exactly, draws from the f32 policy; the clip bounds what that costs.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
+use charter_gen::{GenerateOptions, Request, Sampling};
+use charter_model::{ModelDir, claim_trained_output, write_trained};
+use charter_stages::{Constitution, Model, RateSettings, Rater, row_seed};
+use charter_table::{InputRef, Prompt, ROLLOUTS, Record, Rollout, TableFile, TableWriter};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Job, Outcome, Prepared, adapter_files, fingerprint, finish, prepare, trainable, up_to_date,
+};
+use crate::data::{Formatter, Tokens, input_ref};
+use crate::heap::RetainedHeap;
+use crate::loss::{PreferenceModel, answer_token_values, clipped_policy_loss, scalar};
+use crate::metrics::MetricRow;
+use crate::train::{checkpoint_dir, resume_from, write_checkpoint};
+use crate::{Decoder, Error, Result, select_device};
+
+/// What scores an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RewardSource {
+    /// A preference model directory (`charter train pm`): its scalar.
+    Pm(PathBuf),
+    /// A labeller model directory: its expected rating 1–9 against a
+    /// principle of the constitution, mapped to [-1, 1] (direct RLAIF).
+    Labeller(PathBuf),
+    /// 1 when the answer contains the text, else 0.
+    Contains(String),
+}
+
+impl std::str::FromStr for RewardSource {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.split_once(':') {
+            Some(("pm", dir)) if !dir.is_empty() => Ok(RewardSource::Pm(dir.into())),
+            Some(("labeller", dir)) if !dir.is_empty() => Ok(RewardSource::Labeller(dir.into())),
+            Some(("contains", text)) if !text.is_empty() => {
+                Ok(RewardSource::Contains(text.to_string()))
+            }
+            _ => Err(format!(
+                "`{s}`: expected pm:DIR (a preference model), labeller:DIR (a model that rates \
+                 answers against the constitution) or contains:TEXT"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RewardSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Online RL's own settings: `charter train rl`'s flags.
+#[derive(Debug, Clone, PartialEq, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct RlSettings {
+    /// The reward: pm:DIR (a preference model), labeller:DIR (direct RLAIF:
+    /// the model's rating against the constitution's principles) or
+    /// contains:TEXT (1 when the answer contains TEXT).
+    #[arg(long, value_name = "SOURCE")]
+    pub reward: RewardSource,
+    /// The constitution whose preference principles a labeller rates against.
+    #[arg(short, long, value_name = "TOML")]
+    #[serde(default)]
+    pub constitution: Option<PathBuf>,
+    /// Sample, score and update this many times.
+    #[arg(long, value_name = "N", default_value_t = RlSettings::DEFAULT_ITERATIONS)]
+    #[serde(default = "defaults::iterations")]
+    pub iterations: usize,
+    /// Prompts answered per iteration.
+    #[arg(long, value_name = "N", default_value_t = RlSettings::DEFAULT_PROMPTS)]
+    #[serde(default = "defaults::prompts")]
+    pub prompts_per_iteration: usize,
+    /// Answers sampled per prompt (at least 2: each is the others' baseline).
+    #[arg(long, value_name = "K", default_value_t = RlSettings::DEFAULT_SAMPLES)]
+    #[serde(default = "defaults::samples")]
+    pub samples: usize,
+    /// Cap on an answer's tokens.
+    #[arg(long, value_name = "N", default_value_t = RlSettings::DEFAULT_MAX_NEW_TOKENS)]
+    #[serde(default = "defaults::max_new_tokens")]
+    pub max_new_tokens: usize,
+    /// Weight of the KL penalty to the starting policy in the shaped reward.
+    #[arg(long, value_name = "BETA", default_value_t = RlSettings::DEFAULT_KL_COEF)]
+    #[serde(default = "defaults::kl_coef")]
+    pub kl_coef: f64,
+    /// PPO's ε: how far a step may move an answer token's probability ratio.
+    #[arg(long, value_name = "EPS", default_value_t = RlSettings::DEFAULT_CLIP)]
+    #[serde(default = "defaults::clip")]
+    pub clip: f64,
+    /// Rows the engine decodes together while sampling.
+    #[arg(long, value_name = "B", default_value_t = RlSettings::DEFAULT_ROLLOUT_BATCH)]
+    #[serde(default = "defaults::rollout_batch")]
+    pub rollout_batch: usize,
+    /// ONNX Runtime threads for sampling and rating; 0: every core.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[serde(default)]
+    pub threads: usize,
+}
+
+mod defaults {
+    use super::RlSettings;
+    pub(super) fn iterations() -> usize {
+        RlSettings::DEFAULT_ITERATIONS
+    }
+    pub(super) fn prompts() -> usize {
+        RlSettings::DEFAULT_PROMPTS
+    }
+    pub(super) fn samples() -> usize {
+        RlSettings::DEFAULT_SAMPLES
+    }
+    pub(super) fn max_new_tokens() -> usize {
+        RlSettings::DEFAULT_MAX_NEW_TOKENS
+    }
+    pub(super) fn kl_coef() -> f64 {
+        RlSettings::DEFAULT_KL_COEF
+    }
+    pub(super) fn clip() -> f64 {
+        RlSettings::DEFAULT_CLIP
+    }
+    pub(super) fn rollout_batch() -> usize {
+        RlSettings::DEFAULT_ROLLOUT_BATCH
+    }
+}
+
+impl RlSettings {
+    /// Iterations unless told otherwise.
+    pub const DEFAULT_ITERATIONS: usize = 4;
+    /// Prompts per iteration unless told otherwise.
+    pub const DEFAULT_PROMPTS: usize = 8;
+    /// Samples per prompt unless told otherwise.
+    pub const DEFAULT_SAMPLES: usize = 4;
+    /// Answer tokens unless told otherwise.
+    pub const DEFAULT_MAX_NEW_TOKENS: usize = 64;
+    /// KL weight unless told otherwise (the RLOO trainer's).
+    pub const DEFAULT_KL_COEF: f64 = 0.05;
+    /// PPO's clip unless told otherwise.
+    pub const DEFAULT_CLIP: f64 = 0.2;
+    /// Sampling batch unless told otherwise.
+    pub const DEFAULT_ROLLOUT_BATCH: usize = 32;
+
+    /// A run with `reward` and every other setting at its default.
+    pub fn new(reward: RewardSource) -> Self {
+        RlSettings {
+            reward,
+            constitution: None,
+            iterations: Self::DEFAULT_ITERATIONS,
+            prompts_per_iteration: Self::DEFAULT_PROMPTS,
+            samples: Self::DEFAULT_SAMPLES,
+            max_new_tokens: Self::DEFAULT_MAX_NEW_TOKENS,
+            kl_coef: Self::DEFAULT_KL_COEF,
+            clip: Self::DEFAULT_CLIP,
+            rollout_batch: Self::DEFAULT_ROLLOUT_BATCH,
+            threads: 0,
+        }
+    }
+
+    /// Checks the values a user can get wrong; the error names the setting.
+    pub fn validate(&self) -> Result<()> {
+        for (field, value, least) in [
+            ("iterations", self.iterations, 1),
+            ("prompts_per_iteration", self.prompts_per_iteration, 1),
+            ("samples", self.samples, 2),
+            ("max_new_tokens", self.max_new_tokens, 1),
+            ("rollout_batch", self.rollout_batch, 1),
+        ] {
+            if value < least {
+                return Err(Error::invalid(
+                    field,
+                    format!("must be at least {least}, got {value}"),
+                ));
+            }
+        }
+        if !(self.kl_coef >= 0.0 && self.kl_coef.is_finite()) {
+            return Err(Error::invalid(
+                "kl_coef",
+                format!("must be >= 0, got {}", self.kl_coef),
+            ));
+        }
+        if !(self.clip > 0.0 && self.clip < 1.0) {
+            return Err(Error::invalid(
+                "clip",
+                format!("must be in (0, 1), got {}", self.clip),
+            ));
+        }
+        match (&self.reward, &self.constitution) {
+            (RewardSource::Labeller(_), None) => Err(Error::invalid(
+                "constitution",
+                "a labeller reward rates against a constitution's principles: name one",
+            )),
+            (RewardSource::Pm(_) | RewardSource::Contains(_), Some(_)) => Err(Error::invalid(
+                "constitution",
+                "only a labeller reward reads a constitution",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// One iteration's summary, a row of `iterations.parquet`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IterationRow {
+    /// 1-based.
+    pub iteration: u64,
+    /// Mean reward of the iteration's answers.
+    pub reward: f64,
+    /// Standard deviation of the reward over the answers.
+    pub reward_std: f64,
+    /// Mean KL (per answer) from the starting policy.
+    pub kl: f64,
+    /// Mean shaped reward (reward − kl_coef · kl).
+    pub shaped_reward: f64,
+    /// Mean per-token entropy of the policy, estimated from the sampled
+    /// tokens (their mean −log π).
+    pub entropy: f64,
+    /// Mean answer length in tokens.
+    pub answer_tokens: f64,
+    /// Share of answers that ended with end of turn (the rest hit the cap).
+    pub stop_share: f64,
+    /// Share of answer tokens the clip held during the update.
+    pub clip_fraction: f64,
+    /// Answer tokens sampled per second (the engine on the export).
+    pub rollout_tokens_per_s: f64,
+    /// Tokens (prompt and answer) through the trainer per second in the update.
+    pub update_tokens_per_s: f64,
+    /// Seconds writing the policy's export.
+    pub export_s: f64,
+    /// Seconds sampling.
+    pub rollout_s: f64,
+    /// Seconds computing rewards.
+    pub reward_s: f64,
+    /// Seconds computing the policy's and reference's log-probabilities.
+    pub logp_s: f64,
+    /// Seconds in the optimizer steps.
+    pub update_s: f64,
+}
+
+/// What a run reports as it goes.
+pub enum RlProgress<'a> {
+    /// An optimizer step is done (of `total`).
+    Step(&'a MetricRow, usize),
+    /// An iteration is done (of `total`).
+    Iteration(&'a IterationRow, usize),
+}
+
+/// The loaded reward.
+enum Scorer {
+    Pm {
+        model: Box<PreferenceModel>,
+        formatter: Box<Formatter>,
+    },
+    Labeller {
+        model: Box<Model>,
+        constitution: Box<Constitution>,
+        settings: RateSettings,
+    },
+    Contains(String),
+}
+
+/// The reward's identity for the fingerprint, and the reward loaded.
+fn open_reward(rl: &RlSettings, job: &Job<'_>) -> Result<(serde_json::Value, Scorer)> {
+    Ok(match &rl.reward {
+        RewardSource::Pm(dir) => {
+            let pm_dir = ModelDir::open(dir)?;
+            let device = select_device(job.device, false)?;
+            let model = super::open_preference_model(dir, &device)?;
+            let formatter = Formatter::new(&pm_dir, job.settings.max_len)?;
+            (
+                serde_json::json!({"pm": pm_dir.provenance.content_hash}),
+                Scorer::Pm {
+                    model: Box::new(model),
+                    formatter: Box::new(formatter),
+                },
+            )
+        }
+        RewardSource::Labeller(dir) => {
+            let Some(path) = &rl.constitution else {
+                unreachable!("validated: a labeller reward has a constitution")
+            };
+            let constitution = Constitution::load(path)
+                .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+            let model = Model::open(dir, rl.threads)?;
+            let mut settings = RateSettings::default();
+            settings.generation.seed = job.settings.seed;
+            (
+                serde_json::json!({
+                    "labeller": model.dir.provenance.content_hash,
+                    "constitution": constitution.hash(),
+                    "rate_version": charter_stages::RATE_VERSION,
+                }),
+                Scorer::Labeller {
+                    model: Box::new(model),
+                    constitution: Box::new(constitution),
+                    settings,
+                },
+            )
+        }
+        RewardSource::Contains(text) => (
+            serde_json::json!({"contains": text}),
+            Scorer::Contains(text.clone()),
+        ),
+    })
+}
+
+impl Scorer {
+    /// Rewards of `answers` (row id, prompt, answer text).
+    fn score(&mut self, answers: &[(String, &str, String)], batch_size: usize) -> Result<Vec<f64>> {
+        match self {
+            Scorer::Contains(text) => Ok(answers
+                .iter()
+                .map(|(_, _, a)| f64::from(u8::from(a.contains(text.as_str()))))
+                .collect()),
+            Scorer::Pm { model, formatter } => {
+                let rows = answers
+                    .iter()
+                    .map(|(_, p, a)| formatter.encode(p, a, true))
+                    .collect::<Result<Vec<_>>>()?;
+                let scores = crate::score::scalar_scores(model, &rows, batch_size, &mut |_| {})?;
+                // A conversation the PM cannot fit gets the lowest reward of
+                // the batch: never a reason to prefer an answer.
+                let floor = scores
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .fold(f64::INFINITY, f64::min);
+                Ok(scores
+                    .into_iter()
+                    .map(|s| s.unwrap_or(if floor.is_finite() { floor } else { 0.0 }))
+                    .collect())
+            }
+            Scorer::Labeller {
+                model,
+                constitution,
+                settings,
+            } => {
+                let rater = Rater::new(model, constitution, settings)?;
+                let rows: Vec<(&str, &str, &str)> = answers
+                    .iter()
+                    .map(|(id, p, a)| (id.as_str(), *p, a.as_str()))
+                    .collect();
+                Ok(rater
+                    .rate(model, &rows)?
+                    .iter()
+                    .map(charter_stages::Rated::reward)
+                    .collect())
+            }
+        }
+    }
+}
+
+/// A checkpoint's bookkeeping.
+#[derive(Debug, Serialize, Deserialize)]
+struct State {
+    fingerprint: String,
+    /// Iterations done.
+    iteration: usize,
+    /// Optimizer steps done.
+    step: usize,
+    metrics: Vec<MetricRow>,
+    iterations: Vec<IterationRow>,
+    /// Every answer so far (kept in the checkpoint as a `rollouts` table).
+    #[serde(skip)]
+    rollouts: Vec<Rollout>,
+}
+
+const STATE_FILE: &str = "rl-state.json";
+const ROLLOUTS_FILE: &str = "rollouts.parquet";
+const ITERATIONS_FILE: &str = "iterations.parquet";
+
+/// A prompt the policy answers: its row and rendered tokens.
+struct Question {
+    prompt: Prompt,
+    tokens: Tokens,
+}
+
+/// The prompt indices of iteration `it` (0-based): consecutive places in
+/// seeded passes over the prompts, each pass a permutation by blake3 of
+/// (seed, pass, prompt id).
+fn iteration_prompts(questions: &[Question], seed: u64, it: usize, per: usize) -> Vec<usize> {
+    let n = questions.len();
+    let order = |pass: usize| -> Vec<usize> {
+        let mut keyed: Vec<([u8; 32], usize)> = questions
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let mut h = blake3::Hasher::new();
+                h.update(b"charter.rl.prompts\0");
+                h.update(&seed.to_le_bytes());
+                h.update(&(pass as u64).to_le_bytes());
+                h.update(q.prompt.id.as_bytes());
+                (*h.finalize().as_bytes(), i)
+            })
+            .collect();
+        keyed.sort();
+        keyed.into_iter().map(|(_, i)| i).collect()
+    };
+    let mut out = Vec::with_capacity(per);
+    let mut cached: Option<(usize, Vec<usize>)> = None;
+    for k in it * per..(it + 1) * per {
+        let (pass, at) = (k / n, k % n);
+        if cached.as_ref().is_none_or(|(p, _)| *p != pass) {
+            cached = Some((pass, order(pass)));
+        }
+        if let Some((_, o)) = &cached {
+            out.push(o[at]);
+        }
+    }
+    out
+}
+
+/// Leave-one-out advantages of `shaped` rewards in groups of `k`
+/// consecutive answers (one prompt's samples).
+pub fn rloo_advantages(shaped: &[f64], k: usize) -> Vec<f64> {
+    shaped
+        .chunks(k)
+        .flat_map(|group| {
+            let total: f64 = group.iter().sum();
+            let others = (group.len() - 1).max(1) as f64;
+            group.iter().map(move |r| r - (total - r) / others)
+        })
+        .collect()
+}
+
+/// One sampled answer before it is scored.
+struct Sample {
+    question: usize,
+    sample: usize,
+    seed: u64,
+    tokens: Tokens,
+    text: String,
+    stopped: bool,
+}
+
+/// Samples `samples` answers to each of `chosen` from the model directory
+/// `policy` with the engine. Returns them in (prompt, sample) order and the
+/// seconds spent.
+fn sample(
+    policy: &Path,
+    questions: &[Question],
+    chosen: &[usize],
+    rl: &RlSettings,
+    seed: u64,
+    iteration: usize,
+) -> Result<(Vec<Sample>, f64)> {
+    let mut model = Model::open(policy, rl.threads)?;
+    let started = Instant::now();
+    let k = rl.samples;
+    let mut requests = Vec::with_capacity(chosen.len() * k);
+    let mut owners = Vec::with_capacity(chosen.len() * k);
+    for &q in chosen {
+        for s in 0..k {
+            let seed = row_seed(
+                "rl",
+                seed,
+                &[
+                    &iteration.to_string(),
+                    &questions[q].prompt.id,
+                    &s.to_string(),
+                ],
+            );
+            requests.push(Request {
+                prompt: questions[q].tokens.ids.clone(),
+                seed,
+            });
+            owners.push((q, s, seed));
+        }
+    }
+    let options = GenerateOptions {
+        // Draws from the policy itself: no temperature, nucleus or penalty.
+        sampling: Sampling {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            repetition_penalty: 1.0,
+            no_repeat_ngram_size: 0,
+        },
+        max_new_tokens: rl.max_new_tokens,
+        stop_ids: model.stop_ids.clone(),
+        batch_size: rl.rollout_batch,
+        max_context: model.max_context(),
+        share_prefix: false,
+    };
+    let mut done: Vec<Option<(Vec<u32>, bool)>> = vec![None; requests.len()];
+    model
+        .engine
+        .generate::<Error>(&requests, &options, &mut |_, _| false, &mut |c| {
+            let stopped = c.finish == charter_gen::FinishReason::Stop;
+            done[c.index] = Some((c.tokens, stopped));
+            Ok(())
+        })?;
+    let mut out = Vec::with_capacity(requests.len());
+    for ((q, s, seed), d) in owners.into_iter().zip(done) {
+        let Some((generated, stopped)) = d else {
+            return Err(Error::Data("the engine left a rollout unfinished".into()));
+        };
+        if generated.is_empty() {
+            return Err(Error::Data(format!(
+                "prompt {}: nothing was sampled (the prompt fills the context)",
+                questions[q].prompt.id
+            )));
+        }
+        let text = model.decode(&generated)?;
+        let prompt = &questions[q].tokens;
+        let mut ids = prompt.ids.clone();
+        ids.extend_from_slice(&generated);
+        out.push(Sample {
+            question: q,
+            sample: s,
+            seed,
+            tokens: Tokens {
+                ids,
+                prompt_len: prompt.prompt_len,
+            },
+            text,
+            stopped,
+        });
+    }
+    Ok((out, started.elapsed().as_secs_f64()))
+}
+
+/// Per-token log-probabilities of every sample under `model`, `batch` at a time.
+fn token_logps(model: &Decoder, samples: &[Sample], batch: usize) -> Result<Vec<Vec<f64>>> {
+    let mut out = Vec::with_capacity(samples.len());
+    for chunk in samples.chunks(batch.max(1)) {
+        let rows: Vec<&Tokens> = chunk.iter().map(|s| &s.tokens).collect();
+        out.extend(answer_token_values(model, &rows)?);
+    }
+    Ok(out)
+}
+
+/// Where the iteration's policy is exported: beside the output.
+fn policy_dir(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".policy");
+    out.with_file_name(name)
+}
+
+/// The answers of `order` as shuffled optimizer steps: a permutation by
+/// blake3 of (seed, iteration, epoch, row id).
+fn update_order(rows: &[Rollout], seed: u64, iteration: usize, epoch: usize) -> Vec<usize> {
+    let mut keyed: Vec<([u8; 32], usize)> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut h = blake3::Hasher::new();
+            h.update(&seed.to_le_bytes());
+            h.update(&(iteration as u64).to_le_bytes());
+            h.update(&(epoch as u64).to_le_bytes());
+            h.update(r.id.as_bytes());
+            (*h.finalize().as_bytes(), i)
+        })
+        .collect();
+    keyed.sort();
+    keyed.into_iter().map(|(_, i)| i).collect()
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> f64 {
+    let (mut total, mut n) = (0.0, 0usize);
+    for x in v {
+        total += x;
+        n += 1;
+    }
+    if n == 0 { 0.0 } else { total / n as f64 }
+}
+
+/// Online RL from `job.model` on the prompts table `prompts`.
+pub fn train_rl(
+    job: &Job<'_>,
+    prompts: &Path,
+    rl: &RlSettings,
+    progress: &mut dyn FnMut(RlProgress<'_>),
+) -> Result<Outcome> {
+    rl.validate()?;
+    let s = &job.settings;
+    let p = prepare(job)?;
+    let table = TableFile::open(prompts)?;
+    if table.table_name() != Some("prompts") {
+        return Err(Error::Input(format!(
+            "{}: online RL answers a prompts table, not a `{}` table",
+            prompts.display(),
+            table.table_name().unwrap_or("?")
+        )));
+    }
+    let input = input_ref(prompts, &table)?;
+    let mut questions = Vec::new();
+    let mut skipped = 0;
+    for prompt in table.rows::<Prompt>()? {
+        match p.formatter.encode_prompt(&prompt.text)? {
+            Some(tokens) if tokens.prompt_len + rl.max_new_tokens <= s.max_len => {
+                questions.push(Question { prompt, tokens });
+            }
+            _ => skipped += 1,
+        }
+    }
+    if questions.is_empty() {
+        return Err(Error::Input(format!(
+            "{}: no prompt leaves room for --max-new-tokens {} within --max-len {}",
+            prompts.display(),
+            rl.max_new_tokens,
+            s.max_len
+        )));
+    }
+    let (reward_id, mut scorer) = open_reward(rl, job)?;
+    let extra = serde_json::json!({
+        "reward": reward_id,
+        "iterations": rl.iterations,
+        "prompts_per_iteration": rl.prompts_per_iteration,
+        "samples": rl.samples,
+        "max_new_tokens": rl.max_new_tokens,
+        "kl_coef": rl.kl_coef,
+        "clip": rl.clip,
+        "rollout_batch": rl.rollout_batch,
+    });
+    let fp = fingerprint("rl", job, &p.base, std::slice::from_ref(&input), &extra);
+    if let Some(done) = up_to_date(job.out, &fp) {
+        return Ok(done);
+    }
+
+    let _heap = RetainedHeap::enter();
+    let mut model = trainable(job, &p.device)?;
+    // Log-probabilities without gradients run on the device without autodiff:
+    // a forward pass on the trainer's device that never reaches a backward
+    // pass would keep its graph alive.
+    let plain = select_device(job.device, false)?;
+    let reference = Decoder::open(job.model, &plain)?;
+    let mut optimizer = AdamWConfig::new()
+        .with_weight_decay(s.weight_decay as f32)
+        .init();
+    let answers_per_iteration = rl.prompts_per_iteration * rl.samples;
+    let steps_per_iteration = answers_per_iteration.div_ceil(s.step_examples()) * s.epochs;
+    let total_steps = steps_per_iteration * rl.iterations;
+
+    let checkpoint = checkpoint_dir(job.out);
+    let mut state = State {
+        fingerprint: fp.clone(),
+        iteration: 0,
+        step: 0,
+        metrics: Vec::new(),
+        iterations: Vec::new(),
+        rollouts: Vec::new(),
+    };
+    let (restored, restored_optimizer, saved) = resume_from::<Decoder, State>(
+        job.out,
+        job.resume,
+        STATE_FILE,
+        &fp,
+        |s| &s.fingerprint,
+        model,
+        optimizer,
+    )?;
+    (model, optimizer) = (restored, restored_optimizer);
+    if let Some(saved) = saved {
+        let rollouts = TableFile::open(&checkpoint.join(ROLLOUTS_FILE))?.rows::<Rollout>()?;
+        state = State { rollouts, ..saved };
+    }
+
+    let started = Instant::now();
+    let export = policy_dir(job.out);
+    for it in state.iteration..rl.iterations {
+        // 1. Export the current weights and sample from them.
+        let t0 = Instant::now();
+        let lock = claim_trained_output(&export)?;
+        let name = export
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let policy = write_trained(lock, &p.base, &model.to_tensors()?, job.dtype, name, &[])?;
+        let export_s = t0.elapsed().as_secs_f64();
+        let chosen = iteration_prompts(&questions, s.seed, it, rl.prompts_per_iteration);
+        let (samples, rollout_s) = sample(&policy.path, &questions, &chosen, rl, s.seed, it + 1)?;
+
+        // 2. Rewards.
+        let t0 = Instant::now();
+        let mut rows: Vec<Rollout> = samples
+            .iter()
+            .map(|x| {
+                Rollout {
+                    id: String::new(),
+                    run: fp.clone(),
+                    iteration: it as u64 + 1,
+                    prompt_id: questions[x.question].prompt.id.clone(),
+                    sample: x.sample as u64,
+                    seed: x.seed,
+                    policy_hash: policy.provenance.content_hash.clone(),
+                    prompt: questions[x.question].prompt.text.clone(),
+                    response: x.text.clone(),
+                    answer_tokens: x.tokens.answer_len() as u64,
+                    finish_reason: if x.stopped { "stop" } else { "length" }.into(),
+                    reward: 0.0,
+                    kl: 0.0,
+                    shaped_reward: 0.0,
+                    advantage: 0.0,
+                    policy_logp: 0.0,
+                    reference_logp: 0.0,
+                }
+                .with_id()
+            })
+            .collect();
+        let keyed: Vec<(String, &str, String)> = rows
+            .iter()
+            .map(|r| (r.id.clone(), r.prompt.as_str(), r.response.clone()))
+            .collect();
+        let rewards = scorer.score(&keyed, s.batch_size)?;
+        let reward_s = t0.elapsed().as_secs_f64();
+
+        // 3. Log-probabilities, KL and advantages.
+        let t0 = Instant::now();
+        // The sampling policy's f32 weights, as exported.
+        let old = token_logps(
+            &Decoder::open(&policy.path, &plain)?,
+            &samples,
+            s.batch_size,
+        )?;
+        let refs = token_logps(&reference, &samples, s.batch_size)?;
+        let logp_s = t0.elapsed().as_secs_f64();
+        for ((row, reward), (old, refs)) in rows.iter_mut().zip(&rewards).zip(old.iter().zip(&refs))
+        {
+            row.reward = *reward;
+            row.policy_logp = old.iter().sum();
+            row.reference_logp = refs.iter().sum();
+            row.kl = row.policy_logp - row.reference_logp;
+            row.shaped_reward = row.reward - rl.kl_coef * row.kl;
+        }
+        let shaped: Vec<f64> = rows.iter().map(|r| r.shaped_reward).collect();
+        for (row, a) in rows.iter_mut().zip(rloo_advantages(&shaped, rl.samples)) {
+            row.advantage = a;
+        }
+
+        // 4. The update.
+        let t0 = Instant::now();
+        let (mut clipped, mut answer_tokens, mut update_tokens) = (0usize, 0usize, 0usize);
+        for epoch in 0..s.epochs {
+            let order = update_order(&rows, s.seed, it, epoch);
+            for chunk in order.chunks(s.step_examples()) {
+                let mut chunk = chunk.to_vec();
+                chunk.sort_by_key(|&i| std::cmp::Reverse(samples[i].tokens.ids.len()));
+                let denominator = chunk
+                    .iter()
+                    .map(|&i| samples[i].tokens.answer_len())
+                    .sum::<usize>();
+                let denominator = denominator.max(1) as f64;
+                let step_started = Instant::now();
+                let mut accumulator = GradientsAccumulator::<Decoder>::new();
+                let mut loss_value = 0f64;
+                for batch in chunk.chunks(s.batch_size) {
+                    let tokens: Vec<&Tokens> = batch.iter().map(|&i| &samples[i].tokens).collect();
+                    let olds: Vec<&[f64]> = batch.iter().map(|&i| old[i].as_slice()).collect();
+                    let adv: Vec<f64> = batch.iter().map(|&i| rows[i].advantage).collect();
+                    let (loss, held) =
+                        clipped_policy_loss(&model, &tokens, &olds, &adv, rl.clip, denominator)?;
+                    clipped += held;
+                    loss_value += f64::from(scalar(&loss)?);
+                    let grads = GradientsParams::from_grads(loss.backward(), &model);
+                    accumulator.accumulate(&model, grads);
+                }
+                state.step += 1;
+                if !loss_value.is_finite() {
+                    return Err(Error::Diverged { step: state.step });
+                }
+                let lr = s.lr_at(state.step - 1, total_steps);
+                model = optimizer.step(lr, model, accumulator.grads());
+                let tokens: usize = chunk.iter().map(|&i| samples[i].tokens.ids.len()).sum();
+                answer_tokens += chunk
+                    .iter()
+                    .map(|&i| samples[i].tokens.answer_len())
+                    .sum::<usize>();
+                update_tokens += tokens;
+                let seconds = step_started.elapsed().as_secs_f64();
+                let row = MetricRow {
+                    step: state.step as u64,
+                    epoch: (it + 1) as f64,
+                    loss: loss_value,
+                    lr,
+                    tokens: tokens as u64,
+                    tokens_per_s: tokens as f64 / seconds.max(1e-9),
+                    accuracy: None,
+                    elapsed_s: started.elapsed().as_secs_f64(),
+                };
+                progress(RlProgress::Step(&row, total_steps));
+                state.metrics.push(row);
+            }
+        }
+        let update_s = t0.elapsed().as_secs_f64();
+
+        let sampled: usize = samples.iter().map(|x| x.tokens.answer_len()).sum();
+        let n = rows.len() as f64;
+        let reward_mean = mean(rows.iter().map(|r| r.reward));
+        let summary = IterationRow {
+            iteration: it as u64 + 1,
+            reward: reward_mean,
+            reward_std: mean(rows.iter().map(|r| (r.reward - reward_mean).powi(2))).sqrt(),
+            kl: mean(rows.iter().map(|r| r.kl)),
+            shaped_reward: mean(rows.iter().map(|r| r.shaped_reward)),
+            entropy: -old.iter().flatten().sum::<f64>() / sampled.max(1) as f64,
+            answer_tokens: sampled as f64 / n,
+            stop_share: samples.iter().filter(|x| x.stopped).count() as f64 / n,
+            clip_fraction: clipped as f64 / answer_tokens.max(1) as f64,
+            rollout_tokens_per_s: sampled as f64 / rollout_s.max(1e-9),
+            update_tokens_per_s: update_tokens as f64 / update_s.max(1e-9),
+            export_s,
+            rollout_s,
+            reward_s,
+            logp_s,
+            update_s,
+        };
+        progress(RlProgress::Iteration(&summary, rl.iterations));
+        state.iterations.push(summary);
+        state.rollouts.extend(rows);
+        state.iteration = it + 1;
+
+        let interrupted = job.interrupt.load(Ordering::SeqCst);
+        if state.iteration < rl.iterations {
+            let text = serde_json::to_string(&state)
+                .map_err(|e| Error::Checkpoint(format!("{STATE_FILE}: {e}")))?;
+            let files = [
+                (STATE_FILE, text.into_bytes()),
+                (
+                    ROLLOUTS_FILE,
+                    rollouts_bytes(&state.rollouts, &input, job, &fp)?,
+                ),
+            ];
+            write_checkpoint(job.out, &model, &optimizer, &files)?;
+            if interrupted {
+                return Ok(Outcome::Interrupted {
+                    step: state.step,
+                    checkpoint,
+                });
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&export);
+    finish_rl(
+        job,
+        &p,
+        input,
+        extra,
+        questions.len(),
+        skipped,
+        &model,
+        &state,
+        &fp,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish_rl(
+    job: &Job<'_>,
+    p: &Prepared,
+    input: InputRef,
+    extra: serde_json::Value,
+    examples: usize,
+    skipped: usize,
+    model: &Decoder,
+    state: &State,
+    fp: &str,
+) -> Result<Outcome> {
+    let mut files = adapter_files(model, &p.base)?;
+    files.push((
+        ROLLOUTS_FILE,
+        rollouts_bytes(&state.rollouts, &input, job, fp)?,
+    ));
+    files.push((ITERATIONS_FILE, iterations_bytes(&state.iterations)?));
+    finish(
+        job,
+        p,
+        "rl",
+        vec![input],
+        extra,
+        examples,
+        skipped,
+        model.to_tensors()?,
+        &state.metrics,
+        None,
+        &files,
+        fp,
+    )
+}
+
+/// The rollouts as a `rollouts` table's bytes, with provenance naming the run.
+fn rollouts_bytes(rows: &[Rollout], input: &InputRef, job: &Job<'_>, fp: &str) -> Result<Vec<u8>> {
+    let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let path = dir.path().join(ROLLOUTS_FILE);
+    let provenance = charter_table::Provenance {
+        stage: "rl".into(),
+        stage_version: 1,
+        settings: serde_json::json!({ "run": fp, "settings": job.settings }),
+        inputs: vec![input.clone()],
+        model_hash: None,
+        constitution_hash: None,
+    };
+    let mut writer = TableWriter::create(
+        &charter_table::Output::Path(path.clone()),
+        &ROLLOUTS,
+        &provenance,
+    )?;
+    writer.write_rows(rows)?;
+    writer.finish()?;
+    std::fs::read(&path).map_err(|e| Error::io(&path, e))
+}
+
+/// The iteration rows as Parquet bytes.
+fn iterations_bytes(rows: &[IterationRow]) -> Result<Vec<u8>> {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, Float64Array, UInt64Array};
+    use arrow_schema::{DataType, Field, Schema};
+
+    type Column = (&'static str, fn(&IterationRow) -> f64);
+    let columns: [Column; 15] = [
+        ("reward", |r| r.reward),
+        ("reward_std", |r| r.reward_std),
+        ("kl", |r| r.kl),
+        ("shaped_reward", |r| r.shaped_reward),
+        ("entropy", |r| r.entropy),
+        ("answer_tokens", |r| r.answer_tokens),
+        ("stop_share", |r| r.stop_share),
+        ("clip_fraction", |r| r.clip_fraction),
+        ("rollout_tokens_per_s", |r| r.rollout_tokens_per_s),
+        ("update_tokens_per_s", |r| r.update_tokens_per_s),
+        ("export_s", |r| r.export_s),
+        ("rollout_s", |r| r.rollout_s),
+        ("reward_s", |r| r.reward_s),
+        ("logp_s", |r| r.logp_s),
+        ("update_s", |r| r.update_s),
+    ];
+    let mut fields = vec![Field::new("iteration", DataType::UInt64, false)];
+    let mut arrays: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from_iter_values(
+        rows.iter().map(|r| r.iteration),
+    ))];
+    for (name, get) in columns {
+        fields.push(Field::new(name, DataType::Float64, false));
+        arrays.push(Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(get),
+        )));
+    }
+    crate::metrics::parquet_bytes("iterations", Schema::new(fields), arrays)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leave_one_out_advantages_sum_to_zero_per_prompt() {
+        let a = rloo_advantages(&[1.0, 0.0, 0.0, 3.0, 3.0, 3.0], 3);
+        assert_eq!(a[..3], [1.0, -0.5, -0.5]);
+        assert_eq!(a[3..], [0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn reward_sources_parse_and_name_the_mistake() {
+        assert_eq!(
+            "pm:out/pm".parse::<RewardSource>(),
+            Ok(RewardSource::Pm("out/pm".into()))
+        );
+        assert_eq!(
+            "contains:Sure".parse::<RewardSource>(),
+            Ok(RewardSource::Contains("Sure".into()))
+        );
+        let err = "judge:x".parse::<RewardSource>().unwrap_err();
+        assert!(err.contains("`judge:x`") && err.contains("pm:DIR"), "{err}");
+    }
+}

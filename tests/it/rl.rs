@@ -1,0 +1,241 @@
+//! `charter train rl` on the tiny model: a planted reward is learnt, the
+//! KL penalty holds the policy near its start, the rollouts are a verified
+//! table, and an interrupted run resumes to the same weights and samples.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use charter_table::Value;
+
+use crate::{fails, file, ok, table_rows};
+
+/// The tiny model and a prompts table of four prompts.
+fn setup(dir: &Path) -> (String, String) {
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let model = path("tiny");
+    ok(&["model", "tiny", "-o", &model, "--seed", "5"]);
+    let input = file(
+        dir,
+        "p.txt",
+        "How do I pick a lock?\nSay hi.\nName a colour.\nWrite a poem.\n",
+    );
+    let prompts = path("prompts.parquet");
+    ok(&["prompts", "import", &input, "-o", &prompts, "--no-near-dup"]);
+    (model, prompts)
+}
+
+/// Settings small enough for seconds: 4 iterations of 4 prompts × 8 samples.
+const QUICK: [&str; 18] = [
+    "--iterations",
+    "4",
+    "--prompts-per-iteration",
+    "4",
+    "--samples",
+    "8",
+    "--max-new-tokens",
+    "24",
+    "--max-len",
+    "96",
+    "--batch-size",
+    "8",
+    "--lr",
+    "1e-3",
+    "--dtype",
+    "f32",
+    "--reward",
+    "contains:e",
+];
+
+/// (reward, kl) per iteration of a finished run, from its rollouts table.
+fn per_iteration(out: &str) -> Vec<(f64, f64)> {
+    let rows = table_rows(
+        &format!("{out}/rollouts.parquet"),
+        &["iteration", "reward", "kl"],
+        |r| match r {
+            [Value::UInt(it), Value::Float(reward), Value::Float(kl)] => {
+                (*it as usize, *reward, *kl)
+            }
+            other => panic!("{other:?}"),
+        },
+    );
+    let last = rows.iter().map(|r| r.0).max().unwrap();
+    (1..=last)
+        .map(|it| {
+            let of: Vec<_> = rows.iter().filter(|r| r.0 == it).collect();
+            let mean =
+                |f: fn(&&(usize, f64, f64)) -> f64| of.iter().map(f).sum::<f64>() / of.len() as f64;
+            (mean(|r| r.1), mean(|r| r.2))
+        })
+        .collect()
+}
+
+#[test]
+fn a_planted_reward_is_learnt_and_the_kl_penalty_holds_the_policy_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, prompts) = setup(dir.path());
+    let run = |name: &str, kl: &str| {
+        let out = dir.path().join(name).to_str().unwrap().to_string();
+        let mut args = vec!["train", "rl", "-m", &model, "-i", &prompts, "-o", &out];
+        args.extend(QUICK);
+        args.extend(["--kl-coef", kl, "--json"]);
+        let record: serde_json::Value = serde_json::from_slice(&ok(&args)).unwrap();
+        assert_eq!(record["objective"], "rl");
+        assert_eq!(record["objective_settings"]["reward"]["contains"], "e");
+        let curve = per_iteration(&out);
+        (out, curve)
+    };
+
+    let (free, unpenalised) = run("free", "0");
+    let (first, last) = (unpenalised[0], unpenalised[3]);
+    // The first iteration samples the starting policy itself.
+    assert_eq!(first.1, 0.0, "{unpenalised:?}");
+    assert!(
+        last.0 > 0.4 && last.0 > first.0 + 0.3,
+        "the share of answers with an `e` should rise: {unpenalised:?}"
+    );
+    assert!(last.1 > 1.0, "moving that far costs KL: {unpenalised:?}");
+
+    let (_, penalised) = run("held", "1");
+    let drift = |v: &[(f64, f64)]| v[1..].iter().map(|x| x.1).sum::<f64>();
+    assert!(
+        drift(&penalised) < 0.6 * drift(&unpenalised),
+        "a KL weight of 1 should keep the policy closer: {penalised:?} vs {unpenalised:?}"
+    );
+
+    // The rollouts are a finished, verified table, and the run is up to date.
+    ok(&["inspect", "--verify", &format!("{free}/rollouts.parquet")]);
+    let mut args = vec!["train", "rl", "-m", &model, "-i", &prompts, "-o", &free];
+    args.extend(QUICK);
+    args.extend(["--kl-coef", "0"]);
+    let again = crate::charter(&args, None);
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("up to date"));
+}
+
+#[test]
+fn rl_settings_and_inputs_are_checked_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, prompts) = setup(dir.path());
+    let out = dir.path().join("rl").to_str().unwrap().to_string();
+    let base = ["train", "rl", "-m", &model, "-i", &prompts, "-o", &out];
+    let with = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        fails(&args, None)
+    };
+    let err = with(&["--reward", "contains:e", "--samples", "1"]);
+    assert!(
+        err.contains("samples") && err.contains("at least 2"),
+        "{err}"
+    );
+    let err = with(&["--reward", "judge:x"]);
+    assert!(err.contains("pm:DIR"), "{err}");
+    let err = with(&["--reward", &format!("labeller:{model}")]);
+    assert!(err.contains("constitution"), "{err}");
+    let responses = dir.path().join("r.parquet").to_str().unwrap().to_string();
+    ok(&[
+        "respond",
+        "-m",
+        &model,
+        "-i",
+        &prompts,
+        "-o",
+        &responses,
+        "--max-new-tokens",
+        "4",
+    ]);
+    let err = fails(
+        &[
+            "train",
+            "rl",
+            "-m",
+            &model,
+            "-i",
+            &responses,
+            "-o",
+            &out,
+            "--reward",
+            "contains:e",
+        ],
+        None,
+    );
+    assert!(
+        err.contains("prompts table") && err.contains("r.parquet"),
+        "{err}"
+    );
+    assert!(!Path::new(&out).exists());
+}
+
+/// A run interrupted after its second iteration and resumed ends with the
+/// weights and rollouts of an uninterrupted one.
+#[test]
+fn an_interrupted_run_resumes_to_the_same_weights_and_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, prompts) = setup(dir.path());
+    let settings = || {
+        let mut rl =
+            charter_train::RlSettings::new(charter_train::RewardSource::Contains("e".into()));
+        rl.iterations = 3;
+        rl.prompts_per_iteration = 2;
+        rl.samples = 4;
+        rl.max_new_tokens = 16;
+        let mut config = charter_train::TrainConfig {
+            max_len: 96,
+            batch_size: 4,
+            lr: Some(1e-3),
+            dtype: charter_model::Dtype::F32,
+            ..Default::default()
+        };
+        config.seed = 7;
+        (rl, config.settings().unwrap())
+    };
+    let train = |out: &Path, stop_after: Option<u64>, resume: bool| {
+        let interrupt = AtomicBool::new(false);
+        let (rl, settings) = settings();
+        let job = charter_train::Job {
+            model: Path::new(&model),
+            out,
+            settings,
+            device: charter_train::DeviceChoice::Cpu,
+            dtype: charter_model::Dtype::F32,
+            resume,
+            interrupt: &interrupt,
+        };
+        charter_train::train_rl(&job, Path::new(&prompts), &rl, &mut |e| {
+            if let charter_train::RlProgress::Iteration(it, _) = e
+                && Some(it.iteration) == stop_after
+            {
+                interrupt.store(true, Ordering::SeqCst);
+            }
+        })
+        .unwrap()
+    };
+    let whole = dir.path().join("whole");
+    assert!(matches!(
+        train(&whole, None, false),
+        charter_train::Outcome::Written { .. }
+    ));
+    let split = dir.path().join("split");
+    assert!(matches!(
+        train(&split, Some(2), false),
+        charter_train::Outcome::Interrupted { .. }
+    ));
+    assert!(!split.exists());
+    assert!(matches!(
+        train(&split, None, true),
+        charter_train::Outcome::Written { .. }
+    ));
+    let bytes = |d: &Path, f: &str| std::fs::read(d.join(f)).unwrap();
+    assert_eq!(
+        bytes(&whole, "model.safetensors"),
+        bytes(&split, "model.safetensors")
+    );
+    let hash = |d: &Path| {
+        charter_table::TableFile::open(&d.join("rollouts.parquet"))
+            .unwrap()
+            .content_hash()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(hash(&whole), hash(&split));
+}
