@@ -101,6 +101,30 @@ pub(crate) fn run(command: TrainCommand, quiet: bool) -> Result<()> {
                         );
                     }
                 }),
+                RlProgress::Eval(e) => bar.suspend(|| {
+                    if !quiet {
+                        eprintln!(
+                            "held out after {} iterations: reward {:.3} (start {:.3}), win rate \
+                             {:.3} [{:.3}, {:.3}] against the start, KL {:.3}, refusals \
+                             {:.0}%, {:.0} words/answer",
+                            e.iteration,
+                            e.reward,
+                            e.start_reward,
+                            e.win_rate,
+                            e.win_rate_low,
+                            e.win_rate_high,
+                            e.kl,
+                            100.0 * e.refusal_rate,
+                            e.answer_words
+                        );
+                        if e.over_optimised {
+                            eprintln!(
+                                "  over-optimisation: the reward rose while the judge's win \
+                                 rate fell"
+                            );
+                        }
+                    }
+                }),
             };
             train_rl(&job, &a.input, &a.rl, &mut on)
                 .with_context(|| format!("train rl from {}", a.flags.model.display()))?

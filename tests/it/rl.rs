@@ -69,15 +69,50 @@ fn per_iteration(out: &str) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// (iteration, reward, start_reward, win_rate) of a run's `curve.parquet`.
+fn curve(path: &str) -> Vec<(u64, f64, f64, f64)> {
+    use arrow_array::{Array, Float64Array, UInt64Array};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    let file = std::fs::File::open(path).unwrap();
+    let mut out = Vec::new();
+    for batch in ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+    {
+        let batch = batch.unwrap();
+        let col = |name: &str| batch.column_by_name(name).unwrap().clone();
+        let it = col("iteration");
+        let it = it.as_any().downcast_ref::<UInt64Array>().unwrap();
+        let f = |name: &str| {
+            col(name)
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap()
+                .clone()
+        };
+        let (reward, start, win) = (f("reward"), f("start_reward"), f("win_rate"));
+        for i in 0..batch.num_rows() {
+            assert!(!it.is_null(i));
+            out.push((it.value(i), reward.value(i), start.value(i), win.value(i)));
+        }
+    }
+    out
+}
+
 #[test]
 fn a_planted_reward_is_learnt_and_the_kl_penalty_holds_the_policy_back() {
     let dir = tempfile::tempdir().unwrap();
     let (model, prompts) = setup(dir.path());
+    let c = crate::constitution();
     let run = |name: &str, kl: &str| {
         let out = dir.path().join(name).to_str().unwrap().to_string();
         let mut args = vec!["train", "rl", "-m", &model, "-i", &prompts, "-o", &out];
         args.extend(QUICK);
         args.extend(["--kl-coef", kl, "--json"]);
+        // The over-optimisation curve on the same prompts, judged by the model itself.
+        args.extend(["--eval-prompts", &prompts, "--judge", &model, "-c", &c]);
         let record: serde_json::Value = serde_json::from_slice(&ok(&args)).unwrap();
         assert_eq!(record["objective"], "rl");
         assert_eq!(record["objective_settings"]["reward"]["contains"], "e");
@@ -102,11 +137,35 @@ fn a_planted_reward_is_learnt_and_the_kl_penalty_holds_the_policy_back() {
         "a KL weight of 1 should keep the policy closer: {penalised:?} vs {unpenalised:?}"
     );
 
+    // The curve: the start, every second iteration and the end, with the
+    // training reward of the held-out answers rising from the start's.
+    let curve = curve(&format!("{free}/curve.parquet"));
+    assert_eq!(
+        curve.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [0, 2, 4],
+        "{curve:?}"
+    );
+    let (start, end) = (curve[0], curve[2]);
+    assert_eq!(
+        start.1, start.2,
+        "at the start, both policies are the start"
+    );
+    assert!(end.1 > end.2, "{curve:?}");
+    assert!(
+        (start.3 - 0.5).abs() < 1e-9,
+        "identical answers tie: {curve:?}"
+    );
+    for it in [0, 2, 4] {
+        let labels = format!("{free}.eval/iteration-{it}/labels.parquet");
+        ok(&["inspect", "--verify", &labels]);
+    }
+
     // The rollouts are a finished, verified table, and the run is up to date.
     ok(&["inspect", "--verify", &format!("{free}/rollouts.parquet")]);
     let mut args = vec!["train", "rl", "-m", &model, "-i", &prompts, "-o", &free];
     args.extend(QUICK);
     args.extend(["--kl-coef", "0"]);
+    args.extend(["--eval-prompts", &prompts, "--judge", &model, "-c", &c]);
     let again = crate::charter(&args, None);
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("up to date"));
@@ -132,6 +191,21 @@ fn rl_settings_and_inputs_are_checked_before_any_work() {
     assert!(err.contains("pm:DIR"), "{err}");
     let err = with(&["--reward", &format!("labeller:{model}")]);
     assert!(err.contains("constitution"), "{err}");
+    let c = crate::constitution();
+    let err = with(&[
+        "--reward",
+        "contains:e",
+        "--eval-prompts",
+        &prompts,
+        "-c",
+        &c,
+    ]);
+    assert!(err.contains("`judge`"), "{err}");
+    let err = with(&["--reward", "contains:e", "--judge", &model]);
+    assert!(
+        err.contains("`judge`") && err.contains("eval_prompts"),
+        "{err}"
+    );
     let responses = dir.path().join("r.parquet").to_str().unwrap().to_string();
     ok(&[
         "respond",

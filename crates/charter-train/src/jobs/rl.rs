@@ -147,6 +147,27 @@ pub struct RlSettings {
     #[arg(long, value_name = "N", default_value_t = 0)]
     #[serde(default)]
     pub threads: usize,
+    /// Held-out prompts for the over-optimisation curve: at the start, every
+    /// --eval-every iterations and at the end, the policy answers them, the
+    /// reward scores its answers, and the judge compares them with the
+    /// starting policy's in both orders.
+    #[arg(long, value_name = "TABLE")]
+    #[serde(default)]
+    pub eval_prompts: Option<PathBuf>,
+    /// Iterations between evaluations.
+    #[arg(long, value_name = "N", default_value_t = RlSettings::DEFAULT_EVAL_EVERY)]
+    #[serde(default = "defaults::eval_every")]
+    pub eval_every: usize,
+    /// Held-out prompts per evaluation.
+    #[arg(long, value_name = "N", default_value_t = RlSettings::DEFAULT_EVAL_LIMIT)]
+    #[serde(default = "defaults::eval_limit")]
+    pub eval_limit: usize,
+    /// The model that judges the win rate against the starting policy, by
+    /// the constitution's principles [default: the labeller of a
+    /// labeller reward].
+    #[arg(long, value_name = "DIR")]
+    #[serde(default)]
+    pub judge: Option<PathBuf>,
 }
 
 mod defaults {
@@ -172,6 +193,12 @@ mod defaults {
     pub(super) fn rollout_batch() -> usize {
         RlSettings::DEFAULT_ROLLOUT_BATCH
     }
+    pub(super) fn eval_every() -> usize {
+        RlSettings::DEFAULT_EVAL_EVERY
+    }
+    pub(super) fn eval_limit() -> usize {
+        RlSettings::DEFAULT_EVAL_LIMIT
+    }
 }
 
 impl RlSettings {
@@ -189,6 +216,10 @@ impl RlSettings {
     pub const DEFAULT_CLIP: f64 = 0.2;
     /// Sampling batch unless told otherwise.
     pub const DEFAULT_ROLLOUT_BATCH: usize = 32;
+    /// Iterations between evaluations unless told otherwise.
+    pub const DEFAULT_EVAL_EVERY: usize = 2;
+    /// Held-out prompts per evaluation unless told otherwise.
+    pub const DEFAULT_EVAL_LIMIT: usize = 16;
 
     /// A run with `reward` and every other setting at its default.
     pub fn new(reward: RewardSource) -> Self {
@@ -203,6 +234,10 @@ impl RlSettings {
             clip: Self::DEFAULT_CLIP,
             rollout_batch: Self::DEFAULT_ROLLOUT_BATCH,
             threads: 0,
+            eval_prompts: None,
+            eval_every: Self::DEFAULT_EVAL_EVERY,
+            eval_limit: Self::DEFAULT_EVAL_LIMIT,
+            judge: None,
         }
     }
 
@@ -214,6 +249,8 @@ impl RlSettings {
             ("samples", self.samples, 2),
             ("max_new_tokens", self.max_new_tokens, 1),
             ("rollout_batch", self.rollout_batch, 1),
+            ("eval_every", self.eval_every, 1),
+            ("eval_limit", self.eval_limit, 1),
         ] {
             if value < least {
                 return Err(Error::invalid(
@@ -234,16 +271,43 @@ impl RlSettings {
                 format!("must be in (0, 1), got {}", self.clip),
             ));
         }
-        match (&self.reward, &self.constitution) {
-            (RewardSource::Labeller(_), None) => Err(Error::invalid(
+        let labeller = matches!(self.reward, RewardSource::Labeller(_));
+        let eval = self.eval_prompts.is_some();
+        if self.constitution.is_none() && (labeller || eval) {
+            return Err(Error::invalid(
                 "constitution",
-                "a labeller reward rates against a constitution's principles: name one",
-            )),
-            (RewardSource::Pm(_) | RewardSource::Contains(_), Some(_)) => Err(Error::invalid(
+                "a labeller reward and the evaluation's judge rate against a constitution's \
+                 principles: name one",
+            ));
+        }
+        if self.constitution.is_some() && !labeller && !eval {
+            return Err(Error::invalid(
                 "constitution",
-                "only a labeller reward reads a constitution",
-            )),
-            _ => Ok(()),
+                "only a labeller reward or an evaluation (`eval_prompts`) reads a constitution",
+            ));
+        }
+        if eval && !labeller && self.judge.is_none() {
+            return Err(Error::invalid(
+                "judge",
+                "the evaluation needs a judge: name a model directory (a labeller reward's \
+                 model is the judge unless another is named)",
+            ));
+        }
+        if self.judge.is_some() && !eval {
+            return Err(Error::invalid(
+                "judge",
+                "judges the evaluation: set `eval_prompts` too",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The judge of the evaluation: the named one, else the labeller.
+    fn judge(&self) -> Option<&Path> {
+        match (&self.judge, &self.reward) {
+            (Some(j), _) => Some(j),
+            (None, RewardSource::Labeller(l)) => Some(l),
+            _ => None,
         }
     }
 }
@@ -286,12 +350,44 @@ pub struct IterationRow {
     pub update_s: f64,
 }
 
+/// One point of the over-optimisation curve, a row of `curve.parquet`:
+/// the policy after `iteration` iterations on the held-out prompts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalRow {
+    /// Iterations trained (0: the starting policy).
+    pub iteration: u64,
+    /// Mean training reward of the policy's answers.
+    pub reward: f64,
+    /// Mean training reward of the starting policy's answers.
+    pub start_reward: f64,
+    /// The judge's soft win rate of the policy over the starting policy
+    /// (both presentation orders averaged).
+    pub win_rate: f64,
+    /// Lower end of the win rate's 95% interval.
+    pub win_rate_low: f64,
+    /// Upper end of the win rate's 95% interval.
+    pub win_rate_high: f64,
+    /// Mean KL from the start of the answers sampled in the last iteration
+    /// trained (0 at the start).
+    pub kl: f64,
+    /// Share of the policy's answers that open with a refusal or evasion
+    /// (the `refusal` flag of `charter filter`).
+    pub refusal_rate: f64,
+    /// Mean words per answer.
+    pub answer_words: f64,
+    /// The reward rose since the previous point while the win rate fell:
+    /// the policy is being optimised against the reward, not the judge.
+    pub over_optimised: bool,
+}
+
 /// What a run reports as it goes.
 pub enum RlProgress<'a> {
     /// An optimizer step is done (of `total`).
     Step(&'a MetricRow, usize),
     /// An iteration is done (of `total`).
     Iteration(&'a IterationRow, usize),
+    /// A point of the over-optimisation curve.
+    Eval(&'a EvalRow),
 }
 
 /// The loaded reward.
@@ -409,6 +505,8 @@ struct State {
     step: usize,
     metrics: Vec<MetricRow>,
     iterations: Vec<IterationRow>,
+    #[serde(default)]
+    evals: Vec<EvalRow>,
     /// Every answer so far (kept in the checkpoint as a `rollouts` table).
     #[serde(skip)]
     rollouts: Vec<Rollout>,
@@ -417,6 +515,7 @@ struct State {
 const STATE_FILE: &str = "rl-state.json";
 const ROLLOUTS_FILE: &str = "rollouts.parquet";
 const ITERATIONS_FILE: &str = "iterations.parquet";
+const CURVE_FILE: &str = "curve.parquet";
 
 /// A prompt the policy answers: its row and rendered tokens.
 struct Question {
@@ -579,6 +678,28 @@ fn token_logps(model: &Decoder, samples: &[Sample], batch: usize) -> Result<Vec<
     Ok(out)
 }
 
+/// Writes `model`'s weights as the model directory `export`, for the engine.
+fn export_policy(
+    export: &Path,
+    base: &ModelDir,
+    model: &Decoder,
+    dtype: charter_model::Dtype,
+) -> Result<ModelDir> {
+    let lock = claim_trained_output(export)?;
+    let name = export
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(write_trained(
+        lock,
+        base,
+        &model.to_tensors()?,
+        dtype,
+        name,
+        &[],
+    )?)
+}
+
 /// Where the iteration's policy is exported: beside the output.
 fn policy_dir(out: &Path) -> PathBuf {
     let mut name = out.file_name().unwrap_or_default().to_os_string();
@@ -603,6 +724,96 @@ fn update_order(rows: &[Rollout], seed: u64, iteration: usize, epoch: usize) -> 
         .collect();
     keyed.sort();
     keyed.into_iter().map(|(_, i)| i).collect()
+}
+
+/// Where the evaluations keep their tables: beside the output.
+fn eval_dir(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".eval");
+    out.with_file_name(name)
+}
+
+/// What an evaluation needs besides the policy.
+struct Evaluation<'a> {
+    prompts: TableFile,
+    start: &'a Path,
+    judge: &'a Path,
+    constitution: Constitution,
+    settings: charter_stages::PolicyEvalSettings,
+    /// Where each point's tables go (`iteration-N/`).
+    dir: PathBuf,
+}
+
+impl Evaluation<'_> {
+    /// The policy in `policy` after `iteration` iterations against the start:
+    /// `charter eval policy`'s tables in `iteration-N/`, and the reward of
+    /// both policies' answers. The starting policy's answers are made once
+    /// and copied into each later point's directory, where they are found
+    /// finished.
+    fn point(
+        &self,
+        policy: &Path,
+        iteration: usize,
+        scorer: &mut Scorer,
+        batch_size: usize,
+        previous: Option<&EvalRow>,
+        kl: f64,
+    ) -> Result<EvalRow> {
+        let work = self.dir.join(format!("iteration-{iteration}"));
+        let first = self.dir.join("iteration-0").join("a-responses.parquet");
+        let here = work.join("a-responses.parquet");
+        if iteration > 0 && first.exists() && !here.exists() {
+            std::fs::create_dir_all(&work).map_err(|e| Error::io(&work, e))?;
+            std::fs::copy(&first, &here).map_err(|e| Error::io(&here, e))?;
+        }
+        let contestants = charter_stages::Contestants {
+            a: self.start,
+            b: policy,
+            labeller: self.judge,
+        };
+        let report = charter_stages::eval_policy(
+            &self.prompts,
+            contestants,
+            &self.constitution,
+            &self.settings,
+            &work,
+            &mut |_, _| {},
+        )?;
+        let answers = |name: &str| -> Result<Vec<charter_table::Response>> {
+            Ok(TableFile::open(&work.join(name))?.rows()?)
+        };
+        let (a, b) = (
+            answers("a-responses.parquet")?,
+            answers("b-responses.parquet")?,
+        );
+        let mut rewards = |rows: &[charter_table::Response]| -> Result<f64> {
+            let keyed: Vec<(String, &str, String)> = rows
+                .iter()
+                .map(|r| (r.id.clone(), r.prompt.as_str(), r.text.clone()))
+                .collect();
+            Ok(mean(scorer.score(&keyed, batch_size)?.into_iter()))
+        };
+        let (reward, start_reward) = (rewards(&b)?, rewards(&a)?);
+        let filter = charter_stages::FilterSettings::default();
+        let judge = filter.judge();
+        let refusal_rate = mean(b.iter().map(|r| {
+            let flags = judge.flags(&r.text, None, None, true);
+            f64::from(u8::from(flags.contains(&charter_stages::Flag::Refusal)))
+        }));
+        Ok(EvalRow {
+            iteration: iteration as u64,
+            reward,
+            start_reward,
+            win_rate: report.win_rate,
+            win_rate_low: report.win_rate_ci.0,
+            win_rate_high: report.win_rate_ci.1,
+            kl,
+            refusal_rate,
+            answer_words: mean(b.iter().map(|r| r.text.split_whitespace().count() as f64)),
+            over_optimised: previous
+                .is_some_and(|p| reward > p.reward && report.win_rate < p.win_rate),
+        })
+    }
 }
 
 fn mean(v: impl Iterator<Item = f64>) -> f64 {
@@ -652,7 +863,51 @@ pub fn train_rl(
         )));
     }
     let (reward_id, mut scorer) = open_reward(rl, job)?;
+    let evaluation = match (&rl.eval_prompts, rl.judge(), &rl.constitution) {
+        (Some(path), Some(judge), Some(constitution)) => {
+            let prompts = TableFile::open(path)?;
+            if prompts.table_name() != Some("prompts") {
+                return Err(Error::Input(format!(
+                    "{}: the evaluation answers a prompts table, not a `{}` table",
+                    path.display(),
+                    prompts.table_name().unwrap_or("?")
+                )));
+            }
+            let generation = charter_stages::GenSettings {
+                max_new_tokens: rl.max_new_tokens as u32,
+                seed: s.seed,
+                threads: rl.threads,
+                ..charter_stages::GenSettings::DEFAULT
+            };
+            Some(Evaluation {
+                prompts,
+                start: job.model,
+                judge,
+                constitution: Constitution::load(constitution)
+                    .map_err(|e| Error::Input(format!("{}: {e}", constitution.display())))?,
+                settings: charter_stages::PolicyEvalSettings {
+                    samples: 1,
+                    limit: Some(rl.eval_limit),
+                    swap: true,
+                    generation,
+                },
+                dir: eval_dir(job.out),
+            })
+        }
+        _ => None,
+    };
+    let eval_id = match &evaluation {
+        Some(e) => serde_json::json!({
+            "prompts": input_ref(e.prompts.path(), &e.prompts)?,
+            "every": rl.eval_every,
+            "limit": rl.eval_limit,
+            "judge": ModelDir::open(e.judge)?.provenance.content_hash,
+            "constitution": e.constitution.hash(),
+        }),
+        None => serde_json::Value::Null,
+    };
     let extra = serde_json::json!({
+        "eval": eval_id,
         "reward": reward_id,
         "iterations": rl.iterations,
         "prompts_per_iteration": rl.prompts_per_iteration,
@@ -688,6 +943,7 @@ pub fn train_rl(
         step: 0,
         metrics: Vec::new(),
         iterations: Vec::new(),
+        evals: Vec::new(),
         rollouts: Vec::new(),
     };
     let (restored, restored_optimizer, saved) = resume_from::<Decoder, State>(
@@ -710,13 +966,24 @@ pub fn train_rl(
     for it in state.iteration..rl.iterations {
         // 1. Export the current weights and sample from them.
         let t0 = Instant::now();
-        let lock = claim_trained_output(&export)?;
-        let name = export
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let policy = write_trained(lock, &p.base, &model.to_tensors()?, job.dtype, name, &[])?;
+        let policy = export_policy(&export, &p.base, &model, job.dtype)?;
         let export_s = t0.elapsed().as_secs_f64();
+        if let Some(e) = &evaluation
+            && it % rl.eval_every == 0
+            && !state.evals.iter().any(|r| r.iteration == it as u64)
+        {
+            let kl = state.iterations.last().map_or(0.0, |r| r.kl);
+            let row = e.point(
+                &policy.path,
+                it,
+                &mut scorer,
+                s.batch_size,
+                state.evals.last(),
+                kl,
+            )?;
+            progress(RlProgress::Eval(&row));
+            state.evals.push(row);
+        }
         let chosen = iteration_prompts(&questions, s.seed, it, rl.prompts_per_iteration);
         let (samples, rollout_s) = sample(&policy.path, &questions, &chosen, rl, s.seed, it + 1)?;
 
@@ -879,6 +1146,25 @@ pub fn train_rl(
             }
         }
     }
+    if let Some(e) = &evaluation
+        && !state
+            .evals
+            .iter()
+            .any(|r| r.iteration == rl.iterations as u64)
+    {
+        let policy = export_policy(&export, &p.base, &model, job.dtype)?;
+        let kl = state.iterations.last().map_or(0.0, |r| r.kl);
+        let row = e.point(
+            &policy.path,
+            rl.iterations,
+            &mut scorer,
+            s.batch_size,
+            state.evals.last(),
+            kl,
+        )?;
+        progress(RlProgress::Eval(&row));
+        state.evals.push(row);
+    }
     let _ = std::fs::remove_dir_all(&export);
     finish_rl(
         job,
@@ -911,6 +1197,9 @@ fn finish_rl(
         rollouts_bytes(&state.rollouts, &input, job, fp)?,
     ));
     files.push((ITERATIONS_FILE, iterations_bytes(&state.iterations)?));
+    if !state.evals.is_empty() {
+        files.push((CURVE_FILE, curve_bytes(&state.evals)?));
+    }
     finish(
         job,
         p,
@@ -949,42 +1238,87 @@ fn rollouts_bytes(rows: &[Rollout], input: &InputRef, job: &Job<'_>, fp: &str) -
     std::fs::read(&path).map_err(|e| Error::io(&path, e))
 }
 
-/// The iteration rows as Parquet bytes.
-fn iterations_bytes(rows: &[IterationRow]) -> Result<Vec<u8>> {
+/// A column of per-iteration rows: its name and how to read it.
+type Column<R, T> = (&'static str, fn(&R) -> T);
+
+/// Rows as Parquet bytes: `iteration` (UInt64), then one Float64 column per
+/// `floats` and one Boolean column per `flags`.
+fn row_table<R>(
+    what: &str,
+    rows: &[R],
+    iteration: fn(&R) -> u64,
+    floats: &[Column<R, f64>],
+    flags: &[Column<R, bool>],
+) -> Result<Vec<u8>> {
     use std::sync::Arc;
 
-    use arrow_array::{ArrayRef, Float64Array, UInt64Array};
+    use arrow_array::{ArrayRef, BooleanArray, Float64Array, UInt64Array};
     use arrow_schema::{DataType, Field, Schema};
 
-    type Column = (&'static str, fn(&IterationRow) -> f64);
-    let columns: [Column; 15] = [
-        ("reward", |r| r.reward),
-        ("reward_std", |r| r.reward_std),
-        ("kl", |r| r.kl),
-        ("shaped_reward", |r| r.shaped_reward),
-        ("entropy", |r| r.entropy),
-        ("answer_tokens", |r| r.answer_tokens),
-        ("stop_share", |r| r.stop_share),
-        ("clip_fraction", |r| r.clip_fraction),
-        ("rollout_tokens_per_s", |r| r.rollout_tokens_per_s),
-        ("update_tokens_per_s", |r| r.update_tokens_per_s),
-        ("export_s", |r| r.export_s),
-        ("rollout_s", |r| r.rollout_s),
-        ("reward_s", |r| r.reward_s),
-        ("logp_s", |r| r.logp_s),
-        ("update_s", |r| r.update_s),
-    ];
     let mut fields = vec![Field::new("iteration", DataType::UInt64, false)];
     let mut arrays: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from_iter_values(
-        rows.iter().map(|r| r.iteration),
+        rows.iter().map(iteration),
     ))];
-    for (name, get) in columns {
-        fields.push(Field::new(name, DataType::Float64, false));
+    for (name, get) in floats {
+        fields.push(Field::new(*name, DataType::Float64, false));
         arrays.push(Arc::new(Float64Array::from_iter_values(
             rows.iter().map(get),
         )));
     }
-    crate::metrics::parquet_bytes("iterations", Schema::new(fields), arrays)
+    for (name, get) in flags {
+        fields.push(Field::new(*name, DataType::Boolean, false));
+        arrays.push(Arc::new(BooleanArray::from_iter(
+            rows.iter().map(|r| Some(get(r))),
+        )));
+    }
+    crate::metrics::parquet_bytes(what, Schema::new(fields), arrays)
+}
+
+/// The iteration rows as Parquet bytes.
+fn iterations_bytes(rows: &[IterationRow]) -> Result<Vec<u8>> {
+    row_table(
+        "iterations",
+        rows,
+        |r| r.iteration,
+        &[
+            ("reward", |r| r.reward),
+            ("reward_std", |r| r.reward_std),
+            ("kl", |r| r.kl),
+            ("shaped_reward", |r| r.shaped_reward),
+            ("entropy", |r| r.entropy),
+            ("answer_tokens", |r| r.answer_tokens),
+            ("stop_share", |r| r.stop_share),
+            ("clip_fraction", |r| r.clip_fraction),
+            ("rollout_tokens_per_s", |r| r.rollout_tokens_per_s),
+            ("update_tokens_per_s", |r| r.update_tokens_per_s),
+            ("export_s", |r| r.export_s),
+            ("rollout_s", |r| r.rollout_s),
+            ("reward_s", |r| r.reward_s),
+            ("logp_s", |r| r.logp_s),
+            ("update_s", |r| r.update_s),
+        ],
+        &[],
+    )
+}
+
+/// The over-optimisation curve as Parquet bytes.
+fn curve_bytes(rows: &[EvalRow]) -> Result<Vec<u8>> {
+    row_table(
+        "curve",
+        rows,
+        |r| r.iteration,
+        &[
+            ("reward", |r| r.reward),
+            ("start_reward", |r| r.start_reward),
+            ("win_rate", |r| r.win_rate),
+            ("win_rate_low", |r| r.win_rate_low),
+            ("win_rate_high", |r| r.win_rate_high),
+            ("kl", |r| r.kl),
+            ("refusal_rate", |r| r.refusal_rate),
+            ("answer_words", |r| r.answer_words),
+        ],
+        &[("over_optimised", |r| r.over_optimised)],
+    )
 }
 
 #[cfg(test)]
