@@ -821,7 +821,7 @@ fn training_stages_refuse_what_does_not_apply() {
             vec![
                 "stage `t`",
                 "field `objective`",
-                "\"sft\", \"pm\", \"dpo\" or \"classifier\"",
+                "\"sft\", \"pm\", \"dpo\", \"classifier\" or \"rl\"",
             ],
         ),
         (

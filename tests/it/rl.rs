@@ -313,3 +313,71 @@ fn an_interrupted_run_resumes_to_the_same_weights_and_samples() {
     };
     assert_eq!(hash(&whole), hash(&split));
 }
+
+/// A build file's `rl` stage trains the same weights as the command with
+/// the same settings, and a second build finds it up to date.
+#[test]
+fn a_build_stage_trains_what_the_command_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, prompts) = setup(dir.path());
+    let c = crate::constitution();
+    let build = file(
+        dir.path(),
+        "rl.toml",
+        format!(
+            r#"
+[build]
+model = "{model}"
+constitution = "{c}"
+out = "out"
+
+[[stage]]
+name = "prompts"
+kind = "table"
+path = "{prompts}"
+
+[[stage]]
+name = "rl"
+kind = "train"
+objective = "rl"
+input = "prompts"
+reward = "contains:e"
+iterations = 2
+prompts_per_iteration = 4
+samples = 8
+max_new_tokens = 24
+max_len = 96
+batch_size = 8
+lr = 1e-3
+dtype = "f32"
+eval_prompts = "prompts"
+judge = "{model}"
+"#
+        ),
+    );
+    let first = String::from_utf8(crate::charter(&["build", &build], None).stderr).unwrap();
+    assert!(first.contains("rl (train): ran"), "{first}");
+    let again = String::from_utf8(crate::charter(&["build", &build], None).stderr).unwrap();
+    assert!(again.contains("rl (train): cached"), "{again}");
+
+    let out = dir.path().join("cli").to_str().unwrap().to_string();
+    let mut args = vec!["train", "rl", "-m", &model, "-i", &prompts, "-o", &out];
+    args.extend(&QUICK[2..]);
+    args.extend([
+        "--iterations",
+        "2",
+        "--eval-prompts",
+        &prompts,
+        "--judge",
+        &model,
+        "-c",
+        &c,
+    ]);
+    ok(&args);
+    let weights = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert_eq!(
+        weights(&dir.path().join("out/rl")),
+        weights(Path::new(&out))
+    );
+    assert!(dir.path().join("out/rl/curve.parquet").is_file());
+}

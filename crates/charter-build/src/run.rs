@@ -479,6 +479,14 @@ fn train_job<'a>(
     })
 }
 
+/// An `rl` stage's prompts table and settings, its held-out prompts (its
+/// second input) filled in.
+fn rl_of<'a>(op: &TrainOp, inputs: &'a [PathBuf]) -> Option<(&'a Path, charter_train::RlSettings)> {
+    let mut rl = op.rl.clone()?;
+    rl.eval_prompts = inputs.get(1).cloned();
+    Some((inputs.first()?.as_path(), rl))
+}
+
 const EVAL_KEY_FILE: &str = "eval-key.json";
 const EVAL_REPORT_FILE: &str = "report.json";
 
@@ -541,6 +549,9 @@ impl BuildPlan {
     pub(super) fn train_fingerprint(&self, stage: &PlannedStage, op: &TrainOp) -> Result<String> {
         let inputs: Vec<PathBuf> = self.input_paths(stage)?;
         let job = train_job(stage, op, false, &NEVER)?;
+        if let Some((prompts, rl)) = rl_of(op, &inputs) {
+            return Ok(charter_train::rl_fingerprint(&job, prompts, &rl)?);
+        }
         Ok(charter_train::task_fingerprint(op.task, &job, &inputs)?)
     }
 
@@ -588,14 +599,22 @@ impl BuildPlan {
             None => charter_train::default_reference_cache()?,
         };
         let mut tokens = 0u64;
-        let outcome = charter_train::run_task(op.task, &job, &inputs, &cache, &mut |m, total| {
+        let mut step = |m: &charter_train::MetricRow, total: usize| {
             tokens += m.tokens;
             progress(StageProgress {
                 rows_done: m.step,
                 rows_total: total as u64,
                 tokens,
             });
-        })?;
+        };
+        let outcome = match rl_of(op, &inputs) {
+            Some((prompts, rl)) => charter_train::train_rl(&job, prompts, &rl, &mut |e| {
+                if let charter_train::RlProgress::Step(m, total) = e {
+                    step(m, total);
+                }
+            })?,
+            None => charter_train::run_task(op.task, &job, &inputs, &cache, &mut step)?,
+        };
         let (status, rows, dir) = match outcome {
             Outcome::Interrupted { step, checkpoint } => {
                 return Err(Error::Interrupted(format!(

@@ -136,13 +136,15 @@ pub enum TaskKind {
     Dpo,
     /// A constitutional classifier's input guard.
     Classifier,
+    /// Online RL (its settings are [`RlSettings`](crate::RlSettings)).
+    Rl,
 }
 
 /// A training objective and its own setting, as a build file gives them.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TaskConfig {
-    /// `sft`, `pm`, `dpo` or `classifier`.
+    /// `sft`, `pm`, `dpo`, `classifier` or `rl`.
     pub objective: Option<TaskKind>,
     /// `pm`, `classifier`: share of rows held out for the accuracy and calibration report.
     pub held_out: Option<f64>,
@@ -161,7 +163,8 @@ impl TaskConfig {
         let Some(kind) = self.objective else {
             return Err(Error::invalid(
                 "objective",
-                "a `train` stage needs `objective`: \"sft\", \"pm\", \"dpo\" or \"classifier\"",
+                "a `train` stage needs `objective`: \"sft\", \"pm\", \"dpo\", \"classifier\" \
+                 or \"rl\"",
             ));
         };
         if self.held_out.is_some() && !matches!(kind, TaskKind::Pm | TaskKind::Classifier) {
@@ -201,6 +204,7 @@ impl TaskConfig {
                 held_out: self.held_out.unwrap_or(Task::DEFAULT_HELD_OUT),
                 label_weight: self.label_weight.unwrap_or(Task::DEFAULT_LABEL_WEIGHT),
             },
+            TaskKind::Rl => Task::Rl,
         };
         task.validate()?;
         Ok(task)

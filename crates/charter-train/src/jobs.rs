@@ -28,7 +28,10 @@ mod sft;
 pub use classifier::{auroc, train_classifier};
 pub use dpo::train_dpo;
 pub use pm::{calibration, train_pm};
-pub use rl::{IterationRow, RewardSource, RlProgress, RlSettings, rloo_advantages, train_rl};
+pub use rl::{
+    EvalRow, IterationRow, RewardSource, RlProgress, RlSettings, rl_fingerprint, rloo_advantages,
+    train_rl,
+};
 pub use sft::train_sft;
 
 /// What every job takes.
@@ -427,6 +430,9 @@ pub enum Task {
         /// Weight of the category label in the target (the rest is the labeller's).
         label_weight: f64,
     },
+    /// Online RL on prompts; its settings are an [`RlSettings`] and it runs
+    /// with [`train_rl`].
+    Rl,
 }
 
 impl Task {
@@ -446,13 +452,14 @@ impl Task {
             Task::Pm { .. } => "pm",
             Task::Dpo { .. } => "dpo",
             Task::Classifier { .. } => "classifier",
+            Task::Rl => "rl",
         }
     }
 
     /// The objective's own settings, as recorded in `objective_settings`.
     pub fn settings(self) -> serde_json::Value {
         match self {
-            Task::Sft => serde_json::json!({}),
+            Task::Sft | Task::Rl => serde_json::json!({}),
             Task::Pm { held_out } => serde_json::json!({ "held_out": held_out }),
             Task::Dpo { beta } => serde_json::json!({ "beta": beta }),
             Task::Classifier {
@@ -470,7 +477,7 @@ impl Task {
     /// Checks the objective's own setting; the error names it.
     pub fn validate(&self) -> Result<()> {
         match *self {
-            Task::Sft => Ok(()),
+            Task::Sft | Task::Rl => Ok(()),
             Task::Pm { held_out } | Task::Classifier { held_out, .. }
                 if !(0.0..1.0).contains(&held_out) =>
             {
@@ -519,7 +526,12 @@ pub fn run_task(
             held_out,
             label_weight,
         } => train_classifier(job, one()?, role, held_out, label_weight, progress),
+        Task::Rl => Err(rl_needs_settings()),
     }
+}
+
+fn rl_needs_settings() -> Error {
+    Error::Input("online RL runs with `train_rl`: it needs its reward's settings".into())
 }
 
 /// The fingerprint a run of `task` on `inputs` would record, computed from
@@ -527,6 +539,9 @@ pub fn run_task(
 /// equal to a finished output's [`recorded_fingerprint`] exactly when that
 /// output is up to date.
 pub fn task_fingerprint(task: Task, job: &Job<'_>, inputs: &[PathBuf]) -> Result<String> {
+    if task == Task::Rl {
+        return Err(rl_needs_settings());
+    }
     let base = ModelDir::open(job.model)?;
     let refs = inputs
         .iter()

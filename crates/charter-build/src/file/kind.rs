@@ -8,7 +8,7 @@ use charter_stages::{
     CritiqueSettings, DedupSettings, ExportSettings, FilterSettings, GenSettings, ImportSettings,
     LabelSettings, PolicyEvalSettings, RateSettings, RespondSettings, TableDedupSettings,
 };
-use charter_train::{ScoreSettings, TaskConfig, TrainConfig};
+use charter_train::{RlSettings, ScoreSettings, TaskConfig, TrainConfig};
 use serde::Deserialize;
 
 use super::source::fields_of;
@@ -283,6 +283,7 @@ impl StageKind {
                 &[Input, Mix, Output, Model, Seed, ReferenceCache],
                 &[
                     K::Table,
+                    K::Import,
                     K::Dedup,
                     K::Filter,
                     K::Respond,
@@ -290,7 +291,11 @@ impl StageKind {
                     K::Label,
                     K::Target,
                 ],
-                &[fields_of::<TaskConfig>(), fields_of::<TrainConfig>()],
+                &[
+                    fields_of::<TaskConfig>(),
+                    fields_of::<TrainConfig>(),
+                    fields_of::<RlSettings>(),
+                ],
                 false,
             ),
             K::Eval => d(

@@ -153,6 +153,9 @@ pub struct TrainOp {
     /// DPO: where reference log-probabilities are cached (else charter's
     /// default cache directory).
     pub reference_cache: Option<PathBuf>,
+    /// RL: the reward, iterations and evaluation, with models resolved
+    /// (`eval_prompts` is the stage's second input, set when it runs).
+    pub rl: Option<charter_train::RlSettings>,
 }
 
 /// What an `eval` stage runs: policy B against policy A, judged by the
@@ -207,10 +210,19 @@ impl PlannedStage {
             .collect()
     }
 
-    /// Every stage it needs built first: its input tables, then its models.
+    /// Every stage it needs built first, once each: its input tables, then
+    /// its models.
     pub fn dependencies(&self) -> Vec<&str> {
-        let mut all = self.inputs();
-        all.extend(self.model_stages.iter().map(String::as_str));
+        let mut all: Vec<&str> = Vec::new();
+        for name in self
+            .inputs()
+            .into_iter()
+            .chain(self.model_stages.iter().map(String::as_str))
+        {
+            if !all.contains(&name) {
+                all.push(name);
+            }
+        }
         all
     }
 }

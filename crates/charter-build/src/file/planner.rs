@@ -11,7 +11,9 @@ use charter_stages::{
     CritiqueSettings, ExportFormat, ExportSettings, FilterSettings, GenSettings, ImportSettings,
     LabelSettings, PolicyEvalSettings, RateSettings, RespondSettings, TableDedupSettings,
 };
-use charter_train::{ScoreSettings, Task, TaskConfig, TaskKind, TrainConfig};
+use charter_train::{
+    RewardSource, RlSettings, ScoreSettings, Task, TaskConfig, TaskKind, TrainConfig,
+};
 use serde::de::DeserializeOwned;
 use toml::Spanned;
 
@@ -338,7 +340,7 @@ impl<'s, 't> Planner<'s, 't> {
         let name = s.name.get_ref().as_str();
         let description = s.kind.describe();
         let input = self.text(s, "input")?.map(Spanned::into_inner);
-        let against = self.text(s, "against")?.map(Spanned::into_inner);
+        let mut against = self.text(s, "against")?.map(Spanned::into_inner);
         let mix: Vec<String> = match s.slot("mix") {
             Some((_, v)) => settings_value(self.source, &format!("stage `{name}`"), "mix", v)?,
             None => Vec::new(),
@@ -598,7 +600,14 @@ impl<'s, 't> Planner<'s, 't> {
                 StageOp::Export(settings)
             }
             StageKind::Train => {
-                StageOp::Train(self.train(s, seed, &mix, kinds, input.as_deref())?)
+                let mut op = self.train(s, seed, &mix, kinds, input.as_deref())?;
+                if op.task == Task::Rl {
+                    let (rl, eval_input) = self.rl(s, kinds, trained, &mut model_stages)?;
+                    op.rl = Some(rl);
+                    // The held-out prompts are the stage's second input.
+                    against = eval_input;
+                }
+                StageOp::Train(op)
             }
             StageKind::Eval => {
                 let mut policy = |field: &str| -> Result<PathBuf> {
@@ -678,7 +687,15 @@ impl<'s, 't> Planner<'s, 't> {
                 &[StageKind::Table, StageKind::Dedup, StageKind::Label]
             }
             Task::Classifier { .. } => &[StageKind::Table, StageKind::Dedup, StageKind::Target],
+            Task::Rl => &[StageKind::Table, StageKind::Import, StageKind::Dedup],
         };
+        if task != Task::Rl
+            && let Some(field) = fields_of::<RlSettings>()
+                .iter()
+                .find(|f| s.slot(f).is_some() || s.settings.iter().any(|(k, _)| k.get_ref() == *f))
+        {
+            return Err(self.at(s, field, "applies to `objective = \"rl\"` only"));
+        }
         for (field, i) in input
             .iter()
             .map(|i| ("input", *i))
@@ -712,7 +729,87 @@ impl<'s, 't> Planner<'s, 't> {
             reference_cache: self
                 .text(s, "reference_cache")?
                 .map(|p| self.resolve(p.get_ref())),
+            rl: None,
         })
+    }
+
+    /// An `rl` training stage's own settings, with its models resolved (a
+    /// `train` stage's name means the model it trains) and the stage of
+    /// held-out prompts, if any.
+    fn rl(
+        &self,
+        s: &Declared,
+        kinds: &BTreeMap<&str, StageKind>,
+        trained: &BTreeMap<&str, (PathBuf, bool)>,
+        model_stages: &mut Vec<String>,
+    ) -> Result<(RlSettings, Option<String>)> {
+        let mut rl: RlSettings = self.own(s)?;
+        if !s.settings.iter().any(|(k, _)| k.get_ref() == "reward") {
+            return Err(self.at(
+                s,
+                "reward",
+                "an `rl` stage needs `reward`: \"pm:<pm stage or directory>\", \
+                 \"labeller:<model>\" or \"contains:<text>\"",
+            ));
+        }
+        // A model: a `train` stage's output (a preference model exactly
+        // where one is wanted), else a directory.
+        let mut model = |field: &str, value: &Path, want_pm: bool| -> Result<PathBuf> {
+            let value = value.to_string_lossy();
+            let Some((dir, pm)) = trained.get(value.as_ref()) else {
+                return Ok(self.resolve(&value));
+            };
+            if *pm != want_pm {
+                let problem = match want_pm {
+                    true => format!("`{value}` trains a policy; `pm:` names a preference model"),
+                    false => format!(
+                        "`{value}` trains a preference model, which scores answers; name a policy"
+                    ),
+                };
+                return Err(self.at(s, field, problem));
+            }
+            if !model_stages.iter().any(|m| m == value.as_ref()) {
+                model_stages.push(value.into_owned());
+            }
+            Ok(dir.clone())
+        };
+        rl.reward = match rl.reward {
+            RewardSource::Pm(m) => RewardSource::Pm(model("reward", &m, true)?),
+            RewardSource::Labeller(m) => RewardSource::Labeller(model("reward", &m, false)?),
+            other => other,
+        };
+        rl.judge = rl.judge.map(|m| model("judge", &m, false)).transpose()?;
+        let eval_input = match rl.eval_prompts.take() {
+            Some(stage) => {
+                let name = stage.to_string_lossy().into_owned();
+                match kinds.get(name.as_str()) {
+                    Some(StageKind::Import | StageKind::Table | StageKind::Dedup) => Some(name),
+                    _ => {
+                        return Err(self.at(
+                            s,
+                            "eval_prompts",
+                            format!("`{name}` is not a stage of prompts (an `import` stage)"),
+                        ));
+                    }
+                }
+            }
+            None => None,
+        };
+        let wants_constitution =
+            matches!(rl.reward, RewardSource::Labeller(_)) || eval_input.is_some();
+        rl.constitution = match rl.constitution.take() {
+            Some(c) => Some(self.resolve(&c.to_string_lossy())),
+            None if wants_constitution => self
+                .constitution
+                .as_ref()
+                .map(|c| self.resolve(c.get_ref())),
+            None => None,
+        };
+        // Checked with a stand-in for the held-out prompts, known at run time.
+        let mut check = rl.clone();
+        check.eval_prompts = eval_input.as_ref().map(PathBuf::from);
+        self.checked(s, check.validate())?;
+        Ok((rl, eval_input))
     }
 }
 

@@ -283,6 +283,88 @@ path = "l.parquet"
 }
 
 #[test]
+fn an_rl_stage_resolves_its_reward_judge_and_held_out_prompts() {
+    let rl = |extra: &str| {
+        format!(
+            r#"
+[[stage]]
+name = "held-out"
+kind = "import"
+files = ["h.txt"]
+[[stage]]
+name = "labels"
+kind = "table"
+path = "l.parquet"
+[[stage]]
+name = "pm"
+kind = "train"
+objective = "pm"
+input = "labels"
+[[stage]]
+name = "rl"
+kind = "train"
+objective = "rl"
+input = "prompts"
+{extra}
+"#
+        )
+    };
+    let plan = parse(&rl(
+        "reward = \"pm:pm\"\neval_prompts = \"held-out\"\njudge = \"m\"\niterations = 3",
+    ))
+    .unwrap();
+    let stage = plan.stage("rl").unwrap();
+    assert_eq!(stage.dependencies(), ["prompts", "held-out", "pm"]);
+    let StageOp::Train(op) = &stage.op else {
+        panic!("train op")
+    };
+    assert_eq!(op.task, Task::Rl);
+    let settings = op.rl.as_ref().unwrap();
+    assert_eq!(
+        settings.reward,
+        charter_train::RewardSource::Pm("dir/o/pm".into())
+    );
+    assert_eq!(settings.judge.as_deref(), Some(Path::new("dir/m")));
+    assert_eq!(
+        settings.constitution.as_deref(),
+        Some(Path::new("dir/c.toml")),
+        "the build's constitution, for the judge"
+    );
+    assert_eq!(settings.iterations, 3);
+    let names: Vec<&str> = plan.stages.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.iter().position(|n| *n == "pm") < names.iter().position(|n| *n == "rl"));
+
+    // A rule needs no constitution, and gets none.
+    let plan = parse(&rl("reward = \"contains:Sure\"")).unwrap();
+    let StageOp::Train(op) = &plan.stage("rl").unwrap().op else {
+        panic!("train op")
+    };
+    assert_eq!(op.rl.as_ref().unwrap().constitution, None);
+
+    for (extra, wanted) in [
+        ("iterations = 2", "needs `reward`"),
+        ("reward = \"labeller:pm\"", "trains a preference model"),
+        (
+            "reward = \"contains:x\"\neval_prompts = \"pm\"\njudge = \"m\"",
+            "not a stage of prompts",
+        ),
+        ("reward = \"contains:x\"\nsamples = 1", "at least 2"),
+    ] {
+        let e = err(&rl(extra));
+        assert!(e.contains(wanted), "{extra}: {e}");
+    }
+    let e = err(r#"
+[[stage]]
+name = "x"
+kind = "train"
+objective = "sft"
+input = "prompts"
+reward = "contains:x"
+"#);
+    assert!(e.contains("`reward`") && e.contains("rl"), "{e}");
+}
+
+#[test]
 fn a_model_used_to_build_its_own_training_data_is_a_cycle() {
     let e = err(r#"
 [[stage]]
@@ -344,7 +426,11 @@ fn the_command_line_and_build_files_take_the_same_settings() {
         (StageKind::Target, flag_fields::<TargetSettings>()),
         (
             StageKind::Train,
-            flag_fields::<charter_train::TrainConfig>(),
+            [
+                flag_fields::<charter_train::TrainConfig>(),
+                flag_fields::<charter_train::RlSettings>(),
+            ]
+            .concat(),
         ),
     ];
     for (kind, flags) in cases {
