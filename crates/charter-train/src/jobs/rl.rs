@@ -17,8 +17,10 @@
 //!    mapped to [-1, 1] (`labeller:DIR`, the `rate` stage's scoring), or 1
 //!    when the answer contains a text and 0 otherwise (`contains:TEXT`, a
 //!    rule a user can check by eye).
-//! 3. **KL.** The trainer's f32 policy and the frozen starting policy give
-//!    every answer token's log-probability; an answer's KL is
+//! 3. **KL.** The engine scores every answer token under the iteration's
+//!    export and under the starting policy (both f32, one forward pass
+//!    each, ONNX Runtime's kernels rather than the trainer's); an answer's
+//!    KL is
 //!    `Σ_t log π(t) − log π_ref(t)` over its tokens (the sampled, "k1"
 //!    estimate of KL(π ‖ π_ref), unbiased for answers drawn from π), and the
 //!    shaped reward is `reward − kl_coef · kl` (the penalty folded into the
@@ -41,9 +43,11 @@
 //! samples as an uninterrupted run.
 //!
 //! The iteration's export is f32 whatever the output's `--dtype`: the
-//! answers are then draws from the very weights the ratios and the KL are
-//! computed with, and the export takes 4.5 s on the default model where an
-//! int8 one (quantising every matrix) takes 30 s.
+//! answers are then draws from the weights the trainer updates, and the
+//! export takes 4.5 s on the default model where an int8 one (quantising
+//! every matrix) takes 30 s. The sampling log-probabilities come from ONNX
+//! Runtime and the trainer's from burn: at a step's start the ratios are 1
+//! up to rounding, not exactly.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -61,7 +65,7 @@ use super::{
 };
 use crate::data::{Formatter, Tokens, input_ref};
 use crate::heap::RetainedHeap;
-use crate::loss::{PreferenceModel, answer_token_values, clipped_policy_loss, scalar};
+use crate::loss::{PreferenceModel, clipped_policy_loss, scalar};
 use crate::metrics::MetricRow;
 use crate::train::{checkpoint_dir, resume_from, write_checkpoint};
 use crate::{Decoder, Error, Result, select_device};
@@ -596,18 +600,16 @@ struct Sample {
     stopped: bool,
 }
 
-/// Samples `samples` answers to each of `chosen` from the model directory
-/// `policy` with the engine. Returns them in (prompt, sample) order and the
+/// Samples `samples` answers to each of `chosen` from `model` with the engine. Returns them in (prompt, sample) order and the
 /// seconds spent.
 fn sample(
-    policy: &Path,
+    model: &mut Model,
     questions: &[Question],
     chosen: &[usize],
     rl: &RlSettings,
     seed: u64,
     iteration: usize,
 ) -> Result<(Vec<Sample>, f64)> {
-    let mut model = Model::open(policy, rl.threads)?;
     let started = Instant::now();
     let k = rl.samples;
     let mut requests = Vec::with_capacity(chosen.len() * k);
@@ -683,15 +685,23 @@ fn sample(
     Ok((out, started.elapsed().as_secs_f64()))
 }
 
-/// Per-token log-probabilities of every sample under `model`, `batch` at a time.
-fn token_logps(model: &Decoder, samples: &[Sample], batch: usize) -> Result<Vec<Vec<f64>>> {
-    let mut out = Vec::with_capacity(samples.len());
-    for chunk in samples.chunks(batch.max(1)) {
-        let rows: Vec<&Tokens> = chunk.iter().map(|s| &s.tokens).collect();
-        out.extend(answer_token_values(model, &rows)?);
-    }
-    Ok(out)
+/// Per-token log-probabilities of every sample's answer under `model`
+/// (ONNX Runtime's f32 forward pass, which agrees with the trainer's up to
+/// rounding), `batch` answers per pass.
+fn engine_logps(model: &mut Model, samples: &[Sample], batch: usize) -> Result<Vec<Vec<f64>>> {
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = samples
+        .iter()
+        .map(|x| {
+            let (prompt, answer) = x.tokens.ids.split_at(x.tokens.prompt_len);
+            (prompt.to_vec(), answer.to_vec())
+        })
+        .collect();
+    Ok(model.engine.score(&pairs, batch)?)
 }
+
+/// Answers scored per forward pass for the KL: the logits of a pass are
+/// rows × answer tokens × vocabulary (100 MB on the default model).
+const SCORE_BATCH: usize = 8;
 
 /// Writes `model`'s weights as the f32 model directory `export`, for the engine.
 fn export_policy(export: &Path, base: &ModelDir, model: &Decoder) -> Result<ModelDir> {
@@ -708,6 +718,13 @@ fn export_policy(export: &Path, base: &ModelDir, model: &Decoder) -> Result<Mode
         name,
         &[],
     )?)
+}
+
+/// Where the starting policy is exported for the KL: beside the output.
+fn reference_dir(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".reference");
+    out.with_file_name(name)
 }
 
 /// Where the iteration's policy is exported: beside the output.
@@ -912,11 +929,23 @@ pub fn train_rl(
     };
     let _heap = RetainedHeap::enter();
     let mut model = trainable(job, &p.device)?;
-    // Log-probabilities without gradients run on the device without autodiff:
-    // a forward pass on the trainer's device that never reaches a backward
-    // pass would keep its graph alive.
-    let plain = select_device(job.device, false)?;
-    let reference = Decoder::open(job.model, &plain)?;
+    // The starting policy, exported once in f32 for the engine: the KL's
+    // reference log-probabilities.
+    let reference_dir = reference_dir(job.out);
+    let mut reference = {
+        let lock = claim_trained_output(&reference_dir)?;
+        let tensors = super::read_tensors(&p.base.weights_path())?;
+        let name = "reference".to_string();
+        let dir = write_trained(
+            lock,
+            &p.base,
+            &tensors,
+            charter_model::Dtype::F32,
+            name,
+            &[],
+        )?;
+        Model::open(&dir.path, rl.threads)?
+    };
     let mut optimizer = AdamWConfig::new()
         .with_weight_decay(s.weight_decay as f32)
         .init();
@@ -973,7 +1002,8 @@ pub fn train_rl(
             state.evals.push(row);
         }
         let chosen = iteration_prompts(&questions, s.seed, it, rl.prompts_per_iteration);
-        let (samples, rollout_s) = sample(&policy.path, &questions, &chosen, rl, s.seed, it + 1)?;
+        let mut engine = Model::open(&policy.path, rl.threads)?;
+        let (samples, rollout_s) = sample(&mut engine, &questions, &chosen, rl, s.seed, it + 1)?;
 
         // 2. Rewards.
         let t0 = Instant::now();
@@ -1011,13 +1041,9 @@ pub fn train_rl(
 
         // 3. Log-probabilities, KL and advantages.
         let t0 = Instant::now();
-        // The sampling policy's f32 weights, as exported.
-        let old = token_logps(
-            &Decoder::open(&policy.path, &plain)?,
-            &samples,
-            s.batch_size,
-        )?;
-        let refs = token_logps(&reference, &samples, s.batch_size)?;
+        let old = engine_logps(&mut engine, &samples, SCORE_BATCH)?;
+        drop(engine);
+        let refs = engine_logps(&mut reference, &samples, SCORE_BATCH)?;
         let logp_s = t0.elapsed().as_secs_f64();
         for ((row, reward), (old, refs)) in rows.iter_mut().zip(&rewards).zip(old.iter().zip(&refs))
         {
@@ -1153,7 +1179,9 @@ pub fn train_rl(
         progress(RlProgress::Eval(&row));
         state.evals.push(row);
     }
+    drop(reference);
     let _ = std::fs::remove_dir_all(&export);
+    let _ = std::fs::remove_dir_all(&reference_dir);
     finish_rl(
         job,
         &p,
