@@ -155,6 +155,10 @@ fn the_example_build_runs_on_the_default_model() {
     let small = example
         .replace("limit = 8", "limit = 2")
         .replace("max_new_tokens = 128", "max_new_tokens = 16")
+        .replace(
+            "prompts_per_iteration = 4",
+            "prompts_per_iteration = 2\nmax_new_tokens = 16",
+        )
         // 16 tokens cut every revision off: keep them, with their flags.
         .replace(
             "input = \"revisions-4\"\n",
@@ -238,7 +242,19 @@ fn the_example_build_runs_on_the_default_model() {
         rl["base_model"]["content_hash"], sl_model["content_hash"],
         "RL-CAI starts from SL-CAI"
     );
-    for axis in ["harmless", "helpful"] {
+    // RL-CAI online: SL-CAI trained by RL on its own answers, every one of
+    // them in a verified rollouts table; the curve at the start and the end.
+    let online = record("rl-cai-online");
+    assert_eq!(online["objective"], "rl");
+    assert_eq!(
+        online["base_model"]["content_hash"],
+        sl_model["content_hash"]
+    );
+    let rollouts = out.join("rl-cai-online/rollouts.parquet");
+    ok(&["inspect", "--verify", rollouts.to_str().unwrap()]);
+    assert_eq!(inspect(rollouts.to_str().unwrap())["rows"], 2 * 2 * 4);
+    assert!(out.join("rl-cai-online/curve.parquet").is_file());
+    for axis in ["harmless", "helpful", "harmless-online"] {
         let report: serde_json::Value = serde_json::from_slice(
             &std::fs::read(out.join(format!("eval-{axis}/report.json"))).unwrap(),
         )
