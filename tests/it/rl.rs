@@ -380,4 +380,9 @@ judge = "{model}"
         weights(Path::new(&out))
     );
     assert!(dir.path().join("out/rl/curve.parquet").is_file());
+    // The build's page draws the loop and its curve.
+    crate::report::check_page(
+        &dir.path().join("out"),
+        &["online RL, per iteration", "online RL, held-out prompts"],
+    );
 }

@@ -707,6 +707,71 @@ fn numeric_columns(path: &Path) -> Result<Vec<(String, Vec<f64>)>> {
     Ok(columns)
 }
 
+/// Online RL's own charts, when `dir` holds them: per iteration (reward,
+/// KL, entropy, answer length, clip fraction) and the held-out curve
+/// (reward against the judge's win rate over the starting policy), with
+/// every point where the reward rose while the win rate fell named.
+fn online_rl(dir: &Path) -> Result<String> {
+    let mut out = String::new();
+    let parts: [(&str, &str, &[&str]); 2] = [
+        (
+            "iterations.parquet",
+            "per iteration",
+            &["reward", "kl", "entropy", "answer_tokens", "clip_fraction"],
+        ),
+        (
+            "curve.parquet",
+            "held-out prompts",
+            &["reward", "win_rate", "kl", "refusal_rate"],
+        ),
+    ];
+    for (file, what, wanted) in parts {
+        let path = dir.join(file);
+        if !path.exists() {
+            continue;
+        }
+        let columns = numeric_columns(&path)?;
+        let get = |name: &str| columns.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+        let Some(xs) = get("iteration") else {
+            continue;
+        };
+        let mut charts = String::new();
+        for name in wanted {
+            if let Some(ys) = get(name) {
+                charts.push_str(&svg::line(xs, ys, "iteration", name));
+            }
+        }
+        let mut notes = String::new();
+        if let (Some(reward), Some(win)) = (get("reward"), get("win_rate")) {
+            for i in over_optimised(reward, win) {
+                let _ = write!(
+                    notes,
+                    "<p class=\"bad\">over-optimisation at iteration {}: the reward rose \
+                     ({} → {}) while the win rate against the start fell ({} → {})</p>",
+                    xs[i],
+                    num(reward[i - 1]),
+                    num(reward[i]),
+                    num(win[i - 1]),
+                    num(win[i])
+                );
+            }
+        }
+        let _ = write!(
+            out,
+            "<h4>online RL, {what}</h4>{notes}<div class=\"charts\">{charts}</div>"
+        );
+    }
+    Ok(out)
+}
+
+/// The points of a curve where the reward rose since the point before
+/// while the win rate fell.
+fn over_optimised(reward: &[f64], win: &[f64]) -> Vec<usize> {
+    (1..reward.len().min(win.len()))
+        .filter(|&i| reward[i] > reward[i - 1] && win[i] < win[i - 1])
+        .collect()
+}
+
 fn training_section(build: &Build) -> Result<String> {
     let mut out = String::new();
     for (stage, dir) in build.of_kind("train") {
@@ -731,6 +796,7 @@ fn training_section(build: &Build) -> Result<String> {
             esc(&stage.stage),
             steps.len()
         );
+        out.push_str(&online_rl(dir)?);
     }
     if out.is_empty() {
         return Ok(out);
@@ -794,4 +860,18 @@ fn evals_section(build: &Build) -> Result<String> {
             &rows
         )
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn over_optimisation_is_the_reward_rising_while_the_win_rate_falls() {
+        // Both rise, then the reward rises alone, then both fall.
+        let reward = [0.1, 0.3, 0.6, 0.5];
+        let win = [0.5, 0.56, 0.52, 0.5];
+        assert_eq!(over_optimised(&reward, &win), [2]);
+        assert!(over_optimised(&[0.1], &[0.5]).is_empty());
+    }
 }
