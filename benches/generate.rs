@@ -169,6 +169,7 @@ fn main() {
                 batch_size: batch,
                 max_context: config.max_position_embeddings,
                 share_prefix: true,
+                logprobs: false,
             };
             let mut generated = 0usize;
             let before = engine.stats();

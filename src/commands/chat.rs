@@ -33,6 +33,7 @@ pub(crate) fn run(args: ChatArgs) -> Result<()> {
         batch_size: 1,
         max_context: model.max_context(),
         share_prefix: true,
+        logprobs: false,
     };
     let stop = StopStrings::new(&g.stop);
     let mut guards = super::guard::Guards::open(&args.guard, &args.model)?;

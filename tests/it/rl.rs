@@ -122,8 +122,9 @@ fn a_planted_reward_is_learnt_and_the_kl_penalty_holds_the_policy_back() {
 
     let (free, unpenalised) = run("free", "0");
     let (first, last) = (unpenalised[0], unpenalised[3]);
-    // The first iteration samples the starting policy itself.
-    assert_eq!(first.1, 0.0, "{unpenalised:?}");
+    // The first iteration samples the starting policy itself: its KL is
+    // zero up to the rounding between decoding and scoring kernels.
+    assert!(first.1.abs() < 1e-4, "{unpenalised:?}");
     assert!(
         last.0 > 0.4 && last.0 > first.0 + 0.3,
         "the share of answers with an `e` should rise: {unpenalised:?}"

@@ -50,7 +50,7 @@ impl FinishReason {
 }
 
 /// A finished row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
     /// Index of the request in the slice given to [`Engine::generate`].
     pub index: usize,
@@ -58,6 +58,9 @@ pub struct Completion {
     pub tokens: Vec<u32>,
     /// Why generation stopped.
     pub finish: FinishReason,
+    /// With [`GenerateOptions::logprobs`], each token's log-probability
+    /// under the model's own distribution; else empty.
+    pub logprobs: Vec<f64>,
 }
 
 /// Generation settings.
@@ -78,6 +81,11 @@ pub struct GenerateOptions {
     /// [`MIN_SHARED_PREFIX`] of them, and copy their cache into each row's
     /// slot. The tokens generated are the same with or without it.
     pub share_prefix: bool,
+    /// Record each generated token's log-probability under the model's
+    /// own distribution (the softmax of its logits, before the repetition
+    /// settings, temperature and nucleus act): what online RL needs of the
+    /// policy that sampled, at the cost of one pass over each row's logits.
+    pub logprobs: bool,
 }
 
 /// The shortest common prefix worth computing once: below it, prefilling
@@ -137,6 +145,8 @@ struct Row {
     /// The prompt and generated tokens, as the repetition settings see them.
     history: RowHistory,
     tokens: Vec<u32>,
+    /// Each token's log-probability, with [`GenerateOptions::logprobs`].
+    logprobs: Vec<f64>,
     /// Positions in the cache: the prompt and every generated token but the last.
     len: usize,
 }
@@ -256,6 +266,7 @@ impl Engine {
                             index,
                             tokens: Vec::new(),
                             finish: FinishReason::Context,
+                            logprobs: Vec::new(),
                         })?;
                         continue;
                     }
@@ -311,12 +322,13 @@ impl Engine {
                     let mut rng = RowRng::new(req.seed);
                     let mut history = RowHistory::new(&options.sampling, dims.vocab, &req.prompt);
                     let row = &mut logits[g * dims.vocab..(g + 1) * dims.vocab];
-                    let token = next_token(row, &options.sampling, &mut history, &mut rng);
+                    let (token, logprob) = next_token(row, options, &mut history, &mut rng);
                     slots[free[g]] = Some(Row {
                         index: *index,
                         rng,
                         history,
                         tokens: vec![token],
+                        logprobs: logprob.into_iter().collect(),
                         len: req.prompt.len(),
                     });
                 }
@@ -356,8 +368,10 @@ impl Engine {
                 if let Some(row) = row {
                     row.len += 1;
                     let next = &mut logits[s * dims.vocab..(s + 1) * dims.vocab];
-                    let token = next_token(next, &options.sampling, &mut row.history, &mut row.rng);
+                    let (token, logprob) =
+                        next_token(next, options, &mut row.history, &mut row.rng);
                     row.tokens.push(token);
+                    row.logprobs.extend(logprob);
                 }
             }
             self.stats.decode_tokens += busy as u64;
@@ -559,17 +573,21 @@ impl Engine {
     }
 }
 
-/// A row's next token from its logits: the repetition settings, then sampling.
+/// A row's next token from its logits: the repetition settings, then
+/// sampling; and its log-probability under the logits as the model gave
+/// them, when the options ask for it.
 fn next_token(
     logits: &mut [f32],
-    sampling: &Sampling,
+    options: &GenerateOptions,
     history: &mut RowHistory,
     rng: &mut RowRng,
-) -> u32 {
+) -> (u32, Option<f64>) {
+    let raw = options.logprobs.then(|| logits.to_vec());
     history.apply(logits);
-    let token = sample(logits, sampling, rng) as u32;
+    let token = sample(logits, &options.sampling, rng) as u32;
     history.push(token);
-    token
+    let logprob = raw.map(|r| log_softmax_at(&r, r.len(), token as usize));
+    (token, logprob)
 }
 
 /// A per-step view of the rows in flight: (request index, tokens so far).
@@ -606,6 +624,7 @@ fn retire<E>(
                 index: row.index,
                 tokens: row.tokens,
                 finish,
+                logprobs: row.logprobs,
             })?;
         }
     }

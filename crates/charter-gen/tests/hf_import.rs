@@ -148,6 +148,7 @@ fn greedy(decoder: Decoder, prompt: &[u32], n: usize) -> Vec<u32> {
         batch_size: 1,
         max_context: 512,
         share_prefix: false,
+        logprobs: false,
     };
     let request = Request {
         prompt: prompt.to_vec(),

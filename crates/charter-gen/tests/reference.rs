@@ -227,6 +227,7 @@ fn options(batch_size: usize, sampling: charter_gen::Sampling) -> charter_gen::G
         batch_size,
         max_context: 8192,
         share_prefix: false,
+        logprobs: false,
     }
 }
 

@@ -48,6 +48,7 @@ fn run(
         batch_size,
         max_context: 512,
         share_prefix: false,
+        logprobs: false,
     };
     let mut out = vec![Vec::new(); requests.len()];
     engine
@@ -212,6 +213,51 @@ fn with_the_repetition_settings_a_row_depends_only_on_its_prompt_and_seed() {
         assert_eq!(changed[1..], alone[1..]);
         if sampling.temperature > 0.0 {
             assert_ne!(changed[0], alone[0]);
+        }
+    }
+}
+
+/// With `logprobs`, each sampled token comes with its log-probability under
+/// the model's own distribution — what scoring the same tokens after the
+/// prompt gives, up to rounding — whatever the temperature and repetition
+/// settings did to the choice; the tokens are those of a run without it
+/// (which here runs longer).
+#[test]
+fn sampled_tokens_carry_the_log_probabilities_scoring_gives() {
+    let (_root, mut engine) = engine();
+    let reqs = requests();
+    let sampling = Sampling {
+        repetition_penalty: 1.3,
+        ..SAMPLED
+    };
+    let options = GenerateOptions {
+        sampling,
+        max_new_tokens: 24,
+        stop_ids: Vec::new(),
+        batch_size: 2,
+        max_context: 512,
+        share_prefix: false,
+        logprobs: true,
+    };
+    let mut got = vec![(Vec::new(), Vec::new()); reqs.len()];
+    engine
+        .generate(&reqs, &options, &mut |_, _| false, &mut |c| {
+            got[c.index] = (c.tokens, c.logprobs);
+            Ok::<(), charter_gen::Error>(())
+        })
+        .unwrap();
+    let plain = run(&mut engine, &reqs, sampling, 2);
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = reqs
+        .iter()
+        .zip(&got)
+        .map(|(r, (tokens, _))| (r.prompt.clone(), tokens.clone()))
+        .collect();
+    let scored = engine.score(&pairs, 1).unwrap();
+    for ((tokens, logprobs), (plain, scored)) in got.iter().zip(plain.iter().zip(&scored)) {
+        assert_eq!(tokens[..], plain[..tokens.len()]);
+        assert_eq!(logprobs.len(), tokens.len());
+        for (a, b) in logprobs.iter().zip(scored) {
+            assert!((a - b).abs() < 1e-3, "{a} vs {b}");
         }
     }
 }

@@ -442,6 +442,7 @@ impl GenSettings {
             batch_size: self.batch_size,
             max_context: model.max_context(),
             share_prefix: true,
+            logprobs: false,
         }
     }
 

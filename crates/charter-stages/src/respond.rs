@@ -190,6 +190,7 @@ pub fn respond(
         batch_size: gs.batch_size,
         max_context: model.max_context(),
         share_prefix: true,
+        logprobs: false,
     };
     let stop = StopStrings::new(&gs.stop);
     let model_name = model.dir.provenance.name.clone();

@@ -17,10 +17,11 @@
 //!    mapped to [-1, 1] (`labeller:DIR`, the `rate` stage's scoring), or 1
 //!    when the answer contains a text and 0 otherwise (`contains:TEXT`, a
 //!    rule a user can check by eye).
-//! 3. **KL.** The engine scores every answer token under the iteration's
-//!    export and under the starting policy (both f32, one forward pass
-//!    each, ONNX Runtime's kernels rather than the trainer's); an answer's
-//!    KL is
+//! 3. **KL.** Every answer token's log-probability under the policy is
+//!    the one it was sampled with (the engine records it), and under the
+//!    starting policy the engine scores it (an f32 export of the start, one
+//!    forward pass; ONNX Runtime's kernels rather than the trainer's); an
+//!    answer's KL is
 //!    `Σ_t log π(t) − log π_ref(t)` over its tokens (the sampled, "k1"
 //!    estimate of KL(π ‖ π_ref), unbiased for answers drawn from π), and the
 //!    shaped reward is `reward − kl_coef · kl` (the penalty folded into the
@@ -598,6 +599,8 @@ struct Sample {
     tokens: Tokens,
     text: String,
     stopped: bool,
+    /// Each answer token's log-probability under the policy that sampled it.
+    logprobs: Vec<f64>,
 }
 
 /// Samples `samples` answers to each of `chosen` from `model` with the engine. Returns them in (prompt, sample) order and the
@@ -646,20 +649,28 @@ fn sample(
         batch_size: rl.rollout_batch,
         max_context: model.max_context(),
         share_prefix: false,
+        logprobs: true,
     };
-    let mut done: Vec<Option<(Vec<u32>, bool)>> = vec![None; requests.len()];
+    let mut done: Vec<Option<charter_gen::Completion>> = vec![None; requests.len()];
     model
         .engine
         .generate::<Error>(&requests, &options, &mut |_, _| false, &mut |c| {
-            let stopped = c.finish == charter_gen::FinishReason::Stop;
-            done[c.index] = Some((c.tokens, stopped));
+            let i = c.index;
+            done[i] = Some(c);
             Ok(())
         })?;
     let mut out = Vec::with_capacity(requests.len());
     for ((q, s, seed), d) in owners.into_iter().zip(done) {
-        let Some((generated, stopped)) = d else {
+        let Some(charter_gen::Completion {
+            tokens: generated,
+            finish,
+            logprobs,
+            ..
+        }) = d
+        else {
             return Err(Error::Data("the engine left a rollout unfinished".into()));
         };
+        let stopped = finish == charter_gen::FinishReason::Stop;
         if generated.is_empty() {
             return Err(Error::Data(format!(
                 "prompt {}: nothing was sampled (the prompt fills the context)",
@@ -680,6 +691,7 @@ fn sample(
             },
             text,
             stopped,
+            logprobs,
         });
     }
     Ok((out, started.elapsed().as_secs_f64()))
@@ -1041,8 +1053,8 @@ pub fn train_rl(
 
         // 3. Log-probabilities, KL and advantages.
         let t0 = Instant::now();
-        let old = engine_logps(&mut engine, &samples, SCORE_BATCH)?;
         drop(engine);
+        let old: Vec<Vec<f64>> = samples.iter().map(|x| x.logprobs.clone()).collect();
         let refs = engine_logps(&mut reference, &samples, SCORE_BATCH)?;
         let logp_s = t0.elapsed().as_secs_f64();
         for ((row, reward), (old, refs)) in rows.iter_mut().zip(&rewards).zip(old.iter().zip(&refs))
