@@ -167,8 +167,14 @@ pub trait Checkpointed: Module + Sized {
 
 /// Where a run keeps its checkpoint: `<out>.checkpoint` beside the output.
 pub fn checkpoint_dir(out: &Path) -> PathBuf {
+    beside(out, ".checkpoint")
+}
+
+/// `out`'s path with `suffix` added to its name: where a run keeps what
+/// belongs to it beside its output.
+pub(crate) fn beside(out: &Path, suffix: &str) -> PathBuf {
     let mut name = out.file_name().unwrap_or_default().to_os_string();
-    name.push(".checkpoint");
+    name.push(suffix);
     out.with_file_name(name)
 }
 
@@ -465,12 +471,21 @@ fn step_optimizer<M: Module>(
 /// The example order of `epoch`: indices sorted by blake3 of (seed, epoch,
 /// row id), a permutation that depends on the rows, not their file order.
 fn shuffled<M, O: Objective<M>>(objective: &O, seed: u64, epoch: usize) -> Vec<usize> {
-    let mut keyed: Vec<([u8; 32], usize)> = (0..objective.examples())
+    hash_order(objective.examples(), |i, h| {
+        h.update(&seed.to_le_bytes());
+        h.update(&(epoch as u64).to_le_bytes());
+        h.update(objective.id(i).as_bytes());
+    })
+}
+
+/// The indices `0..n` sorted by blake3 of what `key` feeds the hasher for
+/// each: a seeded permutation that depends on the rows' identities, not
+/// their file order.
+pub(crate) fn hash_order(n: usize, key: impl Fn(usize, &mut blake3::Hasher)) -> Vec<usize> {
+    let mut keyed: Vec<([u8; 32], usize)> = (0..n)
         .map(|i| {
             let mut h = blake3::Hasher::new();
-            h.update(&seed.to_le_bytes());
-            h.update(&(epoch as u64).to_le_bytes());
-            h.update(objective.id(i).as_bytes());
+            key(i, &mut h);
             (*h.finalize().as_bytes(), i)
         })
         .collect();

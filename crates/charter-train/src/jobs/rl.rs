@@ -68,7 +68,7 @@ use crate::data::{Formatter, Tokens, input_ref};
 use crate::heap::RetainedHeap;
 use crate::loss::{PreferenceModel, clipped_policy_loss, scalar};
 use crate::metrics::MetricRow;
-use crate::train::{checkpoint_dir, resume_from, write_checkpoint};
+use crate::train::{beside, checkpoint_dir, hash_order, resume_from, write_checkpoint};
 use crate::{Decoder, Error, Result, select_device};
 
 /// What scores an answer.
@@ -549,20 +549,12 @@ struct Question {
 fn iteration_prompts(questions: &[Question], seed: u64, it: usize, per: usize) -> Vec<usize> {
     let n = questions.len();
     let order = |pass: usize| -> Vec<usize> {
-        let mut keyed: Vec<([u8; 32], usize)> = questions
-            .iter()
-            .enumerate()
-            .map(|(i, q)| {
-                let mut h = blake3::Hasher::new();
-                h.update(b"charter.rl.prompts\0");
-                h.update(&seed.to_le_bytes());
-                h.update(&(pass as u64).to_le_bytes());
-                h.update(q.prompt.id.as_bytes());
-                (*h.finalize().as_bytes(), i)
-            })
-            .collect();
-        keyed.sort();
-        keyed.into_iter().map(|(_, i)| i).collect()
+        hash_order(n, |i, h| {
+            h.update(b"charter.rl.prompts\0");
+            h.update(&seed.to_le_bytes());
+            h.update(&(pass as u64).to_le_bytes());
+            h.update(questions[i].prompt.id.as_bytes());
+        })
     };
     let mut out = Vec::with_capacity(per);
     let mut cached: Option<(usize, Vec<usize>)> = None;
@@ -715,61 +707,46 @@ fn engine_logps(model: &mut Model, samples: &[Sample], batch: usize) -> Result<V
 /// rows × answer tokens × vocabulary (100 MB on the default model).
 const SCORE_BATCH: usize = 8;
 
-/// Writes `model`'s weights as the f32 model directory `export`, for the engine.
-fn export_policy(export: &Path, base: &ModelDir, model: &Decoder) -> Result<ModelDir> {
+/// Writes `tensors` (`base`'s architecture) as the f32 model directory
+/// `export`, for the engine.
+fn export_f32(
+    export: &Path,
+    base: &ModelDir,
+    tensors: &charter_model::Tensors,
+) -> Result<ModelDir> {
     let lock = claim_trained_output(export)?;
     let name = export
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    Ok(write_trained(
-        lock,
-        base,
-        &model.to_tensors()?,
-        charter_model::Dtype::F32,
-        name,
-        &[],
-    )?)
+    let dtype = charter_model::Dtype::F32;
+    Ok(write_trained(lock, base, tensors, dtype, name, &[])?)
 }
 
 /// Where the starting policy is exported for the KL: beside the output.
 fn reference_dir(out: &Path) -> PathBuf {
-    let mut name = out.file_name().unwrap_or_default().to_os_string();
-    name.push(".reference");
-    out.with_file_name(name)
+    beside(out, ".reference")
 }
 
 /// Where the iteration's policy is exported: beside the output.
 fn policy_dir(out: &Path) -> PathBuf {
-    let mut name = out.file_name().unwrap_or_default().to_os_string();
-    name.push(".policy");
-    out.with_file_name(name)
+    beside(out, ".policy")
 }
 
 /// The answers of `order` as shuffled optimizer steps: a permutation by
 /// blake3 of (seed, iteration, epoch, row id).
 fn update_order(rows: &[Rollout], seed: u64, iteration: usize, epoch: usize) -> Vec<usize> {
-    let mut keyed: Vec<([u8; 32], usize)> = rows
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let mut h = blake3::Hasher::new();
-            h.update(&seed.to_le_bytes());
-            h.update(&(iteration as u64).to_le_bytes());
-            h.update(&(epoch as u64).to_le_bytes());
-            h.update(r.id.as_bytes());
-            (*h.finalize().as_bytes(), i)
-        })
-        .collect();
-    keyed.sort();
-    keyed.into_iter().map(|(_, i)| i).collect()
+    hash_order(rows.len(), |i, h| {
+        h.update(&seed.to_le_bytes());
+        h.update(&(iteration as u64).to_le_bytes());
+        h.update(&(epoch as u64).to_le_bytes());
+        h.update(rows[i].id.as_bytes());
+    })
 }
 
 /// Where the evaluations keep their tables: beside the output.
 fn eval_dir(out: &Path) -> PathBuf {
-    let mut name = out.file_name().unwrap_or_default().to_os_string();
-    name.push(".eval");
-    out.with_file_name(name)
+    beside(out, ".eval")
 }
 
 /// What an evaluation needs besides the policy.
@@ -832,7 +809,12 @@ impl Evaluation<'_> {
                 .collect();
             Ok(mean(scorer.score(&keyed, batch_size)?.into_iter()))
         };
-        let (reward, start_reward) = (rewards(&b)?, rewards(&a)?);
+        // The start's answers are the same at every point: scored once.
+        let reward = rewards(&b)?;
+        let start_reward = match previous {
+            Some(p) => p.start_reward,
+            None => rewards(&a)?,
+        };
         let filter = charter_stages::FilterSettings::default();
         let judge = filter.judge();
         let refusal_rate = mean(b.iter().map(|r| {
@@ -945,17 +927,8 @@ pub fn train_rl(
     // reference log-probabilities.
     let reference_dir = reference_dir(job.out);
     let mut reference = {
-        let lock = claim_trained_output(&reference_dir)?;
         let tensors = super::read_tensors(&p.base.weights_path())?;
-        let name = "reference".to_string();
-        let dir = write_trained(
-            lock,
-            &p.base,
-            &tensors,
-            charter_model::Dtype::F32,
-            name,
-            &[],
-        )?;
+        let dir = export_f32(&reference_dir, &p.base, &tensors)?;
         Model::open(&dir.path, rl.threads)?
     };
     let mut optimizer = AdamWConfig::new()
@@ -995,7 +968,7 @@ pub fn train_rl(
     for it in state.iteration..rl.iterations {
         // 1. Export the current weights and sample from them.
         let t0 = Instant::now();
-        let policy = export_policy(&export, &p.base, &model)?;
+        let policy = export_f32(&export, &p.base, &model.to_tensors()?)?;
         let export_s = t0.elapsed().as_secs_f64();
         if let Some(e) = &evaluation
             && it % rl.eval_every == 0
@@ -1178,7 +1151,7 @@ pub fn train_rl(
             .iter()
             .any(|r| r.iteration == rl.iterations as u64)
     {
-        let policy = export_policy(&export, &p.base, &model)?;
+        let policy = export_f32(&export, &p.base, &model.to_tensors()?)?;
         let kl = state.iterations.last().map_or(0.0, |r| r.kl);
         let row = e.point(
             &policy.path,
