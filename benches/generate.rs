@@ -14,7 +14,9 @@
 //! Run: `cargo bench --bench generate -- [--formats f32,int8,int4,…] [--batches 1,8,32,64] [--prompts N] [--max-new N] [--threads N (0, the default: every core)] [--dump-prompts FILE [--dump-only]]`
 //!
 //! Formats: `f32`, `int8` and `int4` as `charter model import --dtype` writes
-//! them; `int8-exact` (f32 activations); `int4-integer` (integer zero points
+//! them; `int8-f32-head` and `int4-f32-head` (f32 LM head, the exports
+//! before graph version 4); `int8-exact` (f32 activations and head);
+//! `int4-integer` (integer zero points
 //! only, the int4 export before graph version 3), `int4-residual` (residual
 //! offsets, int8 activations everywhere) and `int4-exact` (residual offsets,
 //! f32 activations). Exports are cached under
@@ -31,7 +33,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use charter_gen::{Decoder, DecoderDims, Engine, GenerateOptions, KvCache, Request, Sampling};
-use charter_model::onnx::{Activations, BlockOffsets, WeightFormat, export};
+use charter_model::onnx::{Activations, BlockOffsets, Head, WeightFormat, export};
 use charter_model::{ChatTemplate, Dtype, Gguf, Message, ModelConfig, TextTokenizer, encode_chat};
 
 fn arg(name: &str, default: &str) -> String {
@@ -43,23 +45,27 @@ fn arg(name: &str, default: &str) -> String {
 }
 
 fn format_of(name: &str) -> WeightFormat {
-    let blocks = |bits, offsets, activations| WeightFormat::Blocks {
+    let blocks = |bits, offsets, activations, head| WeightFormat::Blocks {
         bits,
         offsets,
         activations,
+        head,
     };
     use Activations::{F32, Int8, Int8ExceptQkv};
     use BlockOffsets::{Integer, Residual};
     match name {
         "f32" => WeightFormat::F32,
         "int8" => Dtype::Int8.weight_format(),
-        "int8-exact" => blocks(8, Integer, F32),
+        // The int8 export before graph version 4: f32 LM head.
+        "int8-f32-head" => blocks(8, Integer, Int8, Head::F32),
+        "int8-exact" => blocks(8, Integer, F32, Head::F32),
         "int4" => Dtype::Int4.weight_format(),
+        "int4-f32-head" => blocks(4, Residual, Int8ExceptQkv, Head::F32),
         // The int4 export before residual offsets: integer zero points only.
-        "int4-integer" => blocks(4, Integer, Int8),
-        "int4-residual" => blocks(4, Residual, Int8),
-        "int4-residual-qkv" => blocks(4, Residual, Int8ExceptQkv),
-        "int4-exact" => blocks(4, Residual, F32),
+        "int4-integer" => blocks(4, Integer, Int8, Head::F32),
+        "int4-residual" => blocks(4, Residual, Int8, Head::F32),
+        "int4-residual-qkv" => blocks(4, Residual, Int8ExceptQkv, Head::F32),
+        "int4-exact" => blocks(4, Residual, F32, Head::F32),
         other => panic!("unknown format {other}"),
     }
 }
@@ -187,6 +193,12 @@ fn main() {
             println!(
                 "| charter {name} | {batch} | {prefill:.0} | {decode:.1} | {:.1} |",
                 generated as f64 / secs
+            );
+            eprintln!(
+                "  charter {name}, batch {batch}: {secs:.2} s = prefill {:.2} s ({} tokens) + decode {:.2} s + other",
+                after.prefill_secs - before.prefill_secs,
+                after.prefill_tokens - before.prefill_tokens,
+                after.decode_secs - before.decode_secs,
             );
         }
     }

@@ -374,7 +374,7 @@ fn kl(reference: &[f32], other: &[f32]) -> f64 {
 #[test]
 fn quantised_exports_stay_close_to_the_reference() {
     use charter_model::Dtype;
-    use charter_model::onnx::{Activations, BlockOffsets, WeightFormat};
+    use charter_model::onnx::{Activations, BlockOffsets, Head, WeightFormat};
     let home = charter_gen::runtime::charter_home();
     let gguf = Gguf::open(home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
     let config = ModelConfig::from_gguf(&gguf).unwrap();
@@ -383,6 +383,7 @@ fn quantised_exports_stay_close_to_the_reference() {
         bits: 4,
         offsets: BlockOffsets::Residual,
         activations: Activations::F32,
+        head: Head::F32,
     };
     // (name, format, KL bound in nats, max |Δlogit| bound)
     for (name, format, max_kl, max_logit) in [

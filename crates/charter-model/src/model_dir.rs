@@ -41,7 +41,7 @@ use crate::gguf::Gguf;
 use crate::hf::{
     HfCheckpoint, HfTensors, safetensors_files, tokenizer_config, write_hf_safetensors,
 };
-use crate::onnx::{Activations, BlockOffsets, WeightFormat, WeightSource, export};
+use crate::onnx::{Activations, BlockOffsets, Head, WeightFormat, WeightSource, export};
 use crate::output::OutputLock;
 use crate::tokenizer::TextTokenizer;
 use crate::tokenizer_config::TokenizerConfig;
@@ -65,7 +65,8 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const PROVENANCE_FILE: &str = "charter-model.json";
 
 /// Version of the exported graph: bump when the same weights would give different logits.
-pub const GRAPH_VERSION: u32 = 3;
+/// 4: the int8 and int4 exports' LM head is an 8-bit `MatMulNBits`.
+pub const GRAPH_VERSION: u32 = 4;
 
 /// Where a model directory came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,8 +183,9 @@ impl ModelDir {
 pub enum Dtype {
     /// Dequantised f32 weights: exact (reproduces an f32 reference), largest.
     F32,
-    /// 8-bit block weights (`MatMulNBits`), int8 activations in the matmuls:
-    /// close to f32 (KL ~0.005 nats on the default model), faster.
+    /// 8-bit block weights (`MatMulNBits`) in every linear layer and the LM
+    /// head, int8 activations in the matmuls: close to f32 (KL ~0.005 nats
+    /// on the default model), fastest.
     Int8,
     /// 4-bit block weights (`MatMulNBits`) with f32 residual block offsets,
     /// exact for Q4_1/Q4_0 sources; int8 activations in the matmuls except
@@ -209,11 +211,13 @@ impl Dtype {
                 bits: 8,
                 offsets: BlockOffsets::Integer,
                 activations: Activations::Int8,
+                head: Head::Int8,
             },
             Dtype::Int4 => WeightFormat::Blocks {
                 bits: 4,
                 offsets: BlockOffsets::Residual,
                 activations: Activations::Int8ExceptQkv,
+                head: Head::F32,
             },
         }
     }

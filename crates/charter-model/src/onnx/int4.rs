@@ -95,7 +95,11 @@ fn quantize_blocks(
     for row in 0..n {
         for b in 0..blocks {
             let vals = &w[row * k + b * BLOCK..row * k + (b + 1) * BLOCK];
-            let grid = if residual { grid(vals, levels) } else { None };
+            let grid = if residual {
+                grid(vals, levels)
+            } else {
+                centred_grid(vals, levels)
+            };
             let (scale, zero) = match grid {
                 Some((lo, step)) => {
                     for (c, &v) in codes.iter_mut().zip(vals) {
@@ -158,6 +162,31 @@ fn grid(vals: &[f32], levels: f32) -> Option<(f32, f32)> {
                 (c - c.round()).abs() < 1e-3
             })
             .then_some((lo, step))
+    })
+}
+
+/// The block's values as `step · (c − z)` with `z = (levels + 1) / 2` and
+/// integer `c` in `0..=levels`, if they lie on such a grid (to a relative
+/// 1e-3 of a step): `(−z · step, step)`. GGUF's symmetric formats are such
+/// grids — Q8_0 blocks are `d · q` with `q` in `−128..=127`, Q4_0 blocks
+/// `d · (q − 8)` — so they keep their codes and scale exactly, with an
+/// integer zero point and no residual. The scale is found from the largest
+/// magnitude, which is `d` times the top code (Q8_0 scales so the largest
+/// magnitude is 127·d; 128·d would be the negative end).
+fn centred_grid(vals: &[f32], levels: f32) -> Option<(f32, f32)> {
+    let zero = (levels + 1.0) / 2.0;
+    let amax = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if !amax.is_finite() || amax == 0.0 {
+        return None;
+    }
+    [zero - 1.0, zero].into_iter().find_map(|top| {
+        let step = amax / top;
+        vals.iter()
+            .all(|&v| {
+                let c = v / step + zero;
+                (c - c.round()).abs() < 1e-3 && (0.0..=levels).contains(&c.round())
+            })
+            .then_some((-zero * step, step))
     })
 }
 
@@ -322,6 +351,41 @@ mod tests {
                     .sum::<f32>()
                     / BLOCK as f32;
                 assert!(mean.abs() < 1e-5, "row {row}, block {b}: {mean}");
+            }
+        }
+    }
+
+    #[test]
+    fn symmetric_blocks_keep_their_codes() {
+        // Q8_0: d · q with q in −128..=127, the largest magnitude 127·d
+        // (some blocks reach −128·d); Q4_0: d · (q − 8) with q in 0..=15.
+        let (n, k) = (2, 128);
+        let q8_0: Vec<f32> = (0..n * k)
+            .map(|i| {
+                let block = i / BLOCK;
+                let d = 0.0021 + 0.0007 * block as f32;
+                let q = match i % BLOCK {
+                    0 => 127,
+                    1 if block % 2 == 1 => -128,
+                    _ => (i * 53 % 255) as i32 - 127,
+                };
+                d * q as f32
+            })
+            .collect();
+        let q4_0: Vec<f32> = (0..n * k)
+            .map(|i| {
+                let d = 0.013 + 0.002 * (i / BLOCK) as f32;
+                let q = if i % BLOCK == 0 { 0 } else { i * 7 % 16 };
+                d * (q as f32 - 8.0)
+            })
+            .collect();
+        for (w, bits) in [(&q8_0, 8), (&q4_0, 4)] {
+            let q = quantize(w, n, k, bits).unwrap();
+            for (i, (a, b)) in w.iter().zip(dequantize(&q, n, k, bits)).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-6 * a.abs(),
+                    "{bits} bits, value {i}: {a} vs {b}"
+                );
             }
         }
     }

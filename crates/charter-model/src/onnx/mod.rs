@@ -6,4 +6,4 @@ mod int4;
 mod llama;
 mod proto;
 
-pub use llama::{Activations, BlockOffsets, WeightFormat, WeightSource, export, export_f32};
+pub use llama::{Activations, BlockOffsets, Head, WeightFormat, WeightSource, export, export_f32};
