@@ -356,7 +356,7 @@ impl GenSettings {
         seed: 0,
         system: None,
         stop: Vec::new(),
-        batch_size: 16,
+        batch_size: 32,
         shard_rows: 64,
         threads: 0,
     };

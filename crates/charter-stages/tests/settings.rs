@@ -11,7 +11,7 @@ use charter_table::canonical_json;
 
 #[test]
 fn the_recorded_settings_of_the_defaults_are_pinned() {
-    let generation = r#""batch_size":16,"max_new_tokens":256,"seed":0,"stop":[],"system":null,"temperature":0.699999988079071,"top_k":0,"top_p":0.949999988079071,"window":64"#;
+    let generation = r#""batch_size":32,"max_new_tokens":256,"seed":0,"stop":[],"system":null,"temperature":0.699999988079071,"top_k":0,"top_p":0.949999988079071,"window":64"#;
     assert_eq!(
         canonical_json(&GenSettings::default().canonical()),
         format!("{{{generation}}}")
