@@ -14,7 +14,8 @@
 //!
 //! Run: `cargo bench -p charter-train --bench train_step -- --model DIR
 //! [--objective sft,dpo] [--batch 8] [--seq 256] [--steps 3] [--warmup 1]
-//! [--lora-rank R] [--device cpu|wgpu]` (wgpu needs `--features wgpu`).
+//! [--lora-rank R] [--device cpu|wgpu] [--optimizer fused|burn]` (wgpu needs
+//! `--features wgpu`; `burn`: burn's AdamW instead of the fused one).
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
@@ -91,7 +92,11 @@ fn main() {
         let answer_tokens = (batch * sides * (seq - seq / 4)) as f64;
         let reference = vec![[0.0, 0.0]; batch];
         let labels = vec![0.75; batch];
-        let mut optimizer = AdamWConfig::new().init();
+        // `--optimizer burn`: burn's AdamW, composed from tensor operations.
+        let mut optimizer = match arg("--optimizer", "fused").as_str() {
+            "burn" => AdamWConfig::new().init(),
+            _ => charter_train::adamw(1e-4),
+        };
         let (mut seconds, mut losses) = (Vec::new(), Vec::new());
         // Mean seconds in forward + loss, backward, and the AdamW update.
         let mut split = [0f64; 3];

@@ -15,6 +15,7 @@
 //! complete model directories (re-exported through `charter-model`) that
 //! generation uses directly.
 
+mod adamw;
 mod classify;
 mod config;
 mod data;
@@ -31,6 +32,7 @@ mod score;
 mod tensor;
 mod train;
 
+pub use adamw::adamw;
 pub use classify::{
     CALIBRATION_FILE, CLASSIFY_VERSION, Calibration, Guard, GuardScore, calibrate, classify_table,
     read_calibration, threshold_for, wilson,

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -252,9 +252,7 @@ impl Run<'_> {
         }
         let (per_epoch, total) = self.steps(n);
         let checkpoint = checkpoint_dir(self.out);
-        let mut optimizer = AdamWConfig::new()
-            .with_weight_decay(s.weight_decay as f32)
-            .init();
+        let mut optimizer = crate::adamw::adamw(s.weight_decay as f32);
         let mut metrics = Vec::new();
         let mut start = 0;
         let (restored, restored_optimizer, state) = resume_from::<M, State>(

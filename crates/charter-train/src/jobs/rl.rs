@@ -54,7 +54,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use charter_gen::{GenerateOptions, Request, Sampling};
 use charter_model::{ModelDir, claim_trained_output, write_trained};
 use charter_stages::{Constitution, Model, RateSettings, Rater, row_seed};
@@ -931,9 +931,7 @@ pub fn train_rl(
         let dir = export_f32(&reference_dir, &p.base, &tensors)?;
         Model::open(&dir.path, rl.threads)?
     };
-    let mut optimizer = AdamWConfig::new()
-        .with_weight_decay(s.weight_decay as f32)
-        .init();
+    let mut optimizer = crate::adamw::adamw(s.weight_decay as f32);
     let answers_per_iteration = rl.prompts_per_iteration * rl.samples;
     let steps_per_iteration = answers_per_iteration.div_ceil(s.step_examples()) * s.epochs;
     let total_steps = steps_per_iteration * rl.iterations;
