@@ -142,6 +142,60 @@ fn another_model_is_replaced_only_with_force() {
 }
 
 #[test]
+fn an_import_by_an_older_exporter_is_exported_again_without_force() {
+    let root = tempfile::tempdir().unwrap();
+    let tiny = root.path().join("tiny");
+    ok(&["model", "tiny", "-o", s(&tiny), "--seed", "4"]);
+    let source = checkpoint(&tiny, root.path(), "tiny-hf");
+    let out = root.path().join("m");
+    ok(&[
+        "model",
+        "import",
+        s(&source),
+        "-o",
+        s(&out),
+        "--dtype",
+        "f32",
+    ]);
+    let current = model_hash(&out);
+
+    // The same import as an older charter would have recorded it.
+    let provenance = out.join("charter-model.json");
+    let mut p: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&provenance).unwrap()).unwrap();
+    let version = p["graph_version"].as_u64().unwrap();
+    p["graph_version"] = (version - 1).into();
+    p["content_hash"] = "0".repeat(64).into();
+    fs::write(&provenance, serde_json::to_string_pretty(&p).unwrap()).unwrap();
+    ok(&[
+        "model",
+        "import",
+        s(&source),
+        "-o",
+        s(&out),
+        "--dtype",
+        "f32",
+    ]);
+    assert_eq!(model_hash(&out), current);
+
+    // Another dtype of the same source is another model: --force as before.
+    let err = fails(
+        &[
+            "model",
+            "import",
+            s(&source),
+            "-o",
+            s(&out),
+            "--dtype",
+            "int8",
+        ],
+        None,
+    );
+    assert!(err.contains("pass --force to replace it"), "{err}");
+    assert_eq!(model_hash(&out), current);
+}
+
+#[test]
 fn a_killed_runs_partial_is_cleared_and_a_live_ones_is_not() {
     let root = tempfile::tempdir().unwrap();
     let out = root.path().join("m");

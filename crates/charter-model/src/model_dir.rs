@@ -112,10 +112,27 @@ pub struct FileRecord {
 /// replaced; nor is a model directory holding files charter did not write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replace {
-    /// Only a model directory of the same content, which is kept as it is.
+    /// Only a model directory of the same content, which is kept as it is,
+    /// or an import of the same source and dtype by an older exporter
+    /// (graph version), which is exported again.
     Nothing,
     /// Any charter model directory.
     ModelDir,
+}
+
+impl Replace {
+    /// `self`, widened to [`Replace::ModelDir`] when `out` holds an import of
+    /// the same source and dtype written with an older [`GRAPH_VERSION`]:
+    /// the same model, which a newer charter exports differently.
+    fn or_older_export(self, out: &Path, source_hash: &str, dtype: Dtype) -> Replace {
+        let older = ModelDir::open(out).is_ok_and(|dir| {
+            let p = &dir.provenance;
+            p.source_hash == source_hash
+                && p.dtype == dtype.as_str()
+                && p.graph_version < GRAPH_VERSION
+        });
+        if older { Replace::ModelDir } else { self }
+    }
 }
 
 /// An opened model directory.
@@ -226,14 +243,16 @@ impl Dtype {
 /// Imports a GGUF file (llama architecture) as a model directory at `out`.
 ///
 /// If `out` already holds an import of the same file with the same dtype and
-/// graph version, it is returned as it is; a model of other content there is
-/// replaced only as `replace` allows.
+/// graph version, it is returned as it is; one with an older graph version is
+/// exported again; a model of other content there is replaced only as
+/// `replace` allows.
 pub fn import_gguf(source: &Path, out: &Path, dtype: Dtype, replace: Replace) -> Result<ModelDir> {
     let source_hash = hash_file(source)?;
     let hash = content_hash(&source_hash, dtype);
     if let Some(existing) = up_to_date(out, &hash) {
         return Ok(existing);
     }
+    let replace = replace.or_older_export(out, &source_hash, dtype);
     let gguf = Gguf::open(source)?;
     let config = ModelConfig::from_gguf(&gguf)?;
     let m = gguf.metadata();
@@ -286,14 +305,15 @@ pub fn import_gguf(source: &Path, out: &Path, dtype: Dtype, replace: Replace) ->
 /// (see [`ModelConfig::from_hf_config`] for what the architecture may be).
 /// The directory's name names the model. If `out` already holds an import
 /// of the same files with the same dtype and graph version, it is returned
-/// as it is; a model of other content there is replaced only as `replace`
-/// allows.
+/// as it is; one with an older graph version is exported again; a model of
+/// other content there is replaced only as `replace` allows.
 pub fn import_hf(source: &Path, out: &Path, dtype: Dtype, replace: Replace) -> Result<ModelDir> {
     let source_hash = hash_hf_dir(source)?;
     let hash = content_hash(&source_hash, dtype);
     if let Some(existing) = up_to_date(out, &hash) {
         return Ok(existing);
     }
+    let replace = replace.or_older_export(out, &source_hash, dtype);
     let config = ModelConfig::from_hf_config(&source.join("config.json"))?;
     let weights = HfCheckpoint::open(source, &config)?;
     let tokenizer_path = source.join("tokenizer.json");
