@@ -64,16 +64,30 @@ fn cases() -> Vec<Case> {
         .collect()
 }
 
-/// The default model exported once per test binary.
-fn exported() -> &'static (tempfile::TempDir, DecoderDims) {
-    static DIR: OnceLock<(tempfile::TempDir, DecoderDims)> = OnceLock::new();
+/// The default model's f32 export, written once per graph version into the
+/// charter home's cache and reused by later runs. (A `TempDir` in a static
+/// is never dropped: each run would leave half a gigabyte in the temporary
+/// directory.) Concurrent writers export into their own staging directory
+/// and rename it into place; the first rename wins.
+fn exported() -> &'static (PathBuf, DecoderDims) {
+    static DIR: OnceLock<(PathBuf, DecoderDims)> = OnceLock::new();
     DIR.get_or_init(|| {
         let home = charter_gen::runtime::charter_home();
         let gguf_path = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
         let gguf = Gguf::open(&gguf_path).unwrap_or_else(|e| panic!("{e} — run scripts/setup"));
         let config = ModelConfig::from_gguf(&gguf).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        charter_model::onnx::export_f32(&config, &gguf, dir.path()).unwrap();
+        let dir = home.join(format!(
+            "test-cache/smollm2-f32-graph{}",
+            charter_model::GRAPH_VERSION
+        ));
+        if !dir.join("model.onnx").is_file() {
+            let parent = dir.parent().unwrap();
+            std::fs::create_dir_all(parent).unwrap();
+            let staging = tempfile::tempdir_in(parent).unwrap();
+            charter_model::onnx::export_f32(&config, &gguf, staging.path()).unwrap();
+            // Another writer may have finished first: then its directory stays.
+            let _ = std::fs::rename(staging.path(), &dir);
+        }
         let dims = DecoderDims {
             layers: config.num_hidden_layers,
             kv_heads: config.num_key_value_heads,
@@ -86,7 +100,7 @@ fn exported() -> &'static (tempfile::TempDir, DecoderDims) {
 
 fn open() -> Decoder {
     let (dir, dims) = exported();
-    Decoder::open(dir.path(), *dims, 1).unwrap()
+    Decoder::open(dir, *dims, 1).unwrap()
 }
 
 fn argmax(x: &[f32]) -> usize {
