@@ -132,7 +132,15 @@ fn a_planted_reward_is_learnt_and_the_kl_penalty_holds_the_policy_back() {
     assert!(last.1 > 1.0, "moving that far costs KL: {unpenalised:?}");
 
     let (_, penalised) = run("held", "1");
-    let drift = |v: &[(f64, f64)]| v[1..].iter().map(|x| x.1).sum::<f64>();
+    // The first iteration samples the start itself (KL 0), so the penalty
+    // first shapes the second iteration's update; until then both runs are
+    // the same run: same samples, same update order (it does not depend on
+    // the settings), same second-iteration answers.
+    assert!(
+        (penalised[1].1 - unpenalised[1].1).abs() < 1e-3,
+        "{penalised:?} vs {unpenalised:?}"
+    );
+    let drift = |v: &[(f64, f64)]| v[2..].iter().map(|x| x.1).sum::<f64>();
     assert!(
         drift(&penalised) < 0.6 * drift(&unpenalised),
         "a KL weight of 1 should keep the policy closer: {penalised:?} vs {unpenalised:?}"

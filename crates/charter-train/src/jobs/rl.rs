@@ -734,13 +734,17 @@ fn policy_dir(out: &Path) -> PathBuf {
 }
 
 /// The answers of `order` as shuffled optimizer steps: a permutation by
-/// blake3 of (seed, iteration, epoch, row id).
+/// blake3 of (seed, iteration, epoch, prompt id, sample). Not by row id:
+/// that hashes the run's settings and the policy's model hash, so two runs
+/// that differ in one setting (a KL weight, say) would also train in
+/// different orders, and the comparison would measure the order's noise.
 fn update_order(rows: &[Rollout], seed: u64, iteration: usize, epoch: usize) -> Vec<usize> {
     hash_order(rows.len(), |i, h| {
         h.update(&seed.to_le_bytes());
         h.update(&(iteration as u64).to_le_bytes());
         h.update(&(epoch as u64).to_le_bytes());
-        h.update(rows[i].id.as_bytes());
+        h.update(rows[i].prompt_id.as_bytes());
+        h.update(&rows[i].sample.to_le_bytes());
     })
 }
 
