@@ -218,17 +218,20 @@ impl DecoderLayer {
         );
         let q = rope(q, &rot.cos, &rot.sin);
         let k = rope(k, &rot.cos, &rot.sin);
-        // Grouped-query attention: each KV head serves nh / kvh query heads.
+        // Grouped-query attention: each KV head serves the `group` query
+        // heads next to each other, so their rows stack into one matrix of
+        // `group · t` rows per KV head (a reshape, no copy) and meet K and V
+        // as they are, instead of K and V being copied `group` times.
         let group = nh / kvh;
-        let expand = |y: Tensor<4>| {
-            y.unsqueeze_dim::<5>(2)
-                .repeat_dim(2, group)
-                .reshape([b, nh, t, hd])
-        };
-        let (k, v) = (expand(k), expand(v));
-        let scores = q.matmul(k.swap_dims(2, 3));
+        let scores = q
+            .reshape([b, kvh, group * t, hd])
+            .matmul(k.swap_dims(2, 3))
+            .reshape([b, nh, t, t]);
         let probs = kernels::causal_softmax(scores, 1.0 / (hd as f64).sqrt(), &rot.causal);
-        let ctx = probs.matmul(v);
+        let ctx = probs
+            .reshape([b, kvh, group * t, t])
+            .matmul(v)
+            .reshape([b, nh, t, hd]);
         let ctx = ctx.swap_dims(1, 2).reshape([b, t, nh * hd]);
         let x = x + linear(ctx, &self.o_proj, None, lora(|l| &l.o));
         let n = rms_norm(x.clone(), &self.post_norm, c.rms_norm_eps);
