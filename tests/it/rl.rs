@@ -133,13 +133,11 @@ fn a_planted_reward_is_learnt_and_the_kl_penalty_holds_the_policy_back() {
 
     let (_, penalised) = run("held", "1");
     // The first iteration samples the start itself (KL 0), so the penalty
-    // first shapes the second iteration's update; until then both runs are
-    // the same run: same samples, same update order (it does not depend on
-    // the settings), same second-iteration answers.
-    assert!(
-        (penalised[1].1 - unpenalised[1].1).abs() < 1e-3,
-        "{penalised:?} vs {unpenalised:?}"
-    );
+    // first shapes the second iteration's update: compare the drift from the
+    // third iteration on. Both runs draw the same samples and train in the
+    // same order (neither depends on the settings), so what differs is the
+    // penalty — and the float noise its near-zero first-iteration KL adds,
+    // which can already flip a sampled token by the second iteration.
     let drift = |v: &[(f64, f64)]| v[2..].iter().map(|x| x.1).sum::<f64>();
     assert!(
         drift(&penalised) < 0.6 * drift(&unpenalised),
