@@ -148,15 +148,18 @@ fn an_import_by_an_older_exporter_is_exported_again_without_force() {
     ok(&["model", "tiny", "-o", s(&tiny), "--seed", "4"]);
     let source = checkpoint(&tiny, root.path(), "tiny-hf");
     let out = root.path().join("m");
-    ok(&[
-        "model",
-        "import",
-        s(&source),
-        "-o",
-        s(&out),
-        "--dtype",
-        "f32",
-    ]);
+    let import = |dtype: &'static str| {
+        [
+            "model",
+            "import",
+            s(&source),
+            "-o",
+            s(&out),
+            "--dtype",
+            dtype,
+        ]
+    };
+    ok(&import("f32"));
     let current = model_hash(&out);
 
     // The same import as an older charter would have recorded it.
@@ -167,30 +170,11 @@ fn an_import_by_an_older_exporter_is_exported_again_without_force() {
     p["graph_version"] = (version - 1).into();
     p["content_hash"] = "0".repeat(64).into();
     fs::write(&provenance, serde_json::to_string_pretty(&p).unwrap()).unwrap();
-    ok(&[
-        "model",
-        "import",
-        s(&source),
-        "-o",
-        s(&out),
-        "--dtype",
-        "f32",
-    ]);
+    ok(&import("f32"));
     assert_eq!(model_hash(&out), current);
 
     // Another dtype of the same source is another model: --force as before.
-    let err = fails(
-        &[
-            "model",
-            "import",
-            s(&source),
-            "-o",
-            s(&out),
-            "--dtype",
-            "int8",
-        ],
-        None,
-    );
+    let err = fails(&import("int8"), None);
     assert!(err.contains("pass --force to replace it"), "{err}");
     assert_eq!(model_hash(&out), current);
 }

@@ -50,7 +50,7 @@ pub(crate) fn config(weight_decay: f32) -> AdamWConfig {
 }
 
 /// Whether `t` is an f32 tensor on the CPU backend.
-fn host_values<const D: usize>(t: &Tensor<D>) -> bool {
+fn on_cpu_f32<const D: usize>(t: &Tensor<D>) -> bool {
     t.dtype() == DType::F32 && t.device() == Device::flex()
 }
 
@@ -64,12 +64,12 @@ impl Optimizer for FusedAdamW {
         grad: Tensor<D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
-        let stateful = state.as_ref().is_none_or(|s| {
+        let state_fits = state.as_ref().is_none_or(|s| {
             s.momentum.max_moment_2.is_none()
-                && host_values(&s.momentum.moment_1)
-                && host_values(&s.momentum.moment_2)
+                && on_cpu_f32(&s.momentum.moment_1)
+                && on_cpu_f32(&s.momentum.moment_2)
         });
-        if !(stateful && host_values(&tensor) && host_values(&grad)) {
+        if !(state_fits && on_cpu_f32(&tensor) && on_cpu_f32(&grad)) {
             return self.composed.step(lr, tensor, grad, state);
         }
         let (device, shape) = (tensor.device(), tensor.shape());
@@ -140,7 +140,7 @@ mod tests {
             };
             let burn = config(weight_decay).build();
             let start = Tensor::<2>::random([37, 129], Distribution::Default, &device);
-            assert!(host_values(&start), "the fused path is not taken");
+            assert!(on_cpu_f32(&start), "the fused path is not taken");
             let (mut a, mut b) = (start.clone(), start);
             let (mut sa, mut sb) = (None, None);
             for step in 0..5 {
