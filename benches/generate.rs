@@ -176,6 +176,7 @@ fn main() {
                 max_context: config.max_position_embeddings,
                 share_prefix: true,
                 logprobs: false,
+                readout: None,
             };
             let mut generated = 0usize;
             let before = engine.stats();

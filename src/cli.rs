@@ -637,6 +637,8 @@ pub(crate) enum TrainCommand {
     Dpo(TrainDpoArgs),
     /// A constitutional classifier (the backbone with a scalar head) on a `targets` table.
     Classifier(TrainClassifierArgs),
+    /// A streaming output guard that is a linear probe on the policy's own states, on a `targets` table: one dot product per generated token.
+    Probe(TrainProbeArgs),
     /// Online RL on a `prompts` table (RL-CAI): sample from the policy, score with a preference model or the labeller, update with a KL penalty.
     Rl(TrainRlArgs),
 }
@@ -697,6 +699,27 @@ pub(crate) struct TrainClassifierArgs {
     pub(crate) label_weight: f64,
     #[command(flatten)]
     pub(crate) flags: TrainFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TrainProbeArgs {
+    /// The policy whose states the probe reads (the model `respond --guard` will guard).
+    #[arg(short, long, value_name = "DIR")]
+    pub(crate) model: PathBuf,
+    /// The `targets` table, judged with answers (`charter target --queries`).
+    #[arg(short, long, value_name = "TABLE")]
+    pub(crate) input: PathBuf,
+    /// The probe's directory (`probe.json`; calibrate it with `charter classify calibrate`).
+    #[arg(short, long, value_name = "DIR")]
+    pub(crate) output: PathBuf,
+    #[command(flatten)]
+    pub(crate) settings: charter_train::ProbeSettings,
+    /// ONNX Runtime threads reading the policy's states [default: every core available].
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) threads: usize,
+    /// Print the probe's record (without its weights) as JSON on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

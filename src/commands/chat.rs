@@ -26,6 +26,10 @@ pub(crate) fn run(args: ChatArgs) -> Result<()> {
         content: args.message.clone(),
     });
     let prompt = model.encode_conversation(&messages)?;
+    let mut guards = super::guard::Guards::open(&args.guard, &args.model)?;
+    // A probe output guard runs inside the engine, before every token.
+    let readout = guards.as_ref().and_then(|g| g.readout());
+    let probed = readout.is_some();
     let options = GenerateOptions {
         sampling: g.sampling(),
         max_new_tokens: g.max_new_tokens as usize,
@@ -34,9 +38,9 @@ pub(crate) fn run(args: ChatArgs) -> Result<()> {
         max_context: model.max_context(),
         share_prefix: true,
         logprobs: false,
+        readout,
     };
     let stop = StopStrings::new(&g.stop);
-    let mut guards = super::guard::Guards::open(&args.guard, &args.model)?;
     if let Some(g) = guards.as_mut()
         && g.blocks_prompt(&prompt)?
     {
@@ -45,8 +49,11 @@ pub(crate) fn run(args: ChatArgs) -> Result<()> {
     }
     let mut watch = guards
         .as_mut()
+        .filter(|_| !probed)
         .map(|g| Watch::new(g as &mut dyn StreamGuard, 1));
-    // With an output guard the answer streams as checks clear it.
+    // With an output guard the answer streams as checks clear it (a
+    // probe's engine stops before a token it flags: every token it hands
+    // over is cleared).
     let mut shown = String::new();
     let mut out = std::io::stdout().lock();
     let mut answer: Option<Completion> = None;
@@ -62,6 +69,9 @@ pub(crate) fn run(args: ChatArgs) -> Result<()> {
         &options,
         &mut |_, tokens| {
             let Some(w) = watch.as_mut() else {
+                if probed {
+                    show(&mut out, &mut shown, tokenizer, &stop, tokens);
+                }
                 return stop.hit(tokenizer, tokens);
             };
             let flagged = w.check(0, &prompt, tokens);
@@ -84,6 +94,24 @@ pub(crate) fn run(args: ChatArgs) -> Result<()> {
         answer.finish != charter_gen::FinishReason::Context,
         "the message does not fit the model's context window"
     );
+    if probed {
+        if answer.finish == charter_gen::FinishReason::Flagged {
+            if !shown.is_empty() {
+                writeln!(out)?;
+            }
+            writeln!(out, "{REFUSAL}")?;
+        } else {
+            show(
+                &mut out,
+                &mut shown,
+                &model.tokenizer,
+                &stop,
+                &answer.tokens,
+            );
+            writeln!(out)?;
+        }
+        return Ok(());
+    }
     let Some(w) = watch.as_mut() else {
         let text = model.decode(&answer.tokens)?;
         println!("{}", stop.truncate(&text).0);

@@ -60,7 +60,20 @@ impl Guards {
             let calibration = read_calibration(dir)?;
             let guard = Guard::open(dir, usize::MAX)
                 .with_context(|| format!("opening the guard {}", dir.display()))?;
-            if tokenizer_hash(dir)? != policy_tokenizer {
+            if let Some(hash) = guard.policy_hash() {
+                // A probe reads the policy's own states: only that export's.
+                let policy_hash = ModelDir::open(policy)?.provenance.content_hash;
+                if hash != policy_hash {
+                    bail!(
+                        "{}: the probe was trained on the states of another policy (hash {}), \
+                         not {} (hash {}): train a probe for this one with `charter train probe`",
+                        dir.display(),
+                        &hash[..16.min(hash.len())],
+                        policy.display(),
+                        &policy_hash[..16.min(policy_hash.len())]
+                    );
+                }
+            } else if tokenizer_hash(dir)? != policy_tokenizer {
                 bail!(
                     "{}: the guard's tokenizer differs from the policy's ({}): a guard reads \
                      the policy's tokens, so train it from the same base model",
@@ -169,12 +182,18 @@ impl StreamGuard for Guards {
         self.every
     }
 
+    fn readout(&self) -> Option<charter_gen::Readout> {
+        let c = self.output.as_ref()?;
+        c.guard.readout(c.calibration.threshold)
+    }
+
     fn describe(&self) -> serde_json::Value {
         let one = |c: &Option<Calibrated>| {
             c.as_ref().map(|c| {
                 serde_json::json!({
                     "model_hash": c.calibration.guard_hash,
                     "threshold": c.calibration.threshold,
+                    "probe": c.guard.policy_hash().is_some(),
                 })
             })
         };

@@ -7,7 +7,7 @@ use charter_train::{
     Job, MetricRow, Outcome, RlProgress, train_classifier, train_dpo, train_pm, train_rl, train_sft,
 };
 
-use crate::cli::{ScoreArgs, TrainCommand, TrainFlags};
+use crate::cli::{ScoreArgs, TrainCommand, TrainFlags, TrainProbeArgs};
 
 /// Set by Ctrl-C (or SIGTERM): finish the step, checkpoint, stop.
 static INTERRUPT: AtomicBool = AtomicBool::new(false);
@@ -19,6 +19,7 @@ pub(crate) fn run(command: TrainCommand, quiet: bool) -> Result<()> {
         TrainCommand::Dpo(a) => &a.flags,
         TrainCommand::Classifier(a) => &a.flags,
         TrainCommand::Rl(a) => &a.flags,
+        TrainCommand::Probe(a) => return probe(a, quiet),
     };
     let job = job(flags)?;
     // A second signal while the step finishes falls back to the default (exit at once):
@@ -129,6 +130,7 @@ pub(crate) fn run(command: TrainCommand, quiet: bool) -> Result<()> {
             train_rl(&job, &a.input, &a.rl, &mut on)
                 .with_context(|| format!("train rl from {}", a.flags.model.display()))?
         }
+        TrainCommand::Probe(_) => unreachable!("returned above"),
     };
     bar.finish_and_clear();
     match outcome {
@@ -243,6 +245,57 @@ pub(crate) fn score(args: ScoreArgs, quiet: bool) -> Result<()> {
                 summary.scored, summary.unscored
             )
         });
+    }
+    Ok(())
+}
+
+/// `charter train probe`: no gradient through the model, so none of the
+/// trainer's machinery (device, checkpoints, schedule).
+fn probe(args: &TrainProbeArgs, quiet: bool) -> Result<()> {
+    let mut say = |what: &str| {
+        if !quiet {
+            eprintln!("{what}");
+        }
+    };
+    let (probe, cached) = charter_stages::Model::open(&args.model, args.threads)
+        .map_err(charter_train::Error::from)
+        .and_then(|mut policy| {
+            charter_train::train_probe(
+                &mut policy,
+                &args.input,
+                &args.output,
+                &args.settings,
+                &mut say,
+            )
+        })
+        .with_context(|| format!("train probe on {}", args.model.display()))?;
+    let mut record = serde_json::to_value(&probe)?;
+    if let Some(r) = record.as_object_mut() {
+        r.remove("weights");
+        r.insert("up_to_date".into(), cached.into());
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+    } else if !quiet {
+        let held = match &probe.report {
+            Some(r) => format!(
+                "; held out {} rows: AUROC {}, loss {:.3}, ECE {:.3}",
+                probe.held_out_rows,
+                r.auroc.map_or("n/a".into(), |a| format!("{a:.3}")),
+                r.loss,
+                r.ece
+            ),
+            None => String::new(),
+        };
+        eprintln!(
+            "{} {}: {} weights on {} rows ({} answer prefixes), loss {:.4}{held}",
+            if cached { "up to date" } else { "wrote" },
+            args.output.display(),
+            probe.weights.len(),
+            probe.rows,
+            probe.prefixes,
+            probe.loss
+        );
     }
     Ok(())
 }

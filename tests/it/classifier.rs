@@ -495,6 +495,24 @@ held_out = 0.3
 lr = 1e-3
 epochs = 1
 batch_size = 6
+
+[[stage]]
+name = "answers"
+kind = "respond"
+input = "queries"
+
+[[stage]]
+name = "answer-targets"
+kind = "target"
+input = "answers"
+against = "queries"
+
+[[stage]]
+name = "output-probe"
+kind = "probe"
+input = "answer-targets"
+held_out = 0.0
+steps = 20
 "#,
             model.display(),
             fixture()
@@ -516,7 +534,7 @@ batch_size = 6
             .collect()
     };
     let ran: Vec<_> = status(&report).into_iter().map(|(_, s)| s).collect();
-    assert_eq!(ran, ["ran"; 4], "{report}");
+    assert_eq!(ran, ["ran"; 7], "{report}");
     let out = dir.path().join("out");
     let count = |name: &str| inspect(out.join(name).to_str().unwrap())["rows"].clone();
     assert_eq!(count("queries.parquet"), 6);
@@ -540,6 +558,16 @@ batch_size = 6
     .unwrap();
     assert_eq!(record["objective"], "classifier");
     assert_eq!(record["objective_settings"]["label_weight"], 1.0);
+    // The probe reads the build model's states, seeded by the build.
+    let (probe, _) = charter_train::read_probe(&out.join("output-probe")).unwrap();
+    assert_eq!((probe.rows, probe.seed, probe.settings.steps), (6, 1, 20));
+    assert_eq!(
+        probe.policy.content_hash,
+        charter_model::ModelDir::open(&model)
+            .unwrap()
+            .provenance
+            .content_hash
+    );
     // Nothing changed: every stage is up to date.
     let again: serde_json::Value =
         serde_json::from_slice(&ok(&["build", &file, "--json"])).unwrap();
@@ -636,78 +664,8 @@ fn a_tiny_output_guard_flags_answers_from_the_planted_word_on() {
         flagged.len()
     );
 
-    // Beside the tiny policy it was trained from: calibrated on the
-    // policy's own answers to block about half, a guarded run refuses the
-    // flagged rows with the fixed message and leaves the others as they were.
-    let (raw, prompts, plain, guarded) = (
-        path("prompts.txt"),
-        path("prompts.parquet"),
-        path("plain.parquet"),
-        path("guarded.parquet"),
-    );
-    let lines: Vec<String> = (0..16)
-        .map(|i| format!("tell me about thing {i}"))
-        .collect();
-    std::fs::write(&raw, lines.join("\n")).unwrap();
-    ok(&["prompts", "import", &raw, "-o", &prompts, "--no-near-dup"]);
-    let respond = |out: &str, guard: bool| {
-        let mut args = vec![
-            "respond",
-            "-m",
-            &model,
-            "-i",
-            &prompts,
-            "-o",
-            out,
-            "--max-new-tokens",
-            "24",
-            "--seed",
-            "1",
-        ];
-        if guard {
-            args.extend(["--guard", clf.as_str(), "--guard-every", "4"]);
-        }
-        ok(&args);
-    };
-    respond(&plain, false);
-    ok(&[
-        "classify",
-        "calibrate",
-        "-m",
-        &clf,
-        "-i",
-        &plain,
-        "--target-fpr",
-        "0.5",
-    ]);
-    respond(&guarded, true);
-    ok(&["inspect", &guarded, "--verify"]);
-    let answers = |path: &str| -> Vec<(String, String, String)> {
-        let table = charter_table::TableFile::open(Path::new(path)).unwrap();
-        let mut rows: Vec<_> = table
-            .rows::<charter_table::Response>()
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.prompt_id, r.text, r.finish_reason))
-            .collect();
-        rows.sort();
-        rows
-    };
-    let (plain, guarded) = (answers(&plain), answers(&guarded));
-    assert_eq!(plain.len(), guarded.len());
-    let refused = guarded.iter().filter(|g| g.2 == "guard_output").count();
-    assert!(
-        (1..guarded.len()).contains(&refused),
-        "{refused} of {} refused",
-        guarded.len()
-    );
-    for (p, g) in plain.iter().zip(&guarded) {
-        assert_eq!(p.0, g.0);
-        match g.2.as_str() {
-            "guard_output" => assert_eq!(g.1, charter_stages::REFUSAL),
-            _ => assert_eq!((&p.1, &p.2), (&g.1, &g.2), "an unflagged answer changed"),
-        }
-    }
+    let prompts =
+        a_guarded_run_refuses_only_what_it_flags(&path, &model, &clf, &["--guard-every", "4"]);
 
     // `eval guard` on labelled queries: what the guard buys and costs.
     let (queries, eval) = (path("queries.parquet"), path("eval"));
@@ -883,4 +841,236 @@ fn write_queries(path: &Path, n: u32) {
         })
         .collect();
     write_records(path, "queries", &rows);
+}
+
+#[test]
+fn a_tiny_probe_on_the_policys_states_learns_a_planted_word_and_guards_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (model, targets, probe) = (path("tiny"), path("targets.parquet"), path("probe"));
+    ok(&["model", "tiny", "-o", &model, "--seed", "1"]);
+    write_planted(Path::new(&targets), 0, true);
+    let train = [
+        "train",
+        "probe",
+        "-m",
+        &model,
+        "-i",
+        &targets,
+        "-o",
+        &probe,
+        "--held-out",
+        "0.25",
+        "--label-weight",
+        "0",
+        "--json",
+    ];
+    let record: serde_json::Value = serde_json::from_slice(&ok(&train)).unwrap();
+    let auroc = record["report"]["auroc"].as_f64().unwrap();
+    assert!(auroc > 0.95, "held-out AUROC {auroc}: {record}");
+    assert_eq!(record["up_to_date"], false);
+    let again: serde_json::Value = serde_json::from_slice(&ok(&train)).unwrap();
+    assert_eq!(again["up_to_date"], true);
+    assert_eq!(again["loss"], record["loss"]);
+    // Without answers there is nothing to stream: refused by name.
+    let plain_targets = path("plain-targets.parquet");
+    planted_targets(Path::new(&plain_targets), 0);
+    let e = fails(
+        &[
+            "train",
+            "probe",
+            "-m",
+            &model,
+            "-i",
+            &plain_targets,
+            "-o",
+            &path("probe2"),
+        ],
+        None,
+    );
+    assert!(e.contains("row 1") && e.contains("no answer"), "{e}");
+    // A guard needs a threshold.
+    let (benign, fresh, out) = (
+        path("benign.parquet"),
+        path("fresh.parquet"),
+        path("classified.parquet"),
+    );
+    let e = fails(&["classify", "-m", &probe, "-i", &fresh, "-o", &out], None);
+    assert!(e.contains("calibrate"), "{e}");
+
+    // Teacher-forced over fresh answers: flags at the planted word or after.
+    write_planted(Path::new(&benign), 1, true);
+    write_planted(Path::new(&fresh), 2, true);
+    ok(&[
+        "classify",
+        "calibrate",
+        "-m",
+        &probe,
+        "-i",
+        &benign,
+        "--target-fpr",
+        "0.05",
+    ]);
+    ok(&["classify", "-m", &probe, "-i", &fresh, "-o", &out]);
+    ok(&["inspect", &out, "--verify"]);
+    let rows = guard_tokens(&out);
+    let harmful: Vec<_> = rows.iter().filter(|r| r.0 == "harmful").collect();
+    let flagged: Vec<_> = harmful.iter().filter(|r| r.3.is_some()).collect();
+    assert!(
+        flagged.len() as f64 > 0.9 * harmful.len() as f64,
+        "{} of {} harmful answers flagged",
+        flagged.len(),
+        harmful.len()
+    );
+    // The probe's score before token i reads the state at token i − 1: it
+    // can flag the token after the planted word's first byte, not before.
+    let early = flagged
+        .iter()
+        .filter(|r| (r.3.unwrap() as usize) <= r.1.find("xqz").unwrap())
+        .count();
+    assert!(
+        (early as f64) <= 0.1 * flagged.len() as f64,
+        "{early} of {} flags before the planted word",
+        flagged.len()
+    );
+
+    // Streaming beside generation. (That the streamed scores are the
+    // teacher-forced ones is charter-gen's `readout` test: here answers
+    // go through text, which the random model's bytes do not survive.)
+    let prompts = a_guarded_run_refuses_only_what_it_flags(&path, &model, &probe, &[]);
+
+    // `eval guard` measures it like any output guard.
+    let queries = path("queries.parquet");
+    write_queries(Path::new(&queries), 6);
+    let report: serde_json::Value = serde_json::from_slice(&ok(&[
+        "eval",
+        "guard",
+        "-m",
+        &model,
+        "-i",
+        &queries,
+        "-c",
+        &fixture(),
+        "-o",
+        &path("eval"),
+        "--guard",
+        &probe,
+        "--per-label",
+        "4",
+        "--max-new-tokens",
+        "16",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(report["released_after_flag"], 0, "{report}");
+    assert!(
+        report["groups"]["all"]["output_guard"]["auroc"].is_f64(),
+        "{report}"
+    );
+
+    // A probe reads one policy's states: another model is refused by name.
+    let other = path("other");
+    ok(&["model", "tiny", "-o", &other, "--seed", "2"]);
+    let e = fails(
+        &[
+            "respond",
+            "-m",
+            &other,
+            "-i",
+            &prompts,
+            "-o",
+            &path("other.parquet"),
+            "--guard",
+            &probe,
+        ],
+        None,
+    );
+    assert!(
+        e.contains("probe") && e.contains("charter train probe"),
+        "{e}"
+    );
+}
+
+/// Beside the tiny policy `model` a guard was trained from: 16 prompts
+/// answered without it, the guard calibrated on those answers to block
+/// about half, then answered again with `--guard GUARD` and `flags`. The
+/// guarded run refuses the rows it flags with the fixed message and leaves
+/// the others as they were. Returns the prompts table.
+fn a_guarded_run_refuses_only_what_it_flags(
+    path: &dyn Fn(&str) -> String,
+    model: &str,
+    guard: &str,
+    flags: &[&str],
+) -> String {
+    let (raw, prompts, plain, guarded) = (
+        path("prompts.txt"),
+        path("prompts.parquet"),
+        path("plain.parquet"),
+        path("guarded.parquet"),
+    );
+    let lines: Vec<String> = (0..16)
+        .map(|i| format!("tell me about thing {i}"))
+        .collect();
+    std::fs::write(&raw, lines.join("\n")).unwrap();
+    ok(&["prompts", "import", &raw, "-o", &prompts, "--no-near-dup"]);
+    let respond = |out: &str, guarded: bool| {
+        let mut args = vec![
+            "respond",
+            "-m",
+            model,
+            "-i",
+            &prompts,
+            "-o",
+            out,
+            "--max-new-tokens",
+            "24",
+            "--seed",
+            "1",
+        ];
+        if guarded {
+            args.extend(["--guard", guard]);
+            args.extend(flags);
+        }
+        ok(&args);
+    };
+    respond(&plain, false);
+    ok(&[
+        "classify",
+        "calibrate",
+        "-m",
+        guard,
+        "-i",
+        &plain,
+        "--target-fpr",
+        "0.5",
+    ]);
+    respond(&guarded, true);
+    ok(&["inspect", &guarded, "--verify"]);
+    let answers = |path: &str| -> Vec<(String, String, String)> {
+        let table = charter_table::TableFile::open(Path::new(path)).unwrap();
+        let mut rows: Vec<_> = table
+            .rows::<charter_table::Response>()
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.prompt_id, r.text, r.finish_reason))
+            .collect();
+        rows.sort();
+        rows
+    };
+    let (plain, guarded) = (answers(&plain), answers(&guarded));
+    assert_eq!(plain.len(), guarded.len());
+    let refused = guarded.iter().filter(|g| g.2 == "guard_output").count();
+    assert!(
+        (1..guarded.len()).contains(&refused),
+        "{refused} of {} refused",
+        guarded.len()
+    );
+    for (p, g) in plain.iter().zip(&guarded) {
+        assert_eq!(p.0, g.0);
+        match g.2.as_str() {
+            "guard_output" => assert_eq!(g.1, charter_stages::REFUSAL),
+            _ => assert_eq!((&p.1, &p.2), (&g.1, &g.2), "an unflagged answer changed"),
+        }
+    }
+    prompts
 }

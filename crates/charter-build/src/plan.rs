@@ -161,6 +161,7 @@ fn explain_stage(
     match &stage.op {
         StageOp::Train(op) => return explain_train(plan, stage, op, reasons),
         StageOp::Eval(op) => return explain_eval(plan, stage, op, reasons),
+        StageOp::Probe(settings) => return explain_probe(plan, stage, settings, reasons),
         _ => {}
     }
     if !out.exists() {
@@ -454,6 +455,48 @@ fn explain_eval(
     ))
 }
 
+fn explain_probe(
+    plan: &BuildPlan,
+    stage: &PlannedStage,
+    settings: &charter_train::ProbeSettings,
+    mut reasons: Vec<String>,
+) -> Result<(Verdict, Vec<String>)> {
+    let Ok((had, _)) = charter_train::read_probe(&stage.output) else {
+        reasons.insert(0, format!("no probe in {}", stage.output.display()));
+        return Ok((Verdict::Run, reasons));
+    };
+    if !reasons.is_empty() {
+        return Ok((Verdict::Run, reasons));
+    }
+    let policy = stage.model.as_deref().ok_or_else(|| {
+        crate::error::Error::Settings(format!("stage `{}`: no model", stage.name))
+    })?;
+    let targets = plan
+        .input_tables(stage)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            crate::error::Error::Settings(format!("stage `{}` has no input", stage.name))
+        })?;
+    let input = InputRef {
+        name: targets.core_spec()?.name.to_string(),
+        content_hash: targets.content_hash_or_compute()?,
+    };
+    let policy_hash = ModelDir::open(policy)?.provenance.content_hash;
+    let want = charter_train::probe_key(&policy_hash, &input, settings);
+    let had = had.key();
+    if had == want {
+        return Ok((Verdict::UpToDate, vec!["probe key matches".to_string()]));
+    }
+    Ok((
+        Verdict::Run,
+        vec![format!(
+            "probe inputs changed: {}",
+            settings_diff(&had, &want)
+        )],
+    ))
+}
+
 /// Which inputs' content hashes differ between the `had` and `want` lists,
 /// each named by its entry of `names`; `None` when the lists are equal.
 fn input_changes(had: &[InputRef], want: &[InputRef], names: &[&str]) -> Option<String> {
@@ -635,7 +678,11 @@ pub(super) fn expected_provenance(
             )?,
             &TARGETS,
         ),
-        StageOp::Table | StageOp::Export(_) | StageOp::Train(_) | StageOp::Eval(_) => {
+        StageOp::Table
+        | StageOp::Export(_)
+        | StageOp::Train(_)
+        | StageOp::Eval(_)
+        | StageOp::Probe(_) => {
             return Err(crate::error::Error::Settings(format!(
                 "internal: stage `{}` records no provenance",
                 stage.name

@@ -224,6 +224,7 @@ impl BuildPlan {
         match &stage.op {
             StageOp::Train(op) => return self.run_train(stage, op, cache.interrupt, progress),
             StageOp::Eval(op) => return self.run_eval(stage, op, cache, progress),
+            StageOp::Probe(settings) => return self.run_probe(stage, settings, cache),
             StageOp::Import { files, settings } => {
                 let output = Output::Path(out.clone());
                 let s = import_prompts(files, settings, &output, &mut |_| {})?;
@@ -279,6 +280,7 @@ impl BuildPlan {
             | StageOp::Import { .. }
             | StageOp::Train(_)
             | StageOp::Eval(_)
+            | StageOp::Probe(_)
             | StageOp::Slice { .. }
             | StageOp::Queries(_)
             | StageOp::Merge { .. } => unreachable_table(stage)?,
@@ -648,6 +650,36 @@ impl BuildPlan {
             tokens,
             output: stage.output.clone(),
             content_hash: dir.provenance.content_hash,
+        })
+    }
+
+    fn run_probe(
+        &self,
+        stage: &PlannedStage,
+        settings: &charter_train::ProbeSettings,
+        cache: &mut BuildCache,
+    ) -> Result<StageOutcome> {
+        let targets = self.input_paths(stage)?;
+        let targets = targets
+            .first()
+            .ok_or_else(|| Error::Settings(format!("stage `{}` has no input", stage.name)))?;
+        let model = model_of(cache, stage, 0)?;
+        let (probe, cached) =
+            charter_train::train_probe(model, targets, &stage.output, settings, &mut |_| {})?;
+        let (_, hash) = charter_train::read_probe(&stage.output)?;
+        Ok(StageOutcome {
+            stage: stage.name.clone(),
+            kind: stage.kind.as_str(),
+            status: if cached {
+                OutcomeStatus::Cached
+            } else {
+                OutcomeStatus::Ran
+            },
+            rows: probe.rows as u64,
+            resumed_rows: 0,
+            tokens: 0,
+            output: stage.output.clone(),
+            content_hash: hash,
         })
     }
 

@@ -14,6 +14,9 @@
 //!   place (scoring continuations of a shared context).
 //! - [`Decoder::logits_at`]: logits at chosen positions of right-padded
 //!   rows (scoring), and [`Decoder::logits_all`] at all of them.
+//! - [`Decoder::hidden_all`]: the last residual stream at every position
+//!   (a probe's features); with [`Decoder::keep_hidden`], the runs above
+//!   also keep it at the positions they return logits for.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -98,6 +101,12 @@ impl KvCache {
 pub struct Decoder {
     session: Session,
     dims: DecoderDims,
+    /// Whether the graph returns `hidden`.
+    has_hidden: bool,
+    /// Whether runs keep `hidden` at their logit positions.
+    keep_hidden: bool,
+    /// `[rows, hidden]` of the last run, when kept.
+    hidden: Vec<f32>,
 }
 
 /// The cores this process may run on: its CPU affinity and cgroup quota
@@ -148,7 +157,37 @@ impl Decoder {
                     .to_string(),
             });
         }
-        Ok(Decoder { session, dims })
+        let has_hidden = session.outputs().iter().any(|o| o.name() == "hidden");
+        Ok(Decoder {
+            session,
+            dims,
+            has_hidden,
+            keep_hidden: false,
+            hidden: Vec::new(),
+        })
+    }
+
+    /// Whether [`Decoder::prefill`], [`Decoder::decode`] and
+    /// [`Decoder::advance`] keep the last residual stream at the positions
+    /// they return logits for, for [`Decoder::hidden`]. Fails for a graph
+    /// exported before it returned one.
+    pub fn keep_hidden(&mut self, on: bool) -> Result<()> {
+        if on && !self.has_hidden {
+            return Err(Error::Run(
+                "the graph returns no `hidden` output (exported by an older charter): \
+                 re-import the model with `charter model import`"
+                    .to_string(),
+            ));
+        }
+        self.keep_hidden = on;
+        self.hidden.clear();
+        Ok(())
+    }
+
+    /// With [`Decoder::keep_hidden`], the last run's residual stream at
+    /// each row's logit position, `[rows, hidden]`; else empty.
+    pub fn hidden(&self) -> &[f32] {
+        &self.hidden
     }
 
     /// The graph's dimensions.
@@ -203,6 +242,17 @@ impl Decoder {
                         dst[di..di + p.len() * hd].copy_from_slice(&src[si..si + p.len() * hd]);
                     }
                 }
+            }
+        }
+        if self.keep_hidden {
+            let (shape, all) = outputs["hidden"]
+                .try_extract_tensor::<f32>()
+                .map_err(run_err)?;
+            let h = shape[2] as usize;
+            self.hidden.clear();
+            for (i, p) in prompts.iter().enumerate() {
+                let at = (i * width + p.len() - 1) * h;
+                self.hidden.extend_from_slice(&all[at..at + h]);
             }
         }
         let (_, logits) = outputs["logits"]
@@ -314,11 +364,59 @@ impl Decoder {
         binding
             .bind_output_to_device("logits", self.session.allocator().memory_info())
             .map_err(run_err)?;
+        if self.keep_hidden {
+            binding
+                .bind_output_to_device("hidden", self.session.allocator().memory_info())
+                .map_err(run_err)?;
+        }
         let outputs = self.session.run_binding(&binding).map_err(run_err)?;
+        if self.keep_hidden {
+            // One position per row (a decode step), or the last of one row.
+            let (shape, all) = outputs["hidden"]
+                .try_extract_tensor::<f32>()
+                .map_err(run_err)?;
+            let (rows, h) = (shape[0] as usize, shape[2] as usize);
+            let at = all.len() - rows * h;
+            self.hidden.clear();
+            match shape[1] {
+                1 => self.hidden.extend_from_slice(all),
+                _ => self.hidden.extend_from_slice(&all[at..]),
+            }
+        }
         let (_, logits) = outputs["logits"]
             .try_extract_tensor::<f32>()
             .map_err(run_err)?;
         Ok(logits.to_vec())
+    }
+
+    /// The last residual stream at every position of `rows` (no past),
+    /// right-padded to the longest: `[rows, width, hidden]`, with the width
+    /// and the hidden size. Only each row's last position goes through the
+    /// LM head.
+    pub fn hidden_all(&mut self, rows: &[&[u32]]) -> Result<(Vec<f32>, usize, usize)> {
+        if !self.has_hidden {
+            self.keep_hidden(true)?;
+        }
+        if rows.iter().any(|p| p.is_empty()) {
+            return Err(Error::Run("hidden states: an empty row".to_string()));
+        }
+        let width = rows.iter().map(|p| p.len()).max().unwrap_or(0);
+        let n = rows.len();
+        let last: Vec<i64> = rows.iter().map(|p| p.len() as i64 - 1).collect();
+        let batch = right_pad(rows, width);
+        let outputs = run(
+            &mut self.session,
+            self.dims,
+            batch.ids,
+            batch.mask,
+            ([n, 1], last),
+            n,
+            width,
+        )?;
+        let (shape, hidden) = outputs["hidden"]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| Error::Run(e.to_string()))?;
+        Ok((hidden.to_vec(), width, shape[2] as usize))
     }
 
     /// Logits at every position of `rows` (no past), right-padded to the

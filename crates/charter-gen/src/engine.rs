@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use crate::decoder::{Decoder, DecoderDims, KvCache};
 use crate::error::{Error, Result};
+use crate::readout::Readout;
 use crate::sampling::{RowHistory, RowRng, Sampling, log_softmax_at, sample};
 
 /// One prompt to continue.
@@ -36,15 +37,19 @@ pub enum FinishReason {
     Length,
     /// The prompt alone does not fit the context window: nothing was generated.
     Context,
+    /// [`GenerateOptions::readout`] reached its threshold at the last
+    /// token: the stream stops before it.
+    Flagged,
 }
 
 impl FinishReason {
-    /// The name recorded in tables: `stop`, `length`, `context`.
+    /// The name recorded in tables: `stop`, `length`, `context`, `flagged`.
     pub fn as_str(self) -> &'static str {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
             FinishReason::Context => "context",
+            FinishReason::Flagged => "flagged",
         }
     }
 }
@@ -61,6 +66,9 @@ pub struct Completion {
     /// With [`GenerateOptions::logprobs`], each token's log-probability
     /// under the model's own distribution; else empty.
     pub logprobs: Vec<f64>,
+    /// With [`GenerateOptions::readout`], its probability before each
+    /// token (from the state the token was chosen in); else empty.
+    pub readout: Vec<f64>,
 }
 
 /// Generation settings.
@@ -86,6 +94,11 @@ pub struct GenerateOptions {
     /// settings, temperature and nucleus act): what online RL needs of the
     /// policy that sampled, at the cost of one pass over each row's logits.
     pub logprobs: bool,
+    /// A linear probe on the model's own states, scored before every token
+    /// (one dot product): a row whose score reaches the probe's threshold
+    /// stops with [`FinishReason::Flagged`], its last token the one the
+    /// probe flagged. A streaming output guard at almost no cost.
+    pub readout: Option<Readout>,
 }
 
 /// The shortest common prefix worth computing once: below it, prefilling
@@ -147,6 +160,8 @@ struct Row {
     tokens: Vec<u32>,
     /// Each token's log-probability, with [`GenerateOptions::logprobs`].
     logprobs: Vec<f64>,
+    /// The readout's probability before each token.
+    readout: Vec<f64>,
     /// Positions in the cache: the prompt and every generated token but the last.
     len: usize,
 }
@@ -222,6 +237,19 @@ impl Engine {
         done: &mut dyn FnMut(Completion) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
         let dims = self.decoder.dims();
+        self.decoder.keep_hidden(options.readout.is_some())?;
+        // The readout's probability of each of a run's rows, from the
+        // states the decoder kept.
+        let probe = |decoder: &Decoder| -> Vec<f64> {
+            let Some(readout) = &options.readout else {
+                return Vec::new();
+            };
+            decoder
+                .hidden()
+                .chunks_exact(readout.weights.len())
+                .map(|h| readout.probability(h))
+                .collect()
+        };
         let fits = |r: &Request| !r.prompt.is_empty() && r.prompt.len() < options.max_context;
         // Room for the longest prompt plus every token it may feed back.
         let capacity = requests
@@ -267,6 +295,7 @@ impl Engine {
                             tokens: Vec::new(),
                             finish: FinishReason::Context,
                             logprobs: Vec::new(),
+                            readout: Vec::new(),
                         })?;
                         continue;
                     }
@@ -285,12 +314,15 @@ impl Engine {
                     .map(|&g| group[g].1.prompt.as_slice())
                     .collect();
                 let mut logits = vec![0f32; group.len() * dims.vocab];
+                let mut first = vec![None; group.len()];
                 if !prompts.is_empty() {
                     let slots: Vec<usize> = together.iter().map(|&g| free[g]).collect();
                     let out = self.decoder.prefill(&prompts, &mut kv, &slots)?;
+                    let scores = probe(&self.decoder);
                     for (k, &g) in together.iter().enumerate() {
                         logits[g * dims.vocab..(g + 1) * dims.vocab]
                             .copy_from_slice(&out[k * dims.vocab..(k + 1) * dims.vocab]);
+                        first[g] = scores.get(k).copied();
                     }
                     self.stats.prefill_tokens +=
                         prompts.iter().map(|p| p.len() as u64).sum::<u64>();
@@ -313,6 +345,7 @@ impl Engine {
                         own.copy_slot(0, cache, 0, from);
                     }
                     let out = self.decoder.advance(&prompt[from..], from, &mut own)?;
+                    first[g] = probe(&self.decoder).first().copied();
                     kv.copy_slot(free[g], &own, 0, prompt.len());
                     logits[g * dims.vocab..(g + 1) * dims.vocab].copy_from_slice(&out);
                     self.stats.prefill_tokens += (prompt.len() - from) as u64;
@@ -329,6 +362,7 @@ impl Engine {
                         history,
                         tokens: vec![token],
                         logprobs: logprob.into_iter().collect(),
+                        readout: first[g].into_iter().collect(),
                         len: req.prompt.len(),
                     });
                 }
@@ -364,9 +398,11 @@ impl Engine {
                 .map(|s| s.as_ref().map_or(0, |r| r.len))
                 .collect();
             let mut logits = self.decoder.decode(&tokens, &lens, &mut kv)?;
+            let scores = probe(&self.decoder);
             for (s, row) in slots.iter_mut().enumerate() {
                 if let Some(row) = row {
                     row.len += 1;
+                    row.readout.extend(scores.get(s).copied());
                     let next = &mut logits[s * dims.vocab..(s + 1) * dims.vocab];
                     let (token, logprob) =
                         next_token(next, options, &mut row.history, &mut row.rng);
@@ -380,6 +416,49 @@ impl Engine {
         }
     }
 
+    /// The RMS-normalised last residual stream of each row at each of
+    /// `positions[r]` (a probe's features, [`crate::readout::normalise`]),
+    /// `[positions, hidden]` flattened per row, with the hidden size. Rows
+    /// run `batch_size` at a time in order of length.
+    pub fn hidden_states(
+        &mut self,
+        rows: &[&[u32]],
+        positions: &[Vec<usize>],
+        batch_size: usize,
+    ) -> Result<(Vec<Vec<f32>>, usize)> {
+        if positions.len() != rows.len()
+            || rows
+                .iter()
+                .zip(positions)
+                .any(|(r, p)| p.iter().any(|&i| i >= r.len()))
+        {
+            return Err(Error::Run(
+                "hidden states: every position must lie inside its row".to_string(),
+            ));
+        }
+        let mut order: Vec<usize> = (0..rows.len()).filter(|&i| !rows[i].is_empty()).collect();
+        order.sort_by_key(|&i| rows[i].len());
+        let mut out = vec![Vec::new(); rows.len()];
+        let mut size = 0;
+        for chunk in order.chunks(batch_size.max(1)) {
+            let batch: Vec<&[u32]> = chunk.iter().map(|&i| rows[i]).collect();
+            let (hidden, width, h) = self.decoder.hidden_all(&batch)?;
+            size = h;
+            for (k, &i) in chunk.iter().enumerate() {
+                let mut features = vec![0f32; positions[i].len() * h];
+                for (j, &at) in positions[i].iter().enumerate() {
+                    let from = (k * width + at) * h;
+                    crate::readout::normalise(
+                        &hidden[from..from + h],
+                        &mut features[j * h..(j + 1) * h],
+                    );
+                }
+                out[i] = features;
+            }
+        }
+        Ok((out, size))
+    }
+
     /// Log-probabilities of each continuation's tokens after its context,
     /// `batch_size` pairs per forward pass. Pairs are batched in order of
     /// length, so a batch's padding is small, and logits are computed only
@@ -391,6 +470,7 @@ impl Engine {
         pairs: &[(Vec<u32>, Vec<u32>)],
         batch_size: usize,
     ) -> Result<Vec<Vec<f64>>> {
+        self.decoder.keep_hidden(false)?;
         let vocab = self.decoder.dims().vocab;
         if let Some(i) = pairs.iter().position(|(c, _)| c.is_empty()) {
             return Err(Error::Run(format!("scoring row {i}: an empty context")));
@@ -463,6 +543,7 @@ impl Engine {
         shared: &[u32],
         choices: &[Vec<u32>],
     ) -> Result<Vec<Vec<Vec<f64>>>> {
+        self.decoder.keep_hidden(false)?;
         let dims = self.decoder.dims();
         let vocab = dims.vocab;
         if let Some(i) = contexts.iter().position(|c| c.len() < 2) {
@@ -610,7 +691,13 @@ fn retire<E>(
     for slot in slots.iter_mut() {
         let Some(row) = slot else { continue };
         let token = row.tokens[row.tokens.len() - 1];
-        let finish = if options.stop_ids.contains(&token) || stop(row.index, &row.tokens) {
+        let flagged = options
+            .readout
+            .as_ref()
+            .is_some_and(|r| row.readout.last().is_some_and(|&p| p >= r.threshold));
+        let finish = if flagged {
+            Some(FinishReason::Flagged)
+        } else if options.stop_ids.contains(&token) || stop(row.index, &row.tokens) {
             Some(FinishReason::Stop)
         } else if row.tokens.len() >= options.max_new_tokens || row.len + 1 >= options.max_context {
             Some(FinishReason::Length)
@@ -625,6 +712,7 @@ fn retire<E>(
                 tokens: row.tokens,
                 finish,
                 logprobs: row.logprobs,
+                readout: row.readout,
             })?;
         }
     }

@@ -3,6 +3,7 @@
 //! - [`runtime`]: finds and loads the ONNX Runtime library once per process;
 //! - [`Decoder`]: one forward pass of an exported decoder with a KV cache;
 //! - [`Engine`]: batched generation with continuous batching, and scoring;
+//! - [`readout`]: a linear probe on the decoder's own states, applied while generating;
 //! - [`sampling`]: repetition penalty and n-gram ban, then greedy,
 //!   temperature, top-k, top-p with per-row seeds.
 //!
@@ -11,6 +12,7 @@
 mod decoder;
 mod engine;
 mod error;
+pub mod readout;
 pub mod runtime;
 pub mod sampling;
 
@@ -20,4 +22,5 @@ pub use engine::{
     StepHook,
 };
 pub use error::{Error, Result};
+pub use readout::Readout;
 pub use sampling::Sampling;

@@ -149,6 +149,7 @@ fn greedy(decoder: Decoder, prompt: &[u32], n: usize) -> Vec<u32> {
         max_context: 512,
         share_prefix: false,
         logprobs: false,
+        readout: None,
     };
     let request = Request {
         prompt: prompt.to_vec(),

@@ -242,6 +242,7 @@ fn options(batch_size: usize, sampling: charter_gen::Sampling) -> charter_gen::G
         max_context: 8192,
         share_prefix: false,
         logprobs: false,
+        readout: None,
     }
 }
 

@@ -49,6 +49,7 @@ fn run(
         max_context: 512,
         share_prefix: false,
         logprobs: false,
+        readout: None,
     };
     let mut out = vec![Vec::new(); requests.len()];
     engine
@@ -238,6 +239,7 @@ fn sampled_tokens_carry_the_log_probabilities_scoring_gives() {
         max_context: 512,
         share_prefix: false,
         logprobs: true,
+        readout: None,
     };
     let mut got = vec![(Vec::new(), Vec::new()); reqs.len()];
     engine

@@ -66,7 +66,8 @@ pub const PROVENANCE_FILE: &str = "charter-model.json";
 
 /// Version of the exported graph: bump when the same weights would give different logits.
 /// 4: the int8 and int4 exports' LM head is an 8-bit `MatMulNBits`.
-pub const GRAPH_VERSION: u32 = 4;
+/// 5: the graph also returns `hidden`, the last residual stream (same logits).
+pub const GRAPH_VERSION: u32 = 5;
 
 /// Where a model directory came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -154,6 +154,19 @@ pub(crate) fn run_windows<R: Record>(
     build: &mut dyn FnMut(usize, Generated<'_>) -> Result<R>,
 ) -> Result<Generation> {
     let mut counts = Generation::default();
+    // A probe output guard runs inside the engine; a guard reading tokens
+    // watches the stream from the step hook.
+    let probed;
+    let options = match guard.as_deref().and_then(|g| g.readout()) {
+        Some(readout) => {
+            probed = GenerateOptions {
+                readout: Some(readout),
+                ..options.clone()
+            };
+            &probed
+        }
+        None => options,
+    };
     for std::ops::Range { start: item, end } in windows(start, total, window) {
         let reqs = (item..end)
             .map(|i| request(model, i))
@@ -167,8 +180,12 @@ pub(crate) fn run_windows<R: Record>(
         let kept: Vec<usize> = (0..reqs.len()).filter(|&i| !blocked[i]).collect();
         let to_engine: Vec<Request> = kept.iter().map(|&i| reqs[i].clone()).collect();
         // The step hook and the stop callback both reach the watch.
-        let mut watch =
-            std::cell::RefCell::new(guard.as_deref_mut().map(|g| Watch::new(g, to_engine.len())));
+        let mut watch = std::cell::RefCell::new(
+            guard
+                .as_deref_mut()
+                .filter(|_| options.readout.is_none())
+                .map(|g| Watch::new(g, to_engine.len())),
+        );
         let Model {
             engine, tokenizer, ..
         } = &mut *model;
@@ -230,6 +247,8 @@ pub(crate) fn run_windows<R: Record>(
             let c =
                 c.ok_or_else(|| Error::Settings("internal: the engine skipped a row".into()))?;
             let flagged = match watch.get_mut().as_mut() {
+                // The probe flagged the last token generated: it is never shown.
+                _ if c.finish == FinishReason::Flagged => Some(c.tokens.len() - 1),
                 Some(w) => {
                     let answer = match c.tokens.split_last() {
                         Some((last, rest)) if options.stop_ids.contains(last) => rest,
@@ -443,6 +462,7 @@ impl GenSettings {
             max_context: model.max_context(),
             share_prefix: true,
             logprobs: false,
+            readout: None,
         }
     }
 

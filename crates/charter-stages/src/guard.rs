@@ -10,7 +10,10 @@
 //!
 //! Guards read the policy's own token ids, so they must share its
 //! tokenizer; the implementation (charter-train's classifiers) checks that
-//! when it is opened.
+//! when it is opened. An output guard may instead be a linear probe on the
+//! policy's own states ([`StreamGuard::readout`]): the engine scores it
+//! before every token, at the cost of a dot product, and stops the row
+//! before the first token it flags.
 
 use crate::error::Result;
 
@@ -36,6 +39,13 @@ pub trait StreamGuard {
     }
     /// Tokens generated between two checks of the output guard.
     fn every(&self) -> usize;
+    /// An output guard that is a linear probe on the policy's own states:
+    /// the engine applies it before every token instead of
+    /// [`StreamGuard::first_flagged`] being asked (`None` for a guard that
+    /// reads tokens).
+    fn readout(&self) -> Option<charter_gen::Readout> {
+        None
+    }
     /// The guards' model hashes, thresholds and `every`, for provenance.
     fn describe(&self) -> serde_json::Value;
 }

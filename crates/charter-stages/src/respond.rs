@@ -191,6 +191,7 @@ pub fn respond(
         max_context: model.max_context(),
         share_prefix: true,
         logprobs: false,
+        readout: None,
     };
     let stop = StopStrings::new(&gs.stop);
     let model_name = model.dir.provenance.name.clone();

@@ -7,9 +7,13 @@
 //! table's content hash and the false-positive rate reached (and its 95%
 //! Wilson interval), to `calibration.json` in the guard's directory.
 //! `classify_table` refuses a guard without one.
+//!
+//! A guard is a classifier model (`charter train classifier`) or a probe
+//! on the policy's own states (`charter train probe`, an output guard);
+//! both score the same way here.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow_array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array};
 use arrow_schema::{DataType, Field};
@@ -19,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Formatter, Tokens};
 use crate::jobs::{GuardRole, open_preference_model};
+use crate::probe::{ProbeFile, check_policy, is_probe, open_policy, prefix_scores, read_probe};
 use crate::score::{ScoreSettings, in_batches, scalar_scores, string_column, with_columns};
 use crate::{DeviceChoice, Error, Result, select_device};
 
@@ -108,10 +113,30 @@ fn columns(role: GuardRole, table: &str) -> Option<(&'static str, Option<&'stati
 
 /// A trained guard, opened for scoring on the CPU.
 pub struct Guard {
-    model: crate::PreferenceModel,
+    kind: Kind,
     formatter: Formatter,
-    dir: ModelDir,
+    /// The classifier's model hash, or the probe's.
+    hash: String,
     role: GuardRole,
+}
+
+enum Kind {
+    /// A classifier model with a scalar head.
+    Model(crate::PreferenceModel),
+    /// A probe, and the policy it reads (opened when first scoring).
+    Probe {
+        probe: ProbeFile,
+        dir: std::path::PathBuf,
+        policy: Mutex<Option<Box<charter_stages::Model>>>,
+    },
+}
+
+/// The content hash of the guard in `dir`: its model's, or its probe's.
+pub fn guard_hash(dir: &Path) -> Result<String> {
+    match is_probe(dir) {
+        true => Ok(read_probe(dir)?.1),
+        false => Ok(ModelDir::open(dir)?.provenance.content_hash),
+    }
 }
 
 /// How a guard scored one row.
@@ -135,6 +160,9 @@ impl GuardScore {
 impl Guard {
     /// What the classifier in `dir` guards, from its training record.
     pub fn role_of(dir: &Path) -> Result<GuardRole> {
+        if is_probe(dir) {
+            return Ok(GuardRole::Output);
+        }
         let record = crate::read_report(dir)?;
         if record["objective"] != "classifier" {
             return Err(Error::Input(format!(
@@ -153,14 +181,58 @@ impl Guard {
     /// Opens the classifier in `dir`; conversations are cut to `max_len` tokens.
     pub fn open(dir: &Path, max_len: usize) -> Result<Self> {
         let role = Guard::role_of(dir)?;
+        if is_probe(dir) {
+            let (probe, hash) = read_probe(dir)?;
+            let policy = ModelDir::open(&probe.policy.path).map_err(|e| {
+                Error::Input(format!(
+                    "{}: the probe reads the policy {}, which does not open: {e}",
+                    dir.display(),
+                    probe.policy.path.display()
+                ))
+            })?;
+            check_policy(&probe, dir, &policy)?;
+            return Ok(Guard {
+                formatter: Formatter::new(&policy, max_len)?,
+                kind: Kind::Probe {
+                    probe,
+                    dir: dir.to_path_buf(),
+                    policy: Mutex::new(None),
+                },
+                hash,
+                role,
+            });
+        }
         let model_dir = ModelDir::open(dir)?;
         let device = select_device(DeviceChoice::Cpu, false)?;
         Ok(Guard {
-            model: open_preference_model(dir, &device)?,
+            kind: Kind::Model(open_preference_model(dir, &device)?),
             formatter: Formatter::new(&model_dir, max_len)?,
-            dir: model_dir,
+            hash: model_dir.provenance.content_hash,
             role,
         })
+    }
+
+    /// The guard's content hash (its model's, or its probe's).
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// A probe's readout for the engine, stopping at `threshold`; `None`
+    /// for a classifier model.
+    pub fn readout(&self, threshold: f64) -> Option<charter_gen::Readout> {
+        match &self.kind {
+            Kind::Probe { probe, .. } => Some(probe.readout(threshold)),
+            Kind::Model(_) => None,
+        }
+    }
+
+    /// The content hash of the policy a probe reads; `None` for a
+    /// classifier model.
+    pub fn policy_hash(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Probe { probe, .. } => Some(&probe.policy.content_hash),
+            Kind::Model(_) => None,
+        }
     }
 
     /// What it guards.
@@ -200,8 +272,34 @@ impl Guard {
         batch_size: usize,
         done: &mut dyn FnMut(usize),
     ) -> Result<Vec<Option<GuardScore>>> {
+        let model = match &self.kind {
+            Kind::Model(model) => model,
+            Kind::Probe { probe, dir, policy } => {
+                let mut policy = policy
+                    .lock()
+                    .map_err(|_| Error::Input("a probe's policy: poisoned lock".into()))?;
+                if policy.is_none() {
+                    *policy = Some(Box::new(open_policy(probe, dir, 0)?));
+                }
+                let Some(policy) = policy.as_mut() else {
+                    unreachable!("opened above")
+                };
+                let readout = probe.readout(1.0);
+                let scored = prefix_scores(policy, &readout, rows, batch_size)?;
+                done(rows.len());
+                return Ok(scored
+                    .into_iter()
+                    .map(|s| {
+                        s.map(|prefixes| GuardScore {
+                            p: prefixes.iter().copied().fold(0.0, f64::max),
+                            prefixes,
+                        })
+                    })
+                    .collect());
+            }
+        };
         if self.role == GuardRole::Input {
-            return Ok(scalar_scores(&self.model, rows, batch_size, done)?
+            return Ok(scalar_scores(model, rows, batch_size, done)?
                 .into_iter()
                 .map(|z| {
                     z.map(|z| GuardScore {
@@ -212,8 +310,7 @@ impl Guard {
                 .collect());
         }
         in_batches(rows, batch_size, done, &mut |tokens| {
-            Ok(self
-                .model
+            Ok(model
                 .answer_prefix_scores(tokens)?
                 .into_iter()
                 .map(|z| {
@@ -328,7 +425,7 @@ pub fn calibrate(
             name: table.core_spec()?.name.to_string(),
             content_hash: table.content_hash_or_compute()?,
         },
-        guard_hash: guard.dir.provenance.content_hash.clone(),
+        guard_hash: guard.hash.clone(),
     };
     let path = guard_dir.join(CALIBRATION_FILE);
     let json = serde_json::to_vec_pretty(&calibration)
@@ -350,8 +447,7 @@ pub fn read_calibration(guard_dir: &Path) -> Result<Calibration> {
     })?;
     let c: Calibration =
         serde_json::from_str(&text).map_err(|e| Error::Data(format!("{}: {e}", path.display())))?;
-    let dir = ModelDir::open(guard_dir)?;
-    if c.guard_hash != dir.provenance.content_hash {
+    if c.guard_hash != guard_hash(guard_dir)? {
         return Err(Error::Input(format!(
             "{}: calibrated for another model (hash {}): calibrate this one again",
             path.display(),

@@ -25,8 +25,10 @@ mod pm;
 mod rl;
 mod sft;
 
+pub(crate) use classifier::STREAM_MAX_WEIGHT;
 pub use classifier::{auroc, train_classifier};
 pub use dpo::train_dpo;
+pub(crate) use pm::held_out;
 pub use pm::{calibration, train_pm};
 pub use rl::{
     EvalRow, IterationRow, RewardSource, RlProgress, RlSettings, rl_fingerprint, rloo_advantages,
@@ -86,7 +88,7 @@ pub struct TrainReport {
 }
 
 /// A preference model's quality on held-out labels.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct HeldOut {
     /// Held-out pairs.
     pub pairs: usize,

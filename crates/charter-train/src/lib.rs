@@ -28,6 +28,7 @@ pub mod lora;
 mod loss;
 mod metrics;
 mod model;
+mod probe;
 mod score;
 mod tensor;
 mod train;
@@ -35,7 +36,7 @@ mod train;
 pub use adamw::adamw;
 pub use classify::{
     CALIBRATION_FILE, CLASSIFY_VERSION, Calibration, Guard, GuardScore, calibrate, classify_table,
-    read_calibration, threshold_for, wilson,
+    guard_hash, read_calibration, threshold_for, wilson,
 };
 pub use config::{TaskConfig, TaskKind, TrainConfig};
 pub use data::{
@@ -58,6 +59,10 @@ pub use loss::{
 };
 pub use metrics::MetricRow;
 pub use model::{Decoder, DecoderLayer};
+pub use probe::{
+    PROBE_FILE, PROBE_VERSION, PolicyRef, ProbeFile, ProbeSettings, answer_positions, check_policy,
+    is_probe, open_policy, prefix_scores, probe_key, read_probe, train_probe,
+};
 pub use score::{SCORE_VERSION, ScoreSettings, ScoreSummary, score_provenance, score_table};
 pub use train::{
     Checkpointed, Finished, Objective, Run, Schedule, TrainSettings, checkpoint_dir,

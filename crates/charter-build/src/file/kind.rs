@@ -8,7 +8,7 @@ use charter_stages::{
     CritiqueSettings, DedupSettings, ExportSettings, FilterSettings, GenSettings, ImportSettings,
     LabelSettings, PolicyEvalSettings, RateSettings, RespondSettings, TableDedupSettings,
 };
-use charter_train::{RlSettings, ScoreSettings, TaskConfig, TrainConfig};
+use charter_train::{ProbeSettings, RlSettings, ScoreSettings, TaskConfig, TrainConfig};
 use serde::Deserialize;
 
 use super::source::fields_of;
@@ -54,6 +54,9 @@ pub enum StageKind {
     Augment,
     /// Queries, or answers to them → a classifier's soft targets from a labeller.
     Target,
+    /// Answers' targets → a linear probe on the policy's own states: a
+    /// streaming output guard at one dot product per token.
+    Probe,
     /// The rows of one shard of a table: made by a sharded build's plan,
     /// never declared in a build file.
     #[serde(skip)]
@@ -126,7 +129,7 @@ pub(crate) struct Description {
 
 impl StageKind {
     /// Every kind a build file may declare.
-    pub const ALL: [StageKind; 17] = [
+    pub const ALL: [StageKind; 18] = [
         StageKind::Table,
         StageKind::Import,
         StageKind::Dedup,
@@ -144,6 +147,7 @@ impl StageKind {
         StageKind::Queries,
         StageKind::Augment,
         StageKind::Target,
+        StageKind::Probe,
     ];
 
     /// The name used in build files.
@@ -166,13 +170,17 @@ impl StageKind {
             StageKind::Queries => "queries",
             StageKind::Augment => "augment",
             StageKind::Target => "target",
+            StageKind::Probe => "probe",
             StageKind::Slice => "slice",
         }
     }
 
     /// Whether the stage writes a table (its output can be another stage's `input`).
     pub fn makes_table(self) -> bool {
-        !matches!(self, StageKind::Train | StageKind::Eval | StageKind::Export)
+        !matches!(
+            self,
+            StageKind::Train | StageKind::Eval | StageKind::Export | StageKind::Probe
+        )
     }
 
     /// What a stage of this kind takes.
@@ -323,6 +331,13 @@ impl StageKind {
                 &[K::Table, K::Dedup, K::Queries, K::Augment, K::Respond],
                 &[fields_of::<TargetSettings>()],
                 true,
+            ),
+            // The model is the policy whose states the probe reads.
+            K::Probe => d(
+                &[Input, Output, Model, Seed],
+                &[K::Table, K::Dedup, K::Target],
+                &[fields_of::<ProbeSettings>()],
+                false,
             ),
         }
     }

@@ -121,6 +121,8 @@ pub enum StageOp {
     Augment(AugmentSettings),
     /// `target`.
     Target(TargetSettings),
+    /// `probe`, on the stage's model (the policy).
+    Probe(charter_train::ProbeSettings),
     /// A sharded build's own stage: the rows of one shard of its input
     /// (among the first `limit`, for a `respond` stage's `limit`).
     Slice {

@@ -553,6 +553,14 @@ impl<'s, 't> Planner<'s, 't> {
                 self.checked(s, settings.validate())?;
                 StageOp::Score(settings)
             }
+            StageKind::Probe => {
+                let settings = charter_train::ProbeSettings {
+                    seed,
+                    ..self.own(s)?
+                };
+                self.checked(s, settings.validate())?;
+                StageOp::Probe(settings)
+            }
             StageKind::Pair => StageOp::Pair,
             StageKind::Label => {
                 let settings = LabelSettings {

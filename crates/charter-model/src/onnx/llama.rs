@@ -11,6 +11,7 @@
 //! | `past_key_values.N.key` / `.value` | f32 | `[batch, kv_heads, past, head_dim]` |
 //! | `logits` | f32 | `[batch, kept, vocab]` |
 //! | `present.N.key` / `.value` | f32 | `[batch, kv_heads, max(past, total), head_dim]` |
+//! | `hidden` | f32 | `[batch, sequence, hidden]`: the last layer's residual stream, before the final norm |
 //!
 //! Attention is the `com.microsoft` `GroupQueryAttention` op: rows are
 //! right-padded and each has its own length (the mask's row sums), so a row
@@ -26,6 +27,9 @@
 //!
 //! Only the positions in `logit_positions` go through the final norm and
 //! the LM head: one per row while generating, all of them when scoring.
+//! `hidden` is every position's last residual stream, what a linear probe
+//! on the model's own states reads (a caller that does not bind it pays
+//! nothing for it).
 //!
 //! Weights: `W` of a linear layer is `[out, in]` as stored; the graph
 //! multiplies by its transpose, written at export time.
@@ -179,6 +183,15 @@ pub fn export(
         "logits",
         data_type::FLOAT,
         &[batch, Dim::Named("kept"), Dim::Fixed(c.vocab_size as i64)],
+    );
+    g.output(
+        "hidden",
+        data_type::FLOAT,
+        &[
+            Dim::Named("batch"),
+            Dim::Named("sequence"),
+            Dim::Fixed(hidden),
+        ],
     );
     for l in 0..c.num_hidden_layers {
         g.output(
@@ -410,6 +423,7 @@ pub fn export(
         x = g.node("Add", &[&x, &down], vec![]);
     }
 
+    g.node_into("Identity", "", &[&x], &["hidden"], vec![]);
     // Keep the positions that need logits: [B, S, H] → [B, kept, H].
     let x = {
         let minus_one = g.const_i64(&[-1], false);

@@ -27,7 +27,7 @@ fn pm_margins(
 }
 
 /// Whether a row is held out: blake3 of (seed, id) below the share.
-pub(super) fn held_out(seed: u64, id: &str, share: f64) -> bool {
+pub(crate) fn held_out(seed: u64, id: &str, share: f64) -> bool {
     let mut h = blake3::Hasher::new();
     h.update(b"held-out\0");
     h.update(&seed.to_le_bytes());

@@ -642,6 +642,7 @@ fn sample(
         max_context: model.max_context(),
         share_prefix: false,
         logprobs: true,
+        readout: None,
     };
     let mut done: Vec<Option<charter_gen::Completion>> = vec![None; requests.len()];
     model
