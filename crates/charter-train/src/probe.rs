@@ -281,14 +281,16 @@ pub fn prefix_scores(
     Ok(out)
 }
 
+/// Row indices with their states, `[answer tokens, hidden]` each.
+type States = Vec<(usize, Vec<f32>)>;
+
 /// The normalised states that choose each answer token of every row that
-/// is not `None`, `[answer tokens, hidden]` each, with the row's index;
-/// and the hidden size.
+/// is not `None`, with the row's index; and the hidden size.
 fn answer_states(
     model: &mut Model,
     rows: &[Option<Tokens>],
     batch_size: usize,
-) -> Result<(Vec<(usize, Vec<f32>)>, usize)> {
+) -> Result<(States, usize)> {
     let kept: Vec<(usize, &Tokens)> = rows
         .iter()
         .enumerate()
