@@ -345,8 +345,10 @@ pub struct EvalRow {
     pub refusal_rate: f64,
     /// Mean words per answer.
     pub answer_words: f64,
-    /// The reward rose since the previous point while the win rate fell:
-    /// the policy is being optimised against the reward, not the judge.
+    /// The reward is above the one at the best earlier win rate while the
+    /// win rate has fallen below that best beyond its own 95% interval:
+    /// the policy is being optimised against the reward, not the judge
+    /// ([`over_optimised`]).
     pub over_optimised: bool,
 }
 
@@ -777,9 +779,10 @@ impl Evaluation<'_> {
         iteration: usize,
         scorer: &mut Scorer,
         batch_size: usize,
-        previous: Option<&EvalRow>,
+        earlier: &[EvalRow],
         kl: f64,
     ) -> Result<EvalRow> {
+        let previous = earlier.last();
         let work = self.dir.join(format!("iteration-{iteration}"));
         let first = self.dir.join("iteration-0").join("a-responses.parquet");
         let here = work.join("a-responses.parquet");
@@ -836,10 +839,21 @@ impl Evaluation<'_> {
             kl,
             refusal_rate,
             answer_words: mean(b.iter().map(|r| r.text.split_whitespace().count() as f64)),
-            over_optimised: previous
-                .is_some_and(|p| reward > p.reward && report.win_rate < p.win_rate),
+            over_optimised: over_optimised(earlier, reward, report.win_rate_ci.1),
         })
     }
+}
+
+/// Whether a point of the curve with `reward` and a win rate whose 95%
+/// interval ends at `win_high` shows over-optimisation against the `earlier`
+/// points: its reward is above the one at the best earlier win rate, and
+/// even the top of its win rate's interval is below that best. A dip inside
+/// the interval is noise of the held-out sample, not a flag.
+pub(crate) fn over_optimised(earlier: &[EvalRow], reward: f64, win_high: f64) -> bool {
+    earlier
+        .iter()
+        .max_by(|a, b| a.win_rate.total_cmp(&b.win_rate))
+        .is_some_and(|best| reward > best.reward && win_high < best.win_rate)
 }
 
 fn mean(v: impl Iterator<Item = f64>) -> f64 {
@@ -983,7 +997,7 @@ pub fn train_rl(
                 it,
                 &mut scorer,
                 s.batch_size,
-                state.evals.last(),
+                &state.evals,
                 kl,
             )?;
             progress(RlProgress::Eval(&row));
@@ -1161,7 +1175,7 @@ pub fn train_rl(
             rl.iterations,
             &mut scorer,
             s.batch_size,
-            state.evals.last(),
+            &state.evals,
             kl,
         )?;
         progress(RlProgress::Eval(&row));
@@ -1328,6 +1342,32 @@ fn curve_bytes(rows: &[EvalRow]) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn over_optimisation_needs_the_win_rate_below_its_best_beyond_noise() {
+        let point = |reward: f64, win_rate: f64| EvalRow {
+            iteration: 0,
+            reward,
+            start_reward: 0.0,
+            win_rate,
+            win_rate_low: 0.0,
+            win_rate_high: 1.0,
+            kl: 0.0,
+            refusal_rate: 0.0,
+            answer_words: 0.0,
+            over_optimised: false,
+        };
+        let curve = [point(0.1, 0.5), point(0.3, 0.62), point(0.4, 0.58)];
+        // The reward above the best win rate's, and the win rate's whole
+        // interval below that best (0.62).
+        assert!(over_optimised(&curve, 0.5, 0.55));
+        // A dip inside the interval is noise.
+        assert!(!over_optimised(&curve, 0.5, 0.70));
+        // The reward did not rise past the best point's: not the reward's doing.
+        assert!(!over_optimised(&curve, 0.2, 0.40));
+        // Nothing to compare the first point with.
+        assert!(!over_optimised(&[], 0.5, 0.1));
+    }
 
     #[test]
     fn leave_one_out_advantages_sum_to_zero_per_prompt() {
