@@ -15,8 +15,8 @@ mod queries;
 mod target;
 
 pub use augment::{
-    AUGMENT_VERSION, AugmentSettings, TEMPLATES, TRANSFORMS, apply, augment, augment_provenance,
-    decode, read_jailbreaks,
+    AUGMENT_VERSION, AugmentSettings, Jailbreak, TEMPLATES, TRANSFORMS, apply, augment,
+    augment_provenance, decode, read_jailbreaks,
 };
 pub use queries::{MAX_PER_CATEGORY, QUERIES_VERSION, QuerySettings, queries, queries_provenance};
 pub use target::{TARGET_VERSION, TargetSettings, target, target_provenance};
