@@ -128,6 +128,12 @@ fn another_model_is_replaced_only_with_force() {
     assert_ne!(model_hash(&out), second);
     assert_eq!(names(root.path()), ["m", "tiny", "tiny-hf"]);
 
+    // A guard's calibration describes the model it was made for: it goes
+    // with it (a rebuilt classifier is calibrated again).
+    fs::write(out.join("calibration.json"), "{}").unwrap();
+    ok(&["model", "tiny", "-o", s(&out), "--seed", "3", "--force"]);
+    assert!(!out.join("calibration.json").exists());
+
     // A file of someone's inside a model directory stops even a forced replacement.
     fs::write(out.join("notes.txt"), "precious").unwrap();
     let err = fails(&["model", "tiny", "-o", s(&out), "--force"], None);

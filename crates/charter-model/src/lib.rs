@@ -94,9 +94,9 @@ pub use half::f16;
 pub use hf::{HfCheckpoint, HfTensors};
 pub use metadata::{Array, Metadata, Value, ValueType};
 pub use model_dir::{
-    Dtype, FileRecord, GRAPH_VERSION, ModelDir, ModelProvenance, PROVENANCE_FILE, REQUIRED_FILES,
-    Replace, WEIGHTS_FILE, check_output, claim_trained_output, hash_file, hash_hf_dir, import_gguf,
-    import_hf, write_dir, write_trained,
+    CALIBRATION_FILE, Dtype, FileRecord, GRAPH_VERSION, ModelDir, ModelProvenance, PROVENANCE_FILE,
+    REQUIRED_FILES, Replace, WEIGHTS_FILE, check_output, claim_trained_output, hash_file,
+    hash_hf_dir, import_gguf, import_hf, write_dir, write_trained,
 };
 pub use output::{LOCK_MARKER, OutputLock, lock_is_held, lock_path, partial_path};
 pub use quant::{BLOCK_LEN, Block, BlockQ4_0, BlockQ4_1, BlockQ8_0, dequantize};

@@ -64,6 +64,11 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// The provenance file's name.
 pub const PROVENANCE_FILE: &str = "charter-model.json";
 
+/// A guard's calibration, which `charter classify calibrate` writes into a
+/// classifier's directory. It describes the model it was made for, so
+/// replacing the model replaces it with the rest.
+pub const CALIBRATION_FILE: &str = "calibration.json";
+
 /// Version of the exported graph: bump when the same weights would give different logits.
 /// 4: the int8 and int4 exports' LM head is an 8-bit `MatMulNBits`.
 /// 5: the graph also returns `hidden`, the last residual stream (same logits).
@@ -735,7 +740,7 @@ fn foreign_files(dir: &Path) -> Result<Vec<String>> {
         .files
         .iter()
         .map(|r| r.path.as_str())
-        .chain([PROVENANCE_FILE])
+        .chain([PROVENANCE_FILE, CALIBRATION_FILE])
         .collect();
     Ok(files_under(dir)?
         .into_iter()

@@ -28,7 +28,7 @@ use crate::score::{ScoreSettings, in_batches, scalar_scores, string_column, with
 use crate::{DeviceChoice, Error, Result, select_device};
 
 /// The file a calibrated guard keeps its threshold in.
-pub const CALIBRATION_FILE: &str = "calibration.json";
+pub const CALIBRATION_FILE: &str = charter_model::CALIBRATION_FILE;
 
 /// Version of the classify stage.
 pub const CLASSIFY_VERSION: u32 = 1;
