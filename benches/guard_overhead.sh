@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Guarded against unguarded generation on the default model, side by side in
 # one run: `charter respond` on the same queries without guards, with the
-# output guard, and with both guards, alternating, ROUNDS times each; then
-# how fast each guard scores a table (`charter classify`).
+# output guard, with both guards, with the output probe (a linear probe on
+# the policy's own states) and with the input guard and the probe,
+# alternating, ROUNDS times each; then how fast each guard scores a table
+# (`charter classify`).
 #
 # Usage: benches/guard_overhead.sh [DIR]   (default out/classifiers, which
 # `charter build examples/classifiers.toml` writes: its queries,
-# input-classifier and output-classifier; the guards are calibrated here at
-# 5% on the build's harmless rows if they are not yet). N (16) queries,
+# input-classifier and output-classifier; the probe is trained here on the
+# build's answer-targets into DIR/output-probe if it is not there, and the
+# guards are calibrated here at 5% on the build's harmless rows if they are
+# not yet). N (16) queries,
 # ROUNDS (3), EVERY (8, `--guard-every`) and MAX_NEW (48) override the
 # defaults. Prints one JSON line per run and the median overhead per
 # generated token.
@@ -23,11 +27,11 @@ for need in "$model/model.safetensors" "$dir/queries.parquet" "$dir/input-classi
     }
 done
 cargo build --locked --release --quiet
-for role in input output; do
-    clf=$dir/$role-classifier
-    table=$dir/targets.parquet
-    [ "$role" = output ] && table=$dir/answer-targets.parquet
-    [ -f "$clf/calibration.json" ] || "$charter" classify calibrate -m "$clf" -i "$table" --target-fpr 0.05 >/dev/null
+"$charter" -q train probe -m "$model" -i "$dir/answer-targets.parquet" -o "$dir/output-probe"
+for clf in input-classifier output-classifier output-probe; do
+    table=$dir/answer-targets.parquet
+    [ "$clf" = input-classifier ] && table=$dir/targets.parquet
+    [ -f "$dir/$clf/calibration.json" ] || "$charter" classify calibrate -m "$dir/$clf" -i "$table" --target-fpr 0.05 >/dev/null
 done
 
 n=${N:-16}
@@ -48,17 +52,20 @@ for _ in $(seq "${ROUNDS:-3}"); do
     respond unguarded
     respond output-guard --guard "$dir/output-classifier" "${every[@]}"
     respond both-guards --guard "$dir/input-classifier,$dir/output-classifier" "${every[@]}"
+    respond output-probe --guard "$dir/output-probe"
+    respond input-guard-and-probe --guard "$dir/input-classifier,$dir/output-probe"
 done
-# Scoring throughput: the input guard on the queries, the output guard on the answers.
-for role in input output; do
-    table=$dir/queries.parquet
-    [ "$role" = output ] && table=$work/unguarded.parquet
+# Scoring throughput: the input guard on the queries, the output guard and
+# the probe on the answers.
+for clf in input-classifier output-classifier output-probe; do
+    table=$work/unguarded.parquet
+    [ "$clf" = input-classifier ] && table=$dir/queries.parquet
     start=$EPOCHREALTIME
-    "$charter" -q classify -m "$dir/$role-classifier" -i "$table" -o "$work/classified-$role.parquet" >/dev/null
+    "$charter" -q classify -m "$dir/$clf" -i "$table" -o "$work/classified-$clf.parquet" >/dev/null
     end=$EPOCHREALTIME
     rows=$("$charter" inspect "$table" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["rows"])')
     python3 -c 'import json,sys; print(json.dumps({"run": sys.argv[1], "rows": int(sys.argv[2]), "seconds": float(sys.argv[4]) - float(sys.argv[3])}))' \
-        "classify-$role" "$rows" "$start" "$end" | tee -a "$log"
+        "classify-$clf" "$rows" "$start" "$end" | tee -a "$log"
 done
 python3 - "$log" <<'PY'
 import json, statistics, sys
@@ -67,7 +74,7 @@ def per_token(name):
     return [r["seconds"] / max(r["generated_tokens"], 1) for r in runs if r["run"] == name]
 base = statistics.median(per_token("unguarded"))
 print(f"unguarded: {1 / base:.1f} generated tok/s (median)")
-for name in ("output-guard", "both-guards"):
+for name in ("output-guard", "both-guards", "output-probe", "input-guard-and-probe"):
     t = statistics.median(per_token(name))
     print(f"{name}: {1 / t:.1f} tok/s, overhead per generated token {100 * (t / base - 1):+.0f}%")
 for r in runs:

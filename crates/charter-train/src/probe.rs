@@ -210,8 +210,12 @@ pub fn is_probe(dir: &Path) -> bool {
 pub fn read_probe(dir: &Path) -> Result<(ProbeFile, String)> {
     let path = dir.join(PROBE_FILE);
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let probe: ProbeFile = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+    let probe: ProbeFile = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::Input(format!(
+            "{}: not a probe this charter reads ({e}); train it again with `charter train probe`",
+            path.display()
+        ))
+    })?;
     if probe.weights.is_empty() {
         return Err(Error::Input(format!("{}: no weights", path.display())));
     }
