@@ -439,6 +439,9 @@ pub(crate) struct AugmentArgs {
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub(crate) json: bool,
+    /// The model that writes rewrites (`paraphrase`, `past`, `future`).
+    #[arg(short, long, value_name = "DIR")]
+    pub(crate) model: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) settings: charter_stages::classifier::AugmentSettings,
 }

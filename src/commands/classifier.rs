@@ -26,10 +26,16 @@ pub(crate) fn queries(args: QueriesArgs, quiet: bool) -> Result<()> {
     })
 }
 
-pub(crate) fn augment(args: AugmentArgs, quiet: bool) -> Result<()> {
+pub(crate) fn augment(mut args: AugmentArgs, quiet: bool) -> Result<()> {
+    // One `--seed` draws the templates and the rewrites.
+    args.settings.seed = args.settings.generation.seed;
     let input = TableFile::open(&args.input)?;
+    let mut model = match &args.model {
+        Some(dir) => Some(Model::open(dir, args.settings.generation.threads)?),
+        None => None,
+    };
     run_stage("augment", &args.output, quiet, args.json, |out, p| {
-        charter_stages::classifier::augment(&input, &args.settings, out, p)
+        charter_stages::classifier::augment(&input, &args.settings, model.as_mut(), out, p)
     })
 }
 

@@ -139,6 +139,72 @@ fn queries_augment_and_target_make_linked_verified_tables() {
     let changed: serde_json::Value = serde_json::from_slice(&ok(&wild_args)).unwrap();
     assert_eq!(changed["cached"], false, "a changed file rebuilds");
 
+    // Rewrites by a model: `past` and `past+base64` share the rewrite (one
+    // draw per parent and rewrite) and the chain encodes it; without a
+    // model the stage says what it needs.
+    let rewritten = path("rewritten.parquet");
+    let rewrite = [
+        "augment",
+        "-i",
+        &queries,
+        "-o",
+        &rewritten,
+        "--transforms",
+        "paraphrase,past,past+base64",
+        "--only-augmented",
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ];
+    let e = fails(&rewrite, None);
+    assert!(e.contains("paraphrase") && e.contains("-m DIR"), "{e}");
+    let with_model: Vec<&str> = rewrite.iter().copied().chain(["-m", &model]).collect();
+    let summary: serde_json::Value = serde_json::from_slice(&ok(&with_model)).unwrap();
+    assert_eq!(summary["rows"], 18, "{summary}");
+    let r_rows = rows(&inspect(&rewritten));
+    let chains: Vec<String> = r_rows.iter().map(|r| r["transforms"].to_string()).collect();
+    for chain in [r#"["paraphrase"]"#, r#"["past"]"#, r#"["past","base64"]"#] {
+        assert_eq!(
+            chains.iter().filter(|c| *c == chain).count(),
+            6,
+            "{chains:?}"
+        );
+    }
+    for r in r_rows.iter().filter(|r| r["transforms"][1] == "base64") {
+        let past = r_rows
+            .iter()
+            .find(|p| {
+                p["parent_id"] == r["parent_id"] && p["transforms"] == serde_json::json!(["past"])
+            })
+            .unwrap();
+        let body = r["text"].as_str().unwrap().split_once('\n').unwrap().1;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(decoded).unwrap(),
+            past["text"].as_str().unwrap()
+        );
+    }
+    ok(&["inspect", &rewritten, "--verify"]);
+    let again: serde_json::Value = serde_json::from_slice(&ok(&with_model)).unwrap();
+    assert_eq!(again["cached"], true);
+    let e = fails(
+        &[
+            "augment",
+            "-i",
+            &queries,
+            "-o",
+            &path("late.parquet"),
+            "--transforms",
+            "base64+past",
+            "-m",
+            &model,
+        ],
+        None,
+    );
+    assert!(e.contains("comes first"), "{e}");
+
     ok(&[
         "target", "-m", &model, "-c", &k, "-i", &augmented, "-o", &targets,
     ]);
@@ -478,7 +544,7 @@ per_category = 3
 name = "augmented"
 kind = "augment"
 input = "queries"
-transforms = ["rot13", "template+base64"]
+transforms = ["rot13", "template+base64", "past"]
 
 [[stage]]
 name = "targets"
@@ -538,8 +604,21 @@ steps = 20
     let out = dir.path().join("out");
     let count = |name: &str| inspect(out.join(name).to_str().unwrap())["rows"].clone();
     assert_eq!(count("queries.parquet"), 6);
-    assert_eq!(count("augmented.parquet"), 18);
-    assert_eq!(count("targets.parquet"), 18);
+    // The `past` rewrites are the build model's, recorded in provenance.
+    assert_eq!(count("augmented.parquet"), 24);
+    assert_eq!(count("targets.parquet"), 24);
+    let metadata = inspect(out.join("augmented.parquet").to_str().unwrap())["metadata"].clone();
+    assert_eq!(
+        metadata["charter.model_hash"].as_str(),
+        Some(
+            charter_model::ModelDir::open(&model)
+                .unwrap()
+                .provenance
+                .content_hash
+                .as_str()
+        ),
+        "{metadata}"
+    );
     let a = inspect(out.join("augmented.parquet").to_str().unwrap());
     let chains: Vec<&serde_json::Value> = a["head"]
         .as_array()

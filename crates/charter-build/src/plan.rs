@@ -667,7 +667,10 @@ pub(super) fn expected_provenance(
             queries_provenance(s, &model_hash()?, &classifier_hash()?),
             &QUERIES,
         ),
-        StageOp::Augment(s) => (augment_provenance(first()?, s)?, &QUERIES),
+        StageOp::Augment(s) => {
+            let hash = s.rewrites().then(model_hash).transpose()?;
+            (augment_provenance(first()?, s, hash.as_deref())?, &QUERIES)
+        }
         StageOp::Target(s) => (
             target_provenance(
                 first()?,

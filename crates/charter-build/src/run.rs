@@ -340,7 +340,12 @@ impl BuildPlan {
                 generated(stage, rate(input, m, c, settings, out, progress)?)
             }
             StageOp::Augment(settings) => {
-                generated(stage, augment(input, settings, out, progress)?)
+                // A model only for rewrites: the others need none loaded.
+                let m = match settings.rewrites() {
+                    true => Some(model_of(cache, stage, settings.generation.threads)?),
+                    false => None,
+                };
+                generated(stage, augment(input, settings, m, out, progress)?)
             }
             StageOp::Target(settings) => {
                 let c = classifier_of(stage)?;

@@ -15,7 +15,7 @@ mod queries;
 mod target;
 
 pub use augment::{
-    AUGMENT_VERSION, AugmentSettings, Jailbreak, TEMPLATES, TRANSFORMS, apply, augment,
+    AUGMENT_VERSION, AugmentSettings, Jailbreak, REWRITES, TEMPLATES, TRANSFORMS, apply, augment,
     augment_provenance, decode, read_jailbreaks,
 };
 pub use queries::{MAX_PER_CATEGORY, QUERIES_VERSION, QuerySettings, queries, queries_provenance};

@@ -319,11 +319,12 @@ impl StageKind {
                 &[fields_of::<QuerySettings>()],
                 true,
             ),
+            // The model writes the rewrites (`paraphrase`, `past`, `future`).
             K::Augment => d(
-                &[Input, Output, Seed],
+                &[Input, Output, Model, Seed],
                 QUERIES,
                 &[fields_of::<AugmentSettings>()],
-                false,
+                true,
             ),
             // Queries, or responses (`input`) to the queries named by `against`.
             K::Target => d(

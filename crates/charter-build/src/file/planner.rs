@@ -450,7 +450,8 @@ impl<'s, 't> Planner<'s, 't> {
         let default_model = self.model.clone().filter(|_| s.kind != StageKind::Score);
         let model = match self.text(s, "model")?.or(default_model) {
             Some(m) if takes(Slot::Model) => Some(model_ref("model", m.get_ref())?),
-            None if takes(Slot::Model) => {
+            // An `augment` stage needs one only for rewrites, and says so.
+            None if takes(Slot::Model) && s.kind != StageKind::Augment => {
                 let problem = if s.kind == StageKind::Score {
                     "a `score` stage needs `model`: a preference model (a `pm` stage or its \
                      model directory)"
@@ -533,6 +534,7 @@ impl<'s, 't> Planner<'s, 't> {
             StageKind::Augment => {
                 let mut settings = AugmentSettings {
                     seed,
+                    generation: self.generation(s, seed)?,
                     ..self.own(s)?
                 };
                 // Relative to the build file, as every path in it.
