@@ -8,10 +8,8 @@
 #
 # Usage: benches/guard_overhead.sh [DIR]   (default out/classifiers, which
 # `charter build examples/classifiers.toml` writes: its queries,
-# input-classifier and output-classifier; the probe is trained here on the
-# build's answer-targets into DIR/output-probe if it is not there, and the
-# guards are calibrated here at 5% on the build's harmless rows if they are
-# not yet). N (16) queries,
+# input-classifier, output-classifier and output-probe; the guards are
+# calibrated here at 5% on the build's harmless rows if they are not yet). N (16) queries,
 # ROUNDS (3), EVERY (8, `--guard-every`) and MAX_NEW (48) override the
 # defaults. Prints one JSON line per run and the median overhead per
 # generated token.
@@ -20,14 +18,13 @@ cd "$(dirname "$0")/.."
 charter=${CARGO_TARGET_DIR:-target}/release/charter
 dir=${1:-out/classifiers}
 model=out/smollm2
-for need in "$model/model.safetensors" "$dir/queries.parquet" "$dir/input-classifier" "$dir/output-classifier"; do
+for need in "$model/model.safetensors" "$dir/queries.parquet" "$dir/input-classifier" "$dir/output-classifier" "$dir/output-probe"; do
     [ -e "$need" ] || {
         echo "$need is missing: run scripts/run, then charter build examples/classifiers.toml" >&2
         exit 1
     }
 done
 cargo build --locked --release --quiet
-"$charter" -q train probe -m "$model" -i "$dir/answer-targets.parquet" -o "$dir/output-probe"
 for clf in input-classifier output-classifier output-probe; do
     table=$dir/answer-targets.parquet
     [ "$clf" = input-classifier ] && table=$dir/targets.parquet
