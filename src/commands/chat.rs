@@ -94,45 +94,29 @@ pub(crate) fn run(args: ChatArgs) -> Result<()> {
         answer.finish != charter_gen::FinishReason::Context,
         "the message does not fit the model's context window"
     );
-    if probed {
-        if answer.finish == charter_gen::FinishReason::Flagged {
-            if !shown.is_empty() {
-                writeln!(out)?;
-            }
-            writeln!(out, "{REFUSAL}")?;
-        } else {
-            show(
-                &mut out,
-                &mut shown,
-                &model.tokenizer,
-                &stop,
-                &answer.tokens,
-            );
-            writeln!(out)?;
-        }
-        return Ok(());
-    }
-    let Some(w) = watch.as_mut() else {
-        let text = model.decode(&answer.tokens)?;
-        println!("{}", stop.truncate(&text).0);
-        return Ok(());
-    };
     let tokens = match answer.tokens.split_last() {
         Some((last, rest)) if model.stop_ids.contains(last) => rest,
         _ => &answer.tokens[..],
     };
-    match w.finish(0, &prompt, tokens)? {
-        Some(_) => {
-            // The stream stops where it was cleared; nothing after the flag shows.
-            if !shown.is_empty() {
-                writeln!(out)?;
-            }
-            writeln!(out, "{REFUSAL}")?;
-        }
+    let flagged = match watch.as_mut() {
+        // The probe stopped the row itself, before the token it flagged.
+        _ if probed => answer.finish == charter_gen::FinishReason::Flagged,
+        Some(w) => w.finish(0, &prompt, tokens)?.is_some(),
         None => {
-            show(&mut out, &mut shown, &model.tokenizer, &stop, tokens);
+            let text = model.decode(&answer.tokens)?;
+            println!("{}", stop.truncate(&text).0);
+            return Ok(());
+        }
+    };
+    if flagged {
+        // The stream stops where it was cleared; nothing after the flag shows.
+        if !shown.is_empty() {
             writeln!(out)?;
         }
+        writeln!(out, "{REFUSAL}")?;
+    } else {
+        show(&mut out, &mut shown, &model.tokenizer, &stop, tokens);
+        writeln!(out)?;
     }
     Ok(())
 }

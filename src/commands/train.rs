@@ -257,18 +257,19 @@ fn probe(args: &TrainProbeArgs, quiet: bool) -> Result<()> {
             eprintln!("{what}");
         }
     };
-    let (probe, cached) = charter_stages::Model::open(&args.model, args.threads)
-        .map_err(charter_train::Error::from)
-        .and_then(|mut policy| {
-            charter_train::train_probe(
-                &mut policy,
-                &args.input,
-                &args.output,
-                &args.settings,
-                &mut say,
-            )
-        })
-        .with_context(|| format!("train probe on {}", args.model.display()))?;
+    let charter_train::TrainedProbe { probe, cached, .. } =
+        charter_stages::Model::open(&args.model, args.threads)
+            .map_err(charter_train::Error::from)
+            .and_then(|mut policy| {
+                charter_train::train_probe(
+                    &mut policy,
+                    &args.input,
+                    &args.output,
+                    &args.settings,
+                    &mut say,
+                )
+            })
+            .with_context(|| format!("train probe on {}", args.model.display()))?;
     let mut record = serde_json::to_value(&probe)?;
     if let Some(r) = record.as_object_mut() {
         r.remove("weights");

@@ -378,20 +378,13 @@ impl BuildPlan {
                 if !same {
                     tmp.persist(out).map_err(|e| io(e.error))?;
                 }
-                StageOutcome {
-                    stage: stage.name.clone(),
-                    kind: stage.kind.as_str(),
-                    status: if same {
-                        OutcomeStatus::Cached
-                    } else {
-                        OutcomeStatus::Ran
-                    },
+                made(
+                    stage,
+                    same,
                     rows,
-                    resumed_rows: 0,
-                    tokens: 0,
-                    output: out.clone(),
-                    content_hash: blake3::hash(&fresh).to_hex().to_string(),
-                }
+                    0,
+                    blake3::hash(&fresh).to_hex().to_string(),
+                )
             }
         })
     }
@@ -441,6 +434,17 @@ pub(crate) fn table_written(
     cached: bool,
     table: TableSummary,
 ) -> StageOutcome {
+    made(stage, cached, table.rows, 0, table.content_hash)
+}
+
+/// What a stage that runs whole or not at all made: cached, or ran.
+fn made(
+    stage: &PlannedStage,
+    cached: bool,
+    rows: u64,
+    tokens: u64,
+    content_hash: String,
+) -> StageOutcome {
     StageOutcome {
         stage: stage.name.clone(),
         kind: stage.kind.as_str(),
@@ -449,11 +453,11 @@ pub(crate) fn table_written(
         } else {
             OutcomeStatus::Ran
         },
-        rows: table.rows,
+        rows,
         resumed_rows: 0,
-        tokens: 0,
+        tokens,
         output: stage.output.clone(),
-        content_hash: table.content_hash,
+        content_hash,
     }
 }
 
@@ -669,23 +673,15 @@ impl BuildPlan {
             .first()
             .ok_or_else(|| Error::Settings(format!("stage `{}` has no input", stage.name)))?;
         let model = model_of(cache, stage, 0)?;
-        let (probe, cached) =
+        let trained =
             charter_train::train_probe(model, targets, &stage.output, settings, &mut |_| {})?;
-        let (_, hash) = charter_train::read_probe(&stage.output)?;
-        Ok(StageOutcome {
-            stage: stage.name.clone(),
-            kind: stage.kind.as_str(),
-            status: if cached {
-                OutcomeStatus::Cached
-            } else {
-                OutcomeStatus::Ran
-            },
-            rows: probe.rows as u64,
-            resumed_rows: 0,
-            tokens: 0,
-            output: stage.output.clone(),
-            content_hash: hash,
-        })
+        Ok(made(
+            stage,
+            trained.cached,
+            trained.probe.rows as u64,
+            0,
+            trained.hash,
+        ))
     }
 
     fn run_eval(
@@ -755,19 +751,12 @@ impl BuildPlan {
         let bytes = std::fs::read(&report_path).map_err(|e| Error::io(&report_path, e))?;
         let report: Json = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Settings(format!("{}: {e}", report_path.display())))?;
-        Ok(StageOutcome {
-            stage: stage.name.clone(),
-            kind: stage.kind.as_str(),
-            status: if cached {
-                OutcomeStatus::Cached
-            } else {
-                OutcomeStatus::Ran
-            },
-            rows: report["report"]["comparisons"].as_u64().unwrap_or(0),
-            resumed_rows: 0,
-            tokens: per_step.iter().sum(),
-            output: out.clone(),
-            content_hash: blake3::hash(&bytes).to_hex().to_string(),
-        })
+        Ok(made(
+            stage,
+            cached,
+            report["report"]["comparisons"].as_u64().unwrap_or(0),
+            per_step.iter().sum(),
+            blake3::hash(&bytes).to_hex().to_string(),
+        ))
     }
 }

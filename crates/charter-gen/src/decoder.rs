@@ -172,16 +172,23 @@ impl Decoder {
     /// they return logits for, for [`Decoder::hidden`]. Fails for a graph
     /// exported before it returned one.
     pub fn keep_hidden(&mut self, on: bool) -> Result<()> {
-        if on && !self.has_hidden {
-            return Err(Error::Run(
-                "the graph returns no `hidden` output (exported by an older charter): \
-                 re-import the model with `charter model import`"
-                    .to_string(),
-            ));
+        if on {
+            self.require_hidden()?;
         }
         self.keep_hidden = on;
         self.hidden.clear();
         Ok(())
+    }
+
+    fn require_hidden(&self) -> Result<()> {
+        match self.has_hidden {
+            true => Ok(()),
+            false => Err(Error::Run(
+                "the graph returns no `hidden` output (exported by an older charter): \
+                 re-import the model with `charter model import`"
+                    .to_string(),
+            )),
+        }
     }
 
     /// With [`Decoder::keep_hidden`], the last run's residual stream at
@@ -394,9 +401,7 @@ impl Decoder {
     /// and the hidden size. Only each row's last position goes through the
     /// LM head.
     pub fn hidden_all(&mut self, rows: &[&[u32]]) -> Result<(Vec<f32>, usize, usize)> {
-        if !self.has_hidden {
-            self.keep_hidden(true)?;
-        }
+        self.require_hidden()?;
         if rows.iter().any(|p| p.is_empty()) {
             return Err(Error::Run("hidden states: an empty row".to_string()));
         }

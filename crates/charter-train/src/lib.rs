@@ -60,8 +60,8 @@ pub use loss::{
 pub use metrics::MetricRow;
 pub use model::{Decoder, DecoderLayer};
 pub use probe::{
-    PROBE_FILE, PROBE_VERSION, PolicyRef, ProbeFile, ProbeSettings, answer_positions, check_policy,
-    is_probe, open_policy, prefix_scores, probe_key, read_probe, train_probe,
+    PROBE_FILE, PROBE_VERSION, PolicyRef, ProbeFile, ProbeSettings, TrainedProbe, answer_positions,
+    check_policy, is_probe, open_policy, prefix_scores, probe_key, read_probe, train_probe,
 };
 pub use score::{SCORE_VERSION, ScoreSettings, ScoreSummary, score_provenance, score_table};
 pub use train::{

@@ -275,10 +275,7 @@ pub fn prefix_scores(
         // The features are normalised already: the logit is the dot product.
         let scores = f
             .chunks_exact(h.max(1))
-            .map(|x| {
-                let z: f32 = readout.weights.iter().zip(x).map(|(w, x)| w * x).sum();
-                1.0 / (1.0 + (-f64::from(z + readout.bias)).exp())
-            })
+            .map(|x| sigmoid(f64::from(logit(&readout.weights, readout.bias, x))))
             .collect();
         out[i] = Some(scores);
     }
@@ -313,18 +310,27 @@ struct Row {
     harmful: bool,
 }
 
+/// What [`train_probe`] left in its directory.
+pub struct TrainedProbe {
+    /// The probe.
+    pub probe: ProbeFile,
+    /// Its content hash (blake3 of `probe.json`).
+    pub hash: String,
+    /// Whether the directory held it already.
+    pub cached: bool,
+}
+
 /// Trains a probe on the states of `model` (the policy) over the
 /// conversations of the `targets` table and writes it to `out/probe.json`
 /// atomically; a directory already holding the probe these inputs and
-/// settings make is left as it is. Returns the probe and whether it was
-/// already there.
+/// settings make is left as it is.
 pub fn train_probe(
     model: &mut Model,
     targets: &Path,
     out: &Path,
     settings: &ProbeSettings,
     progress: &mut dyn FnMut(&str),
-) -> Result<(ProbeFile, bool)> {
+) -> Result<TrainedProbe> {
     settings.validate()?;
     let (examples, input) = read_targets(targets, settings.label_weight)?;
     let policy = &model.dir.path;
@@ -333,10 +339,14 @@ pub fn train_probe(
         content_hash: model.dir.provenance.content_hash.clone(),
     };
     let key = probe_key(&policy_ref.content_hash, &input, settings);
-    if let Ok((done, _)) = read_probe(out)
-        && done.key() == key
+    if let Ok((probe, hash)) = read_probe(out)
+        && probe.key() == key
     {
-        return Ok((done, true));
+        return Ok(TrainedProbe {
+            probe,
+            hash,
+            cached: true,
+        });
     }
     let formatter = Formatter::new(&model.dir, settings.max_len)?;
     let mut tokens = Vec::with_capacity(examples.len());
@@ -406,7 +416,11 @@ pub fn train_probe(
     let json = serde_json::to_vec_pretty(&probe)
         .map_err(|e| Error::Data(format!("{}: {e}", path.display())))?;
     charter_table::write_atomic(&path, &json).map_err(|e| Error::io(&path, e))?;
-    Ok((probe, false))
+    Ok(TrainedProbe {
+        probe,
+        hash: blake3::hash(&json).to_hex().to_string(),
+        cached: false,
+    })
 }
 
 /// The held-out report: each row scored by its highest prefix logit.
