@@ -15,7 +15,10 @@
 //!   causal mask (row `i` sees keys `0..=i`);
 //! - [`token_logp`]: `log softmax(logits)[target]` per row;
 //! - [`rms_norm`]: `x / sqrt(mean(x²) + eps) · weight` per row;
-//! - [`swiglu`]: `silu(gate) · up`.
+//! - [`swiglu`]: `silu(gate) · up`;
+//! - [`linear`]: `x · wᵀ`, burn's matrix product without its output copy
+//!   (see [`crate::gemm`]), whose backward pass reads the weight and the
+//!   gradients through their strides instead of making transposed copies.
 //!
 //! They are a burn backend extension implemented for `Flex` and for
 //! `Autodiff<Flex>` (with hand-written backward passes). On any other
@@ -36,6 +39,8 @@ use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 use rayon::prelude::*;
 use std::borrow::Cow;
 
+use crate::gemm::{self, Matrix};
+
 /// The fused operations; see the module documentation.
 #[backend_extension(Flex, Autodiff)]
 pub(crate) trait Fused: Backend {
@@ -51,6 +56,9 @@ pub(crate) trait Fused: Backend {
 
     /// The SwiGLU product `silu(gate) · up`, element-wise.
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// `x · wᵀ` for `[rows, in]` inputs and an `[out, in]` weight.
+    fn linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 impl Fused for Flex {
@@ -68,6 +76,10 @@ impl Fused for Flex {
 
     fn swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
         swiglu_forward(&gate, &up)
+    }
+
+    fn linear(x: FlexTensor, w: FlexTensor) -> FlexTensor {
+        linear_forward(&x, &w)
     }
 }
 
@@ -98,6 +110,12 @@ impl<C: CheckpointStrategy> Fused for Autodiff<Flex, C> {
         let (g, u) = (gate.primitive().clone(), up.primitive().clone());
         let out = swiglu_forward(&g, &u);
         record::<_, C, 2>(SwiGlu, [gate.node(), up.node()], (g, u), out)
+    }
+
+    fn linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (xs, ws) = (x.primitive().clone(), w.primitive().clone());
+        let out = linear_forward(&xs, &ws);
+        record::<_, C, 2>(Linear, [x.node(), w.node()], (xs, ws), out)
     }
 }
 
@@ -196,6 +214,31 @@ impl Backward<Flex, 2> for SwiGlu {
     }
 }
 
+#[derive(Debug)]
+struct Linear;
+
+impl Backward<Flex, 2> for Linear {
+    /// The input and the weight.
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x_node, w_node] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let (x, w) = ops.state;
+        let dy = matrix(&grad);
+        if let Some(node) = x_node {
+            // dx = dy · w
+            let dx = gemm::matmul(&dy, &matrix(&w));
+            grads.register::<Flex>(node.id, tensor(dx, dims(&x)));
+        }
+        if let Some(node) = w_node {
+            // dw = dyᵀ · x, in the weight's own [out, in] layout.
+            let dw = gemm::matmul(&dy.t(), &matrix(&x));
+            grads.register::<Flex>(node.id, tensor(dw, dims(&w)));
+        }
+    }
+}
+
 /// Whether the fused kernels apply to `t`: an f32 tensor on flex (with or
 /// without autodiff).
 pub(crate) fn fused<const D: usize>(t: &Tensor<D>) -> bool {
@@ -264,6 +307,19 @@ fn composed_swiglu(gate: Tensor<3>, up: Tensor<3>) -> Tensor<3> {
     silu(gate) * up
 }
 
+/// `x · wᵀ`, `[rows, out]`, for `x` `[rows, in]` and `w` `[out, in]`.
+pub(crate) fn linear(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    if fused(&x) && fused(&w) && x.dims()[1] == w.dims()[1] {
+        let out = <Dispatch as Fused>::linear(x.into_dispatch(), w.into_dispatch());
+        return Tensor::from_dispatch(out);
+    }
+    composed_linear(x, w)
+}
+
+fn composed_linear(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    x.matmul(w.transpose())
+}
+
 /// A contiguous f32 view of `t`'s values (copied only if `t` is a strided view).
 fn f32_values(t: &FlexTensor) -> Cow<'_, [f32]> {
     match t.as_slice::<f32>() {
@@ -299,6 +355,33 @@ fn dims(t: &FlexTensor) -> Vec<usize> {
 
 fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+/// A 2-D f32 tensor as a matrix-product operand, read through its strides
+/// (copied only when a stride is negative).
+fn matrix(t: &FlexTensor) -> Matrix<'_> {
+    let shape = dims(t);
+    let [rows, cols] = shape[..] else {
+        panic!("linear: a {}-D operand", shape.len())
+    };
+    match t.layout().strides() {
+        &[r, c] if r >= 0 && c >= 0 => Matrix {
+            values: Cow::Borrowed(t.storage::<f32>()),
+            offset: t.layout().start_offset(),
+            rows,
+            cols,
+            row_stride: r.unsigned_abs(),
+            col_stride: c.unsigned_abs(),
+        },
+        _ => Matrix::row_major(f32_values(t), rows, cols),
+    }
+}
+
+fn linear_forward(x: &FlexTensor, w: &FlexTensor) -> FlexTensor {
+    let (x, w) = (matrix(x), matrix(w));
+    let rows = x.rows;
+    let out = w.rows;
+    tensor(gemm::matmul(&x, &w.t()), vec![rows, out])
 }
 
 /// Rows handed to one rayon task (a row is one query position's scores).
@@ -664,6 +747,39 @@ mod tests {
         assert!(max_delta(du, du0) < 1e-5);
     }
 
+    /// The fused linear layer and both gradients against `x · wᵀ`, with a
+    /// transposed (strided) input, and with a frozen weight.
+    #[test]
+    fn linear_matches_composed_ops() {
+        let d = device(true);
+        let (n, i, o) = (300, 67, 211);
+        let xt = Tensor::<2>::random([i, n], Distribution::Normal(0.0, 1.0), &d);
+        let w = Tensor::<2>::random([o, i], Distribution::Normal(0.0, 0.5), &d);
+        let weights = Tensor::<2>::random([n, o], Distribution::Normal(0.0, 1.0), &d);
+        let run = |fused: bool| {
+            let (xt, w) = (
+                xt.clone().detach().require_grad(),
+                w.clone().detach().require_grad(),
+            );
+            let x = xt.clone().transpose();
+            let y = match fused {
+                true => linear(x, w.clone()),
+                false => composed_linear(x, w.clone()),
+            };
+            let grads = (y.clone() * weights.clone()).sum().backward();
+            (y.inner(), xt.grad(&grads).unwrap(), w.grad(&grads).unwrap())
+        };
+        let ((y, dx, dw), (y0, dx0, dw0)) = (run(true), run(false));
+        assert!(max_delta(y, y0) < 1e-4);
+        assert!(max_delta(dx, dx0) < 1e-4);
+        assert!(max_delta(dw, dw0) < 1e-3);
+        // A frozen weight gets no gradient; the input still does.
+        let x = xt.clone().transpose().detach().require_grad();
+        let grads = linear(x.clone(), w.clone().detach()).sum().backward();
+        assert!(x.grad(&grads).is_some());
+        assert!(w.grad(&grads).is_none());
+    }
+
     /// Without autodiff the kernels run on flex directly.
     #[test]
     fn kernels_run_without_autodiff() {
@@ -676,5 +792,9 @@ mod tests {
         let targets = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 5, 10], [3]), &d);
         let fused = token_logp(logits.clone(), targets.clone());
         assert!(max_delta(fused, composed_token_logp(logits, targets)) < 1e-6);
+        let x = Tensor::<2>::random([5, 7], Distribution::Normal(0.0, 1.0), &d);
+        let w = Tensor::<2>::random([3, 7], Distribution::Normal(0.0, 1.0), &d);
+        let fused = linear(x.clone(), w.clone());
+        assert!(max_delta(fused, composed_linear(x, w)) < 1e-5);
     }
 }

@@ -21,6 +21,7 @@ mod config;
 mod data;
 mod device;
 mod error;
+mod gemm;
 mod heap;
 mod jobs;
 mod kernels;

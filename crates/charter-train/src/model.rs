@@ -117,14 +117,14 @@ fn linear(
     let w = weight.val();
     let out = w.dims()[0];
     let x = x.reshape([b * t, i]);
-    let mut y = x.clone().matmul(w.transpose());
+    let mut y = kernels::linear(x.clone(), w);
     if let Some(bias) = bias {
         y = y + bias.val().unsqueeze::<2>();
     }
     if let Some((adapter, scale)) = lora {
         // Scaled at rank width, where it is cheapest.
-        let low = x.matmul(adapter.a.val().transpose()) * scale;
-        y = y + low.matmul(adapter.b.val().transpose());
+        let low = kernels::linear(x, adapter.a.val()) * scale;
+        y = y + kernels::linear(low, adapter.b.val());
     }
     y.reshape([b, t, out])
 }
@@ -387,7 +387,7 @@ impl Decoder {
     /// (rows of [`Decoder::hidden`]).
     pub fn lm_head(&self, hidden: Tensor<2>) -> Tensor<2> {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        hidden.matmul(head.val().transpose())
+        kernels::linear(hidden, head.val())
     }
 
     /// Every parameter under its HuggingFace name.
