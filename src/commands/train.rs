@@ -127,7 +127,11 @@ pub(crate) fn run(command: TrainCommand, quiet: bool) -> Result<()> {
                     }
                 }),
             };
-            train_rl(&job, &a.input, &a.rl, &mut on)
+            let mut rl = a.rl.clone();
+            if rl.reward_cache.is_none() {
+                rl.reward_cache = Some(charter_train::default_reward_cache()?);
+            }
+            train_rl(&job, &a.input, &rl, &mut on)
                 .with_context(|| format!("train rl from {}", a.flags.model.display()))?
         }
         TrainCommand::Probe(_) => unreachable!("returned above"),

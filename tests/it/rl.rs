@@ -393,3 +393,87 @@ judge = "{model}"
         &["online RL, per iteration", "online RL, held-out prompts"],
     );
 }
+
+/// A labeller's rewards are kept by content hash: a second run that samples
+/// the same answers reads every reward from the cache (a planted value
+/// proves it is read, not recomputed), and a changed KL weight does not
+/// change the key.
+#[test]
+fn labeller_rewards_are_cached_across_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, prompts) = setup(dir.path());
+    let cache = dir.path().join("rewards");
+    let run = |out: &Path, kl_coef: f64| {
+        let mut rl = charter_train::RlSettings::new(charter_train::RewardSource::Labeller(
+            Path::new(&model).to_path_buf(),
+        ));
+        rl.constitution = Some(crate::constitution().into());
+        rl.iterations = 1;
+        rl.prompts_per_iteration = 2;
+        rl.samples = 2;
+        rl.max_new_tokens = 8;
+        rl.kl_coef = kl_coef;
+        rl.reward_cache = Some(cache.clone());
+        let mut config = charter_train::TrainConfig {
+            max_len: 96,
+            batch_size: 4,
+            dtype: charter_model::Dtype::F32,
+            ..Default::default()
+        };
+        config.seed = 3;
+        let interrupt = AtomicBool::new(false);
+        let job = charter_train::Job {
+            model: Path::new(&model),
+            out,
+            settings: config.settings().unwrap(),
+            device: charter_train::DeviceChoice::Cpu,
+            dtype: charter_model::Dtype::F32,
+            resume: false,
+            interrupt: &interrupt,
+        };
+        let mut cached = Vec::new();
+        charter_train::train_rl(&job, Path::new(&prompts), &rl, &mut |e| {
+            if let charter_train::RlProgress::Iteration(it, _) = e {
+                cached.push(it.reward_cached);
+            }
+        })
+        .unwrap();
+        let rewards = table_rows(
+            out.join("rollouts.parquet").to_str().unwrap(),
+            &["reward"],
+            |r| match r {
+                [Value::Float(reward)] => *reward,
+                other => panic!("{other:?}"),
+            },
+        );
+        (rewards, cached)
+    };
+    let (first, cached) = run(&dir.path().join("a"), 0.05);
+    assert_eq!(cached, [0.0]);
+    assert_eq!(first.len(), 4);
+    // One entry per answer (fewer only if two answers coincide), each the
+    // reward the run used.
+    let entries: Vec<_> = walk(&cache);
+    assert!(!entries.is_empty() && entries.len() <= 4, "{entries:?}");
+    for e in &entries {
+        let r: f64 = std::fs::read_to_string(e).unwrap().trim().parse().unwrap();
+        assert!(first.contains(&r), "{r} not among {first:?}");
+        std::fs::write(e, "0.625\n").unwrap();
+    }
+    let (second, cached) = run(&dir.path().join("b"), 0.2);
+    assert_eq!(cached, [1.0]);
+    assert_eq!(second, [0.625; 4]);
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        match path.is_dir() {
+            true => out.extend(walk(&path)),
+            false => out.push(path),
+        }
+    }
+    out
+}

@@ -619,11 +619,14 @@ impl BuildPlan {
             });
         };
         let outcome = match rl_of(op, &inputs) {
-            Some((prompts, rl)) => charter_train::train_rl(&job, prompts, &rl, &mut |e| {
-                if let charter_train::RlProgress::Step(m, total) = e {
-                    step(m, total);
-                }
-            })?,
+            Some((prompts, mut rl)) => {
+                rl.reward_cache = Some(charter_train::default_reward_cache()?);
+                charter_train::train_rl(&job, prompts, &rl, &mut |e| {
+                    if let charter_train::RlProgress::Step(m, total) = e {
+                        step(m, total);
+                    }
+                })?
+            }
             None => charter_train::run_task(op.task, &job, &inputs, &cache, &mut step)?,
         };
         let (status, rows, dir) = match outcome {

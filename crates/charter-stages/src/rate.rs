@@ -208,13 +208,18 @@ impl<'c> Rater<'c> {
         })
     }
 
-    /// Ratings of `answers` (row id, prompt, answer), one pass per row: the
-    /// principle is drawn from the build seed and the row id.
+    /// The principle the row with id `id` is rated against, drawn from the
+    /// build seed and the id.
+    pub fn principle(&self, id: &str) -> &'c PreferencePrinciple {
+        draw(self.constitution, self.settings.generation.seed, id)
+    }
+
+    /// Ratings of `answers` (row id, prompt, answer), one pass per row
+    /// against each row's [`Rater::principle`].
     pub fn rate(&self, model: &mut Model, answers: &[(&str, &str, &str)]) -> Result<Vec<Rated>> {
-        let seed = self.settings.generation.seed;
         let principles: Vec<&PreferencePrinciple> = answers
             .iter()
-            .map(|(id, _, _)| draw(self.constitution, seed, id))
+            .map(|(id, _, _)| self.principle(id))
             .collect();
         let contexts = answers
             .iter()

@@ -575,15 +575,26 @@ pub fn read_report(out: &Path) -> Result<serde_json::Value> {
 /// Where DPO's reference log-probabilities are cached unless told otherwise:
 /// `$XDG_CACHE_HOME/charter/dpo-reference`, else `~/.cache/charter/dpo-reference`.
 pub fn default_reference_cache() -> Result<PathBuf> {
+    default_cache("dpo-reference", "reference")
+}
+
+/// Where online RL's rewards are cached unless told otherwise:
+/// `$XDG_CACHE_HOME/charter/rewards`, else `~/.cache/charter/rewards`.
+pub fn default_reward_cache() -> Result<PathBuf> {
+    default_cache("rewards", "reward")
+}
+
+/// `charter/<name>` under the user's cache directory; `what` names the
+/// cache in the error when there is none.
+fn default_cache(name: &str, what: &str) -> Result<PathBuf> {
     let base = match (std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME")) {
         (Some(x), _) if !x.is_empty() => PathBuf::from(x),
         (_, Some(home)) => PathBuf::from(home).join(".cache"),
         _ => {
-            return Err(Error::Input(
-                "neither XDG_CACHE_HOME nor HOME is set: name a reference cache directory"
-                    .to_string(),
-            ));
+            return Err(Error::Input(format!(
+                "neither XDG_CACHE_HOME nor HOME is set: name a {what} cache directory"
+            )));
         }
     };
-    Ok(base.join("charter").join("dpo-reference"))
+    Ok(base.join("charter").join(name))
 }

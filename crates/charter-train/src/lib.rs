@@ -49,9 +49,10 @@ pub use error::{Error, Result};
 pub use heap::RetainedHeap;
 pub use jobs::{
     EvalRow, GuardRole, HeldOut, IterationRow, Job, Outcome, RewardSource, RlProgress, RlSettings,
-    Task, TrainReport, auroc, calibration, default_reference_cache, open_preference_model,
-    read_report, read_score_head, recorded_fingerprint, rl_fingerprint, rloo_advantages, run_task,
-    task_fingerprint, train_classifier, train_dpo, train_pm, train_rl, train_sft,
+    Task, TrainReport, auroc, calibration, default_reference_cache, default_reward_cache,
+    open_preference_model, read_report, read_score_head, recorded_fingerprint, rl_fingerprint,
+    rloo_advantages, run_task, task_fingerprint, train_classifier, train_dpo, train_pm, train_rl,
+    train_sft,
 };
 pub use lora::LoraSettings;
 pub use loss::{

@@ -13,10 +13,11 @@
 //!    prompts table) are answered `samples` times each at temperature 1,
 //!    nothing truncated, so the answers are draws from the policy itself.
 //! 2. **Score.** The reward is a preference model's scalar (`pm:DIR`), the
-//!    labeller's expected rating 1–9 against a principle drawn per answer,
-//!    mapped to [-1, 1] (`labeller:DIR`, the `rate` stage's scoring), or 1
-//!    when the answer contains a text and 0 otherwise (`contains:TEXT`, a
-//!    rule a user can check by eye).
+//!    labeller's expected rating 1–9 against a principle drawn per answer
+//!    (from its sampling seed), mapped to [-1, 1] (`labeller:DIR`, the
+//!    `rate` stage's scoring), or 1 when the answer contains a text and 0
+//!    otherwise (`contains:TEXT`, a rule a user can check by eye). Model
+//!    rewards are cached across runs by content hash (`RewardCache`).
 //! 3. **KL.** Every answer token's log-probability under the policy is
 //!    the one it was sampled with (the engine records it), and under the
 //!    starting policy the engine scores it (an f32 export of the start, one
@@ -161,6 +162,14 @@ pub struct RlSettings {
     /// labeller reward].
     #[arg(long, value_name = "DIR")]
     pub judge: Option<PathBuf>,
+    /// Directory of rewards kept across runs by content hash (reward model,
+    /// principle, prompt, answer) [default for `charter train rl`:
+    /// $XDG_CACHE_HOME/charter/rewards or ~/.cache/charter/rewards]. Not
+    /// part of a run's fingerprint: a cached reward is the one computing it
+    /// would give.
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip)]
+    pub reward_cache: Option<PathBuf>,
 }
 
 impl Default for RlSettings {
@@ -208,6 +217,7 @@ impl RlSettings {
             eval_every: Self::DEFAULT_EVAL_EVERY,
             eval_limit: Self::DEFAULT_EVAL_LIMIT,
             judge: None,
+            reward_cache: None,
         }
     }
 
@@ -314,6 +324,8 @@ pub struct IterationRow {
     pub rollout_s: f64,
     /// Seconds computing rewards.
     pub reward_s: f64,
+    /// Share of the iteration's rewards read from the reward cache.
+    pub reward_cached: f64,
     /// Seconds computing the policy's and reference's log-probabilities.
     pub logp_s: f64,
     /// Seconds in the optimizer steps.
@@ -362,8 +374,16 @@ pub enum RlProgress<'a> {
     Eval(&'a EvalRow),
 }
 
-/// The loaded reward.
-enum Scorer {
+/// The loaded reward and its cache.
+struct Scorer {
+    kind: ScorerKind,
+    cache: Option<RewardCache>,
+    /// Rewards read from the cache since the last [`Scorer::take_hits`].
+    hits: usize,
+}
+
+/// What computes a reward.
+enum ScorerKind {
     Pm {
         model: Box<PreferenceModel>,
         formatter: Box<Formatter>,
@@ -376,18 +396,29 @@ enum Scorer {
     Contains(String),
 }
 
-/// The reward's identity for the fingerprint, and the reward loaded.
+/// The reward loaded, with its cache under `rl.reward_cache` (none for a
+/// rule reward, which costs nothing to recompute).
 fn open_reward(rl: &RlSettings, job: &Job<'_>) -> Result<Scorer> {
-    Ok(match &rl.reward {
+    let cache = |identity: serde_json::Value| {
+        rl.reward_cache
+            .as_deref()
+            .map(|dir| RewardCache::new(dir, &identity))
+    };
+    let (kind, cache) = match &rl.reward {
         RewardSource::Pm(dir) => {
             let pm_dir = ModelDir::open(dir)?;
             let device = select_device(job.device, false)?;
             let model = super::open_preference_model(dir, &device)?;
             let formatter = Formatter::new(&pm_dir, job.settings.max_len)?;
-            Scorer::Pm {
+            let identity = serde_json::json!({
+                "pm": pm_dir.provenance.content_hash,
+                "max_len": job.settings.max_len,
+            });
+            let kind = ScorerKind::Pm {
                 model: Box::new(model),
                 formatter: Box::new(formatter),
-            }
+            };
+            (kind, cache(identity))
         }
         RewardSource::Labeller(dir) => {
             let Some(path) = &rl.constitution else {
@@ -397,14 +428,80 @@ fn open_reward(rl: &RlSettings, job: &Job<'_>) -> Result<Scorer> {
             let model = Model::open(dir, rl.threads)?;
             let mut settings = RateSettings::default();
             settings.generation.seed = job.settings.seed;
-            Scorer::Labeller {
+            // The rating template and system prompt as well as the model:
+            // the key adds the principle, the prompt and the answer.
+            let identity = serde_json::json!({
+                "labeller": ModelDir::open(dir)?.provenance.content_hash,
+                "rate_version": charter_stages::RATE_VERSION,
+                "constitution": constitution.hash(),
+                "system": settings.generation.system,
+            });
+            let kind = ScorerKind::Labeller {
                 model: Box::new(model),
                 constitution: Box::new(constitution),
                 settings,
-            }
+            };
+            (kind, cache(identity))
         }
-        RewardSource::Contains(text) => Scorer::Contains(text.clone()),
+        RewardSource::Contains(text) => (ScorerKind::Contains(text.clone()), None),
+    };
+    Ok(Scorer {
+        kind,
+        cache,
+        hits: 0,
     })
+}
+
+/// Rewards already computed, kept by content hash across runs: one small
+/// file per answer, `<dir>/<identity>/<key[..2]>/<key>`, holding the reward
+/// as text. The identity hashes what decides a reward besides the answer
+/// (the reward model's content hash and its scoring settings); the key adds
+/// the principle (for a labeller), the prompt and the answer. Each entry is
+/// written to a temporary file and renamed into place, so runs sharing the
+/// directory never read half of one; an unreadable entry is a miss.
+struct RewardCache {
+    dir: PathBuf,
+}
+
+impl RewardCache {
+    fn new(root: &Path, identity: &serde_json::Value) -> Self {
+        let hash = blake3::hash(identity.to_string().as_bytes()).to_hex();
+        RewardCache {
+            dir: root.join(&hash.as_str()[..32]),
+        }
+    }
+
+    /// The key of one answer's reward: its parts, length-prefixed.
+    fn key(parts: &[&str]) -> String {
+        let mut h = blake3::Hasher::new();
+        for part in parts {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        h.finalize().to_hex().to_string()
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.dir.join(&key[..2]).join(key)
+    }
+
+    fn get(&self, key: &str) -> Option<f64> {
+        let text = std::fs::read_to_string(self.path(key)).ok()?;
+        text.trim().parse::<f64>().ok().filter(|r| r.is_finite())
+    }
+
+    fn put(&self, key: &str, reward: f64) -> Result<()> {
+        let path = self.path(key);
+        let Some(parent) = path.parent() else {
+            unreachable!("a cache entry's path has a parent")
+        };
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        let mut file = tempfile::NamedTempFile::new_in(parent).map_err(|e| Error::io(parent, e))?;
+        std::io::Write::write_all(&mut file, format!("{reward}\n").as_bytes())
+            .map_err(|e| Error::io(&path, e))?;
+        file.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+        Ok(())
+    }
 }
 
 fn load_constitution(path: &Path) -> Result<Constitution> {
@@ -429,6 +526,7 @@ fn rl_extra(rl: &RlSettings) -> Result<serde_json::Value> {
             "labeller": model_hash(dir)?,
             "constitution": constitution,
             "rate_version": charter_stages::RATE_VERSION,
+            "principle_from": "sampling seed",
         }),
         RewardSource::Contains(text) => serde_json::json!({"contains": text}),
     };
@@ -471,19 +569,26 @@ pub fn rl_fingerprint(job: &Job<'_>, prompts: &Path, rl: &RlSettings) -> Result<
 }
 
 impl Scorer {
-    /// Rewards of `answers` (row id, prompt, answer text).
+    /// Rewards of `answers` (row id, prompt, answer text): from the cache
+    /// where it has them, computed (and cached) where not.
     fn score(&mut self, answers: &[(String, &str, String)], batch_size: usize) -> Result<Vec<f64>> {
-        match self {
-            Scorer::Contains(text) => Ok(answers
+        match &mut self.kind {
+            ScorerKind::Contains(text) => Ok(answers
                 .iter()
                 .map(|(_, _, a)| f64::from(u8::from(a.contains(text.as_str()))))
                 .collect()),
-            Scorer::Pm { model, formatter } => {
-                let rows = answers
+            ScorerKind::Pm { model, formatter } => {
+                let keys: Vec<String> = answers
                     .iter()
-                    .map(|(_, p, a)| formatter.encode(p, a, true))
-                    .collect::<Result<Vec<_>>>()?;
-                let scores = crate::score::scalar_scores(model, &rows, batch_size, &mut |_| {})?;
+                    .map(|(_, p, a)| RewardCache::key(&[p, a]))
+                    .collect();
+                let scores = cached(self.cache.as_ref(), &keys, &mut self.hits, |missing| {
+                    let rows = missing
+                        .iter()
+                        .map(|&i| formatter.encode(answers[i].1, &answers[i].2, true))
+                        .collect::<Result<Vec<_>>>()?;
+                    crate::score::scalar_scores(model, &rows, batch_size, &mut |_| {})
+                })?;
                 // A conversation the PM cannot fit gets the lowest reward of
                 // the batch: never a reason to prefer an answer.
                 let floor = scores
@@ -496,24 +601,64 @@ impl Scorer {
                     .map(|s| s.unwrap_or(if floor.is_finite() { floor } else { 0.0 }))
                     .collect())
             }
-            Scorer::Labeller {
+            ScorerKind::Labeller {
                 model,
                 constitution,
                 settings,
             } => {
                 let rater = Rater::new(model, constitution, settings)?;
-                let rows: Vec<(&str, &str, &str)> = answers
+                let keys: Vec<String> = answers
                     .iter()
-                    .map(|(id, p, a)| (id.as_str(), *p, a.as_str()))
+                    .map(|(id, p, a)| RewardCache::key(&[&rater.principle(id).question, p, a]))
                     .collect();
-                Ok(rater
-                    .rate(model, &rows)?
-                    .iter()
-                    .map(charter_stages::Rated::reward)
-                    .collect())
+                let scores = cached(self.cache.as_ref(), &keys, &mut self.hits, |missing| {
+                    let rows: Vec<(&str, &str, &str)> = missing
+                        .iter()
+                        .map(|&i| {
+                            let (id, p, a) = &answers[i];
+                            (id.as_str(), *p, a.as_str())
+                        })
+                        .collect();
+                    Ok(rater
+                        .rate(model, &rows)?
+                        .iter()
+                        .map(|r| Some(r.reward()))
+                        .collect())
+                })?;
+                Ok(scores.into_iter().map(|s| s.unwrap_or(0.0)).collect())
             }
         }
     }
+
+    /// Rewards read from the cache since the last call.
+    fn take_hits(&mut self) -> usize {
+        std::mem::take(&mut self.hits)
+    }
+}
+
+/// Rewards of the answers with `keys`: each from `cache` when it holds the
+/// key, the rest from `compute` (given their indices, in order), which are
+/// then cached. `None` (an answer the reward could not score) is not cached.
+fn cached(
+    cache: Option<&RewardCache>,
+    keys: &[String],
+    hits: &mut usize,
+    compute: impl FnOnce(&[usize]) -> Result<Vec<Option<f64>>>,
+) -> Result<Vec<Option<f64>>> {
+    let mut out: Vec<Option<f64>> = keys.iter().map(|k| cache.and_then(|c| c.get(k))).collect();
+    let missing: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
+    *hits += keys.len() - missing.len();
+    if missing.is_empty() {
+        return Ok(out);
+    }
+    let fresh = compute(&missing)?;
+    for (&i, reward) in missing.iter().zip(fresh) {
+        if let (Some(c), Some(r)) = (cache, reward) {
+            c.put(&keys[i], r)?;
+        }
+        out[i] = reward;
+    }
+    Ok(out)
 }
 
 /// A checkpoint's bookkeeping.
@@ -1034,11 +1179,17 @@ pub fn train_rl(
                 .with_id()
             })
             .collect();
+        // A labeller's principle is drawn from the answer's sampling seed
+        // rather than its row id, which holds the run's fingerprint: a run
+        // with other settings that samples the same answer rates it against
+        // the same principle, so its reward can come from the cache.
         let keyed: Vec<(String, &str, String)> = rows
             .iter()
-            .map(|r| (r.id.clone(), r.prompt.as_str(), r.response.clone()))
+            .map(|r| (r.seed.to_string(), r.prompt.as_str(), r.response.clone()))
             .collect();
+        scorer.take_hits();
         let rewards = scorer.score(&keyed, s.batch_size)?;
+        let reward_cached = scorer.take_hits() as f64 / rewards.len().max(1) as f64;
         let reward_s = t0.elapsed().as_secs_f64();
 
         // 3. Log-probabilities, KL and advantages.
@@ -1134,6 +1285,7 @@ pub fn train_rl(
             export_s,
             rollout_s,
             reward_s,
+            reward_cached,
             logp_s,
             update_s,
         };
@@ -1312,6 +1464,7 @@ fn iterations_bytes(rows: &[IterationRow]) -> Result<Vec<u8>> {
             ("export_s", |r| r.export_s),
             ("rollout_s", |r| r.rollout_s),
             ("reward_s", |r| r.reward_s),
+            ("reward_cached", |r| r.reward_cached),
             ("logp_s", |r| r.logp_s),
             ("update_s", |r| r.update_s),
         ],
