@@ -212,7 +212,10 @@ fn paths(plan: &BuildPlan) -> Vec<PathBuf> {
         match &s.op {
             StageOp::Import { files, .. } => all.extend(files.iter().cloned()),
             StageOp::Eval(e) => all.extend([e.a.clone(), e.b.clone()]),
-            StageOp::Train(t) => all.extend(t.reference_cache.clone()),
+            StageOp::Train(t) => {
+                all.extend(t.reference_cache.clone());
+                all.extend(t.rl.as_ref().and_then(|rl| rl.reward_cache.clone()));
+            }
             _ => {}
         }
     }

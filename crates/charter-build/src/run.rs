@@ -620,7 +620,9 @@ impl BuildPlan {
         };
         let outcome = match rl_of(op, &inputs) {
             Some((prompts, mut rl)) => {
-                rl.reward_cache = Some(charter_train::default_reward_cache()?);
+                if rl.reward_cache.is_none() {
+                    rl.reward_cache = Some(charter_train::default_reward_cache()?);
+                }
                 charter_train::train_rl(&job, prompts, &rl, &mut |e| {
                     if let charter_train::RlProgress::Step(m, total) = e {
                         step(m, total);

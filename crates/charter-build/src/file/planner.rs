@@ -789,6 +789,7 @@ impl<'s, 't> Planner<'s, 't> {
             other => other,
         };
         rl.judge = rl.judge.map(|m| model("judge", &m, false)).transpose()?;
+        rl.reward_cache = rl.reward_cache.map(|dir| self.base.join(dir));
         let eval_input = match rl.eval_prompts.take() {
             Some(stage) => {
                 let name = stage.to_string_lossy().into_owned();

@@ -163,12 +163,11 @@ pub struct RlSettings {
     #[arg(long, value_name = "DIR")]
     pub judge: Option<PathBuf>,
     /// Directory of rewards kept across runs by content hash (reward model,
-    /// principle, prompt, answer) [default for `charter train rl`:
-    /// $XDG_CACHE_HOME/charter/rewards or ~/.cache/charter/rewards]. Not
-    /// part of a run's fingerprint: a cached reward is the one computing it
-    /// would give.
+    /// principle, prompt, answer) [default for `charter train rl` and
+    /// builds: $XDG_CACHE_HOME/charter/rewards or ~/.cache/charter/rewards].
+    /// Not part of a run's fingerprint: a cached reward is the one computing
+    /// it would give.
     #[arg(long, value_name = "DIR")]
-    #[serde(skip)]
     pub reward_cache: Option<PathBuf>,
 }
 
