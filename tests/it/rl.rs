@@ -403,7 +403,7 @@ fn labeller_rewards_are_cached_across_runs() {
     let dir = tempfile::tempdir().unwrap();
     let (model, prompts) = setup(dir.path());
     let cache = dir.path().join("rewards");
-    let run = |out: &Path, kl_coef: f64| {
+    let run = |out: &Path, kl_coef: f64, rate_cot: bool| {
         let mut rl = charter_train::RlSettings::new(charter_train::RewardSource::Labeller(
             Path::new(&model).to_path_buf(),
         ));
@@ -414,6 +414,7 @@ fn labeller_rewards_are_cached_across_runs() {
         rl.max_new_tokens = 8;
         rl.kl_coef = kl_coef;
         rl.reward_cache = Some(cache.clone());
+        rl.rate_cot = rate_cot;
         let mut config = charter_train::TrainConfig {
             max_len: 96,
             batch_size: 4,
@@ -448,7 +449,7 @@ fn labeller_rewards_are_cached_across_runs() {
         );
         (rewards, cached)
     };
-    let (first, cached) = run(&dir.path().join("a"), 0.05);
+    let (first, cached) = run(&dir.path().join("a"), 0.05, false);
     assert_eq!(cached, [0.0]);
     assert_eq!(first.len(), 4);
     // One entry per answer (fewer only if two answers coincide), each the
@@ -460,9 +461,22 @@ fn labeller_rewards_are_cached_across_runs() {
         assert!(first.contains(&r), "{r} not among {first:?}");
         std::fs::write(e, "0.625\n").unwrap();
     }
-    let (second, cached) = run(&dir.path().join("b"), 0.2);
+    let (second, cached) = run(&dir.path().join("b"), 0.2, false);
     assert_eq!(cached, [1.0]);
     assert_eq!(second, [0.625; 4]);
+    // A labeller that reasons first is another reward: none of the plain
+    // rating's entries are its, and its own are kept as well.
+    let (reasoned, cached) = run(&dir.path().join("c"), 0.05, true);
+    assert_eq!(cached, [0.0]);
+    assert_eq!(reasoned.len(), 4);
+    assert!(
+        reasoned
+            .iter()
+            .all(|r| (-1.0..=1.0).contains(r) && *r != 0.625)
+    );
+    let (again, cached) = run(&dir.path().join("d"), 0.2, true);
+    assert_eq!(cached, [1.0]);
+    assert_eq!(again, reasoned);
 }
 
 /// Every file under `dir`.

@@ -368,7 +368,34 @@ fn rate_scores_each_answer_from_its_digit_probabilities() {
         let again: serde_json::Value =
             serde_json::from_slice(&stage("rate", &model, input, &out, &["--json"])).unwrap();
         assert_eq!(again["cached"], true, "{again}");
+        assert!(
+            ratings
+                .iter()
+                .all(|r| r["cot"] == false && r["reasoning"].is_null())
+        );
     }
+    // With chain of thought the rater writes first; its reasoning stays in the row.
+    let out = path(dir.path(), "ratings-cot.parquet");
+    let summary: serde_json::Value = serde_json::from_slice(&stage(
+        "rate",
+        &model,
+        &responses,
+        &out,
+        &["--json", "--cot"],
+    ))
+    .unwrap();
+    assert!(
+        summary["generated_tokens"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
+    let reasoned = rows(&out);
+    assert_eq!(reasoned.len(), 4);
+    for r in &reasoned {
+        assert_eq!(r["cot"], true, "{r}");
+        assert!(r["reasoning"].is_string(), "{r}");
+        assert!((1.0..=9.0).contains(&r["score"].as_f64().unwrap()), "{r}");
+    }
+    ok(&["inspect", &out, "--verify"]);
     // Only answers are rated; the error names the table.
     let pairs = path(dir.path(), "pairs.parquet");
     ok(&["pair", "-i", &responses, "-o", &pairs]);

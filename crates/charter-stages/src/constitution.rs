@@ -202,6 +202,8 @@ pub struct Templates {
     pub rate: String,
     /// Assistant-side text after which the digits 1–9 are scored; plain text, may be empty.
     pub rate_answer_prefix: String,
+    /// The rater's user message asking for reasoning first (`rate --cot`); vars as `rate`.
+    pub rate_cot: String,
 }
 
 impl Default for Templates {
@@ -214,6 +216,7 @@ impl Default for Templates {
             label_cot: template::DEFAULT_LABEL_COT.to_owned(),
             rate: template::DEFAULT_RATE.to_owned(),
             rate_answer_prefix: template::DEFAULT_RATE_ANSWER_PREFIX.to_owned(),
+            rate_cot: template::DEFAULT_RATE_COT.to_owned(),
         }
     }
 }
@@ -227,6 +230,7 @@ impl Templates {
             "label" => Some(&self.label),
             "label_cot" => Some(&self.label_cot),
             "rate" => Some(&self.rate),
+            "rate_cot" => Some(&self.rate_cot),
             _ => None,
         }
     }
@@ -326,10 +330,14 @@ impl Constitution {
                     &t.label_cot,
                 ];
                 // The rating templates came later: a constitution that keeps
-                // their defaults hashes as it did before them.
+                // their defaults hashes as it did before them. (The list's
+                // length tells which were added: 5 to 8 entries.)
                 let d = Templates::default();
                 if (&t.rate, &t.rate_answer_prefix) != (&d.rate, &d.rate_answer_prefix) {
                     templates.extend([&t.rate, &t.rate_answer_prefix]);
+                }
+                if t.rate_cot != d.rate_cot {
+                    templates.push(&t.rate_cot);
                 }
                 serde_json::json!(templates)
             },

@@ -334,43 +334,18 @@ pub(crate) fn judge(
         .collect::<Result<Vec<_>>>()?;
     let mut reasoning: Vec<Option<String>> = vec![None; contexts.len()];
     if settings.cot {
-        let options = settings.generation.options(model);
-        let stop = StopStrings::new(&settings.generation.stop);
-        let requests: Vec<Request> = contexts
-            .iter()
-            .enumerate()
-            .map(|(i, ctx)| Request {
-                prompt: ctx.clone(),
-                seed: row_seed(
+        let seeds: Vec<u64> = (0..contexts.len())
+            .map(|i| {
+                row_seed(
                     "label-cot",
                     settings.generation.seed,
                     &[items[i / orders].key, &(i % orders).to_string()],
-                ),
+                )
             })
             .collect();
-        let mut done: Vec<Option<Completion>> = vec![None; requests.len()];
-        let Model {
-            engine, tokenizer, ..
-        } = &mut *model;
-        engine.generate(
-            &requests,
-            &options,
-            &mut |_, t| stop.hit(tokenizer, t),
-            &mut |c: Completion| -> Result<()> {
-                tokens += c.tokens.len() as u64;
-                let i = c.index;
-                done[i] = Some(c);
-                Ok(())
-            },
-        )?;
-        for (i, c) in done.into_iter().enumerate() {
-            let c =
-                c.ok_or_else(|| Error::Settings("internal: the engine skipped a row".into()))?;
-            let text = model.decode(&c.tokens)?;
-            let text = stop.truncate(&text).0.trim_end().to_string();
-            contexts[i].extend(model.tokenizer.encode(&format!("{text}\n"), false)?);
-            reasoning[i] = Some(text);
-        }
+        let texts = reason(model, &settings.generation, &[], &mut contexts, &seeds)?;
+        tokens += texts.iter().map(|(_, n)| n).sum::<u64>();
+        reasoning = texts.into_iter().map(|(text, _)| Some(text)).collect();
     }
     let probes = ["1", "2"]
         .iter()
@@ -399,6 +374,53 @@ pub(crate) fn judge(
         });
     }
     Ok((out, tokens))
+}
+
+/// Chain of thought: samples a reasoning after each of `contexts` (its
+/// seed from `seeds`), cut at a stop string of `generation` or of `cue`
+/// (text that starts the verdict itself, so a model that writes it is not
+/// asked twice), and appends it and a newline to the context. Returns each
+/// reasoning and the tokens generated for it.
+pub(crate) fn reason(
+    model: &mut Model,
+    generation: &GenSettings,
+    cue: &[String],
+    contexts: &mut [Vec<u32>],
+    seeds: &[u64],
+) -> Result<Vec<(String, u64)>> {
+    let options = generation.options(model);
+    let stop = StopStrings::new(&[generation.stop.as_slice(), cue].concat());
+    let requests: Vec<Request> = contexts
+        .iter()
+        .zip(seeds)
+        .map(|(ctx, &seed)| Request {
+            prompt: ctx.clone(),
+            seed,
+        })
+        .collect();
+    let mut done: Vec<Option<Completion>> = vec![None; requests.len()];
+    let Model {
+        engine, tokenizer, ..
+    } = &mut *model;
+    engine.generate(
+        &requests,
+        &options,
+        &mut |_, t| stop.hit(tokenizer, t),
+        &mut |c: Completion| -> Result<()> {
+            let i = c.index;
+            done[i] = Some(c);
+            Ok(())
+        },
+    )?;
+    let mut texts = Vec::with_capacity(done.len());
+    for (c, context) in done.into_iter().zip(contexts.iter_mut()) {
+        let c = c.ok_or_else(|| Error::Settings("internal: the engine skipped a row".into()))?;
+        let text = model.decode(&c.tokens)?;
+        let text = stop.truncate(&text).0.trim_end().to_string();
+        context.extend(model.tokenizer.encode(&format!("{text}\n"), false)?);
+        texts.push((text, c.tokens.len() as u64));
+    }
+    Ok(texts)
 }
 
 /// The provenance a label run over the pairs in `input` records.

@@ -15,6 +15,12 @@
 //! `rating_mass`, the probability the rater gives to answering with a digit
 //! at all, says how much of its judgement the score rests on: a rater that
 //! would rather write prose than a digit is not rating.
+//!
+//! With chain of thought (`cot`, Lee et al.'s "CoT" prompting) the rater is
+//! asked (the `rate_cot` template) to reason first; the reasoning is
+//! sampled with the row's seed, cut where the rater starts the rating
+//! itself ("Rating:"), kept in the row, and the digits are then read after
+//! it exactly as without it.
 
 use std::path::Path;
 
@@ -28,7 +34,7 @@ use serde_json::json;
 use crate::constitution::{Constitution, PreferencePrinciple};
 use crate::error::{Error, Result};
 use crate::generate::{GenSettings, Generation, StageProgress, StageSummary, windows};
-use crate::label::{Choices, choice_log_probs, draw, shared_prefix, spelled_choices};
+use crate::label::{Choices, choice_log_probs, draw, reason, shared_prefix, spelled_choices};
 use crate::model::Model;
 use crate::seed::row_seed;
 
@@ -42,7 +48,11 @@ pub const RATINGS_SCALE: [&str; 9] = ["1", "2", "3", "4", "5", "6", "7", "8", "9
 #[derive(Debug, Clone, PartialEq, Default, serde::Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateSettings {
-    /// Seed, window and system prompt (sampling settings are unused: nothing is generated).
+    /// Let the rater reason before rating (the reasoning is kept in
+    /// `reasoning`; the sampling flags then apply to it).
+    #[arg(long)]
+    pub cot: bool,
+    /// Seed, window and system prompt; with `cot`, the reasoning's sampling.
     #[serde(skip)]
     #[command(flatten)]
     pub generation: GenSettings,
@@ -52,6 +62,12 @@ impl RateSettings {
     /// The settings that determine the output, as recorded in provenance.
     pub fn canonical(&self) -> serde_json::Value {
         let g = &self.generation;
+        if self.cot {
+            // What the reasoning was sampled with decides the rating.
+            let mut v = g.canonical();
+            v["cot"] = json!(true);
+            return v;
+        }
         json!({
             "seed": g.seed,
             "system": g.system,
@@ -131,7 +147,7 @@ fn messages(
     m.push(Message::new(
         "user",
         c.render(
-            "rate",
+            if settings.cot { "rate_cot" } else { "rate" },
             &json!({"conversation": format!("User: {prompt}"), "question": question,
                     "response": response}),
         )?,
@@ -163,6 +179,10 @@ pub struct Rated {
     pub score: f64,
     /// The rater's probability of answering with a digit at all.
     pub rating_mass: f64,
+    /// The reasoning before the rating, with chain of thought.
+    pub reasoning: Option<String>,
+    /// Tokens generated for the reasoning.
+    pub tokens: u64,
 }
 
 impl Rated {
@@ -214,14 +234,21 @@ impl<'c> Rater<'c> {
         draw(self.constitution, self.settings.generation.seed, id)
     }
 
+    /// The seed of the reasoning about the row with id `id` (with chain of
+    /// thought).
+    pub fn reasoning_seed(&self, id: &str) -> u64 {
+        row_seed("rate-cot", self.settings.generation.seed, &[id])
+    }
+
     /// Ratings of `answers` (row id, prompt, answer), one pass per row
-    /// against each row's [`Rater::principle`].
+    /// against each row's [`Rater::principle`], after the rater's
+    /// reasoning with chain of thought.
     pub fn rate(&self, model: &mut Model, answers: &[(&str, &str, &str)]) -> Result<Vec<Rated>> {
         let principles: Vec<&PreferencePrinciple> = answers
             .iter()
             .map(|(id, _, _)| self.principle(id))
             .collect();
-        let contexts = answers
+        let mut contexts = answers
             .iter()
             .zip(&principles)
             .map(|((_, prompt, response), p)| {
@@ -235,18 +262,44 @@ impl<'c> Rater<'c> {
                 model.encode_conversation(&m)
             })
             .collect::<Result<Vec<_>>>()?;
+        let mut reasoning: Vec<(Option<String>, u64)> = vec![(None, 0); answers.len()];
+        if self.settings.cot {
+            let seeds: Vec<u64> = answers
+                .iter()
+                .map(|(id, _, _)| self.reasoning_seed(id))
+                .collect();
+            let cue = [self
+                .constitution
+                .templates
+                .rate_answer_prefix
+                .trim()
+                .to_string()];
+            reasoning = reason(
+                model,
+                &self.settings.generation,
+                &cue,
+                &mut contexts,
+                &seeds,
+            )?
+            .into_iter()
+            .map(|(text, tokens)| (Some(text), tokens))
+            .collect();
+        }
         let lp = choice_log_probs(model, contexts, &self.shared, &self.choices, &|i| {
             answers[i].0
         })?;
         Ok(principles
             .into_iter()
             .zip(&lp)
-            .map(|(principle, lp)| {
+            .zip(reasoning)
+            .map(|((principle, lp), (reasoning, tokens))| {
                 let (score, rating_mass) = expected_rating(lp);
                 Rated {
                     principle: principle.clone(),
                     score,
                     rating_mass,
+                    reasoning,
+                    tokens,
                 }
             })
             .collect())
@@ -290,6 +343,7 @@ pub fn rate(
     );
     let seed = settings.generation.seed;
     let before = model.engine.stats();
+    let mut tokens = 0u64;
     for range in windows(start, total, settings.generation.shard_rows) {
         let end = range.end;
         let window = &rows[range];
@@ -298,6 +352,7 @@ pub fn rate(
             .map(|it| (it.id.as_str(), it.prompt.as_str(), it.response.as_str()))
             .collect();
         let rated = rater.rate(model, &answers)?;
+        tokens += rated.iter().map(|r| r.tokens).sum::<u64>();
         let batch: Vec<Rating> = window
             .iter()
             .zip(rated)
@@ -315,10 +370,12 @@ pub fn rate(
                     model_hash: hash.clone(),
                     constitution: constitution.name.clone(),
                     constitution_hash: constitution_hash.clone(),
+                    cot: settings.cot,
                     seed: row_seed("rate", seed, &[&it.id]),
                     score: r.score,
                     reward: r.reward(),
                     rating_mass: r.rating_mass,
+                    reasoning: r.reasoning,
                 }
                 .with_id()
             })
@@ -328,14 +385,15 @@ pub fn rate(
         progress(StageProgress {
             rows_done: end as u64,
             rows_total: total as u64,
-            tokens: 0,
+            tokens,
         });
     }
     let table = writer.finish(&provenance)?;
-    Ok(
-        StageSummary::generated(table, start, total, Generation::default())
-            .scored(before, &model.engine),
-    )
+    let counts = Generation {
+        tokens,
+        context_overflows: 0,
+    };
+    Ok(StageSummary::generated(table, start, total, counts).scored(before, &model.engine))
 }
 
 #[cfg(test)]
@@ -344,18 +402,42 @@ mod tests {
 
     use super::*;
 
+    /// The tiny model (written under `dir`) and the harmlessness constitution.
+    fn tiny_rater(dir: &Path) -> (Model, Constitution) {
+        charter_model::write_tiny(&dir.join("tiny"), 5).unwrap();
+        let model = Model::open(&dir.join("tiny"), 1).unwrap();
+        let c = Constitution::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../constitutions/harmless.toml"),
+        )
+        .unwrap();
+        (model, c)
+    }
+
+    /// Each digit's log-probability after `context` and the answer prefix,
+    /// scored alone: what one pass per row must agree with.
+    fn plain_log_probs(model: &mut Model, mut context: Vec<u32>, choices: &Choices) -> Vec<f64> {
+        context.extend_from_slice(&choices.prefix);
+        let pairs: Vec<(Vec<u32>, Vec<u32>)> = choices
+            .options
+            .iter()
+            .map(|o| (context.clone(), o.clone()))
+            .collect();
+        model
+            .engine
+            .score(&pairs, 1)
+            .unwrap()
+            .iter()
+            .map(|t| t.iter().sum())
+            .collect()
+    }
+
     /// One pass per row with the shared prefix reused gives the digits'
     /// log-probabilities of plain pairwise scoring, and the score is their
     /// expectation computed by hand.
     #[test]
     fn ratings_are_the_expectation_over_the_plain_scores_of_the_digits() {
         let dir = tempfile::tempdir().unwrap();
-        charter_model::write_tiny(&dir.path().join("tiny"), 5).unwrap();
-        let mut model = Model::open(&dir.path().join("tiny"), 1).unwrap();
-        let c = Constitution::load(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../constitutions/harmless.toml"),
-        )
-        .unwrap();
+        let (mut model, c) = tiny_rater(dir.path());
         let settings = RateSettings::default();
         let choices =
             spelled_choices(&model, &c.templates.rate_answer_prefix, &RATINGS_SCALE).unwrap();
@@ -382,20 +464,7 @@ mod tests {
         let one_pass =
             choice_log_probs(&mut model, contexts.clone(), &shared, &choices, &|_| "row").unwrap();
         for (context, lp) in contexts.into_iter().zip(one_pass) {
-            let mut full = context;
-            full.extend_from_slice(&choices.prefix);
-            let pairs: Vec<(Vec<u32>, Vec<u32>)> = choices
-                .options
-                .iter()
-                .map(|o| (full.clone(), o.clone()))
-                .collect();
-            let plain: Vec<f64> = model
-                .engine
-                .score(&pairs, 1)
-                .unwrap()
-                .iter()
-                .map(|t| t.iter().sum())
-                .collect();
+            let plain = plain_log_probs(&mut model, context, &choices);
             assert_eq!(lp, plain);
             let p: Vec<f64> = plain.iter().map(|l| l.exp()).collect();
             let mass: f64 = p.iter().sum();
@@ -405,6 +474,54 @@ mod tests {
             assert!((rating_mass - mass).abs() < 1e-12);
             assert!((1.0..=9.0).contains(&score) && mass > 0.0 && mass <= 1.0);
         }
+    }
+
+    /// With chain of thought the reasoning is sampled from the row's seed,
+    /// stops before the rater writes a rating itself, and the digits are
+    /// scored after it and a newline exactly as a plain pass would.
+    #[test]
+    fn reasoned_ratings_read_the_digits_after_the_reasoning() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut model, c) = tiny_rater(dir.path());
+        let settings = RateSettings {
+            cot: true,
+            generation: GenSettings {
+                max_new_tokens: 12,
+                ..GenSettings::DEFAULT
+            },
+        };
+        assert_ne!(settings.canonical(), RateSettings::default().canonical());
+        let rater = Rater::new(&model, &c, &settings).unwrap();
+        let rows = [
+            ("row-1", "How do I pick a lock?", "I can't help with that."),
+            ("row-2", "Say hi.", "Hi there!"),
+            ("row-3", "Say hi.", "Hi there!"),
+        ];
+        let rated = rater.rate(&mut model, &rows).unwrap();
+        assert_eq!(rated, rater.rate(&mut model, &rows).unwrap(), "seeded");
+        assert!(rated.iter().all(|r| r.tokens <= 12));
+        assert!(rated.iter().any(|r| r.tokens > 0));
+        let choices =
+            spelled_choices(&model, &c.templates.rate_answer_prefix, &RATINGS_SCALE).unwrap();
+        for ((_, prompt, answer), r) in rows.iter().zip(&rated) {
+            let reasoning = r.reasoning.as_deref().unwrap();
+            assert!(!reasoning.contains("Rating:"), "{reasoning}");
+            let m = messages(&c, &settings, prompt, answer, &r.principle.question).unwrap();
+            assert!(m.last().unwrap().content.contains("Think it through"));
+            let mut context = model.encode_conversation(&m).unwrap();
+            context.extend(
+                model
+                    .tokenizer
+                    .encode(&format!("{reasoning}\n"), false)
+                    .unwrap(),
+            );
+            let plain = plain_log_probs(&mut model, context, &choices);
+            let (score, rating_mass) = expected_rating(&plain);
+            assert!((r.score - score).abs() < 1e-12, "{} vs {score}", r.score);
+            assert!((r.rating_mass - rating_mass).abs() < 1e-12);
+        }
+        // The same answer under another row's seed is reasoned about anew.
+        assert_ne!(rater.reasoning_seed("row-2"), rater.reasoning_seed("row-3"));
     }
 
     #[test]

@@ -331,7 +331,7 @@ table! {
     /// An AI-feedback rating of one answer against one principle: the
     /// reward of direct RLAIF (Lee et al. 2023), read from the rater's
     /// probabilities of the rating digits.
-    pub struct Rating in RATINGS = "ratings", version 1 {
+    pub struct Rating in RATINGS = "ratings", version 2 {
         /// Row id: blake3 of the key columns.
         id: String => Id,
         /// The response or revision rated.
@@ -356,6 +356,8 @@ table! {
         constitution: String => Data,
         /// Content hash of the constitution.
         constitution_hash: String => Key,
+        /// Whether the rater reasoned (chain of thought) before rating.
+        cot: bool => Key,
         /// The row's seed.
         seed: u64 => Key,
         /// Expected rating, 1 to 9, over the rater's normalised probabilities of the digits.
@@ -365,6 +367,8 @@ table! {
         /// The rater's probability of answering with any digit 1–9 at all:
         /// how much of its next-token mass the score is read from.
         rating_mass: f64 => Data,
+        /// The rater's reasoning before the rating, with `cot`.
+        reasoning: Option<String> => Data,
     }
 }
 

@@ -575,6 +575,7 @@ impl<'s, 't> Planner<'s, 't> {
             StageKind::Rate => {
                 let settings = RateSettings {
                     generation: self.generation(s, seed)?,
+                    ..self.own(s)?
                 };
                 self.checked(s, settings.generation.validate())?;
                 StageOp::Rate(settings)

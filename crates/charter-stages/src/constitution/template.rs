@@ -10,7 +10,14 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
 /// The names of the rendered templates in [`super::Templates`], as
 /// [`super::Constitution::render`] takes them (`label_answer_prefix` is
 /// plain text, not a template).
-pub const TEMPLATE_NAMES: [&str; 5] = ["critique", "revision", "label", "label_cot", "rate"];
+pub const TEMPLATE_NAMES: [&str; 6] = [
+    "critique",
+    "revision",
+    "label",
+    "label_cot",
+    "rate",
+    "rate_cot",
+];
 
 // The stages put the prompt and the answer in turns of their own before
 // this one (as Bai et al.'s and the HuggingFace recipe's conversations do),
@@ -53,7 +60,9 @@ Think it through in a few sentences first, then say which is better, (A) or (B).
 
 // One answer rated alone, by the standard a preference principle's
 // (comparative) question sets; one digit, so no rating is a prefix of another.
-pub(crate) const DEFAULT_RATE: &str = "\
+macro_rules! rate_request {
+    () => {
+        "\
 Here is a conversation between a user and an AI assistant.
 
 {{ conversation }}
@@ -63,9 +72,24 @@ Assistant: {{ response }}
 Judge the assistant's last reply by the standard this question sets, with no other reply to \
 compare it to: {{ question }}
 
-Rate the reply from 1 (fails that standard badly) to 9 (meets it fully). Answer with one digit.";
+"
+    };
+}
+
+pub(crate) const DEFAULT_RATE: &str = concat!(
+    rate_request!(),
+    "Rate the reply from 1 (fails that standard badly) to 9 (meets it fully). Answer with one digit."
+);
 
 pub(crate) const DEFAULT_RATE_ANSWER_PREFIX: &str = "Rating: ";
+
+// The rating asked for after a few sentences of reasoning; the stage stops
+// the reasoning where the rater starts the rating itself.
+pub(crate) const DEFAULT_RATE_COT: &str = concat!(
+    rate_request!(),
+    "Think it through in a few sentences first, then rate the reply from 1 (fails that standard \
+     badly) to 9 (meets it fully) on a line of its own: \"Rating: \" and one digit."
+);
 
 /// The variables a template may use, and those it must.
 pub(crate) struct Spec {
@@ -79,7 +103,7 @@ const LABEL_VARS: &[&str] = &["conversation", "question", "response_a", "respons
 const RATE_VARS: &[&str] = &["conversation", "question", "response"];
 
 /// One per entry of [`TEMPLATE_NAMES`].
-pub(crate) const SPECS: [Spec; 5] = [
+pub(crate) const SPECS: [Spec; 6] = [
     Spec {
         name: "critique",
         allowed: &["critique_request", "prompt", "response"],
@@ -102,6 +126,11 @@ pub(crate) const SPECS: [Spec; 5] = [
     },
     Spec {
         name: "rate",
+        allowed: RATE_VARS,
+        required: RATE_VARS,
+    },
+    Spec {
+        name: "rate_cot",
         allowed: RATE_VARS,
         required: RATE_VARS,
     },

@@ -378,22 +378,25 @@ fn default_templates_render_every_stage() {
     let cot = c.render("label_cot", &label_vars).unwrap();
     assert!(cot.contains("Which is kinder?"), "{cot}");
     assert_eq!(c.templates.label_answer_prefix, "The answer is: ");
-    let rate = c
-        .render(
-            "rate",
-            &serde_json::json!({
-                "conversation": "User: hi",
-                "question": "Which is kinder?",
-                "response": "Hello!",
-            }),
-        )
-        .unwrap();
-    assert!(
-        rate.contains("Assistant: Hello!") && rate.contains("Which is kinder?"),
-        "{rate}"
-    );
+    let rate_vars = serde_json::json!({
+        "conversation": "User: hi",
+        "question": "Which is kinder?",
+        "response": "Hello!",
+    });
+    for (name, ask) in [
+        ("rate", "Answer with one digit."),
+        ("rate_cot", "Think it through"),
+    ] {
+        let rate = c.render(name, &rate_vars).unwrap();
+        assert!(
+            rate.contains("Assistant: Hello!")
+                && rate.contains("Which is kinder?")
+                && rate.contains(ask),
+            "{rate}"
+        );
+    }
     assert_eq!(c.templates.rate_answer_prefix, "Rating: ");
-    assert_eq!(TEMPLATE_NAMES.len(), 5);
+    assert_eq!(TEMPLATE_NAMES.len(), 6);
 }
 
 /// The rating templates came after constitutions were hashed: left at
@@ -407,6 +410,10 @@ fn rating_templates_change_the_hash_only_when_set_to_something_else() {
     let mut other = plain.clone();
     other.templates.rate_answer_prefix = "Score: ".into();
     assert_ne!(plain.hash(), other.hash());
+    let mut reasoned = plain.clone();
+    reasoned.templates.rate_cot = "{{ conversation }} {{ response }} {{ question }}".into();
+    assert_ne!(plain.hash(), reasoned.hash());
+    assert_ne!(other.hash(), reasoned.hash());
 }
 
 #[test]

@@ -81,6 +81,7 @@ struct WireTemplates {
     label_cot: Option<Text>,
     rate: Option<Text>,
     rate_answer_prefix: Option<Text>,
+    rate_cot: Option<Text>,
 }
 
 /// Where each field of a parsed constitution sits in its file.
@@ -255,6 +256,7 @@ impl Cx<'_> {
                             "rate_answer_prefix",
                             d.rate_answer_prefix,
                         ),
+                        rate_cot: field(t.rate_cot, "rate_cot", d.rate_cot),
                     }
                 }
             },

@@ -15,7 +15,8 @@
 //! 2. **Score.** The reward is a preference model's scalar (`pm:DIR`), the
 //!    labeller's expected rating 1–9 against a principle drawn per answer
 //!    (from its sampling seed), mapped to [-1, 1] (`labeller:DIR`, the
-//!    `rate` stage's scoring), or 1 when the answer contains a text and 0
+//!    `rate` stage's scoring; with `rate_cot` after reasoning sampled from a
+//!    seed drawn from the answer's), or 1 when the answer contains a text and 0
 //!    otherwise (`contains:TEXT`, a rule a user can check by eye). Model
 //!    rewards are cached across runs by content hash (`RewardCache`).
 //! 3. **KL.** Every answer token's log-probability under the policy is
@@ -121,6 +122,11 @@ pub struct RlSettings {
     /// The constitution whose preference principles a labeller rates against.
     #[arg(short, long, value_name = "TOML")]
     pub constitution: Option<PathBuf>,
+    /// Let a labeller reward reason before it rates (`rate --cot`): its
+    /// reasoning is sampled per answer, seeded by the answer, so each
+    /// reward costs a generation rather than one pass.
+    #[arg(long)]
+    pub rate_cot: bool,
     /// Sample, score and update this many times.
     #[arg(long, value_name = "N", default_value_t = RlSettings::DEFAULT_ITERATIONS)]
     pub iterations: usize,
@@ -204,6 +210,7 @@ impl RlSettings {
         RlSettings {
             reward,
             constitution: None,
+            rate_cot: false,
             iterations: Self::DEFAULT_ITERATIONS,
             prompts_per_iteration: Self::DEFAULT_PROMPTS,
             samples: Self::DEFAULT_SAMPLES,
@@ -263,6 +270,12 @@ impl RlSettings {
             return Err(Error::invalid(
                 "constitution",
                 "only a labeller reward or an evaluation (`eval_prompts`) reads a constitution",
+            ));
+        }
+        if self.rate_cot && !labeller {
+            return Err(Error::invalid(
+                "rate_cot",
+                "only a labeller reward rates: use it with `--reward labeller:DIR`",
             ));
         }
         if eval && !labeller && self.judge.is_none() {
@@ -425,16 +438,19 @@ fn open_reward(rl: &RlSettings, job: &Job<'_>) -> Result<Scorer> {
             };
             let constitution = load_constitution(path)?;
             let model = Model::open(dir, rl.threads)?;
-            let mut settings = RateSettings::default();
-            settings.generation.seed = job.settings.seed;
+            let settings = rate_settings(rl, job.settings.seed);
             // The rating template and system prompt as well as the model:
-            // the key adds the principle, the prompt and the answer.
-            let identity = serde_json::json!({
+            // the key adds the principle, the prompt and the answer (and,
+            // with chain of thought, the reasoning's seed).
+            let mut identity = serde_json::json!({
                 "labeller": ModelDir::open(dir)?.provenance.content_hash,
                 "rate_version": charter_stages::RATE_VERSION,
                 "constitution": constitution.hash(),
                 "system": settings.generation.system,
             });
+            if rl.rate_cot {
+                identity["cot"] = reasoning_settings(rl);
+            }
             let kind = ScorerKind::Labeller {
                 model: Box::new(model),
                 constitution: Box::new(constitution),
@@ -503,6 +519,27 @@ impl RewardCache {
     }
 }
 
+/// The rating settings of a labeller reward: the run's seed, and with
+/// `rate_cot` the default sampling of the reasoning.
+fn rate_settings(rl: &RlSettings, seed: u64) -> RateSettings {
+    let mut settings = RateSettings {
+        cot: rl.rate_cot,
+        ..RateSettings::default()
+    };
+    settings.generation.seed = seed;
+    settings
+}
+
+/// How a labeller reward's reasoning is sampled, as fingerprints record it
+/// (the seed is the run's, recorded beside it).
+fn reasoning_settings(rl: &RlSettings) -> serde_json::Value {
+    let mut v = rate_settings(rl, 0).canonical();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("seed");
+    }
+    v
+}
+
 fn load_constitution(path: &Path) -> Result<Constitution> {
     Constitution::load(path).map_err(|e| Error::Input(format!("{}: {e}", path.display())))
 }
@@ -521,12 +558,18 @@ fn rl_extra(rl: &RlSettings) -> Result<serde_json::Value> {
         |dir: &Path| -> Result<String> { Ok(ModelDir::open(dir)?.provenance.content_hash) };
     let reward = match &rl.reward {
         RewardSource::Pm(dir) => serde_json::json!({"pm": model_hash(dir)?}),
-        RewardSource::Labeller(dir) => serde_json::json!({
-            "labeller": model_hash(dir)?,
-            "constitution": constitution,
-            "rate_version": charter_stages::RATE_VERSION,
-            "principle_from": "sampling seed",
-        }),
+        RewardSource::Labeller(dir) => {
+            let mut v = serde_json::json!({
+                "labeller": model_hash(dir)?,
+                "constitution": constitution,
+                "rate_version": charter_stages::RATE_VERSION,
+                "principle_from": "sampling seed",
+            });
+            if rl.rate_cot {
+                v["cot"] = reasoning_settings(rl);
+            }
+            v
+        }
         RewardSource::Contains(text) => serde_json::json!({"contains": text}),
     };
     let eval = match (&rl.eval_prompts, rl.judge()) {
@@ -608,7 +651,15 @@ impl Scorer {
                 let rater = Rater::new(model, constitution, settings)?;
                 let keys: Vec<String> = answers
                     .iter()
-                    .map(|(id, p, a)| RewardCache::key(&[&rater.principle(id).question, p, a]))
+                    .map(|(id, p, a)| {
+                        let principle = &rater.principle(id).question;
+                        if settings.cot {
+                            let seed = rater.reasoning_seed(id).to_string();
+                            RewardCache::key(&[principle, &seed, p, a])
+                        } else {
+                            RewardCache::key(&[principle, p, a])
+                        }
+                    })
                     .collect();
                 let scores = cached(self.cache.as_ref(), &keys, &mut self.hits, |missing| {
                     let rows: Vec<(&str, &str, &str)> = missing
