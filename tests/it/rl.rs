@@ -439,17 +439,23 @@ fn labeller_rewards_are_cached_across_runs() {
             }
         })
         .unwrap();
-        let rewards = table_rows(
+        let rows = table_rows(
             out.join("rollouts.parquet").to_str().unwrap(),
-            &["reward"],
+            &["reward", "reward_reasoning"],
             |r| match r {
-                [Value::Float(reward)] => *reward,
+                [Value::Float(reward), Value::Null] => (*reward, None),
+                [Value::Float(reward), Value::Str(why)] => (*reward, Some(why.to_string())),
                 other => panic!("{other:?}"),
             },
         );
-        (rewards, cached)
+        let (rewards, reasoning): (Vec<f64>, Vec<Option<String>>) = rows.into_iter().unzip();
+        assert!(
+            reasoning.iter().all(|r| r.is_some() == rate_cot),
+            "{reasoning:?}"
+        );
+        (rewards, cached, reasoning)
     };
-    let (first, cached) = run(&dir.path().join("a"), 0.05, false);
+    let (first, cached, _) = run(&dir.path().join("a"), 0.05, false);
     assert_eq!(cached, [0.0]);
     assert_eq!(first.len(), 4);
     // One entry per answer (fewer only if two answers coincide), each the
@@ -461,12 +467,12 @@ fn labeller_rewards_are_cached_across_runs() {
         assert!(first.contains(&r), "{r} not among {first:?}");
         std::fs::write(e, "0.625\n").unwrap();
     }
-    let (second, cached) = run(&dir.path().join("b"), 0.2, false);
+    let (second, cached, _) = run(&dir.path().join("b"), 0.2, false);
     assert_eq!(cached, [1.0]);
     assert_eq!(second, [0.625; 4]);
     // A labeller that reasons first is another reward: none of the plain
     // rating's entries are its, and its own are kept as well.
-    let (reasoned, cached) = run(&dir.path().join("c"), 0.05, true);
+    let (reasoned, cached, why) = run(&dir.path().join("c"), 0.05, true);
     assert_eq!(cached, [0.0]);
     assert_eq!(reasoned.len(), 4);
     assert!(
@@ -474,9 +480,13 @@ fn labeller_rewards_are_cached_across_runs() {
             .iter()
             .all(|r| (-1.0..=1.0).contains(r) && *r != 0.625)
     );
-    let (again, cached) = run(&dir.path().join("d"), 0.2, true);
+    let (again, cached, why_again) = run(&dir.path().join("d"), 0.2, true);
     assert_eq!(cached, [1.0]);
     assert_eq!(again, reasoned);
+    assert_eq!(
+        why_again, why,
+        "the reasoning comes back from the cache too"
+    );
 }
 
 /// Every file under `dir`.

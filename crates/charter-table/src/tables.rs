@@ -376,7 +376,7 @@ table! {
     /// One sampled answer of online RL (`charter train rl`): its reward,
     /// its KL from the starting policy and the advantage it was trained
     /// with.
-    pub struct Rollout in ROLLOUTS = "rollouts", version 1 {
+    pub struct Rollout in ROLLOUTS = "rollouts", version 2 {
         /// Row id: blake3 of the key columns.
         id: String => Id,
         /// Fingerprint of the training run (base model, prompts, reward, settings).
@@ -401,6 +401,8 @@ table! {
         finish_reason: String => Data,
         /// The reward model's or rater's reward for the answer.
         reward: f64 => Data,
+        /// The rater's reasoning before its rating, for a labeller reward with chain of thought.
+        reward_reasoning: Option<String> => Data,
         /// Sum over the answer's tokens of log π(token) − log π_ref(token): the sampled estimate of KL(π ‖ π_ref) for this answer.
         kl: f64 => Data,
         /// reward − kl_coef · kl: what the advantage is computed from.

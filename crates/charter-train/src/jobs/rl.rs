@@ -467,10 +467,28 @@ fn open_reward(rl: &RlSettings, job: &Job<'_>) -> Result<Scorer> {
     })
 }
 
+/// One answer's reward, and the rater's reasoning behind it (a labeller
+/// reward with chain of thought).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Reward {
+    value: f64,
+    reasoning: Option<String>,
+}
+
+impl Reward {
+    fn plain(value: f64) -> Self {
+        Reward {
+            value,
+            reasoning: None,
+        }
+    }
+}
+
 /// Rewards already computed, kept by content hash across runs: one small
 /// file per answer, `<dir>/<identity>/<key[..2]>/<key>`, holding the reward
-/// as text. The identity hashes what decides a reward besides the answer
-/// (the reward model's content hash and its scoring settings); the key adds
+/// as text (with reasoning, a JSON object of both). The identity hashes
+/// what decides a reward besides the answer (the reward model's content
+/// hash and its scoring settings); the key adds
 /// the principle (for a labeller), the prompt and the answer. Each entry is
 /// written to a temporary file and renamed into place, so runs sharing the
 /// directory never read half of one; an unreadable entry is a miss.
@@ -500,20 +518,27 @@ impl RewardCache {
         self.dir.join(&key[..2]).join(key)
     }
 
-    fn get(&self, key: &str) -> Option<f64> {
+    fn get(&self, key: &str) -> Option<Reward> {
         let text = std::fs::read_to_string(self.path(key)).ok()?;
-        text.trim().parse::<f64>().ok().filter(|r| r.is_finite())
+        let reward = match text.starts_with('{') {
+            true => serde_json::from_str::<Reward>(&text).ok()?,
+            false => Reward::plain(text.trim().parse::<f64>().ok()?),
+        };
+        reward.value.is_finite().then_some(reward)
     }
 
-    fn put(&self, key: &str, reward: f64) -> Result<()> {
+    fn put(&self, key: &str, reward: &Reward) -> Result<()> {
         let path = self.path(key);
         let Some(parent) = path.parent() else {
             unreachable!("a cache entry's path has a parent")
         };
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         let mut file = tempfile::NamedTempFile::new_in(parent).map_err(|e| Error::io(parent, e))?;
-        std::io::Write::write_all(&mut file, format!("{reward}\n").as_bytes())
-            .map_err(|e| Error::io(&path, e))?;
+        let text = match &reward.reasoning {
+            None => format!("{}\n", reward.value),
+            Some(_) => format!("{}\n", serde_json::json!(reward)),
+        };
+        std::io::Write::write_all(&mut file, text.as_bytes()).map_err(|e| Error::io(&path, e))?;
         file.persist(&path).map_err(|e| Error::io(&path, e.error))?;
         Ok(())
     }
@@ -613,11 +638,15 @@ pub fn rl_fingerprint(job: &Job<'_>, prompts: &Path, rl: &RlSettings) -> Result<
 impl Scorer {
     /// Rewards of `answers` (row id, prompt, answer text): from the cache
     /// where it has them, computed (and cached) where not.
-    fn score(&mut self, answers: &[(String, &str, String)], batch_size: usize) -> Result<Vec<f64>> {
+    fn score(
+        &mut self,
+        answers: &[(String, &str, String)],
+        batch_size: usize,
+    ) -> Result<Vec<Reward>> {
         match &mut self.kind {
             ScorerKind::Contains(text) => Ok(answers
                 .iter()
-                .map(|(_, _, a)| f64::from(u8::from(a.contains(text.as_str()))))
+                .map(|(_, _, a)| Reward::plain(f64::from(u8::from(a.contains(text.as_str())))))
                 .collect()),
             ScorerKind::Pm { model, formatter } => {
                 let keys: Vec<String> = answers
@@ -629,18 +658,21 @@ impl Scorer {
                         .iter()
                         .map(|&i| formatter.encode(answers[i].1, &answers[i].2, true))
                         .collect::<Result<Vec<_>>>()?;
-                    crate::score::scalar_scores(model, &rows, batch_size, &mut |_| {})
+                    let scores =
+                        crate::score::scalar_scores(model, &rows, batch_size, &mut |_| {})?;
+                    Ok(scores.into_iter().map(|s| s.map(Reward::plain)).collect())
                 })?;
                 // A conversation the PM cannot fit gets the lowest reward of
                 // the batch: never a reason to prefer an answer.
                 let floor = scores
                     .iter()
                     .flatten()
-                    .copied()
+                    .map(|r| r.value)
                     .fold(f64::INFINITY, f64::min);
+                let floor = Reward::plain(if floor.is_finite() { floor } else { 0.0 });
                 Ok(scores
                     .into_iter()
-                    .map(|s| s.unwrap_or(if floor.is_finite() { floor } else { 0.0 }))
+                    .map(|s| s.unwrap_or_else(|| floor.clone()))
                     .collect())
             }
             ScorerKind::Labeller {
@@ -671,11 +703,19 @@ impl Scorer {
                         .collect();
                     Ok(rater
                         .rate(model, &rows)?
-                        .iter()
-                        .map(|r| Some(r.reward()))
+                        .into_iter()
+                        .map(|r| {
+                            Some(Reward {
+                                value: r.reward(),
+                                reasoning: r.reasoning,
+                            })
+                        })
                         .collect())
                 })?;
-                Ok(scores.into_iter().map(|s| s.unwrap_or(0.0)).collect())
+                Ok(scores
+                    .into_iter()
+                    .map(|s| s.unwrap_or_else(|| Reward::plain(0.0)))
+                    .collect())
             }
         }
     }
@@ -693,9 +733,9 @@ fn cached(
     cache: Option<&RewardCache>,
     keys: &[String],
     hits: &mut usize,
-    compute: impl FnOnce(&[usize]) -> Result<Vec<Option<f64>>>,
-) -> Result<Vec<Option<f64>>> {
-    let mut out: Vec<Option<f64>> = keys.iter().map(|k| cache.and_then(|c| c.get(k))).collect();
+    compute: impl FnOnce(&[usize]) -> Result<Vec<Option<Reward>>>,
+) -> Result<Vec<Option<Reward>>> {
+    let mut out: Vec<Option<Reward>> = keys.iter().map(|k| cache.and_then(|c| c.get(k))).collect();
     let missing: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
     *hits += keys.len() - missing.len();
     if missing.is_empty() {
@@ -703,7 +743,7 @@ fn cached(
     }
     let fresh = compute(&missing)?;
     for (&i, reward) in missing.iter().zip(fresh) {
-        if let (Some(c), Some(r)) = (cache, reward) {
+        if let (Some(c), Some(r)) = (cache, &reward) {
             c.put(&keys[i], r)?;
         }
         out[i] = reward;
@@ -1010,7 +1050,12 @@ impl Evaluation<'_> {
                 .iter()
                 .map(|r| (r.id.clone(), r.prompt.as_str(), r.text.clone()))
                 .collect();
-            Ok(mean(scorer.score(&keyed, batch_size)?.into_iter()))
+            Ok(mean(
+                scorer
+                    .score(&keyed, batch_size)?
+                    .into_iter()
+                    .map(|r| r.value),
+            ))
         };
         // The start's answers are the same at every point: scored once.
         let reward = rewards(&b)?;
@@ -1220,6 +1265,7 @@ pub fn train_rl(
                     answer_tokens: x.tokens.answer_len() as u64,
                     finish_reason: if x.stopped { "stop" } else { "length" }.into(),
                     reward: 0.0,
+                    reward_reasoning: None,
                     kl: 0.0,
                     shaped_reward: 0.0,
                     advantage: 0.0,
@@ -1248,9 +1294,10 @@ pub fn train_rl(
         let old: Vec<Vec<f64>> = samples.iter().map(|x| x.logprobs.clone()).collect();
         let refs = engine_logps(&mut reference, &samples, SCORE_BATCH)?;
         let logp_s = t0.elapsed().as_secs_f64();
-        for ((row, reward), (old, refs)) in rows.iter_mut().zip(&rewards).zip(old.iter().zip(&refs))
+        for ((row, reward), (old, refs)) in rows.iter_mut().zip(rewards).zip(old.iter().zip(&refs))
         {
-            row.reward = *reward;
+            row.reward = reward.value;
+            row.reward_reasoning = reward.reasoning;
             row.policy_logp = old.iter().sum();
             row.reference_logp = refs.iter().sum();
             row.kl = row.policy_logp - row.reference_logp;
